@@ -1,0 +1,35 @@
+# Two commands: `make tour` runs the main job, `make test` runs every test. Both install what is missing first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.labkit-installed
+
+export HF_HUB_OFFLINE = 1
+
+.PHONY: tour tour-fast test install lab clean-cache
+
+$(STAMP): requirements.txt requirements-assets.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: a bare `torch` would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name labkit --display-name "labkit (Python 3)" >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+tour: $(STAMP)
+	$(PY) -m labkit tour
+
+tour-fast: $(STAMP)
+	$(PY) -m labkit tour --fast
+
+# Tests and notebooks run in fast mode (smaller data, fewer steps, same code path); LABKIT_FAST=0 for full size.
+test: $(STAMP)
+	LABKIT_FAST=$${LABKIT_FAST:-1} $(PY) -m pytest -q
+
+clean-cache:
+	rm -rf $${LABKIT_CACHE:-$$HOME/.cache/labkit}

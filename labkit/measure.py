@@ -1,0 +1,193 @@
+"""Real measurements: accuracy on held-out text, agreement, latency (median/p90), serialized bytes."""
+
+from __future__ import annotations
+
+import io
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import data, fast_mode
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _logits(out) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, tokenizer, texts, batch_size: int = 64) -> np.ndarray:
+    """Predicted labels for a list of texts (length-bucketed batches, no gradients)."""
+    texts = list(texts)
+    model.eval()
+    dev = _device_of(model)
+    preds = np.empty(len(texts), dtype=np.int64)
+    for batch in data.batches(texts, None, tokenizer, batch_size):
+        logits = _logits(model(**batch.to(dev).inputs))
+        preds[batch.rows] = logits.argmax(-1).cpu().numpy()
+    return preds
+
+
+def predictions(model, tokenizer, split: str = "test", limit: int | None = None) -> np.ndarray:
+    """Predicted labels on a split (or its fixed `limit`-sized subset)."""
+    return predict(model, tokenizer, data.split(split, limit)["text"])
+
+
+def accuracy(model, tokenizer, split: str = "test", limit: int | None = None) -> float:
+    """Fraction of correct labels on a held-out split."""
+    df = data.split(split, limit)
+    return float((predict(model, tokenizer, df["text"]) == df["label"].to_numpy()).mean())
+
+
+def agreement(preds: np.ndarray, reference: np.ndarray) -> float:
+    """Fraction of inputs where a compressed model predicts what the baseline predicts."""
+    preds, reference = np.asarray(preds), np.asarray(reference)
+    if preds.shape != reference.shape:
+        raise ValueError(f"Predictions of shape {preds.shape} cannot be compared with {reference.shape}; "
+                         "compute both on the same split and limit.")
+    return float((preds == reference).mean())
+
+
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name, as the OS reports it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def latency_texts(batch_size: int) -> list[str]:
+    """The real snippets timed at a batch size: a fixed sample of the test split (median length at batch 1)."""
+    pool = list(data.split("test").sample(frac=1.0, random_state=data.SEED)["text"].head(max(32, batch_size)))
+    if batch_size == 1:
+        return [sorted(pool[:32], key=len)[16]]
+    return pool[:batch_size]
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def latency(model, tokenizer, batch_size: int = 32, warmup: int | None = None, repeats: int | None = None,
+            texts: list[str] | None = None) -> dict:
+    """Time forward passes on real snippets: warm-up, then `repeats` runs; median and p90 in ms."""
+    return compare_latency({"model": model}, tokenizer, batch_size, warmup, repeats, texts)["model"]
+
+
+def compare_latency(models: dict, tokenizer, batch_size: int = 32, warmup: int | None = None,
+                    repeats: int | None = None, texts: list[str] | None = None) -> dict[str, dict]:
+    """Time several models side by side, interleaved run by run, so drift on the machine hits all equally."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    warmup = (2 if fast_mode() else 5) if warmup is None else warmup
+    repeats = (5 if fast_mode() else 20) if repeats is None else repeats
+    texts = texts or latency_texts(batch_size)
+    enc = dict(tokenizer(texts, padding=True, truncation=True, max_length=data.MAX_LENGTH, return_tensors="pt"))
+    times: dict[str, list[float]] = {name: [] for name in models}
+    inputs = {}
+    for name, m in models.items():
+        m.eval()
+        inputs[name] = {k: v.to(_device_of(m)) for k, v in enc.items()}
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            for name, m in models.items():
+                dev = _device_of(m)
+                _sync(dev)
+                t0 = time.perf_counter()
+                m(**inputs[name])
+                _sync(dev)
+                if i >= warmup:
+                    times[name].append((time.perf_counter() - t0) * 1000)
+    out = {}
+    for name, ts in times.items():
+        dev = _device_of(models[name])
+        out[name] = {"median_ms": statistics.median(ts), "p90_ms": float(np.percentile(ts, 90)),
+                     "batch_size": len(texts), "seq_len": int(enc["input_ids"].shape[1]), "repeats": repeats,
+                     "warmup": warmup, "threads": torch.get_num_threads(),
+                     "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()}
+    return out
+
+
+def serialized_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's weights as saved: safetensors where it can hold them, else torch's own format."""
+    state = model.state_dict()
+    if all(isinstance(v, torch.Tensor) and not v.is_quantized for v in state.values()):
+        from safetensors.torch import save
+
+        # safetensors refuses tensors that share memory; the artifact stores each once anyway.
+        seen, unique = set(), {}
+        for k, v in state.items():
+            key = (v.data_ptr(), v.dtype, tuple(v.shape))
+            if key not in seen:
+                seen.add(key)
+                unique[k] = v.detach().cpu().contiguous()
+        return len(save(unique))
+    # Quantized modules keep packed int8 weights that only torch's format holds; this is only measured, never loaded.
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getbuffer().nbytes
+
+
+@dataclass
+class Result:
+    """One model's measured numbers, a row of every comparison table in the kit."""
+
+    name: str
+    accuracy: float
+    agreement: float | None
+    size_bytes: int
+    latency_b1_ms: float | None = None
+    latency_b32_ms: float | None = None
+    threads: int = field(default_factory=torch.get_num_threads)
+    device: str = field(default_factory=cpu_name)
+    notes: str = ""
+
+    @property
+    def size_mb(self) -> float:
+        """Serialized size in MB (10^6 bytes)."""
+        return self.size_bytes / 1e6
+
+
+def evaluate(name: str, model, tokenizer, reference: np.ndarray | None = None, split: str = "test",
+             limit: int | None = None, timing: bool = True, notes: str = "") -> Result:
+    """Measure one model: accuracy and agreement on a held-out split, bytes, and latency at batch 1 and 32."""
+    preds = predictions(model, tokenizer, split, limit)
+    labels = data.split(split, limit)["label"].to_numpy()
+    lat1 = latency(model, tokenizer, 1) if timing else None
+    lat32 = latency(model, tokenizer, 32) if timing else None
+    return Result(name=name, accuracy=float((preds == labels).mean()),
+                  agreement=None if reference is None else agreement(preds, reference),
+                  size_bytes=serialized_bytes(model),
+                  latency_b1_ms=lat1["median_ms"] if lat1 else None,
+                  latency_b32_ms=lat32["median_ms"] if lat32 else None,
+                  device=(lat32 or {}).get("device", cpu_name()), notes=notes)
+
+
+def table(results: list[Result], baseline: str | None = None) -> pd.DataFrame:
+    """Results as a DataFrame; with `baseline`, size and speed ratios against that row."""
+    df = pd.DataFrame([asdict(r) for r in results])
+    df.insert(3, "size_mb", df["size_bytes"] / 1e6)
+    if baseline is not None:
+        if baseline not in set(df["name"]):
+            raise ValueError(f"No result named {baseline!r}; names are {list(df['name'])}.")
+        base = df.set_index("name").loc[baseline]
+        df["size_ratio"] = base["size_bytes"] / df["size_bytes"]
+        df["speedup_b32"] = base["latency_b32_ms"] / df["latency_b32_ms"]
+    return df
