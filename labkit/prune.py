@@ -1,0 +1,515 @@
+"""Pruning: masks that zero weights (same file, same speed) and structured cuts that really shrink the model.
+
+Unstructured pruning (`magnitude`, `two_four`) writes zeros into dense Linear weights: the tensors keep their
+shape, so the saved file and the latency stay those of the dense model. Structured pruning (`structured`)
+removes whole attention heads and FFN neurons, which gives smaller Linear layers: fewer bytes, less time.
+
+The task head is left alone by default (`include_head=False`): every Linear outside `model.base_model`
+(BERT's `classifier`) and the pooler, whose weights are tiny in MiniLM, so a global magnitude ranking would
+delete almost all of it and with it the sentence representation the classifier reads.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import data, fast_mode, measure
+from . import model as lk_model
+from .checks import exercise
+
+SCOPES = ("layer", "global")
+METHODS = ("magnitude", "random")
+SCORES = ("norm", "gradient")
+QUICK_LIMIT = 200  # the quick subset the slider and the sensitivity scan evaluate on
+
+SEMI_STRUCTURED_NOTE = (
+    "2:4 sparsity zeroes two of every four weights. On a CPU the weights stay a dense float32 matrix, so the "
+    "file and the latency do not change at all. Only a GPU with sparse tensor cores (NVIDIA compute capability "
+    ">= 8.0, fp16/bf16) can skip the zeros, via torch.sparse.to_sparse_semi_structured.")
+
+
+# --- finding the layers ---------------------------------------------------------------------------
+
+def _head_module_ids(model: nn.Module) -> set[int]:
+    """ids of the task head's Linear layers: outside the HF base model, or in its pooler."""
+    base = getattr(model, "base_model", model)
+    inside = {id(m) for m in base.modules()} if base is not model else {id(m) for m in model.modules()}
+    pooler = getattr(base, "pooler", None)
+    pooled = {id(m) for m in pooler.modules()} if isinstance(pooler, nn.Module) else set()
+    return {id(m) for m in model.modules() if isinstance(m, nn.Linear) and (id(m) not in inside or id(m) in pooled)}
+
+
+def prunable_linears(model: nn.Module, include_head: bool = False) -> dict[str, nn.Linear]:
+    """The Linear layers pruning acts on, by name (the classification head only with `include_head=True`)."""
+    head = set() if include_head else _head_module_ids(model)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) not in head}
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layers to prune; pass a transformer "
+                         "classifier such as the one from labkit.model.load_baseline().")
+    return layers
+
+
+def _check_fraction(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be a fraction in [0, 1) (e.g. 0.5 for half), got {value!r}.")
+    return float(value)
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}.")
+    return value
+
+
+def _target(model: nn.Module, inplace: bool) -> nn.Module:
+    return model if inplace else lk_model.clone(model)
+
+
+# --- unstructured masks ---------------------------------------------------------------------------
+
+def _smallest_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean keep-mask: False at the k lowest scores (exactly k), like torch.nn.utils.prune's topk."""
+    keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        keep[torch.topk(scores.reshape(-1), k, largest=False).indices] = False
+    return keep.view_as(scores)
+
+
+def _scores(weight: torch.Tensor, method: str, gen: torch.Generator) -> torch.Tensor:
+    if method == "magnitude":
+        return weight.detach().abs()
+    return torch.rand(weight.shape, generator=gen).to(weight.device)  # random control: scores ignore weights
+
+
+def masks(model: nn.Module, sparsity: float, scope: str = "layer", method: str = "magnitude",
+          include_head: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Keep-masks (True = keep) that zero `sparsity` of each layer's weights, or of all of them together."""
+    sparsity = _check_fraction("sparsity", sparsity)
+    _check_choice("scope", scope, SCOPES)
+    _check_choice("method", method, METHODS)
+    layers = prunable_linears(model, include_head)
+    gen = torch.Generator().manual_seed(seed)
+    scores = {n: _scores(m.weight, method, gen) for n, m in layers.items()}
+    if scope == "layer":
+        return {n: _smallest_mask(s, round(sparsity * s.numel())) for n, s in scores.items()}
+    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    keep = _smallest_mask(flat, round(sparsity * flat.numel()))
+    out, start = {}, 0
+    for n, s in scores.items():
+        out[n] = keep[start:start + s.numel()].view_as(s)
+        start += s.numel()
+    return out
+
+
+def apply_masks(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
+    """Multiply each named Linear weight by its mask, in place: zeros stored in a dense tensor."""
+    layers = dict(model.named_modules())
+    with torch.no_grad():
+        for name, mask in keep.items():
+            layers[name].weight.mul_(mask.to(layers[name].weight.device, layers[name].weight.dtype))
+    return model
+
+
+def magnitude(model: nn.Module, sparsity: float, scope: str = "layer", method: str = "magnitude",
+              inplace: bool = False, include_head: bool = False, seed: int = 0) -> nn.Module:
+    """A copy with `sparsity` of the Linear weights set to zero: smallest |w| (or random ones, the control).
+
+    scope="layer" prunes that fraction of every layer; scope="global" ranks all weights together, so some
+    layers lose more than others. The head is excluded unless `include_head=True`.
+    """
+    keep = masks(model, sparsity, scope, method, include_head, seed)
+    return apply_masks(_target(model, inplace), keep)
+
+
+def two_four(model: nn.Module, inplace: bool = False, include_head: bool = False) -> nn.Module:
+    """A copy where, in every group of 4 consecutive input weights, the 2 smallest |w| are zero (2:4)."""
+    out = _target(model, inplace)
+    with torch.no_grad():
+        for name, layer in prunable_linears(out, include_head).items():
+            w = layer.weight
+            if w.shape[1] % 4:
+                raise ValueError(f"{name} has {w.shape[1]} inputs, not a multiple of 4: 2:4 needs groups of 4; "
+                                 "exclude it or pad the layer.")
+            groups = w.abs().reshape(-1, 4)
+            drop = torch.topk(groups, 2, dim=1, largest=False).indices
+            keep = torch.ones_like(groups, dtype=torch.bool).scatter_(1, drop, False)
+            w.mul_(keep.view_as(w))
+    return out
+
+
+def sparsity_of(model: nn.Module, include_head: bool = False) -> dict:
+    """Counts over the prunable Linear weights: total, zeros, remaining, and the sparsity (zeros / total)."""
+    layers = prunable_linears(model, include_head)
+    total = sum(m.weight.numel() for m in layers.values())
+    zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
+    return {"total": total, "zeros": zeros, "remaining": total - zeros, "sparsity": zeros / total}
+
+
+def layer_sparsity(model: nn.Module, include_head: bool = False) -> pd.DataFrame:
+    """One row per prunable Linear: its shape, weights and fraction of zeros."""
+    rows = [{"layer": n, "shape": tuple(m.weight.shape), "weights": m.weight.numel(),
+             "sparsity": float((m.weight == 0).float().mean())}
+            for n, m in prunable_linears(model, include_head).items()]
+    return pd.DataFrame(rows)
+
+
+def torch_prune(model: nn.Module, sparsity: float, inplace: bool = False) -> nn.Module:
+    """The same 50%-style global L1 pruning done by torch.nn.utils.prune (mask kept as a buffer, weight recomputed)."""
+    import torch.nn.utils.prune as tprune
+
+    sparsity = _check_fraction("sparsity", sparsity)
+    out = _target(model, inplace)
+    params = [(m, "weight") for m in prunable_linears(out).values()]
+    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=sparsity)
+    return out
+
+
+def semi_structured_available() -> bool:
+    """True where torch can run 2:4 sparse matmuls: a CUDA GPU with compute capability >= 8.0."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
+def to_semi_structured(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Move a 2:4-pruned model to fp16 on the GPU with sparse semi-structured weights (CUDA only)."""
+    if not semi_structured_available():
+        raise ValueError("to_semi_structured needs a CUDA GPU with compute capability >= 8.0. " + SEMI_STRUCTURED_NOTE)
+    from torch.sparse import to_sparse_semi_structured
+
+    out = _target(model, inplace).half().cuda()
+    for layer in prunable_linears(out).values():
+        w = layer.weight.detach()
+        groups = (w.reshape(-1, 4) != 0).sum(1)
+        if (groups > 2).any():
+            raise ValueError("The weights are not 2:4 sparse; run prune.two_four(model) first.")
+        layer.weight = nn.Parameter(to_sparse_semi_structured(w), requires_grad=False)
+    return out
+
+
+# --- structured: remove heads and FFN neurons -----------------------------------------------------
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """Transformer layers shaped like BERT's (attention.self/.output, intermediate, output): BERT, RoBERTa..."""
+    found = []
+    for m in model.modules():
+        att = getattr(m, "attention", None)
+        if (att is not None and hasattr(att, "self") and hasattr(getattr(att, "output", None), "dense")
+                and hasattr(getattr(m, "intermediate", None), "dense") and hasattr(getattr(m, "output", None), "dense")
+                and hasattr(att.self, "attention_head_size")):
+            found.append(m)
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no BERT-style attention layers (attention.self with "
+                         "query/key/value, intermediate.dense, output.dense); structured pruning needs an "
+                         "encoder such as BERT or RoBERTa.")
+    return found
+
+
+def _slice_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A smaller Linear keeping `index` of its outputs (dim=0) or of its inputs (dim=1)."""
+    w = layer.weight.detach().index_select(dim, index.to(layer.weight.device)).clone()
+    out_f, in_f = w.shape
+    new = nn.Linear(in_f, out_f, bias=layer.bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias.detach() if dim == 1 else layer.bias.detach()[index.to(w.device)])
+    return new
+
+
+def _head_scores(block: nn.Module, stat) -> torch.Tensor:
+    """One importance per head: the statistic summed over its query/key/value rows and output columns."""
+    att = block.attention
+    d = att.self.attention_head_size
+    rows = sum(stat(getattr(att.self, p).weight).sum(1) for p in ("query", "key", "value"))
+    cols = stat(att.output.dense.weight).sum(0)
+    return (rows + cols).reshape(-1, d).sum(1)
+
+
+def _ffn_scores(block: nn.Module, stat) -> torch.Tensor:
+    """One importance per FFN neuron: its input row's statistic times its output column's."""
+    return stat(block.intermediate.dense.weight).sum(1) * stat(block.output.dense.weight).sum(0)
+
+
+def _taylor(model: nn.Module, tokenizer, batches: int = 4, batch_size: int = 32) -> dict[int, torch.Tensor]:
+    """|w * dL/dw| per weight, accumulated over a few training batches (first-order Taylor importance)."""
+    work = lk_model.clone(model).train()
+    for p in work.parameters():
+        p.grad = None
+    dev = measure._device_of(work)
+    train = data.split("train", limit=batches * batch_size)
+    for batch in data.batches(train["text"], train["label"], tokenizer, batch_size, shuffle_seed=0):
+        batch = batch.to(dev)
+        work(**batch.inputs, labels=batch.labels).loss.backward()
+    # Map the copy's gradients back onto the original's parameters, by name.
+    grads = dict(work.named_parameters())
+    return {id(p): (p.detach() * grads[n].grad).abs() for n, p in model.named_parameters()
+            if grads[n].grad is not None}
+
+
+def _keep_top(scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Sorted indices of the units to keep after removing round(fraction * n) of the lowest (>= 1 kept)."""
+    n = scores.numel()
+    drop = min(round(fraction * n), n - 1)
+    return torch.sort(torch.topk(scores, n - drop).indices).values
+
+
+def structured(model: nn.Module, heads: float = 0.3, ffn: float = 0.3, score: str = "norm",
+               tokenizer=None, inplace: bool = False) -> nn.Module:
+    """A physically smaller copy: `heads` of every layer's attention heads and `ffn` of its FFN neurons removed.
+
+    score="norm" ranks units by weight L2 norm; score="gradient" by |w * grad| on a few training batches
+    (needs `tokenizer`). The removed rows/columns are gone from the Linear layers, so bytes and time drop.
+    """
+    heads = _check_fraction("heads", heads)
+    ffn = _check_fraction("ffn", ffn)
+    _check_choice("score", score, SCORES)
+    if score == "gradient" and tokenizer is None:
+        raise ValueError("score='gradient' runs a few training batches: pass tokenizer=... (or use score='norm').")
+    out = _target(model, inplace)
+    blocks = _blocks(out)
+    if score == "norm":
+        def stat(w):
+            return w.detach().float() ** 2
+    else:
+        taylor = _taylor(out, tokenizer)
+
+        def stat(w):
+            return taylor[id(w)]
+    pruned_heads = {}
+    for i, block in enumerate(blocks):
+        att, d = block.attention, block.attention.self.attention_head_size
+        keep_h = _keep_top(_head_scores(block, stat), heads)
+        keep_f = _keep_top(_ffn_scores(block, stat), ffn)
+        pruned_heads[i] = sorted(set(range(att.self.num_attention_heads)) - set(keep_h.tolist()))
+        cols = (keep_h[:, None] * d + torch.arange(d)).reshape(-1)
+        for name in ("query", "key", "value"):
+            setattr(att.self, name, _slice_linear(getattr(att.self, name), cols, 0))
+        att.output.dense = _slice_linear(att.output.dense, cols, 1)
+        # BERT's attention reads these two attributes to reshape q/k/v and size the output.
+        att.self.num_attention_heads = len(keep_h)
+        att.self.all_head_size = len(keep_h) * d
+        block.intermediate.dense = _slice_linear(block.intermediate.dense, keep_f, 0)
+        block.output.dense = _slice_linear(block.output.dense, keep_f, 1)
+    out.config.pruned_heads = pruned_heads  # a record of what was cut (layer -> removed head indices)
+    return out
+
+
+def shape_summary(model: nn.Module) -> pd.DataFrame:
+    """Heads and FFN neurons left in every transformer layer."""
+    return pd.DataFrame([{"layer": i, "heads": b.attention.self.num_attention_heads,
+                          "ffn_neurons": b.intermediate.dense.out_features}
+                         for i, b in enumerate(_blocks(model))])
+
+
+# --- recovery: a short fine-tune ------------------------------------------------------------------
+
+def recover(model: nn.Module, tokenizer, steps: int | None = None, lr: float = 5e-5, batch_size: int = 32,
+            seed: int = 0, inplace: bool = False, keep_zeros: bool = True) -> nn.Module:
+    """Fine-tune a pruned copy for `steps` batches of the train split; zero weights stay zero (mask fixed).
+
+    With `keep_zeros`, each prunable weight's zero pattern is re-applied after every step, so unstructured
+    sparsity survives; a structurally pruned model has no zeros, so this is then plain fine-tuning.
+    """
+    steps = (20 if fast_mode() else 100) if steps is None else steps
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    out = _target(model, inplace)
+    keep = {n: m.weight != 0 for n, m in prunable_linears(out).items()} if keep_zeros else {}
+    dev = measure._device_of(out)
+    train = data.split("train")
+    opt = torch.optim.AdamW(out.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / max(1, steps)))
+    torch.manual_seed(seed)
+    out.train()
+    done, epoch = 0, 0
+    while done < steps:
+        for batch in data.batches(train["text"], train["label"], tokenizer, batch_size, shuffle_seed=seed + epoch):
+            if done >= steps:
+                break
+            batch = batch.to(dev)
+            out(**batch.inputs, labels=batch.labels).loss.backward()
+            torch.nn.utils.clip_grad_norm_(out.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            apply_masks(out, keep)
+            done += 1
+        epoch += 1
+    return out.eval()
+
+
+# --- sensitivity scan and a per-layer plan ---------------------------------------------------------
+
+def _group_of(name: str, by: str) -> str:
+    if by == "type":
+        return re.sub(r"\.\d+\.", ".*.", name)
+    match = re.search(r"\.(\d+)\.", name)
+    return f"layer {match.group(1)}" if match else name
+
+
+def groups(model: nn.Module, by: str = "type") -> dict[str, list[str]]:
+    """Prunable layer names grouped by type (query of every layer, ...) or by transformer layer index."""
+    _check_choice("by", by, ("type", "layer"))
+    out: dict[str, list[str]] = {}
+    for name in prunable_linears(model):
+        out.setdefault(_group_of(name, by), []).append(name)
+    return out
+
+
+def _quick_accuracy(model: nn.Module, tokenizer, limit: int) -> float:
+    return measure.accuracy(model, tokenizer, "test", limit)
+
+
+def prune_plan(model: nn.Module, plan: dict[str, float], inplace: bool = False) -> nn.Module:
+    """Magnitude-prune each named layer at its own sparsity (layer scope), e.g. a plan from `plan_from_scan`."""
+    out = _target(model, inplace)
+    layers = prunable_linears(out)
+    keep = {}
+    for name, s in plan.items():
+        if name not in layers:
+            raise ValueError(f"{name!r} is not a prunable layer; names are like {next(iter(layers))!r}.")
+        w = layers[name].weight.detach().abs()
+        keep[name] = _smallest_mask(w, round(_check_fraction(f"sparsity of {name}", s) * w.numel()))
+    return apply_masks(out, keep)
+
+
+def sensitivity(model: nn.Module, tokenizer, sparsities=(0.5, 0.7, 0.9), by: str = "type",
+                limit: int = QUICK_LIMIT) -> pd.DataFrame:
+    """Accuracy drop (points) when only one group of layers is magnitude-pruned, for each group and sparsity."""
+    base = _quick_accuracy(model, tokenizer, limit)
+    rows = []
+    for group, names in groups(model, by).items():
+        for s in sparsities:
+            pruned = prune_plan(model, {n: s for n in names})
+            rows.append({"group": group, "sparsity": s,
+                         "drop_points": 100 * (base - _quick_accuracy(pruned, tokenizer, limit))})
+    return pd.DataFrame(rows).pivot(index="group", columns="sparsity", values="drop_points")
+
+
+def plan_from_scan(model: nn.Module, scan: pd.DataFrame, total: float, by: str = "type",
+                   cap: float = 0.95) -> dict[str, float]:
+    """Per-layer sparsities averaging `total` over all weights, more where the scan says pruning hurts less.
+
+    Each group gets sparsity proportional to 1 / (1 + mean drop in points), scaled until the weighted mean
+    over all prunable weights equals `total` (groups at `cap` stay there).
+    """
+    total = _check_fraction("total", total)
+    layers = prunable_linears(model)
+    members = groups(model, by)
+    missing = set(members) - set(scan.index)
+    if missing:
+        raise ValueError(f"The scan has no row for {sorted(missing)}; scan with the same `by` ({by!r}).")
+    size = {g: sum(layers[n].weight.numel() for n in names) for g, names in members.items()}
+    tolerance = {g: 1.0 / (1.0 + max(0.0, float(scan.loc[g].mean()))) for g in members}
+    n_all = sum(size.values())
+    lo, hi = 0.0, 100.0
+    for _ in range(60):  # bisection on the scale so the weighted mean sparsity hits `total`
+        mid = (lo + hi) / 2
+        mean = sum(size[g] * min(cap, mid * tolerance[g]) for g in members) / n_all
+        lo, hi = (mid, hi) if mean < total else (lo, mid)
+    return {n: min(cap, lo * tolerance[g]) for g, names in members.items() for n in names}
+
+
+# --- the slider ---------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _quick_setup() -> tuple:
+    """The baseline, its tokenizer and its predictions on the quick subset (loaded once)."""
+    base, tok = lk_model.load_baseline(progress=False)
+    return base, tok, measure.predictions(base, tok, "test", QUICK_LIMIT)
+
+
+@lru_cache(maxsize=256)
+def sparsity_point(sparsity: float, scope: str = "layer", method: str = "magnitude") -> dict:
+    """Prune the baseline and measure it on the quick subset: accuracy, agreement, remaining weights (cached)."""
+    base, tok, reference = _quick_setup()
+    pruned = magnitude(base, sparsity, scope, method)
+    preds = measure.predictions(pruned, tok, "test", QUICK_LIMIT)
+    labels = data.split("test", QUICK_LIMIT)["label"].to_numpy()
+    counts = sparsity_of(pruned)
+    return {"sparsity": sparsity, "scope": scope, "method": method, "accuracy": float((preds == labels).mean()),
+            "agreement": measure.agreement(preds, reference), "remaining_weights": counts["remaining"],
+            "total_weights": counts["total"]}
+
+
+def curve(sparsities, scope: str = "layer", method: str = "magnitude") -> pd.DataFrame:
+    """sparsity_point over several sparsities, as a table (one row each)."""
+    return pd.DataFrame([sparsity_point(float(s), scope, method) for s in sparsities])
+
+
+# --- the main job ---------------------------------------------------------------------------------
+
+def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Result]:
+    """Rows for `python -m labkit tour`: 50% global magnitude (zeros, no speed) and structured pruning."""
+    steps = 20 if fast_mode() else 60
+    t0 = time.perf_counter()
+    sparse = recover(magnitude(model, 0.5, "global"), tokenizer, steps)
+    rows = [measure.evaluate(f"prune: 50% global magnitude +{steps} steps", sparse, tokenizer, reference,
+                             notes="zeros in dense tensors: same bytes, same speed as fp32")]
+    small = recover(structured(model, heads=1 / 3, ffn=0.7), tokenizer, steps)
+    rows.append(measure.evaluate(f"prune: 8/12 heads, 30% FFN +{steps} steps", small, tokenizer, reference,
+                                 notes=f"structured: smaller Linear layers ({time.perf_counter() - t0:.0f} s)"))
+    return rows
+
+
+# --- exercises ------------------------------------------------------------------------------------
+
+def _remaining_solution() -> int:
+    return 1536 * 384 - round(0.7 * 1536 * 384)
+
+
+@exercise("03.remaining_weights",
+          "A 1536x384 FFN weight is magnitude-pruned to 70% sparsity. How many weights are left non-zero?",
+          "count the weights, then remove round(0.7 * count) of them.",
+          _remaining_solution)
+def _check_remaining(answer) -> bool:
+    return int(answer) == _remaining_solution()
+
+
+def _head_params_solution() -> int:
+    # 4 heads of size 32: rows of query/key/value (weights + biases) and columns of the output projection.
+    return 4 * 32 * (3 * 384 + 3) + 4 * 32 * 384
+
+
+@exercise("03.head_params",
+          "How many parameters disappear when 4 of the 12 heads (head size 32, hidden 384) are removed from "
+          "one layer's attention?",
+          "each head owns 32 rows (and 32 biases) in query, key and value, and 32 input columns of the "
+          "output projection (its bias stays).",
+          _head_params_solution)
+def _check_head_params(answer) -> bool:
+    return int(answer) == _head_params_solution()
+
+
+_EX_WEIGHT = torch.tensor([[0.9, -0.1, 0.4, -0.05], [0.2, -0.7, 0.03, 0.6]])
+
+
+def _mask_solution() -> torch.Tensor:
+    return _EX_WEIGHT.abs() > 0.15
+
+
+@exercise("03.magnitude_mask",
+          "Write the keep-mask (True = keep) that prunes 50% of prune._EX_WEIGHT by magnitude, layer scope.",
+          "keep the 4 largest |w| of the 8 weights: compare weight.abs() with the 4th largest.",
+          _mask_solution)
+def _check_mask(answer) -> bool:
+    answer = torch.as_tensor(answer).bool()
+    return answer.shape == _EX_WEIGHT.shape and bool((answer == _mask_solution()).all())
+
+
+def _speedup_solution() -> float:
+    return 1.0
+
+
+@exercise("03.zeros_speedup",
+          "Roughly what b32 speedup does 50% unstructured sparsity give on a CPU, with weights stored dense?",
+          "the matrix multiply still reads and multiplies every stored number, zero or not.",
+          _speedup_solution)
+def _check_speedup(answer) -> bool:
+    return abs(float(answer) - 1.0) <= 0.1

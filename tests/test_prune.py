@@ -1,0 +1,242 @@
+import copy
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.utils.prune as tprune
+from torch import nn
+
+from labkit import measure, prune
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _inputs(tokenizer):
+    return dict(tokenizer(["a quiet, lovely film", "dull and far too long"], padding=True, return_tensors="pt"))
+
+
+# --- unstructured ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
+def test_layer_scope_matches_torch_l1_unstructured(tiny_model, sparsity):
+    pruned = prune.magnitude(tiny_model, sparsity, "layer")
+    ref = copy.deepcopy(tiny_model)
+    for name, layer in prune.prunable_linears(ref).items():
+        tprune.l1_unstructured(layer, "weight", amount=sparsity)
+    ours = prune.prunable_linears(pruned)
+    for name, layer in prune.prunable_linears(ref).items():
+        assert torch.equal(ours[name].weight != 0, layer.weight_mask.bool()), name
+        assert int((ours[name].weight == 0).sum()) == round(sparsity * layer.weight.numel())
+
+
+def test_global_scope_matches_torch_global_unstructured(tiny_model):
+    pruned = prune.magnitude(tiny_model, 0.6, "global")
+    ref = prune.torch_prune(tiny_model, 0.6)
+    for name, layer in prune.prunable_linears(ref).items():
+        assert torch.equal(prune.prunable_linears(pruned)[name].weight != 0, layer.weight_mask.bool()), name
+    counts = prune.sparsity_of(pruned)
+    assert counts["zeros"] == round(0.6 * counts["total"])
+    per_layer = prune.layer_sparsity(pruned)["sparsity"]
+    assert per_layer.max() - per_layer.min() > 0.01  # global ranking prunes layers unevenly
+
+
+def test_random_control_has_exact_counts_and_ignores_magnitude(tiny_model):
+    pruned = prune.magnitude(tiny_model, 0.5, "layer", method="random", seed=1)
+    again = prune.magnitude(tiny_model, 0.5, "layer", method="random", seed=1)
+    by_mag = prune.magnitude(tiny_model, 0.5, "layer")
+    for name, layer in prune.prunable_linears(pruned).items():
+        assert int((layer.weight == 0).sum()) == round(0.5 * layer.weight.numel())
+        assert torch.equal(layer.weight, prune.prunable_linears(again)[name].weight)
+    assert not _same_state(pruned.state_dict(), by_mag.state_dict())
+
+
+def test_input_is_never_mutated_unless_inplace(tiny_model):
+    before = _state(tiny_model)
+    out = prune.magnitude(tiny_model, 0.5, "global")
+    assert out is not tiny_model and _same_state(before, tiny_model.state_dict())
+    prune.structured(tiny_model, heads=0.5, ffn=0.5)
+    prune.two_four(tiny_model)
+    assert _same_state(before, tiny_model.state_dict())
+    same = prune.magnitude(tiny_model, 0.5, inplace=True)
+    assert same is tiny_model and prune.sparsity_of(tiny_model)["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_classifier_and_pooler_are_excluded_by_default(tiny_model):
+    pruned = prune.magnitude(tiny_model, 0.9, "global")
+    assert torch.equal(pruned.classifier.weight, tiny_model.classifier.weight)
+    assert torch.equal(pruned.bert.pooler.dense.weight, tiny_model.bert.pooler.dense.weight)
+    with_head = prune.magnitude(tiny_model, 0.5, "layer", include_head=True)
+    assert int((with_head.classifier.weight == 0).sum()) == round(0.5 * tiny_model.classifier.weight.numel())
+
+
+def test_sparsity_of_counts_zeros(tiny_model):
+    layers = prune.prunable_linears(tiny_model)
+    first = next(iter(layers.values()))
+    with torch.no_grad():
+        first.weight[:2] = 0
+    counts = prune.sparsity_of(tiny_model)
+    assert counts["total"] == sum(m.weight.numel() for m in layers.values())
+    assert counts["zeros"] == 2 * first.weight.shape[1]
+    assert counts["remaining"] == counts["total"] - counts["zeros"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sparsity=1.0), r"\[0, 1\)"), (dict(sparsity=-0.1), r"\[0, 1\)"),
+    (dict(sparsity=0.5, scope="net"), "'layer', 'global'"), (dict(sparsity=0.5, method="l2"), "'magnitude'"),
+])
+def test_bad_unstructured_input_says_what_is_allowed(tiny_model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        prune.magnitude(tiny_model, **kwargs)
+
+
+def test_models_without_linear_or_attention_layers_are_refused():
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        prune.magnitude(nn.Sequential(nn.ReLU()), 0.5)
+    with pytest.raises(ValueError, match="attention"):
+        prune.structured(nn.Sequential(nn.Linear(4, 4)), heads=0.5)
+
+
+def test_zeros_do_not_shrink_the_file_and_torch_prune_adds_a_mask(tiny_model):
+    dense = measure.serialized_bytes(tiny_model)
+    assert measure.serialized_bytes(prune.magnitude(tiny_model, 0.9)) == dense
+    reparam = prune.torch_prune(tiny_model, 0.9)
+    assert measure.serialized_bytes(reparam) > dense  # weight_orig + weight_mask are both saved
+    for layer in prune.prunable_linears(reparam).values():
+        tprune.remove(layer, "weight")
+    assert measure.serialized_bytes(reparam) == dense
+
+
+# --- 2:4 ------------------------------------------------------------------------------------------
+
+def test_two_four_keeps_the_two_largest_of_every_four(tiny_model):
+    pruned = prune.two_four(tiny_model)
+    for name, layer in prune.prunable_linears(tiny_model).items():
+        groups = layer.weight.detach().reshape(-1, 4)
+        kept = prune.prunable_linears(pruned)[name].weight.detach().reshape(-1, 4)
+        assert ((kept == 0).sum(1) == 2).all()
+        top2 = groups.abs().sort(1, descending=True).values[:, :2]
+        assert torch.allclose(kept.abs().sort(1, descending=True).values[:, :2], top2)
+    assert prune.sparsity_of(pruned)["sparsity"] == 0.5
+
+
+@pytest.mark.skipif(prune.semi_structured_available(), reason="a capable GPU is present")
+def test_semi_structured_path_explains_itself_on_cpu(tiny_model):
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        prune.to_semi_structured(prune.two_four(tiny_model))
+
+
+@pytest.mark.skipif(not prune.semi_structured_available(), reason="needs a CUDA GPU with compute capability >= 8")
+def test_semi_structured_matches_dense_on_gpu(tiny_model):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128)
+    m = prune.two_four(BertForSequenceClassification(cfg).eval())
+    ids = torch.randint(0, 1000, (32, 64))
+    dense = m.half().cuda()(input_ids=ids.cuda()).logits
+    fast = prune.to_semi_structured(m)(input_ids=ids.cuda()).logits
+    assert torch.allclose(dense, fast, atol=2e-2)
+
+
+# --- structured -----------------------------------------------------------------------------------
+
+def _zero_units_reference(model, small):
+    """The original model with the removed heads' and neurons' output columns zeroed: same function."""
+    ref = copy.deepcopy(model)
+    for i, (block, cut) in enumerate(zip(prune._blocks(ref), prune._blocks(small))):
+        d = block.attention.self.attention_head_size
+        kept_heads = [h for h in range(block.attention.self.num_attention_heads)
+                      if h not in small.config.pruned_heads[i]]
+        with torch.no_grad():
+            mask = torch.zeros(block.attention.output.dense.in_features)
+            for h in kept_heads:
+                mask[h * d:(h + 1) * d] = 1
+            block.attention.output.dense.weight.mul_(mask)
+            # A neuron survives if its input row is still present in the small model.
+            rows = block.intermediate.dense.weight
+            kept = (rows[:, None, :] == cut.intermediate.dense.weight[None]).all(-1).any(1).float()
+            block.output.dense.weight.mul_(kept)
+    return ref
+
+
+@pytest.mark.parametrize("score", ["norm", "gradient"])
+def test_structured_removes_units_and_equals_zeroing_them(tiny_model, tokenizer, score):
+    small = prune.structured(tiny_model, heads=0.5, ffn=0.5, score=score, tokenizer=tokenizer)
+    shapes = prune.shape_summary(small)
+    assert (shapes["heads"] == 2).all() and (shapes["ffn_neurons"] == 32).all()
+    block = prune._blocks(small)[0]
+    assert block.attention.self.query.out_features == 16 and block.attention.output.dense.in_features == 16
+    assert block.output.dense.in_features == 32
+    inputs = _inputs(tokenizer)
+    with torch.no_grad():
+        ours = small(**inputs).logits
+        ref = _zero_units_reference(tiny_model, small)(**inputs).logits
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert measure.serialized_bytes(small) < measure.serialized_bytes(tiny_model)
+
+
+def test_norm_score_removes_the_weakest_head(tiny_model):
+    block = prune._blocks(tiny_model)[0]
+    with torch.no_grad():
+        block.attention.output.dense.weight[:, 8:16] *= 1e-3  # head 1's output columns
+        for p in ("query", "key", "value"):
+            getattr(block.attention.self, p).weight[8:16] *= 1e-3
+    small = prune.structured(tiny_model, heads=0.25, ffn=0.0)
+    assert small.config.pruned_heads[0] == [1]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(heads=1.0), "heads"), (dict(ffn=-0.2), "ffn"), (dict(score="l1"), "'norm'"),
+    (dict(score="gradient"), "tokenizer"),
+])
+def test_bad_structured_input(tiny_model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        prune.structured(tiny_model, **kwargs)
+
+
+# --- recovery, sensitivity, plan, slider -----------------------------------------------------------
+
+def test_recover_trains_but_keeps_the_zeros(tiny_model, tokenizer):
+    sparse = prune.magnitude(tiny_model, 0.5)
+    before = _state(sparse)
+    tuned = prune.recover(sparse, tokenizer, steps=2, batch_size=8, lr=1e-3)
+    assert _same_state(before, sparse.state_dict())
+    for name, layer in prune.prunable_linears(tuned).items():
+        old = prune.prunable_linears(sparse)[name].weight
+        assert torch.equal(layer.weight == 0, old == 0), name
+        assert not torch.equal(layer.weight, old)
+
+
+def test_plan_from_scan_hits_the_total_and_spares_sensitive_groups(tiny_model):
+    g = prune.groups(tiny_model, "type")
+    scan = pd.DataFrame({0.5: [0.0] * len(g), 0.9: [1.0] * len(g)}, index=list(g))
+    sensitive = next(k for k in g if k.endswith("query"))
+    scan.loc[sensitive] = [10.0, 40.0]
+    plan = prune.plan_from_scan(tiny_model, scan, total=0.5)
+    layers = prune.prunable_linears(tiny_model)
+    mean = sum(plan[n] * layers[n].weight.numel() for n in plan) / sum(m.weight.numel() for m in layers.values())
+    assert mean == pytest.approx(0.5, abs=1e-4)
+    q = next(n for n in plan if n.endswith("query"))
+    ffn = next(n for n in plan if n.endswith("intermediate.dense"))
+    assert plan[q] < plan[ffn]
+    pruned = prune.prune_plan(tiny_model, plan)
+    assert prune.sparsity_of(pruned)["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_sensitivity_scan_has_a_row_per_group(tiny_model, tokenizer):
+    scan = prune.sensitivity(tiny_model, tokenizer, sparsities=(0.5,), by="layer", limit=16)
+    assert set(scan.index) == {"layer 0", "layer 1"} and list(scan.columns) == [0.5]
+
+
+def test_sparsity_point_on_the_baseline(baseline):
+    p = prune.sparsity_point(0.5, "layer", "magnitude")
+    assert set(p) >= {"accuracy", "agreement", "remaining_weights"}
+    assert p["remaining_weights"] == pytest.approx(0.5 * p["total_weights"], abs=40)
+    assert 0.5 <= p["accuracy"] <= 1 and 0.5 <= p["agreement"] <= 1
+    assert prune.sparsity_point(0.5, "layer", "magnitude") is p  # cached: a revisited slider point is instant
+    assert prune.sparsity_point(0.0)["agreement"] == 1.0
