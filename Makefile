@@ -33,3 +33,6 @@ test: $(STAMP)
 
 clean-cache:
 	rm -rf $${LABKIT_CACHE:-$$HOME/.cache/labkit}
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/

@@ -1,4 +1,6 @@
-"""`python -m labkit tour`: measure every technique on the cached baseline, write reports/."""
+"""`python -m labkit tour`: measure every technique on the cached baseline, write reports/.
+
+`python -m labkit prepare`: train or verify the cached baseline once, e.g. before a class."""
 
 from __future__ import annotations
 
@@ -59,6 +61,25 @@ def tour(out_dir: Path = Path("reports")) -> "pd.DataFrame":
     return df
 
 
+def prepare() -> dict:
+    """Train or verify the cached baseline once (e.g. for a whole class) and say what was done."""
+    from . import model
+
+    path = model.baseline_path()
+    try:
+        model.read_checkpoint(path)
+        existed = True
+    except (FileNotFoundError, ValueError):
+        existed = False
+    model.load_baseline()
+    record = model.baseline_record()
+    action = "verified" if existed else "trained"
+    print(f"{action} baseline: {path}\n  sha256 {record['sha256']}\n  test accuracy {record['test_accuracy']:.4f}, "
+          f"{record['steps']} steps, {record['train_seconds']} s training on {record['device']}\n"
+          f"  learners use it with LABKIT_CACHE={path.parent}")
+    return dict(record, action=action, path=str(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m labkit", description=__doc__)
@@ -66,11 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     p_tour = sub.add_parser("tour", help="measure every technique and write reports/")
     p_tour.add_argument("--fast", action="store_true", help="small data and few steps (same code path)")
     p_tour.add_argument("--out", type=Path, default=Path("reports"))
+    p_prep = sub.add_parser("prepare", help="train or verify the cached baseline (once for a whole class)")
+    p_prep.add_argument("--fast", action="store_true", help="the small CI baseline")
     args = parser.parse_args(argv)
     if args.fast:
         os.environ["LABKIT_FAST"] = "1"
     if args.command == "tour":
         tour(args.out)
+    elif args.command == "prepare":
+        prepare()
     return 0
 
 

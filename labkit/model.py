@@ -107,6 +107,11 @@ def _cache_name(config: TrainConfig) -> str:
     return "baseline-" + hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
+def baseline_path(config: TrainConfig | None = None) -> Path:
+    """Where the baseline of this recipe is (or will be) cached."""
+    return cache_dir() / f"{_cache_name(config or TrainConfig.default())}.safetensors"
+
+
 def clone(model: torch.nn.Module) -> torch.nn.Module:
     """An independent copy, so compression never touches the caller's model."""
     return copy.deepcopy(model)
@@ -208,7 +213,7 @@ def load_baseline(device=None, config: TrainConfig | None = None, retrain: bool 
     """(model, tokenizer): the fine-tuned baseline from the cache, training and caching it first if needed."""
     config = config or TrainConfig.default()
     dev = resolve_device(device)
-    path = cache_dir() / f"{_cache_name(config)}.safetensors"
+    path = baseline_path(config)
     tokenizer = load_tokenizer()
     if not retrain and path.exists():
         try:
@@ -216,20 +221,41 @@ def load_baseline(device=None, config: TrainConfig | None = None, retrain: bool 
             expected = _expected_meta(config)
             stale = [k for k, v in expected.items() if meta.get(k) != v]
             if stale:
-                raise ValueError(f"cached baseline is stale ({', '.join(stale)} changed)")
+                by = meta.get("labkit_version")
+                raise ValueError(f"cached baseline is stale ({', '.join(stale)} changed; prepared by labkit "
+                                 f"{by}, this is labkit {__version__})")
             model = fresh_classifier()
             model.load_state_dict(state)
             return model.to(dev).eval(), tokenizer
         except (ValueError, FileNotFoundError, OSError) as err:
-            warnings.warn(f"Rebuilding the baseline: {err}", stacklevel=2)
+            if cache_writable():
+                warnings.warn(f"Rebuilding the baseline: {err}", stacklevel=2)
+            else:
+                raise ValueError(f"The read-only cache {cache_dir()} cannot be used: {err}. Ask whoever prepared "
+                                 "it to run `python -m labkit prepare` again, or unset LABKIT_CACHE.") from err
+    if not cache_writable():
+        raise ValueError(
+            f"The cache {cache_dir()} is read-only and holds no valid baseline for this labkit version "
+            f"({path.name}). Ask whoever prepared it to run `python -m labkit prepare` with "
+            f"LABKIT_CACHE={cache_dir()}, or unset LABKIT_CACHE to train your own copy.")
     model, record = train_baseline(config, dev, progress)
     save_checkpoint(model, path, record)
     return model, tokenizer
 
 
+def cache_writable() -> bool:
+    """False for a shared, prepared cache: LABKIT_CACHE_READONLY=1, or a folder this user cannot write."""
+    if os.environ.get("LABKIT_CACHE_READONLY", "0").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    folder = cache_dir()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return os.access(folder, os.W_OK)
+
+
 def baseline_record(config: TrainConfig | None = None) -> dict:
     """The metadata of the cached baseline (accuracy, steps, training time, sha256)."""
-    path = cache_dir() / f"{_cache_name(config or TrainConfig.default())}.json"
+    path = baseline_path(config).with_suffix(".json")
     if not path.is_file():
         raise FileNotFoundError(f"No cached baseline at {path}; run labkit.model.load_baseline() first.")
     return json.loads(path.read_text())

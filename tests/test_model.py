@@ -95,3 +95,40 @@ def test_fast_baseline_reaches_the_ci_target(baseline):
 
     m, tok = baseline
     assert measure.accuracy(m, tok, "test") >= 0.75
+
+
+def test_read_only_cache_without_a_baseline_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("LABKIT_CACHE_READONLY", "1")
+    monkeypatch.setattr(model, "train_baseline", lambda *a, **k: pytest.fail("must not train into a read-only cache"))
+    with pytest.raises(ValueError, match="labkit prepare"):
+        model.load_baseline("cpu", TINY, progress=False)
+
+
+def test_unwritable_folder_counts_as_read_only(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "shared"))
+    assert model.cache_writable()
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a learner on a teacher's folder
+    assert not model.cache_writable()
+
+
+def test_tampered_or_other_version_read_only_cache_is_refused_not_retrained(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    model.load_baseline("cpu", TINY, progress=False)  # the teacher prepares it
+    monkeypatch.setenv("LABKIT_CACHE_READONLY", "1")
+    monkeypatch.setattr(model, "train_baseline", lambda *a, **k: pytest.fail("must not retrain"))
+    model.load_baseline("cpu", TINY, progress=False)  # a learner reads it
+
+    meta = model.baseline_path(TINY).with_suffix(".json")
+    record = json.loads(meta.read_text())
+    meta.write_text(json.dumps(dict(record, recipe=-1, labkit_version="0.0.1")))
+    with pytest.raises(ValueError, match="labkit 0.0.1"):
+        model.load_baseline("cpu", TINY, progress=False)
+
+    meta.write_text(json.dumps(record))
+    weights = model.baseline_path(TINY)
+    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ValueError, match="tampered"):
+        model.load_baseline("cpu", TINY, progress=False)
