@@ -1,0 +1,517 @@
+"""Decisions made at run time: token pruning, dynamic int8 quantization, gradual magnitude pruning.
+
+Static methods decide once, ahead of time (a calibrated activation scale, a fixed weight mask).
+Dynamic methods decide per input or per step:
+- `token_pruning` drops the least-attended tokens of *each input* while it runs (real speed, no retraining);
+- `dynamic_int8` computes each batch's activation scale at run time (real int8 kernels on the CPU);
+- `gradual_prune` raises weight sparsity step by step *during* fine-tuning (a cubic schedule).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from functools import lru_cache
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import data, fast_mode, measure
+from .checks import _close, exercise
+
+# (query, key) attribute names of self-attention modules in common HF encoders (BERT family, DistilBERT, others).
+_QK_NAMES = (("query", "key"), ("q_lin", "k_lin"), ("q_proj", "k_proj"))
+
+
+# --- finding the parts generically -------------------------------------------------------------------
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The encoder's list of transformer layers: the nn.ModuleList with config.num_hidden_layers equal blocks."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for mod in model.modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n is None or len(mod) == n) \
+                and len({type(m) for m in mod}) == 1:
+            return mod
+    raise ValueError("No encoder layer list found (an nn.ModuleList of config.num_hidden_layers blocks); "
+                     "token pruning needs a Hugging Face transformer encoder.")
+
+
+def _query_key(layer: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    for mod in layer.modules():
+        for q, k in _QK_NAMES:
+            if isinstance(getattr(mod, q, None), nn.Linear) and isinstance(getattr(mod, k, None), nn.Linear):
+                return getattr(mod, q), getattr(mod, k)
+    raise ValueError(f"No self-attention query/key projections found in {type(layer).__name__} "
+                     f"(looked for {', '.join('/'.join(p) for p in _QK_NAMES)}).")
+
+
+def _target(model: nn.Module, inplace: bool) -> nn.Module:
+    return model if inplace else copy.deepcopy(model)
+
+
+# --- token pruning -----------------------------------------------------------------------------------
+
+def keep_count(real_length: int, keep_ratio: float) -> int:
+    """Tokens kept of an input with `real_length` real tokens ([CLS] and [SEP] included): ceil(keep_ratio * length)."""
+    # Rounding up guarantees keep_ratio=1 keeps everything and [CLS] always fits; the epsilon absorbs float noise
+    # such as 0.7 * 10 = 7.000000000000001.
+    return max(1, math.ceil(keep_ratio * real_length - 1e-9))
+
+
+def _real_tokens(mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
+    """(batch, length) bool: True for real tokens, read back from the mask the model built for its layers."""
+    if mask is None:
+        return torch.ones(batch, length, dtype=torch.bool, device=device)
+    if mask.dim() == 2:
+        return mask.bool()
+    row = mask[:, 0, 0, :]  # the [CLS] query's row: which keys it may attend to
+    return row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
+
+
+def _layer_mask(valid: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor | None:
+    """A layer mask in the same form the model built (bool for sdpa, additive float for eager)."""
+    if bool(valid.all()):
+        return None  # no padding left: sdpa may take its fast path
+    b, n = valid.shape
+    if like is not None and like.dim() == 2:
+        return valid.to(like.dtype)
+    keep = valid[:, None, None, :].expand(b, 1, n, n)
+    if like is None or like.dtype == torch.bool:
+        return keep
+    zero = torch.zeros((), dtype=like.dtype, device=valid.device)
+    return torch.where(keep, zero, torch.finfo(like.dtype).min)
+
+
+def cls_attention(hidden: torch.Tensor, real: torch.Tensor, query: nn.Linear, key: nn.Linear,
+                  heads: int) -> torch.Tensor:
+    """(batch, length): the attention [CLS] pays to each token in a layer, averaged over heads (0 on padding)."""
+    b, n, _ = hidden.shape
+    q = query(hidden[:, :1]).view(b, 1, heads, -1).transpose(1, 2)  # (b, heads, 1, d): only the [CLS] query
+    k = key(hidden).view(b, n, heads, -1).transpose(1, 2)  # (b, heads, n, d)
+    logits = (q @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(q.shape[-1])
+    logits = logits.masked_fill(~real[:, None, :], float("-inf"))
+    return logits.softmax(-1).mean(1)
+
+
+class _TokenPruner:
+    """Forward pre-hook of the first pruned layer: scores tokens, keeps the top ones, shrinks the sequence."""
+
+    def __init__(self, keep_ratio: float, query: nn.Linear, key: nn.Linear, heads: int, state: dict):
+        self.keep_ratio, self.query, self.key, self.heads, self.state = keep_ratio, query, key, heads, state
+
+    def __call__(self, module, args, kwargs):
+        hidden, mask, args, kwargs = _split_args(args, kwargs)
+        b, n, d = hidden.shape
+        real = _real_tokens(mask, b, n, hidden.device)
+        score = cls_attention(hidden, real, self.query, self.key, self.heads)
+        score = score.masked_fill(~real, float("-inf"))  # padding goes first
+        score[:, 0] = float("inf")  # [CLS] feeds the classifier: never dropped
+        counts = torch.tensor([keep_count(int(r), self.keep_ratio) for r in real.sum(1)], device=hidden.device)
+        width = int(counts.max())
+        slot = torch.arange(width, device=hidden.device)
+        best = score.argsort(dim=1, descending=True, stable=True)[:, :width]
+        valid = slot[None, :] < counts[:, None]
+        # Kept tokens go back to their original order; empty slots (shorter rows) sort to the end.
+        pos = torch.where(valid, best, n + slot[None, :]).sort(dim=1).values
+        gather = pos.clamp(max=n - 1)
+        hidden = hidden.gather(1, gather[..., None].expand(b, width, d))
+        new_mask = _layer_mask(valid, mask)
+        self.state.update(mask=new_mask, kept=torch.where(valid, pos, -1), score=score.detach())
+        return _join_args(hidden, new_mask, args, kwargs)
+
+
+class _MaskSwap:
+    """Forward pre-hook of the later layers: they get the shortened mask instead of the model's original one."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def __call__(self, module, args, kwargs):
+        hidden, _, args, kwargs = _split_args(args, kwargs)
+        return _join_args(hidden, self.state["mask"], args, kwargs)
+
+
+def _split_args(args: tuple, kwargs: dict):
+    hidden, rest = args[0], list(args[1:])
+    if rest:
+        mask = rest.pop(0)
+        return hidden, mask, ("pos", rest), kwargs
+    return hidden, kwargs.get("attention_mask"), ("kw", rest), kwargs
+
+
+def _join_args(hidden, mask, args, kwargs):
+    kind, rest = args
+    if kind == "pos":
+        return (hidden, mask, *rest), kwargs
+    return (hidden,), dict(kwargs, attention_mask=mask)
+
+
+def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace: bool = False) -> nn.Module:
+    """A model whose layers from `start_layer` on see only the top ceil(keep_ratio * real length) tokens per input.
+
+    Tokens are ranked by the attention [CLS] pays them in layer `start_layer` (computed from that layer's own
+    query/key projections on the full sequence, averaged over heads); padding is dropped first and [CLS] is never
+    dropped. Layers before `start_layer` run unchanged; `start_layer` and later run on the shorter sequence.
+    """
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
+        raise ValueError(f"keep_ratio must be a fraction in (0, 1] (1 keeps every real token), got {keep_ratio!r}.")
+    layers = encoder_layers(model)
+    if isinstance(start_layer, bool) or not isinstance(start_layer, int) or not 0 <= start_layer < len(layers):
+        raise ValueError(f"start_layer must be a layer index from 0 to {len(layers) - 1} "
+                         f"(this model has {len(layers)} layers), got {start_layer!r}.")
+    if getattr(model, "token_pruning", None) is not None:
+        raise ValueError("This model is already token-pruned; call token_pruning on the unpruned model.")
+    impl = getattr(model.config, "_attn_implementation", "sdpa")
+    if impl not in (None, "eager", "sdpa"):
+        raise ValueError(f"Token pruning supports the 'sdpa' and 'eager' attention implementations, got {impl!r}.")
+    model = _target(model, inplace)
+    layers = encoder_layers(model)
+    state: dict[str, Any] = {}
+    query, key = _query_key(layers[start_layer])
+    handles = [layers[start_layer].register_forward_pre_hook(
+        _TokenPruner(float(keep_ratio), query, key, model.config.num_attention_heads, state), with_kwargs=True)]
+    for layer in layers[start_layer + 1:]:
+        handles.append(layer.register_forward_pre_hook(_MaskSwap(state), with_kwargs=True))
+    model.token_pruning = {"keep_ratio": float(keep_ratio), "start_layer": start_layer, "state": state}
+    return model
+
+
+def last_kept(model: nn.Module) -> torch.Tensor:
+    """(batch, width) positions kept by the last forward pass of a token-pruned model (-1 marks an empty slot)."""
+    info = getattr(model, "token_pruning", None)
+    if info is None or "kept" not in info["state"]:
+        raise ValueError("Run a forward pass of a model returned by token_pruning first.")
+    return info["state"]["kept"]
+
+
+@torch.inference_mode()
+def surviving_tokens(model: nn.Module, tokenizer, sentence: str, keep_ratio: float, start_layer: int) -> pd.DataFrame:
+    """One row per word piece of `sentence`: its [CLS]-attention score and whether it survived token pruning."""
+    if not isinstance(sentence, str) or not sentence.strip():
+        raise ValueError("sentence must be a non-empty string.")
+    pruned = token_pruning(model, keep_ratio, start_layer)
+    enc = tokenizer([sentence], truncation=True, max_length=data.MAX_LENGTH, return_tensors="pt")
+    pruned.eval()(**enc)
+    kept = set(last_kept(pruned)[0].tolist())
+    score = pruned.token_pruning["state"]["score"][0]
+    tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
+    return pd.DataFrame({"token": tokens, "score": [0.0 if i == 0 else float(score[i]) for i in range(len(tokens))],
+                         "kept": [i in kept for i in range(len(tokens))]})
+
+
+# --- the quick subset behind the sliders -------------------------------------------------------------
+
+QUICK_LIMIT = 200
+
+
+@lru_cache(maxsize=1)
+def _baseline() -> tuple[nn.Module, Any]:
+    from . import model as model_mod
+
+    return model_mod.load_baseline(progress=False)
+
+
+@lru_cache(maxsize=1)
+def _reference() -> np.ndarray:
+    base, tok = _baseline()
+    return measure.predictions(base, tok, "test", QUICK_LIMIT)
+
+
+@lru_cache(maxsize=64)
+def token_point(keep_ratio: float, start_layer: int) -> dict:
+    """Accuracy, agreement with the baseline and batch-32 latency (ms) of token pruning on the quick test subset."""
+    base, tok = _baseline()
+    pruned = token_pruning(base, keep_ratio, start_layer)
+    df = data.split("test", QUICK_LIMIT)
+    preds = measure.predict(pruned, tok, df["text"])
+    lat = measure.latency(pruned, tok, 32, warmup=1, repeats=3)
+    return {"keep_ratio": keep_ratio, "start_layer": start_layer,
+            "accuracy": float((preds == df["label"].to_numpy()).mean()),
+            "agreement": measure.agreement(preds, _reference()), "latency_ms": lat["median_ms"]}
+
+
+def token_sweep(keep_ratios=(1.0, 0.7, 0.5, 0.3), start_layer: int = 2) -> pd.DataFrame:
+    """`token_point` for several keep ratios (the latency-vs-accuracy curve)."""
+    return pd.DataFrame([token_point(float(r), start_layer) for r in keep_ratios])
+
+
+def length_latency(model: nn.Module, tokenizer, batch_size: int, lengths=(13, 26, 52), repeats: int | None = None
+                   ) -> pd.DataFrame:
+    """Median latency of `model` on `batch_size` inputs cut to each token length: where shorter sequences pay."""
+    texts = measure.latency_texts(32)
+    words = " ".join(texts).split()
+    rows = []
+    for n in lengths:
+        # n word pieces exactly: [CLS] + (n - 2) pieces + [SEP], the same ones in every row of the batch.
+        ids = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"][: n - 2]
+        text = tokenizer.decode(ids)
+        batch = [text] * batch_size
+        lat = measure.latency(model, tokenizer, batch_size, repeats=repeats, texts=batch)
+        rows.append({"batch_size": batch_size, "tokens": lat["seq_len"], "median_ms": lat["median_ms"]})
+    return pd.DataFrame(rows)
+
+
+# --- dynamic vs static activation quantization -------------------------------------------------------
+
+def linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The encoder's nn.Linear layers (the classifier head and pooler stay in float)."""
+    layers = encoder_layers(model)
+    return {name: m for name, m in layers.named_modules() if isinstance(m, nn.Linear)}
+
+
+def dynamic_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Real dynamic int8: int8 weights ahead of time, each batch's activation scale computed at run time (CPU)."""
+    model = _target(model, inplace)
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated but still the CPU's int8 Linear; the warning is for us, not learners.
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        layers = encoder_layers(model)
+        quantize_dynamic(layers, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    return model.cpu()
+
+
+def fake_int8(x: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float) -> torch.Tensor:
+    """Round x to the asymmetric 8-bit grid spanning [lo, hi] (values outside are clipped), back in float."""
+    lo, hi = torch.as_tensor(lo, dtype=x.dtype), torch.as_tensor(hi, dtype=x.dtype)
+    lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))  # 0 is exact
+    scale = ((hi - lo) / 255).clamp_min(1e-12)
+    zero = torch.round(-lo / scale)
+    return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def fake_int8_weights(w: torch.Tensor) -> torch.Tensor:
+    """Symmetric per-tensor int8 weights (what torch's dynamic int8 Linear stores), back in float."""
+    scale = (w.abs().max() / 127).clamp_min(1e-12)
+    return torch.clamp(torch.round(w / scale), -127, 127) * scale
+
+
+class _ActQuant:
+    """Forward pre-hook: fake-quantize a Linear's input with a fixed range (static) or this batch's range (dynamic)."""
+
+    def __init__(self, lo: float | None = None, hi: float | None = None):
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, module, args):
+        x = args[0]
+        lo, hi = (x.min(), x.max()) if self.lo is None else (self.lo, self.hi)
+        return (fake_int8(x, lo, hi), *args[1:])
+
+
+@torch.inference_mode()
+def calibrate_ranges(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32) -> dict[str, tuple]:
+    """Min/max of every encoder Linear's input over calibration texts (the static decision)."""
+    ranges: dict[str, list[float]] = {}
+
+    def observer(name):
+        def hook(module, args):
+            x = args[0]
+            lo, hi = ranges.get(name, (math.inf, -math.inf))
+            ranges[name] = (min(lo, float(x.min())), max(hi, float(x.max())))
+        return hook
+
+    handles = [m.register_forward_pre_hook(observer(n)) for n, m in linears(model).items()]
+    try:
+        model.eval()
+        for batch in data.batches(texts, None, tokenizer, batch_size):
+            model(**batch.inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return ranges
+
+
+def simulated_int8(model: nn.Module, ranges: dict[str, tuple] | None = None, inplace: bool = False) -> nn.Module:
+    """SIMULATED int8 (float math, not faster): int8 weights plus activations on a static range or per-batch range.
+
+    With `ranges` (from `calibrate_ranges`) each Linear input is clipped to its calibrated range: static.
+    Without, each batch's own min/max sets the scale: dynamic. Same weights either way, so only that decision differs.
+    """
+    model = _target(model, inplace)
+    for name, lin in linears(model).items():
+        with torch.no_grad():
+            lin.weight.copy_(fake_int8_weights(lin.weight))
+        if ranges is None:
+            lin.register_forward_pre_hook(_ActQuant())
+        else:
+            if name not in ranges:
+                raise ValueError(f"No calibrated range for {name!r}; calibrate on this model's architecture.")
+            lin.register_forward_pre_hook(_ActQuant(*ranges[name]))
+    return model
+
+
+def calibration_texts(size: int = 64) -> list[str]:
+    """The `size` shortest training snippets: a deliberately narrow calibration set."""
+    train = data.split("train")
+    return list(train.loc[train["text"].str.len().sort_values(kind="stable").index[:size], "text"])
+
+
+def shifted_test(kind: str, limit: int = QUICK_LIMIT) -> pd.DataFrame:
+    """Test inputs unlike the calibration set: 'normal', 'long' (longest snippets), 'repeated' (x3), 'upper'."""
+    test = data.split("test")
+    if kind == "normal":
+        return data.split("test", limit)
+    if kind == "long":
+        return test.loc[test["text"].str.len().sort_values(kind="stable").index[-limit:]].reset_index(drop=True)
+    base = data.split("test", limit).copy()
+    if kind == "repeated":
+        base["text"] = (base["text"] + " ") * 2 + base["text"]
+    elif kind == "upper":
+        base["text"] = base["text"].str.upper()
+    else:
+        raise ValueError(f"Unknown kind {kind!r}; choose normal, long, repeated or upper.")
+    return base
+
+
+def quantization_robustness(model: nn.Module, tokenizer, kinds=("normal", "long", "repeated", "upper"),
+                            calibration_size: int = 64, limit: int = QUICK_LIMIT) -> pd.DataFrame:
+    """Accuracy of fp32, real dynamic int8, simulated dynamic and simulated static int8 on each kind of input."""
+    ranges = calibrate_ranges(model, tokenizer, calibration_texts(calibration_size))
+    models = {"fp32": model, "dynamic int8 (real)": dynamic_int8(model),
+              "dynamic int8 (simulated)": simulated_int8(model),
+              "static int8 (simulated)": simulated_int8(model, ranges)}
+    rows = []
+    for kind in kinds:
+        df = shifted_test(kind, limit)
+        labels = df["label"].to_numpy()
+        ref = measure.predict(model, tokenizer, df["text"])
+        for name, m in models.items():
+            preds = ref if m is model else measure.predict(m, tokenizer, df["text"])
+            rows.append({"inputs": kind, "model": name, "accuracy": float((preds == labels).mean()),
+                         "agreement": measure.agreement(preds, ref)})
+    return pd.DataFrame(rows)
+
+
+# --- gradual magnitude pruning during fine-tuning ----------------------------------------------------
+
+def cubic_schedule(step: int, total: int, final_sparsity: float, initial: float = 0.0) -> float:
+    """Sparsity at `step` of `total`: initial + (final - initial) * (1 - (1 - step/total)^3), fast early, flat late."""
+    if not 0 <= final_sparsity < 1:
+        raise ValueError(f"final_sparsity must be in [0, 1) (1 would remove every weight), got {final_sparsity!r}.")
+    if not 0 <= initial <= final_sparsity:
+        raise ValueError(f"initial must be in [0, final_sparsity={final_sparsity}], got {initial!r}.")
+    if total < 1 or step < 0:
+        raise ValueError(f"Need total >= 1 and step >= 0, got step={step}, total={total}.")
+    t = min(step, total) / total
+    return initial + (final_sparsity - initial) * (1 - (1 - t) ** 3)
+
+
+def prune_smallest(weight: torch.Tensor, keep: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Greedy step: the new keep-mask removes the smallest surviving |w| until `sparsity` of the entries are gone."""
+    n_prune = int(round(sparsity * weight.numel()))
+    already = int((~keep).sum())
+    if n_prune <= already:
+        return keep
+    score = weight.detach().abs().masked_fill(~keep, -1.0).flatten()  # pruned weights stay pruned
+    idx = torch.topk(score, n_prune, largest=False).indices
+    new = torch.ones_like(score, dtype=torch.bool)
+    new[idx] = False
+    return new.view_as(keep)
+
+
+def _apply(model_linears: dict[str, nn.Linear], keep: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, lin in model_linears.items():
+            lin.weight.mul_(keep[name])
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of zero weights over the encoder's Linear layers."""
+    ws = [lin.weight for lin in linears(model).values()]
+    return float(sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws))
+
+
+def prune_finetune(model: nn.Module, tokenizer, final_sparsity: float, steps: int, schedule: str = "cubic",
+                   batch_size: int = 16, lr: float = 5e-5, seed: int = 0, inplace: bool = False
+                   ) -> tuple[nn.Module, pd.DataFrame]:
+    """Fine-tune while pruning encoder Linears by magnitude: 'cubic' (gradual) or 'oneshot' (all at step 0).
+
+    Both take the same `steps` optimizer steps on the same batches, so only the pruning schedule differs.
+    Returns the pruned model and its history (step, target sparsity, loss).
+    """
+    if schedule not in ("cubic", "oneshot"):
+        raise ValueError(f"schedule must be 'cubic' or 'oneshot', got {schedule!r}.")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}.")
+    cubic_schedule(0, steps, final_sparsity)  # validates final_sparsity
+    model = _target(model, inplace)
+    lins = linears(model)
+    keep = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in lins.items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    train = data.split("train")
+    torch.manual_seed(seed)
+    history, step = [], 0
+    model.train()
+    while step < steps:
+        for batch in data.batches(train["text"], train["label"], tokenizer, batch_size, shuffle_seed=seed + step):
+            target = final_sparsity if schedule == "oneshot" else cubic_schedule(step, steps - 1 or 1, final_sparsity)
+            for n, lin in lins.items():
+                keep[n] = prune_smallest(lin.weight, keep[n], target)
+            _apply(lins, keep)
+            loss = model(**batch.inputs, labels=batch.labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _apply(lins, keep)  # the optimizer step must not revive pruned weights
+            history.append({"step": step, "sparsity": target, "loss": loss.item()})
+            step += 1
+            if step >= steps:
+                break
+    model.eval()
+    return model, pd.DataFrame(history)
+
+
+# --- tour ----------------------------------------------------------------------------------------------
+
+def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Result]:
+    """Rows for the main job: token pruning (keep 0.5 from layer 2, real latency) and real dynamic int8."""
+    return [measure.evaluate("token pruning keep 0.5 from layer 2", token_pruning(model, 0.5, 2), tokenizer,
+                             reference, notes="dynamic: per-input tokens dropped at run time"),
+            measure.evaluate("dynamic int8 (torch)", dynamic_int8(model), tokenizer, reference,
+                             notes="int8 weights, per-batch activation scales")]
+
+
+# --- exercises (notebook 04) ---------------------------------------------------------------------------
+
+def _keep_solution() -> int:
+    return keep_count(26, 0.3)  # ceil(7.8)
+
+
+@exercise("04.keep_count",
+          "A snippet of 26 real tokens ([CLS] and [SEP] included) goes through token pruning with keep_ratio=0.3. "
+          "How many tokens do the later layers see?",
+          "labkit keeps ceil(keep_ratio * real length) tokens: multiply, then round UP.",
+          _keep_solution)
+def _check_keep(answer: Any) -> bool:
+    return int(answer) == _keep_solution() and float(answer) == int(answer)
+
+
+def _cubic_solution() -> float:
+    return 0.8 * (1 - (1 - 50 / 100) ** 3)
+
+
+@exercise("04.cubic_midpoint",
+          "A cubic schedule from 0 to 80% sparsity over 100 steps: what sparsity is reached at step 50?",
+          "s = final * (1 - (1 - step/total)**3): at half time most of the pruning is already done.",
+          _cubic_solution)
+def _check_cubic(answer: Any) -> bool:
+    return _close(answer, _cubic_solution())
+
+
+def _scale_solution() -> float:
+    return (3.1 - (-2.0)) / 255
+
+
+@exercise("04.dynamic_scale",
+          "Dynamic quantization sees a batch whose Linear input spans [-2.0, 3.1]. What asymmetric 8-bit scale "
+          "does it use for that batch?",
+          "the 256 codes 0..255 must span max - min of THIS batch: scale = (max - min) / 255.",
+          _scale_solution)
+def _check_scale(answer: Any) -> bool:
+    return _close(answer, _scale_solution())

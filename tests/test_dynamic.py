@@ -1,0 +1,185 @@
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils import prune as torch_prune
+
+from labkit import checks, dynamic
+
+SENTENCES = ["a good film", "the plot is thin but the actors carry it with charm and wit",
+             "bad", "an overlong, dull and lifeless remake of a film nobody asked for"]
+
+
+def _enc(tokenizer, texts=SENTENCES):
+    return dict(tokenizer(texts, padding=True, return_tensors="pt"))
+
+
+def _eager_cls_attention(model, enc, layer):
+    """Reference: the [CLS] row of layer `layer`'s attention, from transformers' own eager attention."""
+    ref = dynamic._target(model, False)
+    ref.config._attn_implementation = "eager"
+    with torch.no_grad():
+        att = ref(**enc, output_attentions=True).attentions[layer]  # (batch, heads, n, n)
+    return att[:, :, 0, :].mean(1)
+
+
+@pytest.mark.parametrize("keep_ratio,start_layer", [(0.5, 0), (0.3, 1), (0.75, 1)])
+def test_keeps_exact_count_never_drops_cls_and_follows_attention(tiny_model, tokenizer, keep_ratio, start_layer):
+    enc = _enc(tokenizer)
+    pruned = dynamic.token_pruning(tiny_model, keep_ratio, start_layer)
+    with torch.no_grad():
+        out = pruned(**enc, output_hidden_states=True)
+    kept = dynamic.last_kept(pruned)
+    real = enc["attention_mask"].sum(1).tolist()
+    want = [math.ceil(keep_ratio * n) for n in real]
+    assert [int((row >= 0).sum()) for row in kept] == want
+    assert kept.shape[1] == max(want) == out.hidden_states[-1].shape[1]
+    assert (kept[:, 0] == 0).all()  # [CLS] first, in every row
+    score = _eager_cls_attention(tiny_model, enc, start_layer)
+    for row, n_real, k in zip(range(len(SENTENCES)), real, want):
+        positions = kept[row][kept[row] >= 0].tolist()
+        assert positions == sorted(positions) and max(positions) < n_real  # order kept, no padding
+        s = score[row, 1:n_real].clone()
+        top = (torch.topk(s, k - 1).indices + 1).tolist()
+        assert set(positions) == {0, *top}
+
+
+def test_keep_ratio_one_equals_the_unpruned_model(tiny_model, tokenizer):
+    enc = _enc(tokenizer)
+    pruned = dynamic.token_pruning(tiny_model, 1.0, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(**enc).logits, tiny_model(**enc).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_pruning_changes_output_and_does_not_mutate_input(tiny_model, tokenizer):
+    enc = _enc(tokenizer)
+    with torch.no_grad():
+        before = tiny_model(**enc).logits.clone()
+        pruned = dynamic.token_pruning(tiny_model, 0.3, 0)
+        assert not torch.allclose(pruned(**enc).logits, before)
+        torch.testing.assert_close(tiny_model(**enc).logits, before)
+    assert getattr(tiny_model, "token_pruning", None) is None
+    same = dynamic.token_pruning(tiny_model, 0.5, 1, inplace=True)
+    assert same is tiny_model
+
+
+def test_eager_attention_and_batch_of_one(tiny_model, tokenizer):
+    tiny_model.config._attn_implementation = "eager"
+    enc = _enc(tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(dynamic.token_pruning(tiny_model, 1.0, 1)(**enc).logits,
+                                   tiny_model(**enc).logits, atol=1e-5, rtol=1e-5)
+        pruned = dynamic.token_pruning(tiny_model, 0.5, 1)
+        pruned(**_enc(tokenizer, SENTENCES[1:2]))
+    assert dynamic.last_kept(pruned).shape == (1, math.ceil(0.5 * 15))
+
+
+@pytest.mark.parametrize("kwargs", [dict(keep_ratio=0, start_layer=0), dict(keep_ratio=1.5, start_layer=0),
+                                    dict(keep_ratio=0.5, start_layer=2), dict(keep_ratio=0.5, start_layer=-1)])
+def test_bad_arguments_raise(tiny_model, kwargs):
+    with pytest.raises(ValueError, match="keep_ratio|start_layer"):
+        dynamic.token_pruning(tiny_model, **kwargs)
+
+
+def test_surviving_tokens(tiny_model, tokenizer):
+    df = dynamic.surviving_tokens(tiny_model, tokenizer, SENTENCES[1], 0.5, 1)
+    assert df["token"].iloc[0] == "[CLS]" and df["kept"].iloc[0]
+    assert int(df["kept"].sum()) == math.ceil(0.5 * len(df))
+    assert abs(df["score"].iloc[1:].sum() + 0.0) <= 1.0 + 1e-5
+
+
+def test_cubic_schedule_hits_its_sparsities():
+    assert dynamic.cubic_schedule(0, 100, 0.7) == 0.0
+    assert dynamic.cubic_schedule(100, 100, 0.7) == pytest.approx(0.7)
+    assert dynamic.cubic_schedule(50, 100, 0.8) == pytest.approx(0.7)
+    assert dynamic.cubic_schedule(0, 10, 0.9, initial=0.2) == pytest.approx(0.2)
+    assert dynamic.cubic_schedule(500, 100, 0.7) == pytest.approx(0.7)
+    s = [dynamic.cubic_schedule(t, 20, 0.7) for t in range(21)]
+    assert all(b >= a for a, b in zip(s, s[1:]))
+    for bad in (1.0, -0.1, 1.2):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            dynamic.cubic_schedule(1, 10, bad)
+
+
+def test_prune_smallest_is_greedy_and_monotone():
+    torch.manual_seed(0)
+    w = torch.randn(16, 8)
+    keep = torch.ones_like(w, dtype=torch.bool)
+    keep = dynamic.prune_smallest(w, keep, 0.25)
+    # reference: torch.nn.utils.prune's L1 unstructured on the same weight
+    lin = torch.nn.Linear(8, 16)
+    lin.weight.data = w.clone()
+    torch_prune.l1_unstructured(lin, "weight", amount=32)
+    assert torch.equal(keep, lin.weight_mask.bool())
+    w2 = w.clone()
+    w2[~keep] = 100.0  # a pruned weight that grew back must stay pruned
+    keep2 = dynamic.prune_smallest(w2, keep, 0.5)
+    assert int((~keep2).sum()) == 64 and not (keep2 & ~keep).any()
+
+
+def test_prune_finetune_reaches_sparsity_and_keeps_mask(tiny_model, tokenizer):
+    for schedule in ("cubic", "oneshot"):
+        model, hist = dynamic.prune_finetune(tiny_model, tokenizer, 0.6, steps=3, schedule=schedule, batch_size=4)
+        assert dynamic.weight_sparsity(model) == pytest.approx(0.6, abs=1e-3)
+        assert hist["sparsity"].iloc[-1] == pytest.approx(0.6)
+        assert (hist["sparsity"].iloc[0] == 0.0) == (schedule == "cubic")
+    assert dynamic.weight_sparsity(tiny_model) == 0.0
+    with pytest.raises(ValueError, match="schedule"):
+        dynamic.prune_finetune(tiny_model, tokenizer, 0.5, 2, schedule="linear")
+
+
+def test_fake_int8_matches_torch_quantize(tiny_model):
+    x = torch.randn(64) * 3
+    lo, hi = x.min(), x.max()
+    scale = float((hi - lo) / 255)
+    zp = int(torch.round(-lo / scale))
+    ref = torch.dequantize(torch.quantize_per_tensor(x, scale, zp, torch.quint8))
+    torch.testing.assert_close(dynamic.fake_int8(x, lo, hi), ref, atol=1e-6, rtol=0)
+    clipped = dynamic.fake_int8(torch.tensor([10.0]), -1.0, 1.0)
+    assert float(clipped) == pytest.approx(1.0, abs=2 / 255)  # clipped to the top of the grid
+
+
+def test_dynamic_int8_is_real_and_quiet(tiny_model, tokenizer):
+    enc = _enc(tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = dynamic.dynamic_int8(tiny_model)
+    names = [m._get_name() for m in dynamic.encoder_layers(q).modules()]
+    assert names.count("DynamicQuantizedLinear") == len(dynamic.linears(tiny_model)) > 0
+    assert "DynamicQuantizedLinear" not in q.classifier._get_name()
+    assert all(type(m) is torch.nn.Linear for m in dynamic.linears(tiny_model).values())
+    with torch.no_grad():
+        torch.testing.assert_close(q(**enc).logits, tiny_model(**enc).logits, atol=0.05, rtol=0.05)
+
+
+def test_static_vs_dynamic_simulation(tiny_model, tokenizer):
+    ranges = dynamic.calibrate_ranges(tiny_model, tokenizer, ["a b", "c d e"])
+    assert set(ranges) == set(dynamic.linears(tiny_model))
+    static = dynamic.simulated_int8(tiny_model, ranges)
+    dyn = dynamic.simulated_int8(tiny_model)
+    enc = _enc(tokenizer)
+    with torch.no_grad():
+        ref = tiny_model(**enc).logits
+        assert (dyn(**enc).logits - ref).abs().max() <= (static(**enc).logits - ref).abs().max() + 1e-6
+    with pytest.raises(ValueError, match="calibrated range"):
+        dynamic.simulated_int8(tiny_model, {})
+
+
+def test_exercises_registered_and_solved():
+    keys = checks.exercises("04")
+    assert {"04.keep_count", "04.cubic_midpoint", "04.dynamic_scale"} <= set(keys)
+    for key in keys:
+        assert checks.check(key, checks.solution(key), quiet=True)
+    assert not checks.check("04.keep_count", 7, quiet=True)
+    assert not checks.check("04.dynamic_scale", 3.1 / 127, quiet=True)
+
+
+def test_token_point_on_the_baseline(baseline):
+    full = dynamic.token_point(1.0, 2)
+    half = dynamic.token_point(0.5, 2)
+    assert full["agreement"] == 1.0
+    assert 0.5 <= half["agreement"] <= 1.0 and 0.0 < half["accuracy"] <= 1.0
+    assert half["latency_ms"] > 0 and dynamic.token_point(0.5, 2) is half  # cached
+    assert np.isfinite(half["latency_ms"])
