@@ -1,0 +1,663 @@
+"""Quantization from first principles: integer codes, scale and zero point, simulated and real int8.
+
+Two kinds of quantized model live here, and the difference matters:
+- `fake_quantize`, `calibrate` and `qat` return *simulated* models: float weights rounded to a grid.
+  They tell you the accuracy a quantized model would have; they are not smaller in memory or faster.
+- `to_int8` returns a model that really stores int8 weights and runs int8 kernels on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import data, fast_mode, measure
+from .checks import _close, exercise
+
+SCHEMES = ("asymmetric", "symmetric")
+GRANULARITIES = ("tensor", "channel", "group")
+OBSERVERS = ("minmax", "percentile", "mse")
+BACKENDS = ("torch", "onnxruntime")
+DEFAULT_GROUP = 64
+
+
+# --- the math ----------------------------------------------------------------------------------------
+
+@dataclass
+class QTensor:
+    """A quantized tensor: integer codes plus the scale and zero point that map them back to floats."""
+
+    codes: torch.Tensor  # integers in [qmin, qmax], same shape as the original tensor
+    scale: torch.Tensor  # one per tensor (shape ()), per row (out, 1) or per group (out, in // group, 1)
+    zero_point: torch.Tensor  # integer, same shape as scale; 0 for the symmetric scheme
+    bits: int
+    scheme: str
+    granularity: str
+    group_size: int | None = None
+
+    @property
+    def qmin(self) -> int:
+        """Smallest code."""
+        return qrange(self.bits, self.scheme)[0]
+
+    @property
+    def qmax(self) -> int:
+        """Largest code."""
+        return qrange(self.bits, self.scheme)[1]
+
+    def nbytes(self) -> int:
+        """Bytes when stored packed: `bits` per code, float32 scales, zero points (asymmetric only)."""
+        zp_bytes = 0 if self.scheme == "symmetric" else math.ceil(self.bits / 8)
+        return math.ceil(self.codes.numel() * self.bits / 8) + self.scale.numel() * (4 + zp_bytes)
+
+
+def _check_bits(bits: Any) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= int(bits) <= 16:
+        raise ValueError(f"bits must be an integer from 1 to 16 (1-8 for the lab, 16 as a reference), got {bits!r}.")
+    return int(bits)
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}.")
+    return value
+
+
+def qrange(bits: int, scheme: str = "asymmetric") -> tuple[int, int]:
+    """The integer codes a `bits`-bit grid uses: [0, 2^b - 1] asymmetric, [-2^(b-1), 2^(b-1) - 1] symmetric."""
+    bits = _check_bits(bits)
+    _check_choice("scheme", scheme, SCHEMES)
+    if scheme == "asymmetric":
+        return 0, 2 ** bits - 1
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def _grouped(w: torch.Tensor, granularity: str, group_size: int | None) -> torch.Tensor:
+    """View `w` so that each slice along the last axis shares one scale."""
+    if granularity == "tensor":
+        return w.reshape(1, -1)
+    if w.dim() < 2:
+        raise ValueError(f"granularity {granularity!r} needs a 2-D weight (rows = output channels); "
+                         f"this tensor has shape {tuple(w.shape)}: use granularity='tensor'.")
+    rows = w.reshape(w.shape[0], -1)
+    if granularity == "channel":
+        return rows
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}.")
+    if rows.shape[1] % group_size:
+        divisors = [d for d in (16, 32, 64, 128, 256) if rows.shape[1] % d == 0]
+        raise ValueError(f"group_size {group_size} does not divide the {rows.shape[1]} inputs of this layer; "
+                         f"use a divisor of {rows.shape[1]} such as {divisors or [rows.shape[1]]}.")
+    return rows.reshape(rows.shape[0] * (rows.shape[1] // group_size), group_size)
+
+
+def qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, scheme: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point for value ranges [lo, hi], with torch's MinMaxObserver's formulas."""
+    qmin, qmax = qrange(bits, scheme)
+    # The grid must hold 0 exactly (padding, ReLU zeros, pruned weights), so the range is widened to include it.
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+    eps = torch.finfo(torch.float32).eps
+    if scheme == "symmetric":
+        scale = torch.maximum(-lo, hi) / ((qmax - qmin) / 2)
+        return torch.clamp(scale, min=eps), torch.zeros_like(scale, dtype=torch.int64)
+    scale = torch.clamp((hi - lo) / (qmax - qmin), min=eps)
+    zero_point = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int64)
+    return scale, zero_point
+
+
+def quantize_tensor(w: torch.Tensor, bits: int = 8, scheme: str = "asymmetric", granularity: str = "tensor",
+                    group_size: int | None = DEFAULT_GROUP) -> QTensor:
+    """Round `w` to a `bits`-bit grid: codes = clamp(round(w / scale) + zero_point, qmin, qmax)."""
+    bits = _check_bits(bits)
+    _check_choice("scheme", scheme, SCHEMES)
+    _check_choice("granularity", granularity, GRANULARITIES)
+    if not torch.is_floating_point(w):
+        raise ValueError(f"quantize_tensor takes a floating-point tensor, got dtype {w.dtype}.")
+    w = w.detach().float()
+    rows = _grouped(w, granularity, group_size)
+    scale, zp = qparams(rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True), bits, scheme)
+    qmin, qmax = qrange(bits, scheme)
+    codes = torch.clamp(torch.round(rows / scale) + zp, qmin, qmax).reshape(w.shape)
+    if granularity == "tensor":
+        scale, zp = scale.reshape(()), zp.reshape(())
+    elif granularity == "group":
+        scale = scale.reshape(w.shape[0], -1, 1)
+        zp = zp.reshape(w.shape[0], -1, 1)
+    dtype = torch.int32 if bits > 8 else (torch.uint8 if scheme == "asymmetric" else torch.int8)
+    return QTensor(codes.to(dtype), scale, zp, bits, scheme, granularity,
+                   group_size if granularity == "group" else None)
+
+
+def dequantize(q: QTensor) -> torch.Tensor:
+    """Floats back from codes: (codes - zero_point) * scale."""
+    codes = q.codes.to(torch.float32)
+    if q.granularity == "group":
+        g = codes.reshape(codes.shape[0], -1, q.group_size)
+        return ((g - q.zero_point) * q.scale).reshape(q.codes.shape)
+    if q.granularity == "channel":
+        rows = codes.reshape(codes.shape[0], -1)
+        return ((rows - q.zero_point) * q.scale).reshape(q.codes.shape)
+    return (codes - q.zero_point) * q.scale
+
+
+def fake_quantize_tensor(w: torch.Tensor, bits: int = 8, scheme: str = "asymmetric", granularity: str = "tensor",
+                         group_size: int | None = DEFAULT_GROUP) -> torch.Tensor:
+    """`dequantize(quantize_tensor(w, ...))`: the float values a quantized tensor really stands for."""
+    return dequantize(quantize_tensor(w, bits, scheme, granularity, group_size)).to(w.dtype)
+
+
+def pack_codes(q: QTensor) -> np.ndarray:
+    """The codes as a packed byte string, `bits` bits each (what a `bits`-bit file would hold)."""
+    unsigned = (q.codes.to(torch.int64) - q.qmin).numpy().astype(">u2").reshape(-1)
+    bitplanes = np.unpackbits(unsigned.view(np.uint8)).reshape(-1, 16)[:, 16 - q.bits:]
+    return np.packbits(bitplanes.reshape(-1))
+
+
+def unpack_codes(packed: np.ndarray, q_like: QTensor) -> torch.Tensor:
+    """Inverse of `pack_codes`: the integer codes, shaped like `q_like.codes`."""
+    n = q_like.codes.numel()
+    bitplanes = np.unpackbits(packed)[: n * q_like.bits].reshape(n, q_like.bits)
+    full = np.zeros((n, 16), dtype=np.uint8)
+    full[:, 16 - q_like.bits:] = bitplanes
+    unsigned = np.packbits(full.reshape(-1)).view(">u2").astype(np.int64)
+    return torch.from_numpy(unsigned + q_like.qmin).reshape(q_like.codes.shape).to(q_like.codes.dtype)
+
+
+# --- simulated quantization of a model ---------------------------------------------------------------
+
+def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layers to quantize; pass a transformer "
+                         "classifier such as the one from labkit.model.load_baseline().")
+    return found
+
+
+def _embeddings(model: nn.Module) -> list[tuple[str, nn.Embedding]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+
+
+def _target(model: nn.Module, inplace: bool) -> nn.Module:
+    return model if inplace else copy.deepcopy(model)
+
+
+class _ActivationFakeQuant:
+    """Forward pre-hook: round a Linear's input to a grid, dynamically per batch or with fixed parameters."""
+
+    def __init__(self, bits: int, scheme: str, scale: torch.Tensor | None = None,
+                 zero_point: torch.Tensor | None = None):
+        self.bits, self.scheme, self.scale, self.zero_point = bits, scheme, scale, zero_point
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        qmin, qmax = qrange(self.bits, self.scheme)
+        scale, zp = self.scale, self.zero_point
+        if scale is None:  # dynamic: this batch's own range
+            scale, zp = qparams(x.detach().amin(), x.detach().amax(), self.bits, self.scheme)
+        codes = torch.clamp(torch.round(x / scale) + zp, qmin, qmax)
+        return ((codes - zp) * scale,) + tuple(args[1:])
+
+
+def fake_quantize(model: nn.Module, bits: int, scheme: str = "asymmetric", granularity: str = "channel",
+                  group_size: int | None = DEFAULT_GROUP, activations: bool = False, embeddings: bool = False,
+                  inplace: bool = False) -> nn.Module:
+    """A simulated quantized copy: every Linear weight rounded to a `bits`-bit grid, still stored as float32.
+
+    For accuracy only: the copy is exactly as large and as slow as the original (see `to_int8` for real int8).
+    `activations=True` also rounds each Linear's input per batch; `embeddings=True` rounds embedding rows.
+    """
+    bits = _check_bits(bits)
+    _check_choice("scheme", scheme, SCHEMES)
+    _check_choice("granularity", granularity, GRANULARITIES)
+    layers = _linears(model)
+    for _, lin in layers:  # validate every layer before touching any, so a bad group_size leaves nothing half-done
+        _grouped(lin.weight.detach()[:, :1].expand(-1, lin.in_features), granularity, group_size)
+    out = _target(model, inplace)
+    with torch.no_grad():
+        for _, lin in _linears(out):
+            lin.weight.copy_(fake_quantize_tensor(lin.weight, bits, scheme, granularity, group_size))
+            if activations:
+                lin.register_forward_pre_hook(_ActivationFakeQuant(bits, scheme))
+        if embeddings:
+            for _, emb in _embeddings(out):
+                emb.weight.copy_(fake_quantize_tensor(emb.weight, bits, scheme, "channel"))
+    return out
+
+
+def quantized_size_bytes(model: nn.Module, bits: int, scheme: str = "asymmetric", granularity: str = "channel",
+                         group_size: int | None = DEFAULT_GROUP, embeddings: bool = False) -> int:
+    """Bytes of the model stored with packed `bits`-bit Linear weights (and embeddings); the rest float32."""
+    bits = _check_bits(bits)
+    quantized: dict[int, QTensor] = {}
+    for _, lin in _linears(model):
+        quantized[id(lin.weight)] = quantize_tensor(lin.weight, bits, scheme, granularity, group_size)
+    if embeddings:
+        for _, emb in _embeddings(model):
+            quantized[id(emb.weight)] = quantize_tensor(emb.weight, bits, scheme, "channel")
+    total, seen = 0, set()
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in seen:
+            continue  # tied weights are stored once
+        seen.add(id(t))
+        total += quantized[id(t)].nbytes() if id(t) in quantized else t.numel() * t.element_size()
+    return total
+
+
+def float_size_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer as stored now (tied weights once): the simulated model's real size."""
+    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+# --- calibration: static activation quantization -----------------------------------------------------
+
+def observe(samples: torch.Tensor, bits: int, observer: str = "minmax", scheme: str = "asymmetric",
+            percentile: float = 99.99) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point for activations seen in `samples`, chosen by an observer.
+
+    minmax: the whole observed range; percentile: clip the rarest outliers; mse: the clipping range
+    whose rounding error (mean squared) on the samples is smallest.
+    """
+    _check_choice("observer", observer, OBSERVERS)
+    x = samples.detach().float().reshape(-1)
+    lo, hi = x.min(), x.max()
+    if observer == "percentile":
+        if len(x) > 1_000_000:  # torch.quantile has a size limit; a fixed-seed subsample is plenty
+            x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+        q = torch.tensor([(100 - percentile) / 100, percentile / 100])
+        lo, hi = torch.quantile(x, q)
+    elif observer == "mse":
+        best = None
+        for ratio in torch.linspace(0.2, 1.0, 33):
+            scale, zp = qparams(lo * ratio, hi * ratio, bits, scheme)
+            qmin, qmax = qrange(bits, scheme)
+            err = ((torch.clamp(torch.round(x / scale) + zp, qmin, qmax) - zp) * scale - x).pow(2).mean()
+            if best is None or err < best[0]:
+                best = (err, scale, zp)
+        return best[1], best[2]
+    return qparams(lo, hi, bits, scheme)
+
+
+def _calibration_batches(tokenizer, size: int, batch_size: int = 32):
+    df = data.split("val", limit=size)
+    return list(data.batches(df["text"], None, tokenizer, batch_size))
+
+
+def calibrate(model: nn.Module, tokenizer, bits: int, observer: str = "minmax", weight_bits: int | None = None,
+              size: int | None = None, scheme: str = "asymmetric", inplace: bool = False) -> nn.Module:
+    """Static post-training quantization (simulated): fixed activation grids chosen on a calibration set.
+
+    Runs `size` validation snippets through the model, records every Linear's input, lets the observer
+    pick one scale/zero point per layer, then rounds inputs to that grid (and weights per channel to
+    `weight_bits`, default `bits`). For accuracy only, like `fake_quantize`.
+    """
+    bits = _check_bits(bits)
+    weight_bits = bits if weight_bits is None else _check_bits(weight_bits)
+    _check_choice("observer", observer, OBSERVERS)
+    size = size or (64 if fast_mode() else 256)
+    out = fake_quantize(model, weight_bits, "symmetric", "channel", inplace=inplace)
+    layers = _linears(out)
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name, _ in layers}
+    gen = torch.Generator().manual_seed(0)
+
+    def recorder(name: str) -> Callable:
+        def hook(module, args):
+            x = args[0].detach().reshape(-1)
+            # Keep the extremes and a random sample: min/max need the tails, percentile/MSE need the bulk.
+            idx = torch.randint(0, len(x), (min(len(x), 20_000),), generator=gen)
+            seen[name].append(torch.cat([x[idx], x.min().reshape(1), x.max().reshape(1)]))
+        return hook
+
+    handles = [lin.register_forward_pre_hook(recorder(name)) for name, lin in layers]
+    try:
+        with torch.inference_mode():
+            out.eval()
+            for batch in _calibration_batches(tokenizer, size):
+                out(**batch.inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, lin in layers:
+        scale, zp = observe(torch.cat(seen[name]), bits, observer, scheme)
+        lin.register_forward_pre_hook(_ActivationFakeQuant(bits, scheme, scale, zp))
+    return out
+
+
+# --- quantization-aware fine-tuning ------------------------------------------------------------------
+
+class _STEFakeQuant(nn.Module):
+    """Weight parametrization: forward uses the rounded weight, backward passes gradients straight through."""
+
+    def __init__(self, bits: int, scheme: str, granularity: str, group_size: int | None):
+        super().__init__()
+        self.args = (bits, scheme, granularity, group_size)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        # Straight-through estimator: the value of fq(w), the gradient of w (round() has zero gradient).
+        return w + (fake_quantize_tensor(w, *self.args) - w).detach()
+
+
+def qat(model: nn.Module, tokenizer, bits: int = 4, scheme: str = "asymmetric", granularity: str = "group",
+        group_size: int | None = DEFAULT_GROUP, steps: int | None = None, batch_size: int = 32,
+        lr: float = 2e-5, seed: int = 0, progress: bool = False, inplace: bool = False) -> nn.Module:
+    """Quantization-aware fine-tuning: train through the rounding (straight-through), return the rounded model.
+
+    The result is a simulated quantized model (float storage, weights on the grid), comparable with
+    `fake_quantize(model, bits, ...)`, which rounds the same way without training.
+    """
+    from torch.nn.utils import parametrize
+    from tqdm.auto import tqdm
+
+    fake_quantize(model, bits, scheme, granularity, group_size)  # validates every argument, cheaply enough
+    steps = steps or (10 if fast_mode() else 150)
+    out = _target(model, inplace)
+    layers = _linears(out)
+    for _, lin in layers:
+        parametrize.register_parametrization(lin, "weight", _STEFakeQuant(bits, scheme, granularity, group_size))
+    torch.manual_seed(seed)
+    train = data.split("train", limit=steps * batch_size)
+    opt = torch.optim.AdamW([p for p in out.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    out.train()
+    done, epoch = 0, 0
+    bar = tqdm(total=steps, desc=f"QAT {bits}-bit", disable=not progress)
+    try:
+        while done < steps:
+            for batch in data.batches(train["text"], train["label"], tokenizer, batch_size, shuffle_seed=seed + epoch):
+                batch = batch.to(measure._device_of(out))
+                loss = out(**batch.inputs, labels=batch.labels).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(out.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                done += 1
+                bar.update(1)
+                if done >= steps:
+                    break
+            epoch += 1
+    finally:
+        bar.close()
+        # Bake the rounded weights in: the returned model holds exactly the grid values.
+        for _, lin in layers:
+            parametrize.remove_parametrizations(lin, "weight", leave_parametrized=True)
+    return out.eval()
+
+
+# --- real int8 execution -----------------------------------------------------------------------------
+
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 codes with one float32 scale per row (symmetric), looked up then scaled."""
+
+    def __init__(self, emb: nn.Embedding):
+        super().__init__()
+        q = quantize_tensor(emb.weight, 8, "symmetric", "channel")
+        self.register_buffer("codes", q.codes)
+        self.register_buffer("scale", q.scale.reshape(-1))
+        self.padding_idx = emb.padding_idx
+        self.num_embeddings, self.embedding_dim = emb.num_embeddings, emb.embedding_dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # Gather int8 rows first, widen only the rows this batch uses.
+        return nn.functional.embedding(ids, self.codes).to(torch.float32) * self.scale[ids].unsqueeze(-1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 per-row"
+
+
+def _swap_embeddings(model: nn.Module) -> None:
+    for name, emb in _embeddings(model):
+        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        setattr(parent, name.rsplit(".", 1)[-1], Int8Embedding(emb))
+
+
+def _torch_dynamic_int8(model: nn.Module) -> nn.Module:
+    """torch's dynamic int8 Linear (weights int8, activations quantized per batch); deprecated API kept here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated; the warning is not the learner's
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+class OnnxClassifier(nn.Module):
+    """An ONNX Runtime session behind the same call as a Hugging Face model: `model(**inputs).logits`.
+
+    The serialized ONNX model is kept as a uint8 buffer, so `measure.serialized_bytes` counts the real file.
+    """
+
+    def __init__(self, onnx_bytes: bytes, threads: int | None = None):
+        super().__init__()
+        import onnxruntime as ort
+
+        self.register_buffer("onnx_model", torch.frombuffer(bytearray(onnx_bytes), dtype=torch.uint8))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_):
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        if feeds["attention_mask"] is None:
+            feeds["attention_mask"] = torch.ones_like(input_ids)
+        if feeds["token_type_ids"] is None:
+            feeds["token_type_ids"] = torch.zeros_like(input_ids)
+        arrays = {k: feeds[k].cpu().numpy().astype(np.int64) for k in self.input_names}
+        logits = self.session.run(None, arrays)[0]
+        return SimpleNamespace(logits=torch.from_numpy(logits))
+
+
+def export_onnx(model: nn.Module) -> bytes:
+    """The classifier as an ONNX graph (eager attention, so ONNX Runtime can fuse it), dynamic batch and length."""
+    m = copy.deepcopy(model).eval()
+    if hasattr(m, "set_attn_implementation"):
+        m.set_attn_implementation("eager")
+    ids = torch.tensor([[101, 2023, 3185, 2003, 2307, 102], [101, 6659, 102, 0, 0, 0]])
+    inputs = (ids, (ids != 0).long(), torch.zeros_like(ids))
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about python-side shape checks
+        torch.onnx.export(m, inputs, buf, input_names=names, output_names=["logits"], opset_version=17,
+                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in names}, dynamo=False)
+    return buf.getvalue()
+
+
+def _ort_optimize(onnx_bytes: bytes, model: nn.Module) -> bytes:
+    """ONNX Runtime's transformer fusions: one Attention op per layer, fused LayerNorm, GELU, embeddings."""
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    cfg = model.config
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = optimize_model(onnx.load_from_string(onnx_bytes), model_type="bert", num_heads=cfg.num_attention_heads,
+                             hidden_size=cfg.hidden_size, opt_level=0)
+    # The fused ops live in ONNX Runtime's own domain; declare it so shape inference (and quantization) accept them.
+    if not any(o.domain == "com.microsoft" for o in opt.model.opset_import):
+        opt.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return opt.model.SerializeToString()
+
+
+def _ort_quantize(onnx_bytes: bytes) -> bytes:
+    """ONNX Runtime's dynamic int8 quantization of MatMul/Attention weights and embedding Gathers."""
+    import logging
+    import os
+    import tempfile
+
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
+        with open(src, "wb") as f:
+            f.write(onnx_bytes)
+        # Fused ops have no ONNX shape inference, so their outputs' type (float) is stated explicitly.
+        root, level = logging.getLogger(), logging.getLogger().level
+        root.setLevel(logging.ERROR)  # its advice to pre-process is for static quantization of CNNs
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True,
+                             extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        finally:
+            root.setLevel(level)
+        with open(dst, "rb") as f:
+            return f.read()
+
+
+def to_onnx(model: nn.Module, optimize: bool = True, int8: bool = False) -> OnnxClassifier:
+    """The classifier running in ONNX Runtime (optionally with transformer fusions and dynamic int8)."""
+    payload = export_onnx(model)
+    if optimize:
+        payload = _ort_optimize(payload, model)
+    if int8:
+        payload = _ort_quantize(payload)
+    return OnnxClassifier(payload)
+
+
+def to_int8(model: nn.Module, embeddings: bool = True, backend: str = "torch", inplace: bool = False) -> nn.Module:
+    """A model that really stores int8 weights and runs int8 matrix kernels on the CPU.
+
+    backend="torch": torch's dynamic int8 Linear, plus (with `embeddings`) int8 embedding tables with
+    per-row scales. backend="onnxruntime": export to ONNX, fuse attention/LayerNorm/GELU, quantize
+    MatMuls and embedding lookups to int8; returns an `OnnxClassifier` called like a Hugging Face model.
+    """
+    _check_choice("backend", backend, BACKENDS)
+    _linears(model)
+    if backend == "onnxruntime":
+        if not embeddings:
+            raise ValueError("backend='onnxruntime' always quantizes the embedding lookups; use embeddings=True "
+                             "or backend='torch'.")
+        return to_onnx(model, optimize=True, int8=True)
+    out = _target(model, inplace).cpu().eval()
+    if embeddings:
+        _swap_embeddings(out)
+    return _torch_dynamic_int8(out)
+
+
+# --- the bit-width slider ----------------------------------------------------------------------------
+
+_BASE: dict[str, Any] = {}
+_POINTS: dict[tuple, dict] = {}
+QUICK_LIMIT = 200
+
+
+def _baseline() -> tuple[nn.Module, Any]:
+    """The cached baseline, loaded once per process for the slider."""
+    if "model" not in _BASE:
+        from . import model as model_lib
+
+        _BASE["model"], _BASE["tokenizer"] = model_lib.load_baseline(progress=False)
+    return _BASE["model"], _BASE["tokenizer"]
+
+
+def _reference(limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Baseline predictions and true labels on the (quick) test subset, computed once."""
+    key = ("reference", limit)
+    if key not in _BASE:
+        base, tok = _baseline()
+        _BASE[key] = (measure.predictions(base, tok, "test", limit), data.split("test", limit)["label"].to_numpy())
+    return _BASE[key]
+
+
+def bits_point(bits: int, scheme: str = "asymmetric", granularity: str = "channel",
+               group_size: int | None = DEFAULT_GROUP, limit: int | None = QUICK_LIMIT) -> dict:
+    """One slider position: accuracy, agreement with fp32 and packed size of the baseline at `bits` (simulated).
+
+    Evaluated on the quick test subset (`limit` snippets); each point is computed once and cached.
+    """
+    bits = _check_bits(bits)
+    key = (bits, scheme, granularity, group_size if granularity == "group" else None, limit)
+    if key not in _POINTS:
+        base, tok = _baseline()
+        ref, labels = _reference(limit)
+        sim = fake_quantize(base, bits, scheme, granularity, group_size)
+        preds = measure.predict(sim, tok, data.split("test", limit)["text"])
+        _POINTS[key] = {"bits": bits, "scheme": scheme, "granularity": granularity,
+                        "accuracy": float((preds == labels).mean()), "agreement": measure.agreement(preds, ref),
+                        "size_bytes": quantized_size_bytes(base, bits, scheme, granularity, group_size),
+                        "fp32_bytes": float_size_bytes(base),
+                        "snippets": len(labels)}
+    return dict(_POINTS[key])
+
+
+def sweep(bits: tuple[int, ...] = tuple(range(1, 9)), granularities: tuple[str, ...] = GRANULARITIES,
+          scheme: str = "asymmetric", group_size: int | None = DEFAULT_GROUP,
+          limit: int | None = None) -> Iterator[dict]:
+    """Stream `bits_point` over bit widths and granularities (for a live plot); each row says its progress."""
+    todo = [(g, b) for g in granularities for b in bits]
+    for i, (g, b) in enumerate(todo, 1):
+        yield dict(bits_point(b, scheme, g, group_size, limit), done=i, total=len(todo))
+
+
+# --- the main job's rows -----------------------------------------------------------------------------
+
+def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Result]:
+    """Rows for `python -m labkit tour`: simulated 8-bit weights (accuracy only) and real int8 on the CPU."""
+    sim = fake_quantize(model, 8, "asymmetric", "channel")
+    packed = quantized_size_bytes(model, 8, "asymmetric", "channel")
+    rows = [measure.evaluate("8-bit per-channel (simulated)", sim, tokenizer, reference, timing=False,
+                             notes=f"fake-quant: accuracy only, float storage; packed would be {packed / 1e6:.1f} MB")]
+    rows.append(measure.evaluate("int8 dynamic (torch)", to_int8(model), tokenizer, reference,
+                                 notes="real int8 Linear + int8 embeddings"))
+    rows.append(measure.evaluate("int8 fused (onnxruntime)", to_int8(model, backend="onnxruntime"), tokenizer,
+                                 reference, notes="ONNX Runtime: fused attention, int8 MatMul + embeddings"))
+    return rows
+
+
+# --- exercises for notebook 02 -----------------------------------------------------------------------
+
+def _scale_zp_solution() -> tuple[float, int]:
+    scale, zp = qparams(torch.tensor(-1.0), torch.tensor(3.0), 8, "asymmetric")
+    return float(scale), int(zp)
+
+
+@exercise("02.scale_zero_point",
+          "Values range from -1.0 to 3.0. For an 8-bit asymmetric grid (codes 0..255), give (scale, zero_point).",
+          "scale spreads the range over 255 steps; the zero point is the code that stands for 0.0: round(-min / scale).",
+          _scale_zp_solution)
+def _check_scale_zp(answer: Any) -> bool:
+    scale, zp = answer
+    return _close(scale, _scale_zp_solution()[0], 1e-4) and int(round(float(zp))) == _scale_zp_solution()[1]
+
+
+def _symmetric_round_solution() -> Callable[[torch.Tensor, int], torch.Tensor]:
+    def symmetric_codes(w: torch.Tensor, bits: int) -> torch.Tensor:
+        scale = w.abs().max() / ((2 ** bits - 1) / 2)
+        return torch.clamp(torch.round(w / scale), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return symmetric_codes
+
+
+@exercise("02.symmetric_round",
+          "Write symmetric_codes(w, bits): per-tensor symmetric codes (zero point 0, scale = max|w| / ((2^bits - 1) / 2)).",
+          "divide by the scale, round to the nearest integer, then clamp to [-2^(bits-1), 2^(bits-1) - 1].",
+          _symmetric_round_solution)
+def _check_symmetric_round(answer: Any) -> bool:
+    gen = torch.Generator().manual_seed(7)
+    for bits in (2, 4, 8):
+        w = torch.randn(16, 24, generator=gen)
+        want = quantize_tensor(w, bits, "symmetric", "tensor").codes.to(torch.int64)
+        if not torch.equal(torch.as_tensor(answer(w.clone(), bits)).to(torch.int64), want):
+            return False
+    return True
+
+
+def _size_4bit_solution() -> int:
+    return quantize_tensor(torch.zeros(1536, 384), 4, "asymmetric", "group", 64).nbytes()
+
+
+@exercise("02.size_4bit",
+          "Bytes of a 1536x384 weight at 4 bits, asymmetric, groups of 64 (packed codes + float32 scale "
+          "+ one byte zero point per group)?",
+          "codes: weights x 4 bits / 8; groups: 1536 rows x (384 / 64); each group stores 4 + 1 bytes.",
+          _size_4bit_solution)
+def _check_size_4bit(answer: Any) -> bool:
+    return _close(answer, _size_4bit_solution())

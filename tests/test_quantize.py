@@ -1,0 +1,272 @@
+"""Quantization math against torch's own quantized tensors and fake-quant ops; model-level behaviour on a tiny BERT."""
+
+import math
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from labkit import quantize as Q
+
+
+@pytest.fixture()
+def w():
+    torch.manual_seed(0)
+    return torch.randn(24, 64) * 0.1 + 0.02
+
+
+def _observer(cls, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torch.ao.quantization.observer as obs
+
+        return getattr(obs, cls)(**kw)
+
+
+def test_per_tensor_asymmetric_matches_torch_quint8(w):
+    q = Q.quantize_tensor(w, 8, "asymmetric", "tensor")
+    ob = _observer("MinMaxObserver", dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    ob(w)
+    scale, zp = ob.calculate_qparams()
+    assert torch.allclose(q.scale, scale.reshape(()), rtol=1e-6) and int(q.zero_point) == int(zp)
+    ref = torch.quantize_per_tensor(w, float(q.scale), int(q.zero_point), torch.quint8)
+    assert torch.equal(q.codes, ref.int_repr())
+    assert torch.allclose(Q.dequantize(q), ref.dequantize())
+
+
+def test_per_tensor_symmetric_matches_torch_qint8(w):
+    q = Q.quantize_tensor(w, 8, "symmetric", "tensor")
+    ob = _observer("MinMaxObserver", dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    ob(w)
+    scale, zp = ob.calculate_qparams()
+    assert torch.allclose(q.scale, scale.reshape(()), rtol=1e-6) and int(q.zero_point) == int(zp) == 0
+    ref = torch.quantize_per_tensor(w, float(q.scale), 0, torch.qint8)
+    assert torch.equal(q.codes, ref.int_repr())
+    assert torch.allclose(Q.dequantize(q), ref.dequantize())
+
+
+@pytest.mark.parametrize("scheme,dtype,qscheme", [("asymmetric", torch.quint8, torch.per_channel_affine),
+                                                  ("symmetric", torch.qint8, torch.per_channel_symmetric)])
+def test_per_channel_matches_torch(w, scheme, dtype, qscheme):
+    q = Q.quantize_tensor(w, 8, scheme, "channel")
+    ob = _observer("PerChannelMinMaxObserver", ch_axis=0, dtype=dtype, qscheme=qscheme)
+    ob(w)
+    scale, zp = ob.calculate_qparams()
+    assert torch.allclose(q.scale.reshape(-1), scale, rtol=1e-6)
+    assert torch.equal(q.zero_point.reshape(-1), zp.to(torch.int64))
+    ref = torch.quantize_per_channel(w, q.scale.reshape(-1).double(), q.zero_point.reshape(-1), 0, dtype)
+    assert torch.equal(q.codes, ref.int_repr())
+    assert torch.allclose(Q.dequantize(q), ref.dequantize())
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8, 16])
+@pytest.mark.parametrize("scheme", Q.SCHEMES)
+def test_any_bit_width_matches_torch_fake_quant(w, bits, scheme):
+    qmin, qmax = Q.qrange(bits, scheme)
+    q = Q.quantize_tensor(w, bits, scheme, "tensor")
+    assert int(q.codes.min()) >= qmin and int(q.codes.max()) <= qmax
+    ref = torch.fake_quantize_per_tensor_affine(w, float(q.scale), int(q.zero_point), qmin, qmax)
+    assert torch.allclose(Q.dequantize(q), ref, atol=1e-6)
+    qc = Q.quantize_tensor(w, bits, scheme, "channel")
+    ref_c = torch.fake_quantize_per_channel_affine(w, qc.scale.reshape(-1), qc.zero_point.reshape(-1).int(),
+                                                   0, qmin, qmax)
+    # torch's fake-quant multiplies by 1/scale, so a tie (x / scale = k + 0.5, to float precision) may round
+    # the other way; everything else must agree.
+    differ = (Q.dequantize(qc) - ref_c).abs() > 1e-6
+    ties = (w / qc.scale - torch.floor(w / qc.scale) - 0.5).abs() < 1e-4
+    assert bool((ties | ~differ).all()) and int(differ.sum()) <= w.shape[0]
+
+
+def test_group_is_per_channel_on_the_split_rows(w):
+    q = Q.quantize_tensor(w, 4, "asymmetric", "group", group_size=16)
+    assert q.scale.shape == (24, 4, 1) and q.codes.shape == w.shape
+    split = Q.quantize_tensor(w.reshape(24 * 4, 16), 4, "asymmetric", "channel")
+    assert torch.equal(q.codes.reshape(-1, 16), split.codes)
+    assert torch.allclose(Q.dequantize(q), Q.dequantize(split).reshape(w.shape))
+
+
+def test_rounding_error_is_at_most_half_a_step(w):
+    for granularity in Q.GRANULARITIES:
+        q = Q.quantize_tensor(w, 6, "asymmetric", granularity, group_size=16)
+        err = (Q.dequantize(q) - w).abs()
+        step = q.scale if granularity != "group" else q.scale.expand(-1, -1, 16).reshape(w.shape)
+        assert bool((err <= step / 2 + 1e-7).all())
+    # Finer granularity never rounds worse on average.
+    errs = [(Q.fake_quantize_tensor(w, 4, "asymmetric", g, 16) - w).pow(2).mean() for g in Q.GRANULARITIES]
+    assert errs[0] >= errs[1] >= errs[2]
+
+
+@pytest.mark.parametrize("bits", [1, 3, 4, 7, 8, 16])
+def test_packing_round_trips_and_takes_bits_per_code(w, bits):
+    q = Q.quantize_tensor(w, bits, "symmetric", "group", group_size=32)
+    packed = Q.pack_codes(q)
+    assert len(packed) == math.ceil(w.numel() * bits / 8)
+    assert torch.equal(Q.unpack_codes(packed, q), q.codes)
+    assert q.nbytes() == len(packed) + q.scale.numel() * 4  # symmetric: no zero points stored
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(bits=0), "1 to 16"), (dict(bits=17), "1 to 16"), (dict(bits=4.0), "integer"), (dict(bits=True), "integer"),
+    (dict(bits=4, scheme="affine"), "asymmetric"), (dict(bits=4, granularity="row"), "channel"),
+    (dict(bits=4, granularity="group", group_size=5), "divisor of 64"),
+    (dict(bits=4, granularity="group", group_size=0), "positive integer"),
+])
+def test_bad_arguments_name_the_allowed_values(w, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Q.quantize_tensor(w, **kwargs)
+
+
+def test_model_without_linear_layers_is_refused():
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        Q.fake_quantize(nn.Sequential(nn.ReLU()), 8)
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        Q.to_int8(nn.Sequential(nn.Embedding(4, 3)))
+    with pytest.raises(ValueError, match="onnxruntime"):
+        Q.to_int8(nn.Sequential(nn.Linear(2, 2)), backend="tvm")
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _inputs():
+    torch.manual_seed(1)
+    ids = torch.randint(1000, 5000, (3, 9))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+
+
+def test_fake_quantize_rounds_every_linear_and_leaves_input_alone(tiny_model):
+    before = _state(tiny_model)
+    sim = Q.fake_quantize(tiny_model, 3, "asymmetric", "group", group_size=16, embeddings=True)
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in before.items())
+    for name, lin in Q._linears(sim):
+        rows = lin.weight.detach().reshape(-1, 16)
+        assert max(len(torch.unique(r)) for r in rows) <= 2 ** 3, name
+        orig = tiny_model.get_submodule(name).weight.detach()
+        assert torch.allclose(lin.weight, Q.fake_quantize_tensor(orig, 3, "asymmetric", "group", 16))
+    emb = sim.bert.embeddings.word_embeddings.weight
+    assert max(len(torch.unique(r)) for r in emb[:50]) <= 8
+    assert Q.fake_quantize(tiny_model, 4, inplace=True) is tiny_model
+
+
+def test_fake_quantize_8bit_keeps_logits_and_group_size_is_checked_first(tiny_model):
+    x = _inputs()
+    with torch.no_grad():
+        ref = tiny_model(**x).logits
+        sim = Q.fake_quantize(tiny_model, 8, activations=True)(**x).logits
+    assert torch.allclose(sim, ref, atol=0.05) and not torch.equal(sim, ref)
+    before = _state(tiny_model)
+    with pytest.raises(ValueError, match="does not divide"):
+        Q.fake_quantize(tiny_model, 4, granularity="group", group_size=128, inplace=True)
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in before.items())
+
+
+def test_quantized_size_counts_packed_weights(tiny_model):
+    fp32 = Q.float_size_bytes(tiny_model)
+    lin = Q._linears(tiny_model)
+    packed = sum(Q.quantize_tensor(m.weight, 4, "asymmetric", "channel").nbytes() for _, m in lin)
+    floats = sum(m.weight.numel() * 4 for _, m in lin)
+    assert Q.quantized_size_bytes(tiny_model, 4) == fp32 - floats + packed
+
+
+def test_to_int8_torch_is_real_int8_and_quiet(tiny_model):
+    before = _state(tiny_model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = Q.to_int8(tiny_model)
+    assert not caught, [str(c.message) for c in caught]
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in before.items())
+    assert not any(type(m) is nn.Linear for m in q.modules())
+    assert any("quantized" in type(m).__module__ for m in q.modules())
+    assert isinstance(q.bert.embeddings.word_embeddings, Q.Int8Embedding)
+    assert q.bert.embeddings.word_embeddings.codes.dtype == torch.int8
+    from labkit import measure
+
+    assert measure.serialized_bytes(tiny_model) / measure.serialized_bytes(q) > 3
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(q(**x).logits, tiny_model(**x).logits, atol=0.05)
+
+
+def test_int8_embedding_matches_per_row_reference():
+    emb = nn.Embedding(50, 12)
+    q = Q.Int8Embedding(emb)
+    ids = torch.tensor([[0, 5, 49], [7, 7, 1]])
+    ref = Q.fake_quantize_tensor(emb.weight, 8, "symmetric", "channel")[ids]
+    assert torch.allclose(q(ids), ref, atol=1e-6)
+
+
+def test_to_int8_onnxruntime_matches_fp32(tiny_model):
+    from labkit import measure
+
+    q = Q.to_int8(tiny_model, backend="onnxruntime")
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(q(**x).logits, tiny_model(**x).logits, atol=0.05)
+    assert measure.serialized_bytes(q) >= q.onnx_model.numel()  # the ONNX file itself is what gets counted
+    assert measure.serialized_bytes(tiny_model) / q.onnx_model.numel() > 3
+
+
+def test_observers():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(20_000), torch.tensor([40.0, -35.0])])  # two outliers
+    s_mm, zp_mm = Q.observe(x, 4, "minmax")
+    s_ref, zp_ref = Q.qparams(x.min(), x.max(), 4, "asymmetric")
+    assert torch.equal(s_mm, s_ref) and torch.equal(zp_mm, zp_ref)
+    s_pc, _ = Q.observe(x, 4, "percentile")
+    assert s_pc < s_mm / 3  # the outliers no longer stretch the grid
+
+    def mse(scale, zp):
+        return ((torch.clamp(torch.round(x / scale) + zp, 0, 15) - zp) * scale - x).pow(2).mean()
+
+    s_mse, zp_mse = Q.observe(x, 4, "mse")
+    assert mse(s_mse, zp_mse) <= mse(s_mm, zp_mm)
+    with pytest.raises(ValueError, match="minmax"):
+        Q.observe(x, 4, "histogram")
+
+
+def test_calibrate_fixes_activation_grids(tiny_model, tokenizer):
+    before = _state(tiny_model)
+    cal = Q.calibrate(tiny_model, tokenizer, 8, "percentile", size=16)
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in before.items())
+    hooks = [h for _, m in Q._linears(cal) for h in m._forward_pre_hooks.values()]
+    assert len(hooks) == len(Q._linears(cal)) and all(h.scale is not None for h in hooks)
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(cal(**x).logits, tiny_model(**x).logits, atol=0.1)
+
+
+def test_qat_returns_rounded_weights_and_trains(tiny_model, tokenizer):
+    before = _state(tiny_model)
+    out = Q.qat(tiny_model, tokenizer, bits=4, granularity="group", group_size=16, steps=2, batch_size=8, lr=1e-3)
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in before.items())
+    for name, lin in Q._linears(out):
+        w = lin.weight.detach()
+        assert torch.allclose(w, Q.fake_quantize_tensor(w, 4, "asymmetric", "group", 16), atol=1e-6), name
+    ptq = Q.fake_quantize(tiny_model, 4, granularity="group", group_size=16)
+    assert not torch.equal(out.classifier.weight, ptq.classifier.weight)  # training moved the weights
+
+
+def test_bits_point_is_cached_and_sweep_streams(baseline):
+    t0 = time.perf_counter()
+    p = Q.bits_point(8, "asymmetric", "channel", limit=40)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    assert Q.bits_point(8, "asymmetric", "channel", limit=40) == p
+    assert time.perf_counter() - t0 < first / 10
+    assert 0.0 <= p["accuracy"] <= 1.0 and p["agreement"] >= 0.9 and p["snippets"] == 40
+    assert p["fp32_bytes"] / p["size_bytes"] > 1.5  # Linear weights packed to 8 bits, embeddings still float
+    rows = list(Q.sweep(bits=(8,), granularities=("channel",), limit=40))
+    assert rows[0]["done"] == rows[0]["total"] == 1 and rows[0]["accuracy"] == p["accuracy"]
+
+
+def test_exercises_are_registered():
+    from labkit import checks
+
+    keys = checks.exercises("02")
+    assert {"02.scale_zero_point", "02.symmetric_round", "02.size_4bit"} <= set(keys)
+    assert not checks.check("02.size_4bit", 1536 * 384 // 2, quiet=True)  # forgetting the scales is wrong
+    assert checks.check("02.scale_zero_point", (4 / 255, 64), quiet=True)
