@@ -1,0 +1,771 @@
+"""Sparse coding: what sparse storage and sparse compute really cost, and dictionary coding of weight rows.
+
+Storage: `encode(w, fmt, values, compress)` writes a weight matrix into real bytes (a small explicit binary
+layout), `decode(blob)` reads it back; `format_sizes(w)` tables every format, `break_even(shape, fmt)`
+computes the sparsity at which a format starts to beat dense. Compute: `matmul_times` times sparse x dense
+against dense at a layer's shape, `to_sparse(model, sparsity)` runs a classifier with CSR Linear layers.
+Sparse coding proper: `dictionary_code(model, layer, n_atoms, k)` writes each weight row as k dictionary atoms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import statistics
+import struct
+import time
+import warnings
+import zlib
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import fast_mode
+from .checks import exercise
+
+FORMATS = ("dense", "coo", "coo_min", "csr", "csr_min", "bitmask", "2:4")
+VALUES = ("f32", "int8")
+COMPRESSORS = (None, "zlib", "lzma")
+
+_MAGIC = b"LKS1"
+_OUTER = struct.Struct("<4sB")  # magic, compressor code
+_INNER = struct.Struct("<BBII")  # format code, value code, rows, cols
+_COUNT = struct.Struct("<IBB")  # nnz, dtype code of the first and second index arrays (coo / csr)
+_DTYPES = (np.dtype("<i4"), np.dtype("u1"), np.dtype("<u2"), np.dtype("<u4"))  # index dtype codes 0..3
+
+
+# --- checks of the learner's input ----------------------------------------------------------------------
+
+def _matrix(w: Any) -> np.ndarray:
+    """A 2-D float32 numpy copy of a tensor or array; anything else is a ValueError."""
+    if isinstance(w, torch.Tensor):
+        w = w.detach().cpu().to(torch.float32).numpy()
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"A weight matrix must be 2-D (rows x columns), got shape {tuple(w.shape)}; "
+                         "pass a Linear layer's .weight, or reshape your tensor to 2-D first.")
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def _check_sparsity(sparsity: float) -> float:
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"sparsity is the fraction of zeroed weights and must be in [0, 1), got {sparsity}.")
+    return float(sparsity)
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}.")
+
+
+# --- masks ----------------------------------------------------------------------------------------------
+
+def magnitude_mask(w: Any, sparsity: float) -> torch.Tensor:
+    """Boolean keep-mask zeroing the round(sparsity * n) smallest-magnitude weights of a matrix."""
+    a = _matrix(w)
+    n_zero = int(round(_check_sparsity(sparsity) * a.size))
+    keep = np.ones(a.size, dtype=bool)
+    if n_zero:
+        # A stable argsort breaks ties by position, so the mask zeroes exactly n_zero weights.
+        keep[np.argsort(np.abs(a).ravel(), kind="stable")[:n_zero]] = False
+    return torch.from_numpy(keep.reshape(a.shape))
+
+
+def sparsify(w: Any, sparsity: float) -> torch.Tensor:
+    """The matrix with its smallest-magnitude fraction `sparsity` of weights set to zero."""
+    a = torch.from_numpy(_matrix(w))
+    return a * magnitude_mask(a, sparsity)
+
+
+def mask_2_4(w: Any) -> torch.Tensor:
+    """The matrix keeping the 2 largest-magnitude weights of every group of 4 along each row (2:4 sparsity)."""
+    a = _matrix(w)
+    if a.shape[1] % 4:
+        raise ValueError(f"2:4 sparsity groups 4 consecutive columns; {a.shape[1]} columns is not a multiple of 4.")
+    g = a.reshape(a.shape[0], -1, 4)
+    order = np.argsort(-np.abs(g), axis=-1, kind="stable")[..., :2]
+    keep = np.zeros_like(g, dtype=bool)
+    np.put_along_axis(keep, order, True, axis=-1)
+    return torch.from_numpy((g * keep).reshape(a.shape))
+
+
+def is_2_4(w: Any) -> bool:
+    """True when every group of 4 consecutive weights in a row holds at most 2 nonzeros."""
+    a = _matrix(w)
+    return a.shape[1] % 4 == 0 and bool(((a.reshape(a.shape[0], -1, 4) != 0).sum(-1) <= 2).all())
+
+
+# --- 8-bit values ---------------------------------------------------------------------------------------
+
+def quantize_rows(w: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 codes with one float32 scale per row (zero stays exactly zero)."""
+    a = _matrix(w)
+    scale = (np.abs(a).max(axis=1) / 127.0).astype(np.float32)
+    scale[scale == 0] = 1.0  # an all-zero row: any scale decodes it to zeros
+    codes = np.clip(np.rint(a / scale[:, None]), -127, 127).astype(np.int8)
+    return codes, scale
+
+
+def dequantize_rows(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """float32 weights from int8 codes and per-row scales (the one formula every 8-bit format decodes with)."""
+    return codes.astype(np.float32) * scale.astype(np.float32)[:, None]
+
+
+def quantized(w: Any) -> torch.Tensor:
+    """What an 8-bit-value format gives back for `w`: the per-row int8 round trip of the matrix."""
+    return torch.from_numpy(dequantize_rows(*quantize_rows(w)))
+
+
+# --- encode / decode ------------------------------------------------------------------------------------
+
+def _min_dtype(max_value: int) -> np.dtype:
+    """Smallest unsigned integer type that holds 0..max_value."""
+    for dt in _DTYPES[1:]:
+        if max_value <= np.iinfo(dt).max:
+            return dt
+    raise ValueError(f"{max_value} does not fit a 32-bit index.")
+
+
+def _pack_2bit(idx: np.ndarray) -> bytes:
+    """Four 2-bit numbers per byte, first in the low bits."""
+    flat = np.zeros(-(-idx.size // 4) * 4, dtype=np.uint8)
+    flat[:idx.size] = idx.ravel()
+    q = flat.reshape(-1, 4)
+    return (q[:, 0] | (q[:, 1] << 2) | (q[:, 2] << 4) | (q[:, 3] << 6)).astype(np.uint8).tobytes()
+
+
+def _unpack_2bit(buf: bytes, count: int) -> np.ndarray:
+    b = np.frombuffer(buf, dtype=np.uint8)
+    return np.stack([(b >> s) & 3 for s in (0, 2, 4, 6)], axis=1).ravel()[:count]
+
+
+def _encode_body(a: np.ndarray, fmt: str, values: str) -> bytes:
+    rows, cols = a.shape
+    parts = [_INNER.pack(FORMATS.index(fmt), VALUES.index(values), rows, cols)]
+    if values == "int8":
+        codes, scale = quantize_rows(a)
+        parts.append(scale.astype("<f4").tobytes())
+        vals = codes
+    else:
+        vals = a.astype("<f4")
+    nz = a != 0  # positions come from the float weights, so an 8-bit code may be a stored 0: still exact
+    if fmt == "dense":
+        parts.append(vals.tobytes())
+    elif fmt in ("coo", "coo_min"):
+        r, c = np.nonzero(nz)
+        rt, ct = (_min_dtype(rows - 1), _min_dtype(cols - 1)) if fmt == "coo_min" else (_DTYPES[0],) * 2
+        parts += [_COUNT.pack(r.size, _DTYPES.index(rt), _DTYPES.index(ct)),
+                  r.astype(rt).tobytes(), c.astype(ct).tobytes(), vals[nz].tobytes()]
+    elif fmt in ("csr", "csr_min"):
+        r, c = np.nonzero(nz)  # row-major order is CSR order
+        indptr = np.concatenate([[0], np.cumsum(nz.sum(axis=1))])
+        pt, ct = (_min_dtype(r.size), _min_dtype(cols - 1)) if fmt == "csr_min" else (_DTYPES[0],) * 2
+        parts += [_COUNT.pack(r.size, _DTYPES.index(pt), _DTYPES.index(ct)),
+                  indptr.astype(pt).tobytes(), c.astype(ct).tobytes(), vals[nz].tobytes()]
+    elif fmt == "bitmask":
+        parts += [np.packbits(nz.ravel()).tobytes(), vals[nz].tobytes()]
+    else:  # 2:4: two values per group of 4 and their two positions, 2 bits each
+        if not is_2_4(a):
+            raise ValueError("The 2:4 format holds only matrices with at most 2 nonzeros in every group of 4 "
+                             "columns; apply sparse.mask_2_4(w) first (columns must be a multiple of 4).")
+        g = nz.reshape(rows, -1, 4)
+        # Nonzeros first (stable keeps their order), padded with zero positions; sorted so the layout is canonical.
+        pos = np.sort(np.argsort(~g, axis=-1, kind="stable")[..., :2], axis=-1)
+        kept = np.take_along_axis(vals.reshape(rows, -1, 4), pos, axis=-1)
+        parts += [kept.tobytes(), _pack_2bit(pos.astype(np.uint8))]
+    return b"".join(parts)
+
+
+def encode(w: Any, fmt: str = "csr", values: str = "f32", compress: str | None = None) -> bytes:
+    """Serialize a 2-D weight matrix into real bytes in one storage format (optionally zlib/lzma on top)."""
+    _check_choice("format", fmt, FORMATS)
+    _check_choice("values", values, VALUES)
+    _check_choice("compress", compress, COMPRESSORS)
+    body = _encode_body(_matrix(w), fmt, values)
+    if compress == "zlib":
+        body = zlib.compress(body, 9)
+    elif compress == "lzma":
+        body = lzma.compress(body, preset=6)
+    return _OUTER.pack(_MAGIC, COMPRESSORS.index(compress)) + body
+
+
+class _Reader:
+    """Reads consecutive arrays out of a bytes body."""
+
+    def __init__(self, buf: bytes, pos: int):
+        self.buf, self.pos = buf, pos
+
+    def array(self, dtype, count: int) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        out = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos)
+        self.pos += dtype.itemsize * count
+        return out
+
+    def struct(self, st: struct.Struct) -> tuple:
+        out = st.unpack_from(self.buf, self.pos)
+        self.pos += st.size
+        return out
+
+
+def decode(blob: bytes) -> torch.Tensor:
+    """The dense float32 matrix stored in `blob` (8-bit formats give back the dequantized int8 codes)."""
+    magic, comp = _OUTER.unpack_from(blob, 0)
+    if magic != _MAGIC:
+        raise ValueError("These bytes were not written by sparse.encode (wrong magic number).")
+    body = blob[_OUTER.size:]
+    if COMPRESSORS[comp] == "zlib":
+        body = zlib.decompress(body)
+    elif COMPRESSORS[comp] == "lzma":
+        body = lzma.decompress(body)
+    rd = _Reader(body, 0)
+    f, v, rows, cols = rd.struct(_INNER)
+    fmt, values = FORMATS[f], VALUES[v]
+    scale = rd.array("<f4", rows) if values == "int8" else None
+    vdt = np.int8 if values == "int8" else np.dtype("<f4")
+    out = np.zeros((rows, cols), dtype=vdt)
+    if fmt == "dense":
+        out[:] = rd.array(vdt, rows * cols).reshape(rows, cols)
+    elif fmt in ("coo", "coo_min"):
+        nnz, rt, ct = rd.struct(_COUNT)
+        r, c = rd.array(_DTYPES[rt], nnz), rd.array(_DTYPES[ct], nnz)
+        out[r.astype(np.int64), c.astype(np.int64)] = rd.array(vdt, nnz)
+    elif fmt in ("csr", "csr_min"):
+        nnz, pt, ct = rd.struct(_COUNT)
+        indptr = rd.array(_DTYPES[pt], rows + 1).astype(np.int64)
+        c = rd.array(_DTYPES[ct], nnz).astype(np.int64)
+        r = np.repeat(np.arange(rows), np.diff(indptr))
+        out[r, c] = rd.array(vdt, nnz)
+    elif fmt == "bitmask":
+        mask = np.unpackbits(rd.array(np.uint8, -(-rows * cols // 8)), count=rows * cols).astype(bool)
+        out.ravel()[mask] = rd.array(vdt, int(mask.sum()))
+    else:
+        groups = rows * cols // 4
+        kept = rd.array(vdt, groups * 2).reshape(rows, -1, 2)
+        pos = _unpack_2bit(body[rd.pos:rd.pos + -(-groups * 2 // 4)], groups * 2).reshape(rows, -1, 2)
+        np.put_along_axis(out.reshape(rows, -1, 4), pos.astype(np.int64), kept, axis=-1)
+    dense = dequantize_rows(out, scale) if values == "int8" else out
+    return torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+
+
+def predicted_bytes(shape: tuple[int, int], nnz: int, fmt: str, values: str = "f32") -> int:
+    """Uncompressed size of `encode` for a rows x cols matrix with nnz nonzeros, from the layout alone."""
+    _check_choice("format", fmt, FORMATS)
+    _check_choice("values", values, VALUES)
+    rows, cols = (int(s) for s in shape)
+    n = rows * cols
+    vb = 1 if values == "int8" else 4
+    size = _OUTER.size + _INNER.size + (4 * rows if values == "int8" else 0)
+    if fmt == "dense":
+        return size + n * vb
+    if fmt == "coo":
+        return size + _COUNT.size + nnz * (4 + 4 + vb)
+    if fmt == "coo_min":
+        return size + _COUNT.size + nnz * (_min_dtype(rows - 1).itemsize + _min_dtype(cols - 1).itemsize + vb)
+    if fmt == "csr":
+        return size + _COUNT.size + 4 * (rows + 1) + nnz * (4 + vb)
+    if fmt == "csr_min":
+        return size + _COUNT.size + _min_dtype(nnz).itemsize * (rows + 1) + nnz * (_min_dtype(cols - 1).itemsize + vb)
+    if fmt == "bitmask":
+        return size + -(-n // 8) + nnz * vb
+    return size + (n // 2) * vb + -(-(n // 2) // 4)  # 2:4: half the values, 2 bits per kept value
+
+
+def break_even(shape: tuple[int, int], fmt: str, values: str = "f32") -> float:
+    """Lowest sparsity at which `fmt` takes no more bytes than dense with the same values (uncompressed)."""
+    rows, cols = (int(s) for s in shape)
+    if rows < 1 or cols < 1:
+        raise ValueError(f"shape must be two positive sizes (rows, cols), got {shape}.")
+    dense = predicted_bytes((rows, cols), rows * cols, "dense", values)
+    if fmt == "2:4":
+        # 2:4 needs exactly its pattern: half the weights zero, whatever the savings.
+        return 0.5
+    n = rows * cols
+    # Size grows with nnz (min-index types only step up), so a binary search finds the largest nnz that fits.
+    lo, hi = 0, n
+    if predicted_bytes((rows, cols), 0, fmt, values) > dense:
+        return 1.0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if predicted_bytes((rows, cols), mid, fmt, values) <= dense:
+            lo = mid
+        else:
+            hi = mid - 1
+    return 1.0 - lo / n
+
+
+def format_sizes(w: Any, values: tuple = VALUES, compress: tuple = COMPRESSORS, verify: bool = True) -> pd.DataFrame:
+    """Real serialized bytes of `w` in every format, value type and compressor, with the round trip checked."""
+    a = _matrix(w)
+    dense_bytes = len(encode(a, "dense"))
+    fits_2_4 = a.shape[1] % 4 == 0 and is_2_4(a)
+    rows = []
+    for fmt in FORMATS:
+        if fmt == "2:4" and a.shape[1] % 4:
+            continue
+        src = a if fmt != "2:4" or fits_2_4 else mask_2_4(a).numpy()
+        for val in values:
+            expect = src if val == "f32" else quantized(src).numpy()
+            for comp in compress:
+                blob = encode(src, fmt, val, comp)
+                exact = bool(np.array_equal(decode(blob).numpy(), expect)) if verify else None
+                rows.append({"format": fmt, "values": val, "compress": comp or "-", "bytes": len(blob),
+                             "x_smaller": dense_bytes / len(blob), "holds_w": fmt != "2:4" or fits_2_4,
+                             "round_trip_exact": exact})
+    return pd.DataFrame(rows)
+
+
+def best_format(w: Any, values: str = "f32", compress: tuple = (None,)) -> tuple[str, str | None, int]:
+    """(format, compressor, bytes) of the smallest format that holds `w` exactly."""
+    df = format_sizes(w, values=(values,), compress=compress, verify=False)
+    row = df[df["holds_w"]].sort_values("bytes", kind="stable").iloc[0]
+    return row["format"], (None if row["compress"] == "-" else row["compress"]), int(row["bytes"])
+
+
+# --- sparse compute -------------------------------------------------------------------------------------
+
+@contextmanager
+def _quiet_sparse():
+    """torch warns that CSR support is beta on every conversion; the lab measures it, the warning adds nothing."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
+        yield
+
+
+def to_csr(w: torch.Tensor) -> torch.Tensor:
+    """A torch sparse CSR matrix with int32 indices (MKL's native index type on CPU)."""
+    with _quiet_sparse():
+        c = w.detach().to_sparse_csr()
+        return torch.sparse_csr_tensor(c.crow_indices().int(), c.col_indices().int(), c.values(), c.shape)
+
+
+def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(ts)
+
+
+BACKENDS = ("dense", "torch_csr", "scipy_csr")
+DEFAULT_TOKENS = 32 * 30  # a batch of 32 snippets of ~30 word pieces
+_TIMES: dict[tuple, float] = {}
+
+
+_LAYERS: dict[tuple, torch.Tensor] = {}
+
+
+def _random_layer(shape: tuple[int, int], density: float, seed: int = 0) -> torch.Tensor:
+    """A random layer of `shape` keeping a fraction `density` of its weights (cached: sliders revisit them)."""
+    key = (tuple(shape), round(density, 6), seed)
+    if key not in _LAYERS:
+        _LAYERS[key] = _random_layer_uncached(shape, density, seed)
+    return _LAYERS[key]
+
+
+def _random_layer_uncached(shape: tuple[int, int], density: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g)
+    return w * magnitude_mask(w, 1.0 - density)
+
+
+def matmul_times(shape: tuple[int, int] = (1536, 384), densities=(1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01),
+                 tokens: int = DEFAULT_TOKENS, repeats: int | None = None) -> pd.DataFrame:
+    """Median ms of y = x W^T (x: tokens x in) with W dense, torch CSR and scipy CSR, per density (cached)."""
+    import scipy.sparse as sps
+
+    rows, cols = (int(s) for s in shape)
+    repeats = repeats or (5 if fast_mode() else 15)
+    x = torch.randn(tokens, cols, generator=torch.Generator().manual_seed(1))
+    xn = x.numpy()
+    out = []
+    for d in densities:
+        d = float(d)
+        if not 0.0 < d <= 1.0:
+            raise ValueError(f"density is the fraction of kept weights and must be in (0, 1], got {d}.")
+        key = (rows, cols, round(d, 4), tokens, torch.get_num_threads())
+        if key + ("dense",) not in _TIMES:
+            w = _random_layer((rows, cols), d)
+            wc, ws = to_csr(w), sps.csr_matrix(w.numpy())
+            with torch.inference_mode(), _quiet_sparse():
+                fns = {"dense": lambda: torch.nn.functional.linear(x, w),
+                       "torch_csr": lambda: torch.sparse.mm(wc, x.T).T,
+                       "scipy_csr": lambda: xn @ ws.T}
+                for name, fn in fns.items():
+                    _TIMES[key + (name,)] = _median_ms(fn, repeats)
+        out.append({"density": d, "sparsity": 1 - d, **{b: _TIMES[key + (b,)] for b in BACKENDS}})
+    df = pd.DataFrame(out)
+    for b in BACKENDS[1:]:
+        df[f"{b}_speedup"] = df["dense"] / df[b]
+    return df
+
+
+def crossover(times: pd.DataFrame, backend: str = "torch_csr") -> float | None:
+    """Highest measured density at which `backend` beats dense (None: it never does in this sweep)."""
+    _check_choice("backend", backend, BACKENDS[1:])
+    wins = times[times[backend] < times["dense"]]
+    return None if wins.empty else float(wins["density"].max())
+
+
+# --- a classifier with sparse Linear layers -------------------------------------------------------------
+
+class SparseLinear(nn.Module):
+    """A Linear layer whose weight is stored and multiplied as a CSR matrix (int32 indices)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        c = to_csr(weight)
+        self.out_features, self.in_features = weight.shape
+        # Plain buffers, so state_dict / safetensors hold the CSR arrays themselves.
+        self.register_buffer("crow_indices", c.crow_indices().clone())
+        self.register_buffer("col_indices", c.col_indices().clone())
+        self.register_buffer("values", c.values().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear) -> "SparseLinear":
+        """The same layer, its (already pruned) weight kept as CSR."""
+        return cls(layer.weight.detach(), layer.bias)
+
+    def weight_csr(self) -> torch.Tensor:
+        """The CSR weight matrix (views of the buffers, no copy)."""
+        with _quiet_sparse():
+            return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values,
+                                           (self.out_features, self.in_features))
+
+    def dense_weight(self) -> torch.Tensor:
+        """The weight as a dense matrix (for checks)."""
+        with _quiet_sparse():
+            return self.weight_csr().to_dense()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = x W^T + b, with W sparse: (W @ x^T)^T."""
+        x2 = x.reshape(-1, self.in_features)
+        with _quiet_sparse():
+            y = torch.sparse.mm(self.weight_csr(), x2.T).T
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        n = self.out_features * self.in_features
+        return f"in={self.in_features}, out={self.out_features}, density={self.values.numel() / n:.3f}"
+
+
+def linear_layers(model: nn.Module, which: str = "encoder") -> list[str]:
+    """Names of the Linear layers: 'encoder' (all but the classifier head), 'ffn' (those of intermediate size), 'all'."""
+    _check_choice("which", which, ("encoder", "ffn", "all"))
+    ffn_size = getattr(getattr(model, "config", None), "intermediate_size", None)
+    head = {name for name, _ in model.named_children() if name in ("classifier", "score")}
+    names = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        if which != "all" and name.split(".")[0] in head:
+            continue
+        if which == "ffn" and ffn_size not in (mod.in_features, mod.out_features):
+            continue
+        names.append(name)
+    return names
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def to_sparse(model: nn.Module, sparsity: float, which: str = "ffn", values: str = "f32",
+              inplace: bool = False) -> nn.Module:
+    """The model with `which` Linear layers magnitude-pruned to `sparsity` and run as CSR (`SparseLinear`).
+
+    values="int8" keeps the per-row int8 round trip of the weights (what an 8-bit sparse artifact decodes to).
+    """
+    _check_sparsity(sparsity)
+    _check_choice("values", values, VALUES)
+    from .model import clone
+
+    out = model if inplace else clone(model)
+    for name in linear_layers(out, which):
+        lin = out.get_submodule(name)
+        w = sparsify(lin.weight, sparsity)
+        if values == "int8":
+            w = quantized(w)
+        _set_module(out, name, SparseLinear(w.to(lin.weight.dtype), lin.bias))
+    return out.eval()
+
+
+def pruned_dense(model: nn.Module, sparsity: float, which: str = "ffn", inplace: bool = False) -> nn.Module:
+    """The same magnitude pruning, the zeros kept in dense Linear weights (same numbers, dense speed)."""
+    _check_sparsity(sparsity)
+    from .model import clone
+
+    out = model if inplace else clone(model)
+    with torch.no_grad():
+        for name in linear_layers(out, which):
+            lin = out.get_submodule(name)
+            lin.weight.copy_(sparsify(lin.weight, sparsity))
+    return out.eval()
+
+
+def model_artifact(model: nn.Module, fmt: str = "csr_min", values: str = "f32", compress: str | None = None) -> bytes:
+    """Real bytes of the whole model: SparseLinear weights in `fmt`, every other tensor dense float32."""
+    parts, skip = [], set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, SparseLinear):
+            parts.append((f"{name}.weight", encode(mod.dense_weight(), fmt, values, compress)))
+            skip |= {f"{name}.{b}" for b in ("crow_indices", "col_indices", "values")}
+    for name, t in model.state_dict().items():
+        if name not in skip:  # the CSR buffers are stored once, in `fmt`, above
+            parts.append((name, encode(t.detach().cpu().float().reshape(1, -1), "dense", "f32", compress)))
+    out = [struct.pack("<I", len(parts))]
+    for name, blob in parts:
+        nb = name.encode()
+        out += [struct.pack("<HI", len(nb), len(blob)), nb, blob]
+    return b"".join(out)
+
+
+def read_artifact(blob: bytes) -> dict[str, torch.Tensor]:
+    """The tensors stored by `model_artifact` (Linear weights as dense matrices, the rest flat)."""
+    (count,), pos, out = struct.unpack_from("<I", blob, 0), 4, {}
+    for _ in range(count):
+        ln, lb = struct.unpack_from("<HI", blob, pos)
+        pos += 6
+        name = blob[pos:pos + ln].decode()
+        out[name] = decode(blob[pos + ln:pos + ln + lb])
+        pos += ln + lb
+    return out
+
+
+# --- dictionary learning (sparse coding proper) ---------------------------------------------------------
+
+class CodedLinear(nn.Module):
+    """A Linear layer whose weight rows are sparse codes over a learned dictionary: W = C D."""
+
+    def __init__(self, dictionary: torch.Tensor, codes: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("dictionary", dictionary.float().contiguous())  # n_atoms x in
+        self.register_buffer("codes", codes.float().contiguous())  # out x n_atoms, k nonzeros per row
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.out_features, self.in_features = codes.shape[0], dictionary.shape[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = (x D^T) C^T + b: project on the atoms, then mix them."""
+        return nn.functional.linear(nn.functional.linear(x, self.dictionary), self.codes, self.bias)
+
+    def weight(self) -> torch.Tensor:  # noqa: D401 - a method, not the nn.Linear attribute
+        """The reconstructed weight matrix C D."""
+        return self.codes @ self.dictionary
+
+
+_DICTS: dict[tuple, np.ndarray] = {}
+
+
+def _weight_key(w: np.ndarray) -> str:
+    return hashlib.sha256(w.tobytes()).hexdigest()[:16]
+
+
+def learn_dictionary(w: Any, n_atoms: int, seed: int = 0) -> np.ndarray:
+    """A dictionary of n_atoms unit-norm atoms for the rows of `w` (MiniBatchDictionaryLearning, cached)."""
+    from sklearn.decomposition import MiniBatchDictionaryLearning
+
+    a = _matrix(w)
+    if not 1 <= int(n_atoms) <= a.shape[0]:
+        raise ValueError(f"n_atoms must be between 1 and the number of rows ({a.shape[0]}), got {n_atoms}.")
+    key = (_weight_key(a), int(n_atoms), seed)
+    if key not in _DICTS:
+        from .model import cache_dir
+
+        path = cache_dir() / "sparse" / f"dict-{key[0]}-{n_atoms}-{seed}.npy"
+        if path.is_file():
+            _DICTS[key] = np.load(path)
+        else:
+            # One pass of coordinate descent keeps the fit to about a second per layer and errs within a few
+            # percent of slower fits; scaled rows let one alpha fit every layer.
+            scale = np.abs(a).mean() or 1.0
+            dl = MiniBatchDictionaryLearning(n_components=int(n_atoms), alpha=1.0, batch_size=256, max_iter=1,
+                                             random_state=seed, fit_algorithm="cd")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # convergence warnings of the inner lasso: one pass is the point
+                dl.fit(a / scale)
+            _DICTS[key] = dl.components_.astype(np.float32)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, _DICTS[key])
+            except OSError:
+                pass  # a read-only cache only costs a refit
+    return _DICTS[key]
+
+
+def sparse_codes(w: Any, dictionary: np.ndarray, k: int) -> np.ndarray:
+    """Codes with k nonzeros per row so that codes @ dictionary approximates w (orthogonal matching pursuit)."""
+    from sklearn.decomposition import sparse_encode
+
+    a = _matrix(w)
+    if not 1 <= int(k) <= dictionary.shape[0]:
+        raise ValueError(f"k (atoms per row) must be between 1 and n_atoms={dictionary.shape[0]}, got {k}.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # OMP stops early on dependent atoms: the error shows it
+        return sparse_encode(a, dictionary, algorithm="omp", n_nonzero_coefs=int(k)).astype(np.float32)
+
+
+def coded_bytes(shape: tuple[int, int], n_atoms: int, k: int) -> int:
+    """Bytes of a dictionary-coded matrix: the float32 dictionary plus k (uint16 atom index, float32 value) per row."""
+    rows, cols = shape
+    return n_atoms * cols * 4 + rows * k * (_min_dtype(n_atoms - 1).itemsize + 4)
+
+
+def relative_error(w: Any, approx: Any) -> float:
+    """||w - approx||_F / ||w||_F."""
+    a, b = _matrix(w), _matrix(approx)
+    return float(np.linalg.norm(a - b) / (np.linalg.norm(a) or 1.0))
+
+
+def dictionary_code(model: nn.Module, layer: str, n_atoms: int, k: int, inplace: bool = False) -> nn.Module:
+    """The model with Linear `layer` (a module name) replaced by k-sparse codes over an n_atoms dictionary."""
+    from .model import clone
+
+    try:
+        lin = model.get_submodule(layer)
+    except AttributeError as err:
+        raise ValueError(f"No layer {layer!r}; use one of sparse.linear_layers(model).") from err
+    if not isinstance(lin, nn.Linear):
+        raise ValueError(f"{layer!r} is a {type(lin).__name__}, not an nn.Linear; use one of sparse.linear_layers(model).")
+    if int(k) > int(n_atoms):
+        raise ValueError(f"k={k} atoms per row cannot exceed the dictionary's n_atoms={n_atoms}; lower k.")
+    d = learn_dictionary(lin.weight, n_atoms)
+    c = sparse_codes(lin.weight, d, k)
+    out = model if inplace else clone(model)
+    _set_module(out, layer, CodedLinear(torch.from_numpy(d), torch.from_numpy(c), lin.bias))
+    return out.eval()
+
+
+def dictionary_tradeoff(model: nn.Module, tokenizer, layer: str, settings, limit: int = 200) -> pd.DataFrame:
+    """Per (n_atoms, k): bytes, reconstruction error and accuracy, next to magnitude pruning at the same bytes."""
+    from . import measure
+
+    w = model.get_submodule(layer).weight.detach()
+    dense = predicted_bytes(tuple(w.shape), w.numel(), "dense")
+    rows = []
+    for n_atoms, k in settings:
+        coded = dictionary_code(model, layer, n_atoms, k)
+        b = coded_bytes(tuple(w.shape), n_atoms, k)
+        # Magnitude pruning with the same budget: the nnz that csr_min fits in b bytes.
+        nnz = max(0, min(w.numel(), (b - predicted_bytes(tuple(w.shape), 0, "csr_min")) // 6))
+        sp = 1 - nnz / w.numel()
+        pruned = model if sp == 0 else _replace_weight(model, layer, sparsify(w, min(sp, 0.9999)))
+        rows.append({"n_atoms": n_atoms, "k": k, "bytes": b, "x_smaller": dense / b,
+                     "coded_error": relative_error(w, coded.get_submodule(layer).weight()),
+                     "coded_accuracy": measure.accuracy(coded, tokenizer, "test", limit),
+                     "pruned_sparsity": sp, "pruned_error": relative_error(w, sparsify(w, min(sp, 0.9999))),
+                     "pruned_accuracy": measure.accuracy(pruned, tokenizer, "test", limit)})
+    return pd.DataFrame(rows)
+
+
+def _replace_weight(model: nn.Module, layer: str, w: torch.Tensor) -> nn.Module:
+    from .model import clone
+
+    out = clone(model)
+    with torch.no_grad():
+        out.get_submodule(layer).weight.copy_(w)
+    return out.eval()
+
+
+# --- slider functions -----------------------------------------------------------------------------------
+
+def sparsity_view(sparsity: float, layer_shape: tuple[int, int] = (1536, 384), tokens: int = DEFAULT_TOKENS,
+                  compress: tuple = (None,)) -> dict:
+    """Bytes per format and matmul times for one random layer at `sparsity` (layers and timings cached)."""
+    _check_sparsity(sparsity)
+    w = _random_layer(tuple(layer_shape), 1.0 - sparsity)
+    sizes = format_sizes(w, compress=compress, verify=False)
+    times = matmul_times(tuple(layer_shape), densities=(round(1.0 - sparsity, 4),), tokens=tokens)
+    return {"sparsity": sparsity, "shape": tuple(layer_shape), "sizes": sizes, "times": times.iloc[0].to_dict()}
+
+
+# --- tour ----------------------------------------------------------------------------------------------
+
+def tour(model: nn.Module, tokenizer, reference) -> list:
+    """Rows for the main job: FFN layers at 90% sparsity stored in their best format and run as CSR."""
+    from . import measure
+
+    results = []
+    limit = 200 if fast_mode() else None
+    for values in VALUES:
+        sparse_model = to_sparse(model, 0.9, which="ffn", values=values)
+        fmts = {}
+        for fmt in ("csr", "csr_min", "bitmask", "coo_min"):
+            fmts[fmt] = len(model_artifact(sparse_model, fmt, values))
+        best = min(fmts, key=fmts.get)
+        preds = measure.predictions(sparse_model, tokenizer, "test", limit)
+        labels = measure.data.split("test", limit)["label"].to_numpy()
+        ref = reference if limit is None else measure.predictions(model, tokenizer, "test", limit)
+        lat1, lat32 = (measure.latency(sparse_model, tokenizer, b)["median_ms"] for b in (1, 32))
+        results.append(measure.Result(
+            name=f"sparse: FFN 90% magnitude, {best} {values}", accuracy=float((preds == labels).mean()),
+            agreement=measure.agreement(preds, ref), size_bytes=fmts[best], latency_b1_ms=lat1,
+            latency_b32_ms=lat32, notes="no fine-tuning; run with torch CSR matmul; size = real artifact bytes"))
+    return results
+
+
+# --- 01: exercises -------------------------------------------------------------------------------------
+
+def _close(a: float, b: float, rel: float = 1e-6) -> bool:
+    return abs(float(a) - float(b)) <= rel * max(1.0, abs(float(b)))
+
+
+def _csr_bytes_solution() -> int:
+    rows, cols, nnz = 384, 1536, int(round(0.1 * 384 * 1536))
+    return 4 * (rows + 1) + 4 * nnz + 4 * nnz  # int32 row pointers, int32 column indices, float32 values
+
+
+@exercise("01.csr_bytes",
+          "A 384x1536 float32 matrix keeps 10% of its weights (round to whole weights). How many bytes do its CSR "
+          "arrays take with int32 indices (row pointers + column indices + values, no header)?",
+          "CSR stores rows+1 row pointers, then one column index and one value per nonzero; 4 bytes each here.",
+          _csr_bytes_solution)
+def _check_csr_bytes(answer: Any) -> bool:
+    return _close(answer, _csr_bytes_solution())
+
+
+def _bitmask_break_even_solution() -> float:
+    return 1 / 32  # n/8 mask bytes + 4 bytes per kept weight <= 4n bytes  <=>  sparsity >= 1/32
+
+
+@exercise("01.bitmask_break_even",
+          "Ignoring headers, at what sparsity does bitmask + float32 values take exactly as many bytes as dense "
+          "float32? (a fraction)",
+          "the mask costs 1 bit per weight; each zeroed weight saves 32 bits. Set mask bits = saved bits.",
+          _bitmask_break_even_solution)
+def _check_bitmask_break_even(answer: Any) -> bool:
+    return _close(answer, _bitmask_break_even_solution(), rel=1e-3)
+
+
+def _index_dtype_solution() -> str:
+    return "uint16"
+
+
+@exercise("01.min_index_dtype",
+          "What is the smallest unsigned integer type that can hold every column index of a 384x1536 matrix?",
+          "column indices go from 0 to 1535; compare with the largest number 8, 16 and 32 bits can hold.",
+          _index_dtype_solution)
+def _check_index_dtype(answer: Any) -> bool:
+    return np.dtype(answer) == np.dtype(_index_dtype_solution())
+
+
+def _two_four_bytes_solution() -> int:
+    n = 384 * 384
+    return (n // 2) * 4 + (n // 2) * 2 // 8  # half the values in float32, 2 bits of position per kept value
+
+
+@exercise("01.two_four_bytes",
+          "A 384x384 matrix has 2:4 sparsity. How many bytes do its packed float32 values plus 2-bit positions take?",
+          "2 of every 4 weights are kept (4 bytes each), and each kept weight needs 2 bits to say where it sat.",
+          _two_four_bytes_solution)
+def _check_two_four_bytes(answer: Any) -> bool:
+    return _close(answer, _two_four_bytes_solution())

@@ -1,0 +1,193 @@
+import numpy as np
+import pytest
+import scipy.sparse as sps
+import torch
+import torch.nn.utils.prune as torch_prune
+
+from labkit import sparse
+
+
+def _layer(shape=(48, 64), sparsity=0.8, seed=0):
+    torch.manual_seed(seed)
+    return sparse.sparsify(torch.randn(shape), sparsity)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9, 0.99])
+@pytest.mark.parametrize("fmt", sparse.FORMATS)
+def test_every_format_round_trips_exactly_and_matches_its_size_formula(fmt, sparsity):
+    w = _layer(sparsity=sparsity)
+    if fmt == "2:4":
+        w = sparse.mask_2_4(w)
+    for values in sparse.VALUES:
+        expect = w if values == "f32" else sparse.quantized(w)
+        for comp in sparse.COMPRESSORS:
+            blob = sparse.encode(w, fmt, values, comp)
+            assert isinstance(blob, bytes)
+            assert torch.equal(sparse.decode(blob), expect), (fmt, values, comp)
+        assert len(sparse.encode(w, fmt, values)) == sparse.predicted_bytes(w.shape, int((w != 0).sum()), fmt, values)
+
+
+def test_csr_bytes_are_scipys_arrays_plus_a_fixed_header():
+    w = _layer((40, 300), 0.9)
+    ref = sps.csr_matrix(w.numpy())
+    header = sparse._OUTER.size + sparse._INNER.size + sparse._COUNT.size
+    payload = ref.indptr.astype(np.int32).nbytes + ref.indices.astype(np.int32).nbytes + ref.data.nbytes
+    assert len(sparse.encode(w, "csr")) == header + payload
+    # The smallest index types: 300 columns need uint16, nnz = 1200 row pointers need uint16.
+    assert len(sparse.encode(w, "csr_min")) == header + 2 * (40 + 1) + 2 * ref.nnz + 4 * ref.nnz
+
+
+def test_torch_csr_and_scipy_agree_with_the_decoded_matrix():
+    w = _layer((33, 20), 0.7)
+    back = sparse.decode(sparse.encode(w, "csr_min", compress="zlib"))
+    assert torch.equal(back, torch.from_numpy(sps.csr_matrix(w.numpy()).toarray()))
+    c = sparse.to_csr(w)
+    assert c.crow_indices().dtype == torch.int32
+    assert torch.equal(c.to_dense(), back)
+
+
+def test_int8_values_keep_zeros_and_err_by_at_most_half_a_step():
+    w = _layer((16, 32), 0.5)
+    codes, scale = sparse.quantize_rows(w)
+    back = sparse.quantized(w)
+    assert torch.equal(back == 0, w == 0) or bool(((back == 0) | (w != 0)).all())
+    assert (back - w).abs().max() <= torch.from_numpy(scale).max() / 2 + 1e-7
+    assert codes.dtype == np.int8 and np.abs(codes).max() <= 127
+
+
+def test_magnitude_mask_matches_torch_prune():
+    w = torch.randn(30, 20, generator=torch.Generator().manual_seed(3))
+    lin = torch.nn.Linear(20, 30)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    torch_prune.l1_unstructured(lin, "weight", amount=0.6)
+    assert torch.equal(sparse.magnitude_mask(w, 0.6), lin.weight_mask.bool())
+
+
+def test_2_4_mask_keeps_two_of_every_four():
+    w = sparse.mask_2_4(torch.randn(8, 16))
+    assert sparse.is_2_4(w) and int((w != 0).sum()) == 8 * 16 // 2
+    assert not sparse.is_2_4(torch.ones(2, 8))
+
+
+def test_break_even_is_where_the_format_stops_costing_more_than_dense():
+    shape = (384, 1536)
+    n = shape[0] * shape[1]
+    for fmt in ("coo", "coo_min", "csr", "csr_min", "bitmask"):
+        for values in sparse.VALUES:
+            s = sparse.break_even(shape, fmt, values)
+            nnz = int(round((1 - s) * n))
+            dense = sparse.predicted_bytes(shape, n, "dense", values)
+            assert sparse.predicted_bytes(shape, nnz, fmt, values) <= dense
+            assert sparse.predicted_bytes(shape, nnz + 1, fmt, values) > dense
+    assert sparse.break_even(shape, "bitmask") == pytest.approx(1 / 32, abs=1e-3)
+    assert sparse.break_even(shape, "csr") == pytest.approx(0.5, abs=1e-2)
+
+
+def test_format_sizes_reports_real_bytes_and_exact_round_trips():
+    w = _layer((64, 64), 0.9)
+    df = sparse.format_sizes(w)
+    assert df["round_trip_exact"].all()
+    row = df[(df["format"] == "csr") & (df["values"] == "f32") & (df["compress"] == "-")].iloc[0]
+    assert row["bytes"] == len(sparse.encode(w, "csr"))
+    assert not df[df["format"] == "2:4"]["holds_w"].any()  # 90% unstructured is not a 2:4 pattern
+    fmt, comp, size = sparse.best_format(w, "int8")
+    assert size == len(sparse.encode(w, fmt, "int8", comp))
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(3), torch.zeros(2, 3, 4)])
+def test_non_matrices_are_refused(bad):
+    with pytest.raises(ValueError, match="2-D"):
+        sparse.encode(bad)
+    with pytest.raises(ValueError, match="2-D"):
+        sparse.format_sizes(bad)
+
+
+@pytest.mark.parametrize("s", [-0.1, 1.0, 1.5])
+def test_sparsity_outside_0_1_is_refused(s, tiny_model):
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        sparse.sparsify(torch.ones(2, 2), s)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        sparse.to_sparse(tiny_model, s)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        sparse.sparsity_view(s)
+
+
+def test_unknown_format_lists_the_allowed_ones():
+    with pytest.raises(ValueError, match="csr_min"):
+        sparse.encode(torch.ones(2, 2), "csc")
+    with pytest.raises(ValueError, match="mask_2_4"):
+        sparse.encode(torch.ones(2, 4), "2:4")
+
+
+def test_sparse_linear_matches_the_dense_pruned_layer():
+    lin = torch.nn.Linear(24, 12)
+    with torch.no_grad():
+        lin.weight.copy_(sparse.sparsify(lin.weight, 0.75))
+    s = sparse.SparseLinear.from_linear(lin)
+    x = torch.randn(3, 5, 24)
+    torch.testing.assert_close(s(x), lin(x), rtol=1e-5, atol=1e-6)
+    assert torch.equal(s.dense_weight(), lin.weight.detach())
+
+
+def test_to_sparse_returns_a_new_model_that_predicts_like_masked_dense(tiny_model):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    sm = sparse.to_sparse(tiny_model, 0.8, which="encoder")
+    pm = sparse.pruned_dense(tiny_model, 0.8, which="encoder")
+    assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())  # not mutated
+    assert sum(isinstance(m, sparse.SparseLinear) for m in sm.modules()) == len(sparse.linear_layers(tiny_model))
+    ids = torch.randint(0, 1000, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(sm(input_ids=ids).logits, pm(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+    assert sparse.linear_layers(tiny_model, "ffn") == [n for n in sparse.linear_layers(tiny_model)
+                                                       if "intermediate" in n or n.endswith("output.dense")
+                                                       and "attention" not in n]
+
+
+def test_model_artifact_round_trips_the_sparse_weights(tiny_model):
+    sm = sparse.to_sparse(tiny_model, 0.9, which="ffn")
+    blob = sparse.model_artifact(sm, "csr_min")
+    tensors = sparse.read_artifact(blob)
+    name = sparse.linear_layers(tiny_model, "ffn")[0]
+    assert torch.equal(tensors[name + ".weight"], sm.get_submodule(name).dense_weight())
+    assert len(blob) < len(sparse.model_artifact(sparse.to_sparse(tiny_model, 0.0, which="ffn"), "dense"))
+
+
+def test_matmul_times_and_crossover():
+    df = sparse.matmul_times((32, 16), densities=(1.0, 0.1), tokens=8, repeats=2)
+    assert list(df["density"]) == [1.0, 0.1] and (df[list(sparse.BACKENDS)] > 0).all().all()
+    fake = df.assign(dense=[1.0, 1.0], torch_csr=[2.0, 0.5])
+    assert sparse.crossover(fake) == 0.1
+    assert sparse.crossover(fake.assign(torch_csr=[2.0, 2.0])) is None
+
+
+def test_sparsity_view_gives_bytes_and_times():
+    v = sparse.sparsity_view(0.9, layer_shape=(32, 64), tokens=8)
+    assert set(v["sizes"]["format"]) == set(sparse.FORMATS) and v["times"]["dense"] > 0
+
+
+def test_dictionary_code_reconstructs_with_k_atoms_per_row(tiny_model):
+    layer = sparse.linear_layers(tiny_model, "ffn")[0]  # 64 x 32
+    coded = sparse.dictionary_code(tiny_model, layer, n_atoms=16, k=4)
+    mod = coded.get_submodule(layer)
+    assert isinstance(mod, sparse.CodedLinear)
+    assert int((mod.codes != 0).sum(1).max()) <= 4
+    x = torch.randn(5, 32)
+    torch.testing.assert_close(mod(x), x @ mod.weight().T + mod.bias, rtol=1e-4, atol=1e-5)
+    w = tiny_model.get_submodule(layer).weight
+    err_small = sparse.relative_error(w, mod.weight())
+    err_big = sparse.relative_error(w, sparse.dictionary_code(tiny_model, layer, 16, 16).get_submodule(layer).weight())
+    assert err_big < err_small < 1.0
+    assert isinstance(tiny_model.get_submodule(layer), torch.nn.Linear)  # original untouched
+
+
+def test_dictionary_code_refuses_bad_k_and_layers(tiny_model):
+    layer = sparse.linear_layers(tiny_model, "ffn")[0]
+    with pytest.raises(ValueError, match="n_atoms"):
+        sparse.dictionary_code(tiny_model, layer, n_atoms=4, k=8)
+    with pytest.raises(ValueError, match="linear_layers"):
+        sparse.dictionary_code(tiny_model, "bert.embeddings", 4, 2)
+
+
+def test_coded_bytes_formula():
+    assert sparse.coded_bytes((1536, 384), 64, 8) == 64 * 384 * 4 + 1536 * 8 * (1 + 4)
