@@ -183,3 +183,21 @@ def test_token_point_on_the_baseline(baseline):
     assert 0.5 <= half["agreement"] <= 1.0 and 0.0 < half["accuracy"] <= 1.0
     assert half["latency_ms"] > 0 and dynamic.token_point(0.5, 2) is half  # cached
     assert np.isfinite(half["latency_ms"])
+
+
+def test_mean_score_follows_attention_received_from_all_tokens(tiny_model, tokenizer):
+    enc = _enc(tokenizer)
+    pruned = dynamic.token_pruning(tiny_model, 0.5, 1, score="mean")
+    with torch.no_grad():
+        pruned(**enc)
+        ref = dynamic._target(tiny_model, False)
+        ref.config._attn_implementation = "eager"
+        att = ref(**enc, output_attentions=True).attentions[1].mean(1)  # (batch, n, n), heads averaged
+    kept = dynamic.last_kept(pruned)
+    for row, n_real in enumerate(enc["attention_mask"].sum(1).tolist()):
+        k = math.ceil(0.5 * n_real)
+        received = att[row, :n_real, 1:n_real].mean(0)
+        top = (torch.topk(received, k - 1).indices + 1).tolist()
+        assert set(kept[row][kept[row] >= 0].tolist()) == {0, *top}
+    with pytest.raises(ValueError, match="score"):
+        dynamic.token_pruning(tiny_model, 0.5, 1, score="max")
