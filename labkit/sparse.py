@@ -688,6 +688,99 @@ def sparsity_view(sparsity: float, layer_shape: tuple[int, int] = (1536, 384), t
     return {"sparsity": sparsity, "shape": tuple(layer_shape), "sizes": sizes, "times": times.iloc[0].to_dict()}
 
 
+def bytes_curve(shape: tuple[int, int] = (1536, 384), sparsities=None, values: str = "f32") -> pd.DataFrame:
+    """Real encoded bytes of a random layer per format across sparsities (2:4 only where it holds the layer)."""
+    sparsities = np.round(np.linspace(0, 0.95, 20), 3) if sparsities is None else sparsities
+    rows = []
+    for s in sparsities:
+        w = _random_layer(tuple(shape), 1.0 - float(s))
+        for fmt in FORMATS[:-1]:
+            rows.append({"sparsity": float(s), "format": fmt, "bytes": len(encode(w, fmt, values))})
+    return pd.DataFrame(rows)
+
+
+def dictionary_view(model: nn.Module, tokenizer, layer: str, n_atoms: int, k: int, limit: int = 200) -> dict:
+    """Slider point: bytes, reconstruction error and quick-subset accuracy of one (n_atoms, k) coding."""
+    from . import measure
+
+    w = model.get_submodule(layer).weight.detach()
+    coded = dictionary_code(model, layer, n_atoms, k)
+    return {"n_atoms": n_atoms, "k": k, "bytes": coded_bytes(tuple(w.shape), n_atoms, k),
+            "dense_bytes": w.numel() * 4, "error": relative_error(w, coded.get_submodule(layer).weight()),
+            "accuracy": measure.accuracy(coded, tokenizer, "test", limit)}
+
+
+# --- drawing (the notebook's figures; functions only draw what they are given) -------------------------
+
+def plot_bytes(curve: pd.DataFrame, breaks: dict[str, float] | None = None, ax=None):
+    """Bytes per format against sparsity, with computed break-even points marked."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    for fmt, g in curve.groupby("format", sort=False):
+        line, = ax.plot(g["sparsity"], g["bytes"] / 1e3, label=fmt)
+        if breaks and fmt in breaks and 0 < breaks[fmt] < 1:
+            ax.axvline(breaks[fmt], color=line.get_color(), ls=":", lw=1)
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("kB")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_matmul(times: dict, ax=None):
+    """Matmul ms against density per shape: dense vs torch CSR vs scipy CSR (log scales)."""
+    import matplotlib.pyplot as plt
+
+    axes = ax if ax is not None else plt.subplots(1, len(times), figsize=(4.2 * len(times), 3.6), sharey=True)[1]
+    for a, (shape, df) in zip(np.atleast_1d(axes), times.items()):
+        for b in BACKENDS:
+            a.plot(df["density"], df[b], marker="o", label=b)
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_title(f"{shape[0]}x{shape[1]}")
+        a.set_xlabel("density (kept fraction)")
+        a.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("ms (median)")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    return axes
+
+
+def draw_view(view: dict) -> None:
+    """Render a `sparsity_view` point: bytes per format and the three matmul times."""
+    import matplotlib.pyplot as plt
+
+    sizes = view["sizes"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for i, (val, g) in enumerate(sizes.groupby("values", sort=False)):
+        a1.barh(np.arange(len(g)) + 0.4 * i, g["bytes"] / 1e3, height=0.4, label=val)
+    labels = sizes[sizes["values"] == sizes["values"].iloc[0]]["format"]
+    a1.set_yticks(np.arange(len(labels)) + 0.2, labels)
+    a1.set_xlabel("kB")
+    a1.legend(fontsize=8)
+    a1.set_title(f"{view['shape'][0]}x{view['shape'][1]} at sparsity {view['sparsity']:.2f}")
+    a2.bar(list(BACKENDS), [view["times"][b] for b in BACKENDS], color=["#4c72b0", "#dd8452", "#55a868"])
+    a2.set_ylabel("ms (median), 32 x 30 tokens")
+    fig.tight_layout()
+    plt.show()
+
+
+def plot_tradeoff(df: pd.DataFrame, ax=None):
+    """Accuracy against bytes: dictionary coding vs magnitude pruning at the same bytes."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    ax.plot(df["bytes"] / 1e3, df["coded_accuracy"], marker="o", label="dictionary codes (k atoms/row)")
+    ax.plot(df["bytes"] / 1e3, df["pruned_accuracy"], marker="s", label="magnitude pruning, same bytes")
+    for _, r in df.iterrows():
+        ax.annotate(f"{int(r.n_atoms)}/{int(r.k)}", (r.bytes / 1e3, r.coded_accuracy), fontsize=7)
+    ax.set_xlabel("layer kB")
+    ax.set_ylabel("accuracy (quick subset)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
 # --- tour ----------------------------------------------------------------------------------------------
 
 def tour(model: nn.Module, tokenizer, reference) -> list:

@@ -191,3 +191,12 @@ def test_dictionary_code_refuses_bad_k_and_layers(tiny_model):
 
 def test_coded_bytes_formula():
     assert sparse.coded_bytes((1536, 384), 64, 8) == 64 * 384 * 4 + 1536 * 8 * (1 + 4)
+
+
+def test_bytes_curve_is_real_encoded_bytes():
+    curve = sparse.bytes_curve((16, 32), sparsities=(0.0, 0.9))
+    w = sparse._random_layer((16, 32), 0.1)
+    got = curve.query("sparsity == 0.9 and format == 'bitmask'")["bytes"].iloc[0]
+    assert got == len(sparse.encode(w, "bitmask"))
+    dense = curve.query("format == 'dense'")["bytes"]
+    assert dense.nunique() == 1  # dense costs the same at every sparsity
