@@ -1,0 +1,306 @@
+"""The three strategies: performance optimization (pipelines, Pareto front), scalability, security hardening."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import data, fast_mode, measure
+from . import model as model_lib
+
+# --- performance optimization: pipelines a learner can reorder -------------------------------------
+
+STEPS = ("structured", "recover", "magnitude", "token_pruning", "int8")
+# Steps that need float nn.Linear layers (they prune, train or score with them): impossible after int8.
+_NEEDS_FLOAT = {"structured", "recover", "magnitude", "token_pruning"}
+
+
+def _step_function(name: str):
+    from . import dynamic, prune, quantize
+
+    return {"structured": prune.structured, "recover": prune.recover, "magnitude": prune.magnitude,
+            "token_pruning": dynamic.token_pruning, "int8": quantize.to_int8}[name]
+
+
+def validate(steps: list[tuple[str, dict]]) -> None:
+    """Refuse unknown steps and orders that cannot work (e.g. pruning after int8 conversion)."""
+    seen: list[str] = []
+    for item in steps:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], dict)):
+            raise ValueError(f"Each step is a (name, options) pair such as ('int8', {{}}), got {item!r}.")
+        name, options = item
+        if name not in STEPS:
+            raise ValueError(f"Unknown step {name!r}; choose from {', '.join(STEPS)}.")
+        if name in _NEEDS_FLOAT and "int8" in seen:
+            raise ValueError(f"'{name}' cannot follow 'int8': int8 layers have no float weights to prune or train. "
+                             f"Put '{name}' before 'int8'.")
+        if name in seen and name != "recover":
+            raise ValueError(f"'{name}' appears twice; apply it once with the combined setting.")
+        if name == "int8" and options.get("backend", "torch") != "torch" and "token_pruning" in seen:
+            raise ValueError("Token pruning runs as PyTorch hooks, which an ONNX export does not carry; "
+                             "use int8 with backend='torch' after token pruning.")
+        seen.append(name)
+
+
+def run_pipeline(model: nn.Module, tokenizer, steps: list[tuple[str, dict]]) -> nn.Module:
+    """Apply the steps in order to a copy of `model` and return it; the input model is untouched."""
+    validate(steps)
+    out = model_lib.clone(model)
+    for name, options in steps:
+        fn = _step_function(name)
+        if name == "recover":
+            out = fn(out, tokenizer, inplace=True, **options)
+        else:
+            out = fn(out, inplace=True, **options)
+    return out
+
+
+def describe(steps: list[tuple[str, dict]]) -> str:
+    """A short human-readable name for a pipeline."""
+    parts = []
+    for name, opt in steps:
+        args = ",".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in opt.items())
+        parts.append(f"{name}({args})" if args else name)
+    return " -> ".join(parts) or "fp32 baseline"
+
+
+def configurations() -> dict[str, list[tuple[str, dict]]]:
+    """The pipelines the kit compares; a learner can add, drop or reorder steps."""
+    small = ("structured", {"heads": 1 / 3, "ffn": 0.7})
+    recover = ("recover", {})  # prune.recover's default steps: fewer in fast mode
+    token = ("token_pruning", {"keep_ratio": 0.5, "start_layer": 2})
+    return {
+        "int8": [("int8", {})],
+        "token pruning": [token],
+        "structured + recover": [small, recover],
+        "structured + recover + int8": [small, recover, ("int8", {})],
+        "token pruning + int8": [token, ("int8", {})],
+        "structured + recover + token + int8": [small, recover, token, ("int8", {})],
+    }
+
+
+def pareto_front(df: pd.DataFrame, maximize: tuple[str, ...] = ("accuracy",),
+                 minimize: tuple[str, ...] = ("latency_b32_ms", "size_bytes")) -> pd.Series:
+    """True for rows no other row beats on every objective (at least as good on all, better on one)."""
+    vals = np.column_stack([df[c].to_numpy(float) for c in maximize] + [-df[c].to_numpy(float) for c in minimize])
+    front = []
+    for i in range(len(vals)):
+        others = np.delete(vals, i, axis=0)
+        dominated = np.any(np.all(others >= vals[i], axis=1) & np.any(others > vals[i], axis=1))
+        front.append(not dominated)
+    return pd.Series(front, index=df.index, name="pareto")
+
+
+def compare(model: nn.Module, tokenizer, reference: np.ndarray,
+            configs: dict[str, list[tuple[str, dict]]] | None = None, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """Build and measure every configuration; returns the table (with ratios, Pareto flags) and the models."""
+    from tqdm.auto import tqdm
+
+    configs = configurations() if configs is None else configs
+    results = [measure.evaluate("fp32 baseline", model, tokenizer, reference)]
+    models = {"fp32 baseline": model}
+    for name, steps in tqdm(configs.items(), desc="pipelines", disable=not progress):
+        t0 = time.perf_counter()
+        models[name] = run_pipeline(model, tokenizer, steps)
+        build = time.perf_counter() - t0
+        results.append(measure.evaluate(name, models[name], tokenizer, reference,
+                                        notes=f"{describe(steps)} (built in {build:.0f} s)"))
+    df = measure.table(results, baseline="fp32 baseline")
+    df["pareto"] = pareto_front(df)
+    return df, models
+
+
+# --- scalability: threads, batch size, sequence length, device -------------------------------------
+
+def thread_scaling(model: nn.Module, tokenizer, threads=(1, 2), batch_sizes=(1, 8, 32)) -> pd.DataFrame:
+    """Latency and throughput against thread count and batch size (the thread setting is restored)."""
+    before = torch.get_num_threads()
+    rows = []
+    try:
+        for t in threads:
+            if not 1 <= int(t) <= (os.cpu_count() or 1):
+                raise ValueError(f"threads must be between 1 and this machine's {os.cpu_count()} cores, got {t}.")
+            torch.set_num_threads(int(t))
+            for b in batch_sizes:
+                rec = measure.latency(model, tokenizer, b)
+                rows.append({"threads": t, "batch_size": b, "median_ms": rec["median_ms"],
+                             "snippets_per_s": 1000 * b / rec["median_ms"], "seq_len": rec["seq_len"]})
+    finally:
+        torch.set_num_threads(before)
+    return pd.DataFrame(rows)
+
+
+def texts_of_length(tokens: int, batch_size: int = 32) -> list[str]:
+    """Real snippets joined until each text has about `tokens` word pieces (for sequence-length curves)."""
+    pool = list(data.split("test").sample(frac=1.0, random_state=data.SEED)["text"])
+    out, i = [], 0
+    for _ in range(batch_size):
+        words: list[str] = []
+        while len(words) * 1.3 < tokens - 2:  # ~1.3 word pieces per word in these snippets
+            words += pool[i % len(pool)].split()
+            i += 1
+        out.append(" ".join(words[: max(1, int((tokens - 2) / 1.3))]))
+    return out
+
+
+def length_scaling(models: dict[str, nn.Module], tokenizer, lengths=(16, 32, 64, 128),
+                   batch_size: int = 32) -> pd.DataFrame:
+    """Batch latency of each model at several sequence lengths, and its speed-up over the first model."""
+    rows = []
+    for n in lengths:
+        texts = texts_of_length(n, batch_size)
+        timing = measure.compare_latency(models, tokenizer, batch_size, texts=texts)
+        first = next(iter(timing.values()))["median_ms"]
+        for name, rec in timing.items():
+            rows.append({"model": name, "tokens": rec["seq_len"], "median_ms": rec["median_ms"],
+                         "speedup": first / rec["median_ms"]})
+    return pd.DataFrame(rows)
+
+
+def devices() -> list[str]:
+    """The devices this machine can run on: always 'cpu', and 'cuda' when a GPU is visible."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def device_comparison(model: nn.Module, tokenizer, batch_sizes=(1, 32)) -> pd.DataFrame:
+    """The same model and code on every available device (CPU, and CUDA when present)."""
+    rows = []
+    for dev in devices():
+        m = model_lib.clone(model).to(model_lib.resolve_device(dev))
+        for b in batch_sizes:
+            rec = measure.latency(m, tokenizer, b)
+            rows.append({"device": rec["device"], "batch_size": b, "median_ms": rec["median_ms"],
+                         "snippets_per_s": 1000 * b / rec["median_ms"]})
+    return pd.DataFrame(rows)
+
+
+# --- security hardening: safe checkpoints, the pickle hazard, robustness ---------------------------
+
+def save_model(model: nn.Module, path: str | Path, meta: dict | None = None) -> dict:
+    """Save weights as safetensors with a sha256 record beside them (atomic); returns the record."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"Checkpoints are saved as .safetensors, got {path.name!r}; pickled formats can run code.")
+    if any(not isinstance(v, torch.Tensor) or v.is_quantized for v in model.state_dict().values()):
+        raise ValueError("This model holds packed int8 weights that safetensors cannot store; save the float model "
+                         "and convert it with quantize.to_int8 after loading.")
+    return model_lib.save_checkpoint(model, path, dict(meta or {}, labkit="model"))
+
+
+def load_model(path: str | Path, like: nn.Module) -> nn.Module:
+    """Weights from a safetensors checkpoint into a copy of `like`, refused unless their sha256 matches the record."""
+    try:
+        state, _ = model_lib.read_checkpoint(Path(path))
+    except ValueError as err:
+        raise ValueError(f"Refusing to load {path}: {err}") from err
+    out = model_lib.clone(like)
+    missing, unexpected = out.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit this architecture (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                         "load it into the model it was saved from.")
+    return out.eval()
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """torch.load restricted to tensors and plain containers (weights_only=True): no code runs on load."""
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+PICKLE_LOG: list[str] = []
+
+
+def _pickle_ran(message: str) -> str:
+    """The harmless stand-in for an attacker's function: it only records that it was called."""
+    PICKLE_LOG.append(message)
+    return message
+
+
+class _Payload:
+    """An object whose unpickling calls a function of the author's choice (here the harmless `_pickle_ran`)."""
+
+    def __reduce__(self):
+        return (_pickle_ran, ("code ran while the checkpoint was being loaded",))
+
+
+def pickle_hazard(folder: str | Path) -> dict:
+    """Show safely that unpickling a 'checkpoint' runs code, and that weights_only=True refuses it."""
+    path = Path(folder) / "innocent_looking_checkpoint.pt"
+    path.write_bytes(pickle.dumps({"weight": torch.zeros(2, 2), "extra": _Payload()}, protocol=2))
+    PICKLE_LOG.clear()
+    with open(path, "rb") as f:
+        pickle.load(f)  # noqa: S301 - the point of the demonstration, on a file we just wrote
+    ran = list(PICKLE_LOG)
+    PICKLE_LOG.clear()
+    try:
+        safe_torch_load(path)
+        refused = ""
+    except pickle.UnpicklingError as err:
+        refused = str(err).splitlines()[0]
+    return {"plain_unpickle_ran_code": bool(ran), "log": ran, "weights_only_refused": bool(refused),
+            "weights_only_message": refused, "ran_under_weights_only": bool(PICKLE_LOG)}
+
+
+PERTURBATIONS = ("clean", "typos", "upper", "lower")
+
+
+def perturb(texts: list[str], kind: str, rate: float = 0.15, seed: int = 0) -> list[str]:
+    """Snippets with typos (swapped neighbouring letters in `rate` of the words) or changed casing."""
+    if kind not in PERTURBATIONS:
+        raise ValueError(f"Unknown perturbation {kind!r}; choose from {', '.join(PERTURBATIONS)}.")
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must be in [0, 1], got {rate}.")
+    if kind == "clean":
+        return list(texts)
+    if kind == "upper":
+        return [t.upper() for t in texts]
+    if kind == "lower":
+        return [t.lower() for t in texts]
+    rng = random.Random(seed)
+    out = []
+    for t in texts:
+        words = t.split()
+        for i, w in enumerate(words):
+            if len(w) > 3 and rng.random() < rate:
+                j = rng.randrange(1, len(w) - 2)
+                words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+        out.append(" ".join(words))
+    return out
+
+
+def robustness(models: dict[str, nn.Module], tokenizer, kinds=PERTURBATIONS, limit: int | None = None) -> pd.DataFrame:
+    """Accuracy of each model on clean and perturbed test snippets, and the drop from clean."""
+    df = data.split("test", limit)
+    labels = df["label"].to_numpy()
+    rows = []
+    for name, m in models.items():
+        clean = None
+        for kind in kinds:
+            acc = float((measure.predict(m, tokenizer, perturb(list(df["text"]), kind)) == labels).mean())
+            clean = acc if kind == "clean" else clean
+            rows.append({"model": name, "input": kind, "accuracy": acc,
+                         "drop_points": None if clean is None else 100 * (clean - acc)})
+    return pd.DataFrame(rows)
+
+
+# --- the main job -------------------------------------------------------------------------------------
+
+def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Result]:
+    """Rows for `python -m labkit tour`: the combined pipelines that single techniques do not cover."""
+    keep = ["structured + recover + int8", "structured + recover + token + int8"]
+    configs = {k: v for k, v in configurations().items() if k in keep}
+    rows = []
+    for name, steps in configs.items():
+        t0 = time.perf_counter()
+        m = run_pipeline(model, tokenizer, steps)
+        rows.append(measure.evaluate(f"combined: {name}", m, tokenizer, reference,
+                                     notes=f"{describe(steps)} (built in {time.perf_counter() - t0:.0f} s)"))
+    return rows

@@ -1,0 +1,118 @@
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from labkit import model, strategies
+
+
+def test_pareto_front_keeps_only_undominated_rows():
+    df = pd.DataFrame({"accuracy": [0.80, 0.79, 0.70, 0.80], "latency_b32_ms": [100, 50, 60, 100],
+                       "size_bytes": [90, 20, 30, 80]})
+    # row 2 is beaten by row 1 on everything; row 0 by row 3 (same accuracy and latency, smaller)
+    assert strategies.pareto_front(df).tolist() == [False, True, False, True]
+
+
+@pytest.mark.parametrize("steps, match", [
+    ([("int8", {}), ("structured", {"heads": 0.3})], "before 'int8'"),
+    ([("int8", {}), ("token_pruning", {"keep_ratio": 0.5, "start_layer": 2})], "before 'int8'"),
+    ([("distill", {})], "Unknown step"),
+    (["int8"], r"\(name, options\) pair"),
+    ([("token_pruning", {}), ("token_pruning", {})], "twice"),
+    ([("token_pruning", {}), ("int8", {"backend": "onnxruntime"})], "backend='torch'"),
+])
+def test_impossible_pipelines_are_refused_with_the_fix(steps, match):
+    with pytest.raises(ValueError, match=match):
+        strategies.validate(steps)
+
+
+def test_pipeline_returns_a_new_model_and_leaves_the_input_alone(tiny_model, tokenizer):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    out = strategies.run_pipeline(tiny_model, tokenizer, [("magnitude", {"sparsity": 0.5}), ("int8", {})])
+    assert out is not tiny_model
+    for k, v in tiny_model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    ids = torch.tensor([[101, 2307, 3185, 102]])
+    assert out(input_ids=ids).logits.shape == (1, 2)
+
+
+def test_every_shipped_configuration_is_valid():
+    for name, steps in strategies.configurations().items():
+        strategies.validate(steps)
+        assert strategies.describe(steps)
+
+
+def test_safetensors_round_trip_and_tampered_file_is_refused(tmp_path, tiny_model):
+    path = tmp_path / "m.safetensors"
+    record = strategies.save_model(tiny_model, path)
+    loaded = strategies.load_model(path, tiny_model)
+    for (k, a), b in zip(tiny_model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF  # one flipped byte
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="Refusing to load"):
+        strategies.load_model(path, tiny_model)
+    assert len(record["sha256"]) == 64
+    with pytest.raises(ValueError, match="safetensors"):
+        strategies.save_model(tiny_model, tmp_path / "m.pt")
+
+
+def test_pickle_hazard_runs_code_only_without_weights_only(tmp_path):
+    demo = strategies.pickle_hazard(tmp_path)
+    assert demo["plain_unpickle_ran_code"] and demo["weights_only_refused"]
+    assert not demo["ran_under_weights_only"]
+    with pytest.raises(pickle.UnpicklingError):
+        strategies.safe_torch_load(tmp_path / "innocent_looking_checkpoint.pt")
+
+
+def test_plain_tensors_still_load_with_weights_only(tmp_path):
+    torch.save({"w": torch.ones(3)}, tmp_path / "ok.pt")
+    assert torch.equal(strategies.safe_torch_load(tmp_path / "ok.pt")["w"], torch.ones(3))
+
+
+def test_every_torch_load_in_labkit_is_weights_only():
+    from pathlib import Path
+
+    for src in Path(strategies.__file__).parent.glob("*.py"):
+        for line in src.read_text().splitlines():
+            if "torch.load(" in line and not line.strip().startswith(("#", '"')):
+                assert "weights_only=True" in line, f"{src.name}: {line.strip()}"
+
+
+def test_perturbations_are_reproducible_and_keep_words():
+    texts = ["A thoroughly enjoyable film with wonderful performances"]
+    typo = strategies.perturb(texts, "typos", rate=1.0)
+    assert typo == strategies.perturb(texts, "typos", rate=1.0) and typo != texts
+    assert len(typo[0].split()) == len(texts[0].split())
+    assert sorted(typo[0]) == sorted(texts[0])  # letters swapped, none lost
+    assert strategies.perturb(texts, "upper")[0] == texts[0].upper()
+    with pytest.raises(ValueError, match="typos"):
+        strategies.perturb(texts, "emoji")
+
+
+def test_robustness_table_on_a_small_subset(tiny_model, tokenizer):
+    df = strategies.robustness({"tiny": tiny_model}, tokenizer, kinds=("clean", "upper"), limit=16)
+    assert list(df["input"]) == ["clean", "upper"] and df["accuracy"].between(0, 1).all()
+
+
+def test_thread_scaling_restores_the_thread_count(tiny_model, tokenizer):
+    before = torch.get_num_threads()
+    df = strategies.thread_scaling(tiny_model, tokenizer, threads=(1,), batch_sizes=(1, 4))
+    assert torch.get_num_threads() == before
+    assert list(df["batch_size"]) == [1, 4] and (df["snippets_per_s"] > 0).all()
+    with pytest.raises(ValueError, match="threads"):
+        strategies.thread_scaling(tiny_model, tokenizer, threads=(10_000,))
+
+
+def test_texts_of_length_reach_about_the_requested_tokens(tokenizer):
+    texts = strategies.texts_of_length(64, batch_size=4)
+    lengths = [len(tokenizer(t)["input_ids"]) for t in texts]
+    assert all(40 <= n <= 90 for n in lengths), lengths
+
+
+def test_devices_lists_cpu_first():
+    assert strategies.devices()[0] == "cpu"
+    assert ("cuda" in strategies.devices()) == torch.cuda.is_available()
