@@ -406,11 +406,26 @@ def matmul_times(shape: tuple[int, int] = (1536, 384), densities=(1.0, 0.5, 0.2,
     return df
 
 
-def crossover(times: pd.DataFrame, backend: str = "torch_csr") -> float | None:
-    """Highest measured density at which `backend` beats dense (None: it never does in this sweep)."""
+def crossover(times: pd.DataFrame, backend: str = "torch_csr", interpolate: bool = False) -> float | None:
+    """Highest measured density at which `backend` beats dense (None: it never does in this sweep).
+
+    With `interpolate`, the density where the speedup crosses 1, between the last win and the next
+    (denser) loss, interpolated in log density and log speedup.
+    """
     _check_choice("backend", backend, BACKENDS[1:])
-    wins = times[times[backend] < times["dense"]]
-    return None if wins.empty else float(wins["density"].max())
+    df = times.sort_values("density")
+    wins = df[df[backend] < df["dense"]]
+    if wins.empty:
+        return None
+    best = float(wins["density"].max())
+    denser = df[df["density"] > best]
+    if not interpolate or denser.empty:
+        return best
+    d0, d1 = best, float(denser["density"].iloc[0])
+    s0 = np.log(float(wins[wins["density"] == d0]["dense"].iloc[0] / wins[wins["density"] == d0][backend].iloc[0]))
+    s1 = np.log(float(denser["dense"].iloc[0] / denser[backend].iloc[0]))
+    t = s0 / (s0 - s1)  # s0 > 0 >= s1
+    return float(np.exp(np.log(d0) + t * (np.log(d1) - np.log(d0))))
 
 
 # --- a classifier with sparse Linear layers -------------------------------------------------------------

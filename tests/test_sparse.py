@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sps
 import torch
@@ -200,3 +201,11 @@ def test_bytes_curve_is_real_encoded_bytes():
     assert got == len(sparse.encode(w, "bitmask"))
     dense = curve.query("format == 'dense'")["bytes"]
     assert dense.nunique() == 1  # dense costs the same at every sparsity
+
+
+def test_interpolated_crossover_lies_between_the_last_win_and_the_first_loss():
+    df = pd.DataFrame({"density": [0.01, 0.1, 1.0], "dense": [1.0, 1.0, 1.0],
+                       "torch_csr": [0.5, 2.0, 8.0], "scipy_csr": [2.0, 2.0, 2.0]})
+    # log speedups: ln 2 at 0.01, -ln 2 at 0.1 -> crosses halfway in log density
+    assert sparse.crossover(df, interpolate=True) == pytest.approx(10 ** -1.5)
+    assert sparse.crossover(df, "scipy_csr", interpolate=True) is None
