@@ -28,14 +28,16 @@ def ffn_bytes(base, sparsity: float = 0.9) -> pd.DataFrame:
     """Best format vs dense float32 for every FFN weight at `sparsity` (real encoded bytes)."""
     rows = []
     for values in sparse.VALUES:
-        dense = best = 0
+        dense = best = plain = 0
         for name in sparse.linear_layers(base, "ffn"):
             w = sparse.sparsify(base.get_submodule(name).weight, sparsity)
             dense += len(sparse.encode(w, "dense", "f32"))
             fmt, comp, size = sparse.best_format(w, values, compress=(None, "zlib"))
-            best += size
-        rows.append({"values": values, "dense_f32_bytes": dense, "best_sparse_bytes": best,
-                     "best_format(last layer)": f"{fmt}{'+' + comp if comp else ''}", "x_smaller": dense / best})
+            pfmt, _, psize = sparse.best_format(w, values)
+            best, plain = best + size, plain + psize
+        rows.append({"values": values, "dense_f32_bytes": dense, "best_uncompressed": plain,
+                     "format": pfmt, "x_smaller": dense / plain, "best_with_zlib": best,
+                     "format+zlib": f"{fmt}{'+' + comp if comp else ''}", "x_smaller_zlib": dense / best})
     return pd.DataFrame(rows)
 
 
