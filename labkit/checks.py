@@ -108,7 +108,7 @@ def _load_all() -> None:
     """Exercises defined in the technique modules register themselves on import."""
     import importlib
 
-    for name in ("quantize", "prune", "sparse", "dynamic"):
+    for name in ("sparse", "quantize", "prune", "dynamic", "strategies"):
         try:
             importlib.import_module(f"labkit.{name}")
         except ModuleNotFoundError as err:

@@ -14,8 +14,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import data, fast_mode, measure
+from . import data, measure
 from . import model as model_lib
+from .checks import _close, exercise
 
 # --- performance optimization: pipelines a learner can reorder -------------------------------------
 
@@ -100,23 +101,21 @@ def pareto_front(df: pd.DataFrame, maximize: tuple[str, ...] = ("accuracy",),
     return pd.Series(front, index=df.index, name="pareto")
 
 
-def compare(model: nn.Module, tokenizer, reference: np.ndarray,
-            configs: dict[str, list[tuple[str, dict]]] | None = None, progress: bool = True) -> tuple[pd.DataFrame, dict]:
-    """Build and measure every configuration; returns the table (with ratios, Pareto flags) and the models."""
+def compare(models: dict[str, nn.Module], tokenizer, reference: np.ndarray, limit: int | None = None,
+            progress: bool = True) -> pd.DataFrame:
+    """Measure models side by side (the first is the baseline): ratios against it and Pareto flags.
+
+    `reference` holds the baseline's predictions on the same split and `limit` as the evaluation here.
+    """
     from tqdm.auto import tqdm
 
-    configs = configurations() if configs is None else configs
-    results = [measure.evaluate("fp32 baseline", model, tokenizer, reference)]
-    models = {"fp32 baseline": model}
-    for name, steps in tqdm(configs.items(), desc="pipelines", disable=not progress):
-        t0 = time.perf_counter()
-        models[name] = run_pipeline(model, tokenizer, steps)
-        build = time.perf_counter() - t0
-        results.append(measure.evaluate(name, models[name], tokenizer, reference,
-                                        notes=f"{describe(steps)} (built in {build:.0f} s)"))
-    df = measure.table(results, baseline="fp32 baseline")
+    if not models:
+        raise ValueError("compare needs at least one model, the baseline first: {'fp32 baseline': model, ...}.")
+    results = [measure.evaluate(name, m, tokenizer, reference, limit=limit)
+               for name, m in tqdm(models.items(), desc="measuring", disable=not progress)]
+    df = measure.table(results, baseline=next(iter(models)))
     df["pareto"] = pareto_front(df)
-    return df, models
+    return df
 
 
 # --- scalability: threads, batch size, sequence length, device -------------------------------------
@@ -291,6 +290,76 @@ def robustness(models: dict[str, nn.Module], tokenizer, kinds=PERTURBATIONS, lim
     return pd.DataFrame(rows)
 
 
+# --- the capstone dashboard: one plain function behind every control ---------------------------------
+
+QUICK_LIMIT = 200
+QUANTIZATION = ("none", "simulated", "real int8")
+_DASH: dict[str, Any] = {"points": {}}
+
+
+def _dash_baseline() -> tuple[nn.Module, Any, np.ndarray]:
+    if "model" not in _DASH:
+        _DASH["model"], _DASH["tokenizer"] = model_lib.load_baseline(progress=False)
+        _DASH["reference"] = measure.predictions(_DASH["model"], _DASH["tokenizer"], "test", QUICK_LIMIT)
+    return _DASH["model"], _DASH["tokenizer"], _DASH["reference"]
+
+
+def _dash_structured() -> nn.Module:
+    """Structured pruning (8 of 12 heads, 30% of FFN neurons kept) plus recovery, built once per session."""
+    if "structured" not in _DASH:
+        base, tok, _ = _dash_baseline()
+        _DASH["structured"] = run_pipeline(base, tok, configurations()["structured + recover"])
+    return _DASH["structured"]
+
+
+def dashboard_point(structured: bool = False, sparsity: float = 0.0, keep_ratio: float = 1.0,
+                    quantization: str = "none", bits: int = 8) -> dict:
+    """Accuracy, agreement, batch-32 latency and size of one combination, on the quick test subset (cached)."""
+    from . import dynamic, prune, quantize
+
+    if quantization not in QUANTIZATION:
+        raise ValueError(f"Unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATION)}.")
+    if quantization == "real int8" and bits != 8:
+        raise ValueError("Real int8 kernels need bits=8; lower bit-widths can only be simulated "
+                         "(quantization='simulated').")
+    key = (bool(structured), round(float(sparsity), 4), round(float(keep_ratio), 4), quantization, int(bits))
+    if key in _DASH["points"]:
+        return _DASH["points"][key]
+    base, tok, reference = _dash_baseline()
+    m = _dash_structured() if structured else base
+    if sparsity > 0:
+        m = prune.magnitude(m, sparsity, "global")
+    if keep_ratio < 1:
+        m = dynamic.token_pruning(m, keep_ratio, start_layer=2)
+    if quantization == "simulated":
+        size = quantize.quantized_size_bytes(m, bits, granularity="channel")  # as it would be stored, packed
+        m = quantize.fake_quantize(m, bits, granularity="channel")
+    elif quantization == "real int8":
+        m = quantize.to_int8(m)
+    preds = measure.predictions(m, tok, "test", QUICK_LIMIT)
+    labels = data.split("test", QUICK_LIMIT)["label"].to_numpy()
+    lat = measure.latency(m, tok, 32, warmup=1, repeats=3)
+    point = {"structured": key[0], "sparsity": key[1], "keep_ratio": key[2], "quantization": quantization,
+             "bits": key[4], "accuracy": float((preds == labels).mean()),
+             "agreement": measure.agreement(preds, reference), "latency_b32_ms": lat["median_ms"],
+             "size_mb": (size if quantization == "simulated" else measure.serialized_bytes(m)) / 1e6,
+             "simulated": quantization == "simulated"}
+    point["name"] = (("S" if key[0] else "") + (f" {key[1]:.0%}sp" if key[1] else "") +
+                     (f" keep{key[2]:.0%}" if key[2] < 1 else "") +
+                     {"none": " fp32", "simulated": f" {key[4]}b-sim", "real int8": " int8"}[quantization]).strip()
+    _DASH["points"][key] = point
+    return point
+
+
+def dashboard_history() -> pd.DataFrame:
+    """Every dashboard point measured so far in this session, with Pareto flags (latency, size, accuracy)."""
+    df = pd.DataFrame(list(_DASH["points"].values()))
+    if len(df):
+        df["size_bytes"] = df["size_mb"] * 1e6
+        df["pareto"] = pareto_front(df)
+    return df
+
+
 # --- the main job -------------------------------------------------------------------------------------
 
 def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Result]:
@@ -304,3 +373,48 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Res
         rows.append(measure.evaluate(f"combined: {name}", m, tokenizer, reference,
                                      notes=f"{describe(steps)} (built in {time.perf_counter() - t0:.0f} s)"))
     return rows
+
+
+# --- exercises (notebook 05) ---------------------------------------------------------------------------
+EXERCISE_TABLE = pd.DataFrame({
+    "name": ["fp32", "int8", "pruned", "pruned+int8", "tiny"],
+    "accuracy": [0.83, 0.828, 0.81, 0.805, 0.70],
+    "latency_b32_ms": [200.0, 150.0, 140.0, 90.0, 95.0],
+    "size_bytes": [91e6, 23e6, 66e6, 17e6, 18e6],
+})
+
+
+def _pareto_solution() -> list[str]:
+    return sorted(EXERCISE_TABLE[pareto_front(EXERCISE_TABLE)]["name"])
+
+
+@exercise("05.pareto", "Which rows of strategies.EXERCISE_TABLE are on the Pareto front? (a list of names)",
+          "a row is off the front only if another row is at least as good on accuracy, latency and size, and better "
+          "on one; 'tiny' is slower, bigger and less accurate than one other row.", _pareto_solution)
+def _check_pareto(answer: Any) -> bool:
+    return sorted(str(a) for a in answer) == _pareto_solution()
+
+
+def _order_solution() -> list[str]:
+    return ["structured", "recover", "int8"]
+
+
+@exercise("05.order", "Order int8, structured and recover so that labkit accepts the pipeline (a list of names).",
+          "pruning and fine-tuning need float weights; recovering only makes sense after something was removed.",
+          _order_solution)
+def _check_order(answer: Any) -> bool:
+    names = [str(a) for a in answer]
+    if sorted(names) != ["int8", "recover", "structured"]:
+        return False
+    validate([(n, {}) for n in names])
+    return names.index("structured") < names.index("recover")
+
+
+def _throughput_solution() -> float:
+    return 32 / 0.250
+
+
+@exercise("05.throughput", "A batch of 32 snippets takes 250 ms. How many snippets per second is that?",
+          "divide the snippets in a batch by the batch's time in seconds (250 ms = 0.25 s).", _throughput_solution)
+def _check_throughput(answer: Any) -> bool:
+    return _close(answer, _throughput_solution(), rel=1e-3)
