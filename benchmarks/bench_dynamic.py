@@ -74,7 +74,7 @@ def main() -> None:
     """Run the chosen parts and print their tables."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", choices=["tokens", "int8", "gradual", "all"], default="all")
-    parser.add_argument("--steps", type=int, default=20 if fast_mode() else 150)
+    parser.add_argument("--steps", type=int, default=20 if fast_mode() else 200)
     args = parser.parse_args()
     base, tok = model.load_baseline(progress=False)
     test = data.split("test")
@@ -90,7 +90,7 @@ def main() -> None:
         print("\n## dynamic int8 (target: within 1 pt of fp32)\n")
         print(int8(base, tok, test).to_string(**fmt))
     if args.part in ("gradual", "all"):
-        print(f"\n## gradual vs one-shot pruning to 70% ({args.steps} steps, batch 16)\n")
+        print(f"\n## gradual vs one-shot pruning to 70% ({args.steps} steps, batch 16, cubic ramp over 70% of them)\n")
         print(gradual(base, tok, test, args.steps).to_string(**fmt))
 
 

@@ -13,14 +13,14 @@ import copy
 import math
 import warnings
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from . import data, fast_mode, measure
+from . import data, measure
 from .checks import _close, exercise
 
 # (query, key) attribute names of self-attention modules in common HF encoders (BERT family, DistilBERT, others).
@@ -40,13 +40,23 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
                      "token pruning needs a Hugging Face transformer encoder.")
 
 
-def _query_key(layer: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+def _query_key(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
     for mod in layer.modules():
         for q, k in _QK_NAMES:
-            if isinstance(getattr(mod, q, None), nn.Linear) and isinstance(getattr(mod, k, None), nn.Linear):
+            # any module, not only nn.Linear: an int8 Linear (dynamic_int8) can rank tokens too
+            if isinstance(getattr(mod, q, None), nn.Module) and isinstance(getattr(mod, k, None), nn.Module):
                 return getattr(mod, q), getattr(mod, k)
     raise ValueError(f"No self-attention query/key projections found in {type(layer).__name__} "
                      f"(looked for {', '.join('/'.join(p) for p in _QK_NAMES)}).")
+
+
+def _heads(layer: nn.Module, config) -> int:
+    """Attention heads of one layer: the layer's own count (structured pruning may have removed some)."""
+    for mod in layer.modules():
+        n = getattr(mod, "num_attention_heads", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return config.num_attention_heads
 
 
 def _target(model: nn.Module, inplace: bool) -> nn.Module:
@@ -194,7 +204,7 @@ def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace
     state: dict[str, Any] = {}
     query, key = _query_key(layers[start_layer])
     handles = [layers[start_layer].register_forward_pre_hook(
-        _TokenPruner(float(keep_ratio), query, key, model.config.num_attention_heads, state, score),
+        _TokenPruner(float(keep_ratio), query, key, _heads(layers[start_layer], model.config), state, score),
         with_kwargs=True)]
     for layer in layers[start_layer + 1:]:
         handles.append(layer.register_forward_pre_hook(_MaskSwap(state), with_kwargs=True))
@@ -486,13 +496,16 @@ def weight_sparsity(model: nn.Module) -> float:
 
 
 def prune_finetune(model: nn.Module, tokenizer, final_sparsity: float, steps: int, schedule: str = "cubic",
-                   batch_size: int = 16, lr: float = 5e-5, seed: int = 0, inplace: bool = False
+                   ramp: float = 0.7, batch_size: int = 16, lr: float = 5e-5, seed: int = 0, inplace: bool = False
                    ) -> tuple[nn.Module, pd.DataFrame]:
     """Fine-tune while pruning encoder Linears by magnitude: 'cubic' (gradual) or 'oneshot' (all at step 0).
 
+    The cubic schedule reaches `final_sparsity` after `ramp` of the steps; the rest recover at that sparsity.
     Both take the same `steps` optimizer steps on the same batches, so only the pruning schedule differs.
     Returns the pruned model and its history (step, target sparsity, loss).
     """
+    if not 0 < ramp <= 1:
+        raise ValueError(f"ramp must be a fraction of the steps in (0, 1], got {ramp!r}.")
     if schedule not in ("cubic", "oneshot"):
         raise ValueError(f"schedule must be 'cubic' or 'oneshot', got {schedule!r}.")
     if steps < 1:
@@ -504,13 +517,16 @@ def prune_finetune(model: nn.Module, tokenizer, final_sparsity: float, steps: in
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     train = data.split("train")
     torch.manual_seed(seed)
-    history, step = [], 0
+    ramp_steps = max(1, int(ramp * steps))
+    history, step, done = [], 0, -1.0
     model.train()
     while step < steps:
         for batch in data.batches(train["text"], train["label"], tokenizer, batch_size, shuffle_seed=seed + step):
-            target = final_sparsity if schedule == "oneshot" else cubic_schedule(step, steps - 1 or 1, final_sparsity)
-            for n, lin in lins.items():
-                keep[n] = prune_smallest(lin.weight, keep[n], target)
+            target = final_sparsity if schedule == "oneshot" else cubic_schedule(step, ramp_steps, final_sparsity)
+            if target != done:  # greedy: remove the smallest surviving weights up to this step's target
+                for n, lin in lins.items():
+                    keep[n] = prune_smallest(lin.weight, keep[n], target)
+                done = target
             _apply(lins, keep)
             loss = model(**batch.inputs, labels=batch.labels).loss
             loss.backward()

@@ -201,3 +201,12 @@ def test_mean_score_follows_attention_received_from_all_tokens(tiny_model, token
         assert set(kept[row][kept[row] >= 0].tolist()) == {0, *top}
     with pytest.raises(ValueError, match="score"):
         dynamic.token_pruning(tiny_model, 0.5, 1, score="max")
+
+
+def test_token_pruning_composes_with_dynamic_int8(tiny_model, tokenizer):
+    enc = _enc(tokenizer)
+    both = dynamic.token_pruning(dynamic.dynamic_int8(tiny_model), 0.5, 1)
+    with torch.no_grad():
+        both(**enc)
+    counts = [int((row >= 0).sum()) for row in dynamic.last_kept(both)]
+    assert counts == [math.ceil(0.5 * n) for n in enc["attention_mask"].sum(1).tolist()]
