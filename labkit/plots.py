@@ -36,3 +36,63 @@ def pareto(df: pd.DataFrame, x: str = "latency_b32_ms", y: str = "accuracy", pat
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def curves(df: pd.DataFrame, x: str, y: str, by: str, title: str = "", path=None):
+    """One line of `y` against `x` per value of column `by` (e.g. accuracy vs sparsity per pruning method)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for key, part in df.groupby(by, sort=False):
+        ax.plot(part[x], part[y], marker="o", label=str(key))
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def heatmap(df: pd.DataFrame, label: str = "", path=None):
+    """A labelled heat map of a DataFrame (rows x columns), values printed in the cells."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(df.columns) + 4, 0.4 * len(df) + 1.5))
+    im = ax.imshow(df.to_numpy(dtype=float), cmap="Reds", aspect="auto")
+    ax.set_xticks(range(len(df.columns)), [str(c) for c in df.columns])
+    ax.set_yticks(range(len(df)), [str(i) for i in df.index], fontsize=8)
+    for (i, j), v in pd.DataFrame(df.to_numpy(dtype=float)).stack().items():
+        ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label=label)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def dashboard(history: pd.DataFrame, current: dict, path=None):
+    """The capstone view: every point tried so far (accuracy vs latency, size as dot area), the current one ringed."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
+    colors = history["simulated"].map({True: "#bbbbbb", False: "#4c72b0"})
+    ax.scatter(history["latency_b32_ms"], history["accuracy"], s=history["size_mb"] * 4, c=colors, alpha=0.7)
+    front = history[history["pareto"]].sort_values("latency_b32_ms")
+    ax.plot(front["latency_b32_ms"], front["accuracy"], "--", color="#dd8452", label="Pareto front")
+    ax.scatter([current["latency_b32_ms"]], [current["accuracy"]], s=current["size_mb"] * 4 + 60,
+               facecolors="none", edgecolors="red", linewidths=2, label="current")
+    for _, row in history.iterrows():
+        ax.annotate(row["name"], (row["latency_b32_ms"], row["accuracy"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("batch-32 latency, ms (grey: simulated, runs at float speed)")
+    ax.set_ylabel("accuracy (quick test subset)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    bars = {"accuracy %": 100 * current["accuracy"], "agreement %": 100 * current["agreement"],
+            "latency ms": current["latency_b32_ms"], "size MB": current["size_mb"]}
+    bx.barh(list(bars), list(bars.values()), color="#55a868")
+    for y, v in enumerate(bars.values()):
+        bx.text(v, y, f" {v:.1f}", va="center", fontsize=9)
+    bx.invert_yaxis()
+    bx.set_title(current["name"] + (" (simulated)" if current["simulated"] else ""), fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

@@ -314,14 +314,18 @@ def _dash_structured() -> nn.Module:
 
 def dashboard_point(structured: bool = False, sparsity: float = 0.0, keep_ratio: float = 1.0,
                     quantization: str = "none", bits: int = 8) -> dict:
-    """Accuracy, agreement, batch-32 latency and size of one combination, on the quick test subset (cached)."""
+    """Accuracy, agreement, batch-32 latency and size of one combination, on the quick test subset (cached).
+
+    Steps run in the only order that works: structured (+recovery, built once), magnitude sparsity, token pruning
+    from layer 2, then quantization. `bits` applies to quantization="simulated" (accuracy real, size computed for
+    packed storage, latency that of the float model it runs); "real int8" is always 8 bits and really faster.
+    """
     from . import dynamic, prune, quantize
 
     if quantization not in QUANTIZATION:
         raise ValueError(f"Unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATION)}.")
-    if quantization == "real int8" and bits != 8:
-        raise ValueError("Real int8 kernels need bits=8; lower bit-widths can only be simulated "
-                         "(quantization='simulated').")
+    if quantization != "simulated":
+        bits = 8 if quantization == "real int8" else 32  # the bit-width only steers the simulation
     key = (bool(structured), round(float(sparsity), 4), round(float(keep_ratio), 4), quantization, int(bits))
     if key in _DASH["points"]:
         return _DASH["points"][key]
@@ -418,3 +422,22 @@ def _throughput_solution() -> float:
           "divide the snippets in a batch by the batch's time in seconds (250 ms = 0.25 s).", _throughput_solution)
 def _check_throughput(answer: Any) -> bool:
     return _close(answer, _throughput_solution(), rel=1e-3)
+
+
+def _fastest_solution() -> str:
+    history = dashboard_history()
+    base = history[(history["quantization"] == "none") & ~history["structured"] & (history["sparsity"] == 0)
+                   & (history["keep_ratio"] == 1)]
+    if history.empty or base.empty:
+        raise ValueError("Measure the baseline first: strategies.dashboard_point().")
+    ok = history[~history["simulated"] & (history["accuracy"] >= base["accuracy"].iloc[0] - 0.02)]
+    return ok.sort_values("latency_b32_ms").iloc[0]["name"]
+
+
+@exercise("06.fastest_within_2_points",
+          "Of the dashboard points measured so far, which real (not simulated) one is fastest within 2 points "
+          "of the baseline's accuracy? (its name)",
+          "keep the rows with simulated == False and accuracy >= baseline accuracy - 0.02, then take the one with "
+          "the smallest latency_b32_ms.", _fastest_solution)
+def _check_fastest(answer: Any) -> bool:
+    return str(answer) == _fastest_solution()

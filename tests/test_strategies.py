@@ -116,3 +116,16 @@ def test_texts_of_length_reach_about_the_requested_tokens(tokenizer):
 def test_devices_lists_cpu_first():
     assert strategies.devices()[0] == "cpu"
     assert ("cuda" in strategies.devices()) == torch.cuda.is_available()
+
+
+def test_token_pruning_runs_on_a_structurally_pruned_model(tiny_model, tokenizer):
+    # Layers keep fewer heads than config.num_attention_heads says after structured pruning.
+    out = strategies.run_pipeline(tiny_model, tokenizer, [("structured", {"heads": 0.5, "ffn": 0.5}),
+                                                         ("token_pruning", {"keep_ratio": 0.5, "start_layer": 1})])
+    enc = tokenizer(["a fine, funny and moving film", "dull"], padding=True, return_tensors="pt")
+    assert out(**enc).logits.shape == (2, 2)
+
+
+def test_dashboard_point_refuses_unknown_quantization():
+    with pytest.raises(ValueError, match="real int8"):
+        strategies.dashboard_point(quantization="int4")
