@@ -210,3 +210,21 @@ def test_token_pruning_composes_with_dynamic_int8(tiny_model, tokenizer):
         both(**enc)
     counts = [int((row >= 0).sum()) for row in dynamic.last_kept(both)]
     assert counts == [math.ceil(0.5 * n) for n in enc["attention_mask"].sum(1).tolist()]
+
+
+def test_tour_rows_do_not_mutate_the_model(tokenizer):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from labkit import measure
+
+    torch.manual_seed(0)  # four layers: the tour prunes from layer 2
+    tiny_model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                                          intermediate_size=64)).eval()
+    reference = measure.predictions(tiny_model, tokenizer, "test")  # the tour measures the whole test split
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    rows = dynamic.tour(tiny_model, tokenizer, reference)
+    assert [r.name for r in rows] == ["token pruning keep 0.5 from layer 2", "token pruning keep 0.5 from layer 2 "
+                                      "(mean score)", "dynamic int8 (torch)"]
+    assert all(r.latency_b32_ms > 0 and 0 <= r.accuracy <= 1 for r in rows)
+    assert getattr(tiny_model, "token_pruning", None) is None
+    assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
