@@ -610,8 +610,8 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Res
                              notes=f"fake-quant: accuracy only, float storage; packed would be {packed / 1e6:.1f} MB")]
     rows.append(measure.evaluate("int8 dynamic (torch)", to_int8(model), tokenizer, reference,
                                  notes="real int8 Linear + int8 embeddings"))
-    rows.append(measure.evaluate("int8 fused (onnxruntime)", to_int8(model, backend="onnxruntime"), tokenizer,
-                                 reference, notes="ONNX Runtime: fused attention, int8 MatMul + embeddings"))
+    rows.append(measure.evaluate("int8 (onnxruntime)", to_int8(model, backend="onnxruntime"), tokenizer,
+                                 reference, notes="ONNX Runtime: int8 MatMul + embeddings, session fusions"))
     return rows
 
 
