@@ -27,6 +27,10 @@ def pareto(df: pd.DataFrame, x: str = "latency_b32_ms", y: str = "accuracy", pat
     """Accuracy against latency (or size), one point per model, labelled."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(df[x], df[y], color="#dd8452")
+    if "pareto" in df:  # the trade-offs no other model beats on every measure
+        front = df[df["pareto"]].sort_values(x)
+        ax.plot(front[x], front[y], "--", color="gray", label="Pareto front")
+        ax.legend(fontsize=8)
     for _, row in df.iterrows():
         ax.annotate(row["name"], (row[x], row[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(x)

@@ -240,3 +240,15 @@ def test_sparsity_point_on_the_baseline(baseline):
     assert 0.5 <= p["accuracy"] <= 1 and 0.5 <= p["agreement"] <= 1
     assert prune.sparsity_point(0.5, "layer", "magnitude") is p  # cached: a revisited slider point is instant
     assert prune.sparsity_point(0.0)["agreement"] == 1.0
+
+
+def test_structured_table_reports_smaller_models(tiny_model, tokenizer):
+    table = prune.structured_table(tiny_model, tokenizer, [(0.5, 0.5)], steps=1, limit=16)
+    assert list(table["model"]) == ["dense", "-50% heads, -50% FFN"]
+    assert table["size_ratio"].iloc[1] > 1.0 and table["b32_ms"].gt(0).all()
+
+
+def test_recovery_curve_keeps_sparsity(tiny_model, tokenizer):
+    rec = prune.recovery_curve(tiny_model, tokenizer, [0.5], steps=1, limit=16)
+    assert rec.loc[0, "still_sparse"] == pytest.approx(0.5, abs=1e-3)
+    assert 0 <= rec.loc[0, "after"] <= 1
