@@ -33,7 +33,7 @@ def tour(out_dir: Path = Path("reports")) -> "pd.DataFrame":
     matplotlib.use("Agg")
     from tqdm.auto import tqdm
 
-    from . import measure, model, myths, plots
+    from . import measure, model, myths, plots, strategies
 
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -46,9 +46,10 @@ def tour(out_dir: Path = Path("reports")) -> "pd.DataFrame":
     for name, mod in tqdm(mods, desc="techniques"):
         results.extend(mod.tour(base, tok, reference))
     df = measure.table(results, baseline="fp32 baseline")
+    df["pareto"] = strategies.pareto_front(df)
     df.to_csv(out_dir / "summary.csv", index=False)
     cols = ["name", "accuracy", "agreement", "size_mb", "size_ratio", "latency_b1_ms", "latency_b32_ms",
-            "speedup_b32", "notes"]
+            "speedup_b32", "pareto", "notes"]
     header = (f"# labkit tour\n\nCPU: {measure.cpu_name()}, threads: {results[0].threads}, "
               f"LABKIT_FAST={os.environ.get('LABKIT_FAST', '0')}, test split: {len(reference)} snippets. "
               f"Latency: median of timed runs after warm-up, real snippets.\n\n")

@@ -91,13 +91,17 @@ def configurations() -> dict[str, list[tuple[str, dict]]]:
 
 def pareto_front(df: pd.DataFrame, maximize: tuple[str, ...] = ("accuracy",),
                  minimize: tuple[str, ...] = ("latency_b32_ms", "size_bytes")) -> pd.Series:
-    """True for rows no other row beats on every objective (at least as good on all, better on one)."""
+    """True for rows no other row beats on every objective (at least as good on all, better on one).
+
+    Rows missing a measurement (e.g. a simulated model that was not timed) are never on the front.
+    """
     vals = np.column_stack([df[c].to_numpy(float) for c in maximize] + [-df[c].to_numpy(float) for c in minimize])
+    measured = ~np.isnan(vals).any(axis=1)
     front = []
     for i in range(len(vals)):
-        others = np.delete(vals, i, axis=0)
+        others = np.delete(vals[measured], np.flatnonzero(np.flatnonzero(measured) == i), axis=0)
         dominated = np.any(np.all(others >= vals[i], axis=1) & np.any(others > vals[i], axis=1))
-        front.append(not dominated)
+        front.append(bool(measured[i] and not dominated))
     return pd.Series(front, index=df.index, name="pareto")
 
 

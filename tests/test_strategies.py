@@ -129,3 +129,8 @@ def test_token_pruning_runs_on_a_structurally_pruned_model(tiny_model, tokenizer
 def test_dashboard_point_refuses_unknown_quantization():
     with pytest.raises(ValueError, match="real int8"):
         strategies.dashboard_point(quantization="int4")
+
+
+def test_unmeasured_rows_are_never_on_the_front():
+    df = pd.DataFrame({"accuracy": [0.8, 0.9], "latency_b32_ms": [100.0, float("nan")], "size_bytes": [90, 10]})
+    assert strategies.pareto_front(df).tolist() == [True, False]

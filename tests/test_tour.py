@@ -11,6 +11,7 @@ def test_tour_writes_the_table_and_plots(tmp_path, monkeypatch, baseline, capsys
         assert (tmp_path / name).stat().st_size > 0, name
     saved = pd.read_csv(tmp_path / "summary.csv").set_index("name")
     assert list(saved.index) == list(df["name"]) == ["fp32 baseline", "article: cast to float64"]
+    assert saved["pareto"].tolist() == [True, False]
     assert saved.loc["fp32 baseline", "agreement"] == 1.0
     assert 1.99 < 1 / saved.loc["article: cast to float64", "size_ratio"] <= 2.0
     assert "fp32 baseline" in (tmp_path / "summary.md").read_text()
