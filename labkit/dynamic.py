@@ -238,20 +238,19 @@ def surviving_tokens(model: nn.Module, tokenizer, sentence: str, keep_ratio: flo
 
 # --- the quick subset behind the sliders -------------------------------------------------------------
 
-QUICK_LIMIT = 200
+QUICK_LIMIT = data.QUICK_LIMIT
 
 
-@lru_cache(maxsize=1)
 def _baseline() -> tuple[nn.Module, Any]:
     from . import model as model_mod
 
-    return model_mod.load_baseline(progress=False)
+    return model_mod.shared_baseline()[:2]
 
 
-@lru_cache(maxsize=1)
 def _reference() -> np.ndarray:
-    base, tok = _baseline()
-    return measure.predictions(base, tok, "test", QUICK_LIMIT)
+    from . import model as model_mod
+
+    return model_mod.shared_baseline()[2]
 
 
 @lru_cache(maxsize=128)

@@ -10,6 +10,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -251,6 +252,22 @@ def cache_writable() -> bool:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     return os.access(folder, os.W_OK)
+
+
+@lru_cache(maxsize=2)
+def _shared(config: TrainConfig) -> tuple[torch.nn.Module, object, "np.ndarray"]:
+    from . import measure
+
+    model, tokenizer = load_baseline(config=config, progress=False)
+    return model, tokenizer, measure.predictions(model, tokenizer, "test", data.QUICK_LIMIT)
+
+
+def shared_baseline() -> tuple[torch.nn.Module, object, "np.ndarray"]:
+    """(model, tokenizer, its predictions on the quick test subset), loaded once per process for sliders.
+
+    Shared by every slider function: never modify it; compression functions work on copies.
+    """
+    return _shared(TrainConfig.default())
 
 
 def baseline_record(config: TrainConfig | None = None) -> dict:

@@ -27,7 +27,7 @@ from .checks import exercise
 SCOPES = ("layer", "global")
 METHODS = ("magnitude", "random")
 SCORES = ("norm", "gradient")
-QUICK_LIMIT = 200  # the quick subset the slider and the sensitivity scan evaluate on
+QUICK_LIMIT = data.QUICK_LIMIT  # the quick subset the slider and the sensitivity scan evaluate on
 
 SEMI_STRUCTURED_NOTE = (
     "2:4 sparsity zeroes two of every four weights. On a CPU the weights stay a dense float32 matrix, so the "
@@ -432,11 +432,9 @@ def plan_from_scan(model: nn.Module, scan: pd.DataFrame, total: float, by: str =
 
 # --- the slider ---------------------------------------------------------------------------------
 
-@lru_cache(maxsize=1)
 def _quick_setup() -> tuple:
-    """The baseline, its tokenizer and its predictions on the quick subset (loaded once)."""
-    base, tok = lk_model.load_baseline(progress=False)
-    return base, tok, measure.predictions(base, tok, "test", QUICK_LIMIT)
+    """The baseline, its tokenizer and its predictions on the quick subset (shared by every slider)."""
+    return lk_model.shared_baseline()
 
 
 @lru_cache(maxsize=256)

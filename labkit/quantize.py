@@ -549,16 +549,14 @@ def to_int8(model: nn.Module, embeddings: bool = True, backend: str = "torch", i
 
 _BASE: dict[str, Any] = {}
 _POINTS: dict[tuple, dict] = {}
-QUICK_LIMIT = 200
+QUICK_LIMIT = data.QUICK_LIMIT
 
 
 def _baseline() -> tuple[nn.Module, Any]:
-    """The cached baseline, loaded once per process for the slider."""
-    if "model" not in _BASE:
-        from . import model as model_lib
+    """The baseline shared by every slider in this process."""
+    from . import model as model_lib
 
-        _BASE["model"], _BASE["tokenizer"] = model_lib.load_baseline(progress=False)
-    return _BASE["model"], _BASE["tokenizer"]
+    return model_lib.shared_baseline()[:2]
 
 
 def _reference(limit: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -296,16 +296,13 @@ def robustness(models: dict[str, nn.Module], tokenizer, kinds=PERTURBATIONS, lim
 
 # --- the capstone dashboard: one plain function behind every control ---------------------------------
 
-QUICK_LIMIT = 200
+QUICK_LIMIT = data.QUICK_LIMIT
 QUANTIZATION = ("none", "simulated", "real int8")
 _DASH: dict[str, Any] = {"points": {}}
 
 
 def _dash_baseline() -> tuple[nn.Module, Any, np.ndarray]:
-    if "model" not in _DASH:
-        _DASH["model"], _DASH["tokenizer"] = model_lib.load_baseline(progress=False)
-        _DASH["reference"] = measure.predictions(_DASH["model"], _DASH["tokenizer"], "test", QUICK_LIMIT)
-    return _DASH["model"], _DASH["tokenizer"], _DASH["reference"]
+    return model_lib.shared_baseline()
 
 
 def _dash_structured() -> nn.Module:
