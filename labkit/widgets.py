@@ -2,9 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Callable
 
 import pandas as pd
+
+# Changes arriving within this window are merged into one evaluation (a drag, or keys pressed quickly).
+DEBOUNCE_S = 0.1
+
+
+def _loop() -> asyncio.AbstractEventLoop | None:
+    """The kernel's running event loop, or None in plain Python (scripts, unit tests)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _later(delay: float, callback: Callable[[], None]):
+    """Schedule `callback` on the kernel's event loop; None when no loop runs."""
+    loop = _loop()
+    return None if loop is None else loop.call_later(delay, callback)
+
+
+def _captured(draw: Callable[[], None]) -> tuple[dict, ...]:
+    """Run `draw` and return what it printed/displayed as Output-widget outputs (nbformat dicts)."""
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as cap:
+        draw()
+    outputs: list[dict] = []
+    if cap.stdout:
+        outputs.append({"output_type": "stream", "name": "stdout", "text": cap.stdout})
+    if cap.stderr:
+        outputs.append({"output_type": "stream", "name": "stderr", "text": cap.stderr})
+    for rich in cap.outputs:
+        outputs.append({"output_type": "display_data", "data": rich.data, "metadata": rich.metadata or {}})
+    return tuple(outputs)
 
 
 def live(fn: Callable[..., Any], controls: dict[str, Any], draw: Callable[[Any], None] | None = None,
@@ -13,34 +47,58 @@ def live(fn: Callable[..., Any], controls: dict[str, Any], draw: Callable[[Any],
 
     `fn` is the plain function (cached per value set, so revisiting a point is instant); `draw`
     renders its result (a DataFrame or text is displayed as is). Returns the VBox, with `.refresh()`.
+    Sliders report only on release, and moves made while an evaluation runs are merged: when it ends,
+    only the latest values are evaluated (stale ones are skipped, never queued).
     """
     import ipywidgets as W
     from IPython.display import display
 
     out = W.Output()
     memo: dict[tuple, Any] = {}
+    pending: dict[str, Any] = {"handle": None}
+    for c in controls.values():
+        if hasattr(c, "continuous_update"):  # a drag would otherwise send every intermediate value
+            c.continuous_update = False
 
     def values() -> dict[str, Any]:
         return {k: c.value for k, c in controls.items()}
 
+    def show(result: Any) -> None:
+        if draw is not None:
+            draw(result)
+        else:
+            display(result if isinstance(result, pd.DataFrame) else result)
+
     def refresh(*_):
+        pending["handle"] = None
         vals = values()
         key = tuple(sorted(vals.items()))
-        if not cache or key not in memo:
-            memo[key] = fn(**vals)
-        if values() != vals:  # the learner moved on while we computed: the latest value wins
-            return
-        with out:
-            out.clear_output(wait=True)
-            result = memo[key]
-            if draw is not None:
-                draw(result)
-            else:
-                display(result if isinstance(result, pd.DataFrame) else result)
+        try:
+            if not cache or key not in memo:
+                memo[key] = fn(**vals)
+            if values() != vals:  # the learner moved on while we computed: the latest value wins
+                return
+            # Outputs are swapped in one assignment: no flicker, and it works without a browser.
+            out.outputs = _captured(lambda: show(memo[key]))
+        except Exception:
+            if _loop() is None:  # no kernel: let the caller see the error
+                raise
+            import traceback
+            out.outputs = ({"output_type": "stream", "name": "stderr", "text": traceback.format_exc()},)
+
+    def changed(*_):
+        # Deferred to the event loop: value changes queued behind a running evaluation are applied
+        # first, each cancelling the previous request, so only the last one is evaluated.
+        if pending["handle"] is not None:
+            pending["handle"].cancel()
+        pending["handle"] = _later(DEBOUNCE_S, refresh)
+        if pending["handle"] is None:
+            refresh()
 
     for c in controls.values():
-        c.observe(refresh, names="value")
+        c.observe(changed, names="value")
     box = W.VBox([W.HBox(list(controls.values())), out])
     box.refresh = refresh
+    box.output = out
     refresh()
     return box
