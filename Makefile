@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.labkit-installed
 
 export HF_HUB_OFFLINE = 1
 
-.PHONY: tour tour-fast test install lab clean-cache
+.PHONY: tour tour-fast test install lab workshop browser clean-cache
 
 $(STAMP): requirements.txt requirements-assets.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,16 @@ $(STAMP): requirements.txt requirements-assets.txt pyproject.toml
 
 install: $(STAMP)
 
+# The browser tests drive Debian's Chromium through Playwright; no browser is ever downloaded.
+BROWSER_STAMP := $(VENV)/.labkit-browser
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(BROWSER_STAMP): $(STAMP)
+	if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; fi
+	touch $(BROWSER_STAMP)
+
+browser: $(BROWSER_STAMP)
+
 tour: $(STAMP)
 	$(PY) -m labkit tour
 
@@ -28,11 +38,19 @@ tour-fast: $(STAMP)
 	$(PY) -m labkit tour --fast
 
 # Tests and notebooks run in fast mode (smaller data, fewer steps, same code path); LABKIT_FAST=0 for full size.
-test: $(STAMP)
+test: $(STAMP) $(BROWSER_STAMP)
 	LABKIT_FAST=$${LABKIT_FAST:-1} $(PY) -m pytest -q
 
 clean-cache:
 	rm -rf $${LABKIT_CACHE:-$$HOME/.cache/labkit}
 
+# Jupyter refuses to run as root unless told (containers, CI).
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(ALLOW_ROOT) notebooks/
+
+# The capstone as a page of widgets and plots only (Voila), on http://127.0.0.1:8866
+workshop: $(STAMP)
+	$(VENV)/bin/voila --Voila.ip=127.0.0.1 --port=8866 --no-browser --progressive_rendering=True \
+		notebooks/06_capstone_dashboard.ipynb

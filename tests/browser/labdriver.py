@@ -1,0 +1,92 @@
+"""Driving JupyterLab and ipywidgets in a Playwright page: open, run all, move a slider, wait for the output."""
+
+from __future__ import annotations
+
+import time
+
+# A cell counts as done once its prompt shows a number; "[*]" is running, "[ ]" not run yet.
+_ALL_RUN_JS = """(n) => {
+  const err = document.querySelector('.jp-Notebook [data-mime-type="application/vnd.jupyter.error"]');
+  if (err) return 'error';
+  const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')].slice(0, n);
+  return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)) ? 'done' : false;
+}"""
+
+
+def open_notebook(page, base: str, name: str) -> None:
+    """Open `name` in JupyterLab and wait for an idle kernel (answering the kernel dialog if shown)."""
+    page.goto(f"{base}/lab/tree/{name}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        dialog = page.locator(".jp-Dialog .jp-mod-accept")
+        if dialog.count():  # "Select Kernel": accept the proposed (the notebook's) kernel
+            dialog.first.click()
+        if page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').count():
+            return
+        page.wait_for_timeout(250)
+    raise TimeoutError(f"kernel for {name} never became idle")
+
+
+def _menu(page, item: str) -> None:
+    page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
+
+
+def run_all(page, through: int | None = None, timeout_s: float = 200) -> None:
+    """Run > Run All Cells (or every cell up to cell index `through`), wait until they ran; fail on an error."""
+    if through is None:
+        _menu(page, "Run All Cells")
+        n_code = 10**6
+    else:  # select the cell, run everything above it, then the cell itself
+        prompt = page.locator(".jp-Notebook .jp-Cell").nth(through).locator(".jp-InputPrompt").first
+        prompt.scroll_into_view_if_needed()  # cells off screen are not rendered (content-visibility)
+        prompt.click()
+        _menu(page, "Run All Above Selected Cell")
+        prompt.scroll_into_view_if_needed()
+        prompt.click()
+        page.keyboard.press("Control+Enter")  # command mode: run the selected cell, stay on it
+        n_code = page.locator(".jp-Notebook .jp-Cell").nth(through).evaluate(
+            "c => [...c.parentElement.children].slice(0, [...c.parentElement.children].indexOf(c) + 1)"
+            ".filter(x => x.classList.contains('jp-CodeCell')).length")
+    handle = page.wait_for_function(_ALL_RUN_JS, arg=n_code, timeout=timeout_s * 1000, polling=500)
+    if handle.json_value() == "error":
+        err = page.locator('.jp-Notebook [data-mime-type="application/vnd.jupyter.error"]').first
+        raise AssertionError(f"a cell failed:\n{err.inner_text()[-2000:]}")
+
+
+def slider(page, description: str):
+    """The ipywidgets slider whose label contains `description`."""
+    label = page.locator(".widget-label", has_text=description)
+    return page.locator(".widget-slider", has=label).first
+
+
+def panel_output(page, slider_box):
+    """The Output area of the `widgets.live` panel that holds `slider_box`."""
+    panel = page.locator(".widget-vbox", has=slider_box).last
+    return panel.locator(".widget-output").first
+
+
+def readout(slider_box) -> str:
+    """The number the slider shows."""
+    return slider_box.locator(".widget-readout").inner_text().strip()
+
+
+def wait_output(page, output, timeout_s: float = 60) -> str:
+    """Wait until `output` shows something; return its HTML."""
+    page.wait_for_function("el => el.innerText.trim().length > 0 || el.querySelector('img')",
+                           arg=output.element_handle(), timeout=timeout_s * 1000)
+    return output.inner_html()
+
+
+def move(page, slider_box, output, key: str, timeout_s: float = 60) -> tuple[float, str]:
+    """Press `key` on the slider handle; return (seconds until the output changed, its new HTML)."""
+    before = output.inner_html()
+    slider_box.locator(".noUi-handle").first.focus()
+    el = output.element_handle()
+    t0 = time.perf_counter()
+    page.keyboard.press(key)
+    page.wait_for_function("([el, before]) => el.innerHTML !== before"
+                           " && (el.innerText.trim().length > 0 || el.querySelector('img'))",
+                           arg=[el, before], timeout=timeout_s * 1000, polling="raf")
+    return time.perf_counter() - t0, output.inner_html()
