@@ -14,6 +14,14 @@ DEBOUNCE_S = 0.1
 def _loop() -> asyncio.AbstractEventLoop | None:
     """The kernel's running event loop, or None in plain Python (scripts, unit tests)."""
     try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    # Only a Jupyter kernel's loop delivers widget changes; another library's loop running in this
+    # thread (a browser driver in a test session, say) must not turn deferred updates on.
+    if getattr(get_ipython(), "kernel", None) is None:
+        return None
+    try:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None

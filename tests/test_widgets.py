@@ -107,3 +107,16 @@ def test_errors_propagate_without_a_kernel():
     widgets.live(fn, {"k": s})
     with pytest.raises(ValueError, match="positive"):
         s.value = 0
+
+
+def test_a_foreign_event_loop_is_not_mistaken_for_a_kernel():
+    """A running asyncio loop that is not a Jupyter kernel's (a browser driver's, say) keeps updates synchronous."""
+    import asyncio
+
+    async def inside_a_loop():
+        s = W.IntSlider(value=1)
+        box = widgets.live(lambda k: k * 10, {"k": s}, draw=print)
+        s.value = 2
+        return _text(box)
+
+    assert asyncio.run(inside_a_loop()) == "20\n"

@@ -104,6 +104,14 @@ def lab_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("lab")
     for nb in (ROOT / "notebooks").glob("*.ipynb"):
         shutil.copy(nb, root / nb.name)
+    # Render every cell: with JupyterLab's default windowing, cells far below the fold are hidden
+    # and cannot be scrolled to or clicked by the driver.
+    tracker = root / ".settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True, exist_ok=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))
+    news = root / ".settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True, exist_ok=True)
+    news.write_text(json.dumps({"fetchNews": "false"}))  # no "official Jupyter news?" toast over the panels
     return root
 
 

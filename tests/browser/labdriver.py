@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import time
 
+# The notebook in the visible tab (a restored or earlier tab stays in the page, hidden).
+NB = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"
+
 # A cell counts as done once its prompt shows a number; "[*]" is running, "[ ]" not run yet.
 _ALL_RUN_JS = """(n) => {
-  const err = document.querySelector('.jp-Notebook [data-mime-type="application/vnd.jupyter.error"]');
+  const NB = '%s';
+  const err = document.querySelector(NB + ' [data-mime-type="application/vnd.jupyter.error"]');
   if (err) return 'error';
-  const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')].slice(0, n);
+  const prompts = [...document.querySelectorAll(NB + ' .jp-CodeCell .jp-InputArea-prompt')].slice(0, n);
   return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)) ? 'done' : false;
-}"""
+}""" % NB
 
 
 def open_notebook(page, base: str, name: str) -> None:
     """Open `name` in JupyterLab and wait for an idle kernel (answering the kernel dialog if shown)."""
-    page.goto(f"{base}/lab/tree/{name}")
-    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    page.goto(f"{base}/lab/tree/{name}?reset")  # ?reset: do not reopen the tabs of an earlier test
+    page.wait_for_selector(f"{NB} .jp-Cell")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         dialog = page.locator(".jp-Dialog .jp-mod-accept")
@@ -33,25 +37,31 @@ def _menu(page, item: str) -> None:
     page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
 
 
+def _reveal(locator) -> None:
+    """Scroll `locator` into view with the DOM's own scrollIntoView (works for cells not yet painted)."""
+    locator.evaluate("e => e.scrollIntoView({block: 'center'})")
+    locator.wait_for(state="visible")
+
+
 def run_all(page, through: int | None = None, timeout_s: float = 200) -> None:
     """Run > Run All Cells (or every cell up to cell index `through`), wait until they ran; fail on an error."""
     if through is None:
         _menu(page, "Run All Cells")
         n_code = 10**6
     else:  # select the cell, run everything above it, then the cell itself
-        prompt = page.locator(".jp-Notebook .jp-Cell").nth(through).locator(".jp-InputPrompt").first
-        prompt.scroll_into_view_if_needed()  # cells off screen are not rendered (content-visibility)
+        prompt = page.locator(f"{NB} .jp-Cell").nth(through).locator(".jp-InputPrompt").first
+        _reveal(prompt)
         prompt.click()
         _menu(page, "Run All Above Selected Cell")
-        prompt.scroll_into_view_if_needed()
+        _reveal(prompt)
         prompt.click()
         page.keyboard.press("Control+Enter")  # command mode: run the selected cell, stay on it
-        n_code = page.locator(".jp-Notebook .jp-Cell").nth(through).evaluate(
+        n_code = page.locator(f"{NB} .jp-Cell").nth(through).evaluate(
             "c => [...c.parentElement.children].slice(0, [...c.parentElement.children].indexOf(c) + 1)"
             ".filter(x => x.classList.contains('jp-CodeCell')).length")
     handle = page.wait_for_function(_ALL_RUN_JS, arg=n_code, timeout=timeout_s * 1000, polling=500)
     if handle.json_value() == "error":
-        err = page.locator('.jp-Notebook [data-mime-type="application/vnd.jupyter.error"]').first
+        err = page.locator(f'{NB} [data-mime-type="application/vnd.jupyter.error"]').first
         raise AssertionError(f"a cell failed:\n{err.inner_text()[-2000:]}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labdriver import move, open_notebook, panel_output, readout, run_all, slider, wait_output
+from labdriver import NB, move, open_notebook, panel_output, readout, run_all, slider, wait_output
 
 # notebook, slider label, key that moves it one step from its initial value, index of the panel's cell.
 # Each notebook runs from the top through its panel (Run All Above + the cell): the rest (nbval covers it)
@@ -12,28 +12,27 @@ from labdriver import move, open_notebook, panel_output, readout, run_all, slide
 CASES = [
     ("02_quantization.ipynb", "bits", "ArrowLeft", 7),
     ("03_pruning.ipynb", "sparsity", "ArrowRight", 9),
+    ("06_capstone_dashboard.ipynb", "sparsity", "ArrowRight", 3),
 ]
-# The capstone (06_capstone_dashboard.ipynb, "sparsity", cell 3) is served by `make workshop`; its browser case
-# is not enabled yet: selecting its panel cell timed out in headless Chromium.
 
 
 @pytest.mark.parametrize("notebook, label, key, through", CASES, ids=[c[0].split("_")[0] for c in CASES])
 def test_slider_updates_panel(page, lab_url, lab_root, shots, notebook, label, key, through):
     if not (lab_root / notebook).exists():
         pytest.skip(f"{notebook} is not in this checkout")
-    open_notebook(page, lab_url, notebook)
-    run_all(page, through)
-    box = slider(page, label)
-    box.scroll_into_view_if_needed()
-    out = panel_output(page, box)
-    first = wait_output(page, out)
-    value = readout(box)
-    page.screenshot(path=shots / f"{notebook[:2]}-before.png")
-
     try:
+        open_notebook(page, lab_url, notebook)
+        run_all(page, through)
+        box = slider(page, label)
+        box.scroll_into_view_if_needed()
+        out = panel_output(page, box)
+        first = wait_output(page, out)
+        value = readout(box)
+        page.screenshot(path=shots / f"{notebook[:2]}-before.png")
         seconds, after = move(page, box, out, key)
-    except Exception:
+    except Exception:  # keep what the browser showed for whoever reads the failure
         page.screenshot(path=shots / f"{notebook[:2]}-failed.png", full_page=True)
+        (shots / f"{notebook[:2]}-failed.txt").write_text(page.locator(NB).first.inner_text())
         raise
     assert readout(box) != value, "the slider's readout did not change"
     assert after != first, "the panel's output did not change"
