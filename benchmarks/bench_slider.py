@@ -1,6 +1,6 @@
 """Slider responsiveness in the browser: time from a key press on a slider to the updated panel output.
 
-JupyterLab in headless system Chromium (Playwright) runs the quantization and pruning notebooks, then moves
+JupyterLab in headless system Chromium (Playwright) runs the quantization, pruning and capstone notebooks, then moves
 each slider step by step to new values (fresh: evaluated) and back over the same values (cached), and prints
 the median seconds per notebook. Targets: fresh <= 2 s, cached <= 0.5 s (2 cores).
 
@@ -22,15 +22,16 @@ sys.path.insert(0, str(ROOT / "tests" / "browser"))
 import conftest as lab  # noqa: E402  (server and browser settings shared with the browser tests)
 from labdriver import move, open_notebook, panel_output, run_all, slider, wait_output  # noqa: E402
 
-# notebook, slider label, key towards new values, key back
-NOTEBOOKS = [("02_quantization.ipynb", "bits", "ArrowLeft", "ArrowRight"),
-             ("03_pruning.ipynb", "sparsity", "ArrowRight", "ArrowLeft")]
+# notebook, slider label, key towards new values, key back, index of the panel's cell
+NOTEBOOKS = [("02_quantization.ipynb", "bits", "ArrowLeft", "ArrowRight", 7),
+             ("03_pruning.ipynb", "sparsity", "ArrowRight", "ArrowLeft", 9),
+             ("06_capstone_dashboard.ipynb", "sparsity", "ArrowRight", "ArrowLeft", 3)]
 
 
-def bench(page, base: str, notebook: str, label: str, fwd: str, back: str, moves: int) -> dict:
-    """Run the notebook, then `moves` fresh moves and `moves` moves back over cached points."""
+def bench(page, base: str, notebook: str, label: str, fwd: str, back: str, through: int, moves: int) -> dict:
+    """Run the notebook down to its panel, then `moves` fresh moves and `moves` moves back over cached points."""
     open_notebook(page, base, notebook)
-    run_all(page)
+    run_all(page, through)
     box = slider(page, label)
     box.scroll_into_view_if_needed()
     out = panel_output(page, box)
@@ -53,6 +54,7 @@ def main() -> None:
         root = Path(tmp)
         for nb, *_ in NOTEBOOKS:
             (root / nb).write_bytes((ROOT / "notebooks" / nb).read_bytes())
+        lab.lab_settings(root)
         argv = lab.lab_argv(root)
         proc, base = lab.start_server(argv, root, "/api/status", root / "jupyter-lab.log")
         try:

@@ -112,6 +112,7 @@ def test_errors_propagate_without_a_kernel():
 def test_a_foreign_event_loop_is_not_mistaken_for_a_kernel():
     """A running asyncio loop that is not a Jupyter kernel's (a browser driver's, say) keeps updates synchronous."""
     import asyncio
+    import concurrent.futures
 
     async def inside_a_loop():
         s = W.IntSlider(value=1)
@@ -119,4 +120,6 @@ def test_a_foreign_event_loop_is_not_mistaken_for_a_kernel():
         s.value = 2
         return _text(box)
 
-    assert asyncio.run(inside_a_loop()) == "20\n"
+    # A thread of its own: this test session may already run a loop here (the browser tests' driver).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(asyncio.run, inside_a_loop()).result() == "20\n"

@@ -88,6 +88,18 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def lab_settings(root: Path) -> None:
+    """JupyterLab user settings for a driven browser, kept in `root/.settings` (see `lab_argv`)."""
+    # Render every cell: with JupyterLab's default windowing, cells far below the fold are hidden
+    # and cannot be scrolled to or clicked by the driver.
+    tracker = root / ".settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True, exist_ok=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))
+    news = root / ".settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True, exist_ok=True)
+    news.write_text(json.dumps({"fetchNews": "false"}))  # no "official Jupyter news?" toast over the panels
+
+
 def lab_argv(root: Path) -> list[str]:
     """`jupyter lab` on `root`: no token, no news or update checks, settings kept inside `root`."""
     return [sys.executable, "-m", "jupyter", "lab", "--ip=127.0.0.1", "--no-browser", "--allow-root",
@@ -104,14 +116,7 @@ def lab_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("lab")
     for nb in (ROOT / "notebooks").glob("*.ipynb"):
         shutil.copy(nb, root / nb.name)
-    # Render every cell: with JupyterLab's default windowing, cells far below the fold are hidden
-    # and cannot be scrolled to or clicked by the driver.
-    tracker = root / ".settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
-    tracker.parent.mkdir(parents=True, exist_ok=True)
-    tracker.write_text(json.dumps({"windowingMode": "none"}))
-    news = root / ".settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    news.parent.mkdir(parents=True, exist_ok=True)
-    news.write_text(json.dumps({"fetchNews": "false"}))  # no "official Jupyter news?" toast over the panels
+    lab_settings(root)
     return root
 
 

@@ -32,9 +32,31 @@ def open_notebook(page, base: str, name: str) -> None:
     raise TimeoutError(f"kernel for {name} never became idle")
 
 
-def _menu(page, item: str) -> None:
-    page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text="Run").first.click()
+def menu(page, item: str, top: str = "Run") -> None:
+    """Click menu `top` > `item` in JupyterLab's menu bar."""
+    page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text=top).first.click()
     page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
+
+
+def prompt_number(page, index: int) -> int | None:
+    """The execution count shown in the prompt of cell `index`, or None before it ran."""
+    import re
+
+    text = page.locator(f"{NB} .jp-Cell").nth(index).locator(".jp-InputPrompt").first.inner_text()
+    found = re.search(r"\[(\d+)\]", text)
+    return int(found.group(1)) if found else None
+
+
+def wait_prompt(page, index: int, number: int, timeout_s: float = 200) -> None:
+    """Wait until cell `index` shows execution count `number` (fail fast on an error output)."""
+    deadline = time.monotonic() + timeout_s
+    while prompt_number(page, index) != number:
+        if page.locator(f'{NB} [data-mime-type="application/vnd.jupyter.error"]').count():
+            err = page.locator(f'{NB} [data-mime-type="application/vnd.jupyter.error"]').first
+            raise AssertionError(f"a cell failed:\n{err.inner_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"cell {index} never showed [{number}] (shows {prompt_number(page, index)})")
+        page.wait_for_timeout(250)
 
 
 def _reveal(locator) -> None:
@@ -43,16 +65,18 @@ def _reveal(locator) -> None:
     locator.wait_for(state="visible")
 
 
-def run_all(page, through: int | None = None, timeout_s: float = 200) -> None:
-    """Run > Run All Cells (or every cell up to cell index `through`), wait until they ran; fail on an error."""
+def run_all(page, through: int | None = None, timeout_s: float = 200) -> int:
+    """Run > Run All Cells (or every cell up to cell index `through`), wait until they ran; fail on an error.
+
+    Returns how many code cells ran."""
     if through is None:
-        _menu(page, "Run All Cells")
+        menu(page, "Run All Cells")
         n_code = 10**6
     else:  # select the cell, run everything above it, then the cell itself
         prompt = page.locator(f"{NB} .jp-Cell").nth(through).locator(".jp-InputPrompt").first
         _reveal(prompt)
         prompt.click()
-        _menu(page, "Run All Above Selected Cell")
+        menu(page, "Run All Above Selected Cell")
         _reveal(prompt)
         prompt.click()
         page.keyboard.press("Control+Enter")  # command mode: run the selected cell, stay on it
@@ -63,6 +87,7 @@ def run_all(page, through: int | None = None, timeout_s: float = 200) -> None:
     if handle.json_value() == "error":
         err = page.locator(f'{NB} [data-mime-type="application/vnd.jupyter.error"]').first
         raise AssertionError(f"a cell failed:\n{err.inner_text()[-2000:]}")
+    return min(n_code, page.locator(f"{NB} .jp-CodeCell").count())
 
 
 def slider(page, description: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labdriver import NB, move, open_notebook, panel_output, readout, run_all, slider, wait_output
+from labdriver import NB, menu, move, open_notebook, panel_output, readout, run_all, slider, wait_output, wait_prompt
 
 # notebook, slider label, key that moves it one step from its initial value, index of the panel's cell.
 # Each notebook runs from the top through its panel (Run All Above + the cell): the rest (nbval covers it)
@@ -39,3 +39,28 @@ def test_slider_updates_panel(page, lab_url, lab_root, shots, notebook, label, k
     assert "Traceback" not in out.inner_text()
     page.screenshot(path=shots / f"{notebook[:2]}-after.png")
     print(f"{notebook}: {label} {value} -> {readout(box)}, output updated in {seconds:.2f} s")
+
+
+def test_kernel_restart_then_run_again(page, lab_url, lab_root, shots):
+    """A learner restarts the kernel mid-notebook and runs down to the panel again: it works and still answers."""
+    notebook, label, key, through = CASES[0]
+    try:
+        open_notebook(page, lab_url, notebook)
+        ran = run_all(page, through)
+        page.keyboard.press("Control+Enter")  # the panel cell once more: its count moves past `ran`
+        wait_prompt(page, through, ran + 1)
+        menu(page, "Restart Kernel and Run up to Selected Cell", top="Kernel")
+        page.locator(".jp-Dialog .jp-mod-accept").click()  # "Restart Kernel?"
+        wait_prompt(page, through, ran)  # a fresh kernel counted from 1 again, down to the panel
+        box = slider(page, label)
+        box.scroll_into_view_if_needed()
+        out = panel_output(page, box)
+        first, value = wait_output(page, out), readout(box)
+        seconds, after = move(page, box, out, key)
+    except Exception:
+        page.screenshot(path=shots / "restart-failed.png", full_page=True)
+        raise
+    assert readout(box) != value and after != first
+    assert "Traceback" not in out.inner_text()
+    page.screenshot(path=shots / "restart-after.png")
+    print(f"{notebook} after a kernel restart: {label} {value} -> {readout(box)} in {seconds:.2f} s")
