@@ -309,12 +309,23 @@ def shape_summary(model: nn.Module) -> pd.DataFrame:
 
 # --- recovery: a short fine-tune ------------------------------------------------------------------
 
+def _distill_loss(logits: torch.Tensor, teacher: nn.Module, batch, temperature: float) -> torch.Tensor:
+    """KL divergence from the teacher's softened predictions to the student's (scaled by T^2, as usual)."""
+    with torch.no_grad():
+        target = torch.softmax(measure._logits(teacher(**batch.inputs)) / temperature, -1)
+    log_student = torch.log_softmax(logits / temperature, -1)
+    return torch.nn.functional.kl_div(log_student, target, reduction="batchmean") * temperature ** 2
+
+
 def recover(model: nn.Module, tokenizer, steps: int | None = None, lr: float = 1e-4, batch_size: int = 32,
-            seed: int = 0, inplace: bool = False, keep_zeros: bool = True) -> nn.Module:
+            seed: int = 0, inplace: bool = False, keep_zeros: bool = True, teacher: nn.Module | None = None,
+            temperature: float = 2.0) -> nn.Module:
     """Fine-tune a pruned copy for `steps` batches of the train split; zero weights stay zero (mask fixed).
 
     With `keep_zeros`, each prunable weight's zero pattern is re-applied after every step, so unstructured
     sparsity survives; a structurally pruned model has no zeros, so this is then plain fine-tuning.
+    With a `teacher` (the unpruned model), the loss also pulls the pruned model's output distribution
+    towards the teacher's (knowledge distillation at `temperature`), which carries more than the labels.
     """
     steps = (20 if fast_mode() else 100) if steps is None else steps
     if steps < 0:
@@ -327,13 +338,19 @@ def recover(model: nn.Module, tokenizer, steps: int | None = None, lr: float = 1
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / max(1, steps)))
     torch.manual_seed(seed)
     out.train()
+    if teacher is not None:
+        teacher.eval()  # no dropout in the targets
     done, epoch = 0, 0
     while done < steps:
         for batch in data.batches(train["text"], train["label"], tokenizer, batch_size, shuffle_seed=seed + epoch):
             if done >= steps:
                 break
             batch = batch.to(dev)
-            out(**batch.inputs, labels=batch.labels).loss.backward()
+            result = out(**batch.inputs, labels=batch.labels)
+            loss = result.loss
+            if teacher is not None:
+                loss = 0.5 * loss + 0.5 * _distill_loss(result.logits, teacher, batch, temperature)
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(out.parameters(), 1.0)
             opt.step()
             sched.step()
@@ -437,11 +454,54 @@ def _quick_setup() -> tuple:
     return lk_model.shared_baseline()
 
 
+@lru_cache(maxsize=4)
+def _ranked(base: nn.Module, scope: str, method: str) -> dict[str, torch.Tensor]:
+    """`base`'s prunable weights ranked once, lowest score first (per layer, or all together)."""
+    gen = torch.Generator().manual_seed(0)  # the same scores `masks` draws for the random control
+    scores = {n: _scores(m.weight, method, gen).reshape(-1) for n, m in prunable_linears(base).items()}
+    # int32 positions: half the memory of argsort's int64, and every layer has far fewer than 2**31 weights.
+    if scope == "global":
+        return {"*": torch.argsort(torch.cat(list(scores.values())), stable=True).to(torch.int32)}
+    return {n: torch.argsort(s, stable=True).to(torch.int32) for n, s in scores.items()}
+
+
+@lru_cache(maxsize=1)
+def _scratch(base: nn.Module) -> nn.Module:
+    return _target(base, inplace=False)
+
+
+def _pruned_baseline(sparsity: float, scope: str, method: str) -> nn.Module:
+    """What `magnitude(baseline, ...)` returns, computed faster for the sliders.
+
+    The ranking is sorted once per scope and method, and the result is written into one reused copy of the
+    baseline (overwritten by the next call), so a slider move only zeroes the first k weights of the ranking.
+    """
+    sparsity = _check_fraction("sparsity", sparsity)
+    _check_choice("scope", scope, SCOPES)
+    _check_choice("method", method, METHODS)
+    base = _quick_setup()[0]
+    src, dst = prunable_linears(base), prunable_linears(_scratch(base))
+    order = _ranked(base, scope, method)
+    with torch.no_grad():
+        if scope == "global":
+            flat = torch.cat([m.weight.reshape(-1) for m in src.values()])
+            flat[order["*"][:round(sparsity * flat.numel())]] = 0
+            start = 0
+            for n, m in dst.items():
+                m.weight.copy_(flat[start:start + m.weight.numel()].view_as(m.weight))
+                start += m.weight.numel()
+        else:
+            for n, m in dst.items():
+                m.weight.copy_(src[n].weight)
+                m.weight.view(-1)[order[n][:round(sparsity * m.weight.numel())]] = 0
+    return _scratch(base)
+
+
 @lru_cache(maxsize=256)
 def sparsity_point(sparsity: float, scope: str = "layer", method: str = "magnitude") -> dict:
     """Prune the baseline and measure it on the quick subset: accuracy, agreement, remaining weights (cached)."""
     base, tok, reference = _quick_setup()
-    pruned = magnitude(base, sparsity, scope, method)
+    pruned = _pruned_baseline(sparsity, scope, method)  # = magnitude(base, sparsity, scope, method), faster
     preds = measure.predictions(pruned, tok, "test", QUICK_LIMIT)
     labels = data.split("test", QUICK_LIMIT)["label"].to_numpy()
     counts = sparsity_of(pruned)

@@ -212,6 +212,18 @@ def test_recover_trains_but_keeps_the_zeros(tiny_model, tokenizer):
         assert not torch.equal(layer.weight, old)
 
 
+def test_distill_loss_is_zero_against_itself_and_recovery_with_a_teacher_leaves_it_alone(tiny_model, tokenizer):
+    batch = next(iter(prune.data.batches(["a fine film", "dull"], [1, 0], tokenizer, 2)))
+    logits = tiny_model.eval()(**batch.inputs).logits
+    assert prune._distill_loss(logits, tiny_model, batch, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    small = prune.structured(tiny_model, heads=0.5, ffn=0.5)
+    teacher_before = _state(tiny_model)
+    tuned = prune.recover(small, tokenizer, steps=2, batch_size=8, lr=1e-3, teacher=tiny_model)
+    assert _same_state(teacher_before, tiny_model.state_dict())
+    assert not torch.equal(prune.prunable_linears(tuned)["bert.encoder.layer.0.intermediate.dense"].weight,
+                           prune.prunable_linears(small)["bert.encoder.layer.0.intermediate.dense"].weight)
+
+
 def test_plan_from_scan_hits_the_total_and_spares_sensitive_groups(tiny_model):
     g = prune.groups(tiny_model, "type")
     scan = pd.DataFrame({0.5: [0.0] * len(g), 0.9: [1.0] * len(g)}, index=list(g))
@@ -252,3 +264,19 @@ def test_recovery_curve_keeps_sparsity(tiny_model, tokenizer):
     rec = prune.recovery_curve(tiny_model, tokenizer, [0.5], steps=1, limit=16)
     assert rec.loc[0, "still_sparse"] == pytest.approx(0.5, abs=1e-3)
     assert 0 <= rec.loc[0, "after"] <= 1
+
+
+@pytest.mark.parametrize("scope, method", [("layer", "magnitude"), ("global", "magnitude"), ("global", "random")])
+def test_slider_fast_path_matches_magnitude(baseline, scope, method):
+    """The sliders' pre-ranked pruning zeroes the same weights as prune.magnitude (up to ties in |w|)."""
+    base, _, _ = prune._quick_setup()
+    reference = prune.magnitude(base, 0.6, scope, method)
+    fast = prune._pruned_baseline(0.6, scope, method)
+    ref_layers, fast_layers = prune.prunable_linears(reference), prune.prunable_linears(fast)
+    differ = sum(int(((ref_layers[n].weight == 0) != (fast_layers[n].weight == 0)).sum()) for n in ref_layers)
+    assert prune.sparsity_of(fast)["zeros"] == prune.sparsity_of(reference)["zeros"]
+    assert differ <= 2e-5 * prune.sparsity_of(fast)["total"]
+    assert prune.sparsity_of(base)["sparsity"] < 0.01  # the shared baseline is never touched
+    for n, m in fast_layers.items():  # kept weights hold the baseline's values
+        kept = m.weight != 0
+        assert torch.equal(m.weight[kept], prune.prunable_linears(base)[n].weight[kept])
