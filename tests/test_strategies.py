@@ -38,6 +38,24 @@ def test_pipeline_returns_a_new_model_and_leaves_the_input_alone(tiny_model, tok
     assert out(input_ids=ids).logits.shape == (1, 2)
 
 
+def test_distilled_recovery_learns_from_the_input_model(tiny_model, tokenizer, monkeypatch):
+    from labkit import prune
+
+    seen = {}
+    real = prune.recover
+
+    def spy(model, tokenizer, **options):
+        seen.update(options)
+        return real(model, tokenizer, **options)
+
+    monkeypatch.setattr(prune, "recover", spy)
+    steps = [("structured", {"heads": 0.5, "ffn": 0.5}), ("recover", {"steps": 1, "batch_size": 4, "distill": True})]
+    out = strategies.run_pipeline(tiny_model, tokenizer, steps)
+    assert seen["teacher"] is tiny_model and "distill" not in seen
+    assert steps[1][1]["distill"] is True  # the caller's options are not consumed
+    assert out.bert.encoder.layer[0].intermediate.dense.out_features == 32
+
+
 def test_every_shipped_configuration_is_valid():
     for name, steps in strategies.configurations().items():
         strategies.validate(steps)
