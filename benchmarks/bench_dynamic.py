@@ -57,13 +57,15 @@ def int8(base, tok, test) -> pd.DataFrame:
     return df
 
 
-def gradual(base, tok, test, steps: int) -> pd.DataFrame:
+def gradual(base, tok, test, steps: int, distill: bool = False, lr: float = 5e-5) -> pd.DataFrame:
     """Gradual (cubic) vs one-shot magnitude pruning to 70%, the same fine-tune steps and batches."""
     rows = [{"model": "fp32 baseline", "accuracy": _acc(base, tok, test), "sparsity": 0.0, "seconds": 0.0}]
+    how = "distilled" if distill else "steps"
     for schedule in ("cubic", "oneshot"):
         t0 = time.perf_counter()
-        pruned, _ = dynamic.prune_finetune(base, tok, 0.7, steps, schedule=schedule)
-        rows.append({"model": f"{schedule} 70% + {steps} steps", "accuracy": _acc(pruned, tok, test),
+        pruned, _ = dynamic.prune_finetune(base, tok, 0.7, steps, schedule=schedule, lr=lr,
+                                           teacher=base if distill else None)
+        rows.append({"model": f"{schedule} 70% + {steps} {how}", "accuracy": _acc(pruned, tok, test),
                      "sparsity": dynamic.weight_sparsity(pruned), "seconds": time.perf_counter() - t0})
     df = pd.DataFrame(rows)
     df["loss_pts"] = 100 * (df["accuracy"].iloc[0] - df["accuracy"])
@@ -75,6 +77,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", choices=["tokens", "int8", "gradual", "all"], default="all")
     parser.add_argument("--steps", type=int, default=20 if fast_mode() else 200)
+    parser.add_argument("--distill", action="store_true", help="gradual part: half the loss distils the dense model")
+    parser.add_argument("--lr", type=float, default=5e-5, help="gradual part: learning rate")
     args = parser.parse_args()
     base, tok = model.load_baseline(progress=False)
     test = data.split("test")
@@ -90,8 +94,9 @@ def main() -> None:
         print("\n## dynamic int8 (target: within 1 pt of fp32)\n")
         print(int8(base, tok, test).to_string(**fmt))
     if args.part in ("gradual", "all"):
-        print(f"\n## gradual vs one-shot pruning to 70% ({args.steps} steps, batch 16, cubic ramp over 70% of them)\n")
-        print(gradual(base, tok, test, args.steps).to_string(**fmt))
+        print(f"\n## gradual vs one-shot pruning to 70% ({args.steps} steps, batch 16, lr {args.lr:g}, "
+              f"cubic ramp over 70% of them{', distilled' if args.distill else ''})\n")
+        print(gradual(base, tok, test, args.steps, args.distill, args.lr).to_string(**fmt))
 
 
 if __name__ == "__main__":

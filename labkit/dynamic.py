@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import data, measure
+from . import data, measure, prune
 from .checks import _close, exercise
 
 # (query, key) attribute names of self-attention modules in common HF encoders (BERT family, DistilBERT, others).
@@ -495,12 +495,13 @@ def weight_sparsity(model: nn.Module) -> float:
 
 
 def prune_finetune(model: nn.Module, tokenizer, final_sparsity: float, steps: int, schedule: str = "cubic",
-                   ramp: float = 0.7, batch_size: int = 16, lr: float = 5e-5, seed: int = 0, inplace: bool = False
-                   ) -> tuple[nn.Module, pd.DataFrame]:
+                   ramp: float = 0.7, batch_size: int = 16, lr: float = 5e-5, seed: int = 0, inplace: bool = False,
+                   teacher: nn.Module | None = None) -> tuple[nn.Module, pd.DataFrame]:
     """Fine-tune while pruning encoder Linears by magnitude: 'cubic' (gradual) or 'oneshot' (all at step 0).
 
     The cubic schedule reaches `final_sparsity` after `ramp` of the steps; the rest recover at that sparsity.
     Both take the same `steps` optimizer steps on the same batches, so only the pruning schedule differs.
+    With a `teacher` (the dense model), half the loss is distillation towards its outputs (as prune.recover).
     Returns the pruned model and its history (step, target sparsity, loss).
     """
     if not 0 < ramp <= 1:
@@ -519,6 +520,8 @@ def prune_finetune(model: nn.Module, tokenizer, final_sparsity: float, steps: in
     ramp_steps = max(1, int(ramp * steps))
     history, step, done = [], 0, -1.0
     model.train()
+    if teacher is not None:
+        teacher.eval()
     while step < steps:
         for batch in data.batches(train["text"], train["label"], tokenizer, batch_size, shuffle_seed=seed + step):
             target = final_sparsity if schedule == "oneshot" else cubic_schedule(step, ramp_steps, final_sparsity)
@@ -527,7 +530,10 @@ def prune_finetune(model: nn.Module, tokenizer, final_sparsity: float, steps: in
                     keep[n] = prune_smallest(lin.weight, keep[n], target)
                 done = target
             _apply(lins, keep)
-            loss = model(**batch.inputs, labels=batch.labels).loss
+            out = model(**batch.inputs, labels=batch.labels)
+            loss = out.loss
+            if teacher is not None:
+                loss = 0.5 * loss + 0.5 * prune._distill_loss(out.logits, teacher, batch, 2.0)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()

@@ -130,6 +130,13 @@ def test_prune_finetune_reaches_sparsity_and_keeps_mask(tiny_model, tokenizer):
         dynamic.prune_finetune(tiny_model, tokenizer, 0.5, 2, schedule="linear")
 
 
+def test_prune_finetune_with_a_teacher_distils_without_touching_it(tiny_model, tokenizer):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    model, hist = dynamic.prune_finetune(tiny_model, tokenizer, 0.5, steps=2, batch_size=4, teacher=tiny_model)
+    assert dynamic.weight_sparsity(model) == pytest.approx(0.5, abs=1e-3) and hist["loss"].notna().all()
+    assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
+
+
 def test_fake_int8_matches_torch_quantize(tiny_model):
     x = torch.randn(64) * 3
     lo, hi = x.min(), x.max()
