@@ -91,7 +91,7 @@ def configurations() -> dict[str, list[tuple[str, dict]]]:
         "structured + recover + token + int8": [small, recover, token, ("int8", {})],
         # Milder cut (half the FFN neurons kept), a longer fine-tune that distils the baseline, then int8.
         "mild structured + distill + int8": [("structured", {"heads": 1 / 3, "ffn": 0.5}),
-                                             ("recover", {"distill": True, "steps": 20 if fast_mode() else 300}),
+                                             ("recover", {"distill": True, "steps": 20 if fast_mode() else 600}),
                                              ("int8", {})],
     }
 
@@ -376,7 +376,7 @@ def dashboard_history() -> pd.DataFrame:
 
 def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Result]:
     """Rows for `python -m labkit tour`: the combined pipelines that single techniques do not cover."""
-    keep = ["structured + recover + int8", "structured + recover + token + int8"]
+    keep = ["structured + recover + int8", "structured + recover + token + int8", "mild structured + distill + int8"]
     configs = {k: v for k, v in configurations().items() if k in keep}
     rows = []
     for name, steps in configs.items():
