@@ -84,8 +84,8 @@ def main() -> None:
     args = parser.parse_args()
     base, tok = model.load_baseline(progress=False)
     test = data.split("test")
-    print(f"CPU: {measure.cpu_name()}, threads: {torch.get_num_threads()}, fast mode: {fast_mode()}, "
-          f"test snippets: {len(test)}")
+    print(f"CPU: {measure.cpu_name()} ({measure.cpu_features()}), threads: {torch.get_num_threads()}, "
+          f"fast mode: {fast_mode()}, test snippets: {len(test)}")
     fmt = dict(index=False, float_format=lambda v: f"{v:.3f}")
     if args.part in ("tokens", "all"):
         print("\n## token pruning (target: keep 0.5 from L2 >= 1.3x at b32, <= 2 pts)\n")

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     base, tok = model.load_baseline()
     print(f"baseline: {'fast (CI)' if fast_mode() else 'full'}; recovery steps: {steps}; "
-          f"CPU: {measure.cpu_name()}, threads: {torch.get_num_threads()}", flush=True)
+          f"CPU: {measure.cpu_name()} ({measure.cpu_features()}), threads: {torch.get_num_threads()}", flush=True)
     torch_pruned = prune.torch_prune(base, 0.5)
     torch_removed = prune.torch_prune(base, 0.5)
     for layer in prune.prunable_linears(torch_removed).values():

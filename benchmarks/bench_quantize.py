@@ -78,8 +78,8 @@ def section_int8(base, tok, reference, labels) -> None:
     df["size_x_vs_fp32"] = fp["size_mb"] / df["size_mb"]
     df["speedup_b32"] = fp["b32_ms"] / df["b32_ms"]
     df["speedup_b1"] = fp["b1_ms"] / df["b1_ms"]
-    print(f"\nReal int8 on {measure.cpu_name()}, {torch.get_num_threads()} threads; batch 32 = "
-          f"{lat32['fp32']['seq_len']} tokens padded; median of {lat32['fp32']['repeats']} interleaved runs")
+    print(f"\nReal int8 on {measure.cpu_name()} ({measure.cpu_features()}), {torch.get_num_threads()} threads; "
+          f"batch 32 = {lat32['fp32']['seq_len']} tokens padded; median of {lat32['fp32']['repeats']} interleaved runs")
     print(df.to_string(float_format=lambda v: f"{v:.3f}"))
     enc_fp32, enc_int8 = _linear_weight_bytes(base), _linear_weight_bytes(models["labkit int8 (torch)"])
     print(f"\nencoder Linear weights serialized: fp32 {enc_fp32 / 1e6:.1f} MB, int8 {enc_int8 / 1e6:.1f} MB, "

@@ -46,7 +46,8 @@ def main() -> None:
     base, tok = model.load_baseline(progress=False)
     ffn = sparse.linear_layers(base, "ffn")
     w = base.get_submodule(ffn[0]).weight.detach()
-    print(f"CPU: {measure.cpu_name()}, threads: {torch.get_num_threads()}, torch {torch.__version__}\n")
+    print(f"CPU: {measure.cpu_name()} ({measure.cpu_features()}), threads: {torch.get_num_threads()}, "
+          f"torch {torch.__version__}\n")
 
     rt = round_trips(w[:256])
     print("Round trips (every format x f32/int8 x none/zlib/lzma), one FFN weight's first 256 rows:")

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = strategies.configurations()
     if args.steps is not None:
         configs = {k: [(n, dict(o, steps=args.steps) if n == "recover" else o) for n, o in v] for k, v in configs.items()}
-    print(f"baseline: {'fast (CI)' if fast_mode() else 'full'}; CPU: {measure.cpu_name()}, "
+    print(f"baseline: {'fast (CI)' if fast_mode() else 'full'}; CPU: {measure.cpu_name()} ({measure.cpu_features()}), "
           f"threads: {torch.get_num_threads()}", flush=True)
     reference = measure.predictions(base, tok, "test")
     labels = data.split("test")["label"].to_numpy()

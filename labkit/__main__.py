@@ -50,7 +50,7 @@ def tour(out_dir: Path = Path("reports")) -> "pd.DataFrame":
     df.to_csv(out_dir / "summary.csv", index=False)
     cols = ["name", "accuracy", "agreement", "size_mb", "size_ratio", "latency_b1_ms", "latency_b32_ms",
             "speedup_b32", "pareto", "notes"]
-    header = (f"# labkit tour\n\nCPU: {measure.cpu_name()}, threads: {results[0].threads}, "
+    header = (f"# labkit tour\n\nCPU: {measure.cpu_name()} ({measure.cpu_features()}), threads: {results[0].threads}, "
               f"LABKIT_FAST={os.environ.get('LABKIT_FAST', '0')}, test split: {len(reference)} snippets. "
               f"Latency: median of timed runs after warm-up, real snippets.\n\n")
     (out_dir / "summary.md").write_text(header + df[cols].to_markdown(index=False, floatfmt=".3f") + "\n")

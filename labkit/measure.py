@@ -72,6 +72,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_features() -> str:
+    """The vector instructions torch uses here and whether the CPU has int8 dot products (VNNI)."""
+    capability = torch.backends.cpu.get_cpu_capability()  # "AVX2", "AVX512", "DEFAULT", ...
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is None:  # not Linux, or no flags line: say nothing we have not read
+        return capability
+    # Without VNNI an int8 multiply-add takes three instructions (widen, multiply, add) instead of one.
+    vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return f"{capability}, {'with' if vnni else 'no'} VNNI"
+
+
 def latency_texts(batch_size: int) -> list[str]:
     """The real snippets timed at a batch size: a fixed sample of the test split (median length at batch 1)."""
     pool = list(data.split("test").sample(frac=1.0, random_state=data.SEED)["text"].head(max(32, batch_size)))

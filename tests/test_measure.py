@@ -48,3 +48,16 @@ def test_table_ratios_against_the_baseline():
     assert df.loc["small", "size_ratio"] == 4.0 and df.loc["small", "speedup_b32"] == 2.0
     with pytest.raises(ValueError, match="No result named"):
         measure.table(rows, baseline="nope")
+
+
+def test_cpu_features_reads_the_vnni_flag(monkeypatch, tmp_path):
+    import builtins
+
+    real_open = builtins.open
+    for flags, expected in [("fpu avx2 fma", "no VNNI"), ("fpu avx2 avx512f avx512_vnni", "with VNNI"),
+                            ("fpu avx2 avx_vnni", "with VNNI")]:
+        fake = tmp_path / "cpuinfo"
+        fake.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(fake if p == "/proc/cpuinfo" else p, *a, **k))
+        text = measure.cpu_features()
+        assert text.startswith(torch.backends.cpu.get_cpu_capability()) and text.endswith(expected)
