@@ -208,6 +208,8 @@ def test_to_int8_onnxruntime_matches_fp32(tiny_model):
         assert torch.allclose(q(**x).logits, tiny_model(**x).logits, atol=0.05)
     assert measure.serialized_bytes(q) >= q.onnx_model.numel()  # the ONNX file itself is what gets counted
     assert measure.serialized_bytes(tiny_model) / q.onnx_model.numel() > 3
+    # idle ORT threads must not spin: they would slow whatever model is timed next to it
+    assert q.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_observers():
