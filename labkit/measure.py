@@ -59,31 +59,35 @@ def agreement(preds: np.ndarray, reference: np.ndarray) -> float:
     return float((preds == reference).mean())
 
 
-@lru_cache(maxsize=1)
-def cpu_name() -> str:
-    """The CPU's model name, as the OS reports it."""
+CPUINFO = "/proc/cpuinfo"
+
+
+def _cpuinfo(field: str) -> str | None:
+    """The first value of a /proc/cpuinfo field ("model name", "flags"), or None where there is no such file."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(CPUINFO) as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name, as the OS reports it."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_features() -> str:
     """The vector instructions torch uses here and whether the CPU has int8 dot products (VNNI)."""
     capability = torch.backends.cpu.get_cpu_capability()  # "AVX2", "AVX512", "DEFAULT", ...
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
-    except OSError:
-        flags = None
+    flags = _cpuinfo("flags")
     if flags is None:  # not Linux, or no flags line: say nothing we have not read
         return capability
     # Without VNNI an int8 multiply-add takes three instructions (widen, multiply, add) instead of one.
-    vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    vnni = any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
     return f"{capability}, {'with' if vnni else 'no'} VNNI"
 
 

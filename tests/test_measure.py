@@ -51,13 +51,13 @@ def test_table_ratios_against_the_baseline():
 
 
 def test_cpu_features_reads_the_vnni_flag(monkeypatch, tmp_path):
-    import builtins
-
-    real_open = builtins.open
+    fake = tmp_path / "cpuinfo"
+    monkeypatch.setattr(measure, "CPUINFO", str(fake))
     for flags, expected in [("fpu avx2 fma", "no VNNI"), ("fpu avx2 avx512f avx512_vnni", "with VNNI"),
                             ("fpu avx2 avx_vnni", "with VNNI")]:
-        fake = tmp_path / "cpuinfo"
-        fake.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(fake if p == "/proc/cpuinfo" else p, *a, **k))
+        fake.write_text(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n")
         text = measure.cpu_features()
         assert text.startswith(torch.backends.cpu.get_cpu_capability()) and text.endswith(expected)
+    assert measure._cpuinfo("model name") == "Test CPU"  # what cpu_name() reports (cached per process)
+    fake.unlink()  # no cpuinfo at all: only what torch itself reports
+    assert measure.cpu_features() == torch.backends.cpu.get_cpu_capability()
