@@ -53,4 +53,4 @@ lab: $(STAMP)
 # The capstone as a page of widgets and plots only (Voila), on http://127.0.0.1:8866
 workshop: $(STAMP)
 	$(VENV)/bin/voila --Voila.ip=127.0.0.1 --port=8866 --no-browser --progressive_rendering=True \
-		notebooks/06_capstone_dashboard.ipynb
+		notebooks/07_capstone_dashboard.ipynb

@@ -20,18 +20,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
 import conftest as lab  # noqa: E402  (server and browser settings shared with the browser tests)
-from labdriver import move, open_notebook, panel_output, run_all, slider, wait_output  # noqa: E402
+from labdriver import move, open_notebook, panel_cell, panel_output, run_all, slider, wait_output  # noqa: E402
 
-# notebook, slider label, key towards new values, key back, index of the panel's cell
-NOTEBOOKS = [("02_quantization.ipynb", "bits", "ArrowLeft", "ArrowRight", 7),
-             ("03_pruning.ipynb", "sparsity", "ArrowRight", "ArrowLeft", 9),
-             ("06_capstone_dashboard.ipynb", "sparsity", "ArrowRight", "ArrowLeft", 3)]
+# notebook, slider label, key towards new values, key back (the panel's cell is found in the notebook)
+NOTEBOOKS = [("02_quantization.ipynb", "bits", "ArrowLeft", "ArrowRight"),
+             ("03_pruning.ipynb", "sparsity", "ArrowRight", "ArrowLeft"),
+             ("07_capstone_dashboard.ipynb", "sparsity", "ArrowRight", "ArrowLeft")]
 
 
-def bench(page, base: str, notebook: str, label: str, fwd: str, back: str, through: int, moves: int) -> dict:
+def bench(page, base: str, notebook: str, label: str, fwd: str, back: str, moves: int) -> dict:
     """Run the notebook down to its panel, then `moves` fresh moves and `moves` moves back over cached points."""
     open_notebook(page, base, notebook)
-    run_all(page, through)
+    run_all(page, panel_cell(ROOT / "notebooks" / notebook))
     box = slider(page, label)
     box.scroll_into_view_if_needed()
     out = panel_output(page, box)

@@ -1,37 +1,20 @@
-"""Exercise answers: `checks.check("00.float64_bytes", answer)` says right, or gives a hint; `progress()` lists them."""
+"""Exercise answers: `checks.check("02.linear_quantize", linear_quantize)` says right, not attempted yet, or
+gives a hint aimed at the mistake; `use` plugs a learner's function into the real model; `progress()` lists them."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
-from dataclasses import dataclass
+import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 
+from .exercises import REGISTRY, Exercise, Mistake, NotAttempted, load_all
 
-@dataclass
-class Exercise:
-    """One exercise: how to check an answer, a hint for a wrong one, and the reference solution."""
-
-    key: str  # "<notebook>.<name>", e.g. "02.symmetric_round"
-    question: str
-    check: Callable[[Any], bool]
-    solution: Callable[[], Any]
-    hint: str
-
-
-_EXERCISES: dict[str, Exercise] = {}
-
-
-def exercise(key: str, question: str, hint: str, solution: Callable[[], Any]):
-    """Register a check function `answer -> bool` under `key` (decorator)."""
-    def register(fn: Callable[[Any], bool]) -> Callable[[Any], bool]:
-        _EXERCISES[key] = Exercise(key, question, fn, solution, hint)
-        return fn
-    return register
+NOT_ATTEMPTED = "not attempted yet"
 
 
 def _progress_file() -> Path:
@@ -52,104 +35,85 @@ def _mark_solved(key: str) -> None:
     try:
         path = _progress_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(sorted(solved)))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(solved)))
+        tmp.replace(path)  # atomic: a kernel killed mid-write leaves the old file
     except OSError:
         pass  # progress is a convenience; a read-only home must not break an exercise
 
 
 def get(key: str) -> Exercise:
     """The registered exercise `key`; a typo gets the list of valid keys."""
-    _load_all()
-    if key not in _EXERCISES:
-        raise ValueError(f"Unknown exercise {key!r}; known: {', '.join(sorted(_EXERCISES))}.")
-    return _EXERCISES[key]
+    load_all()
+    if key not in REGISTRY:
+        raise ValueError(f"Unknown exercise {key!r}; known: {', '.join(sorted(REGISTRY))}.")
+    return REGISTRY[key]
+
+
+def diagnose(key: str, answer: Any) -> str | None:
+    """None when `answer` solves exercise `key`, NOT_ATTEMPTED for a placeholder, else the hint for its mistake."""
+    ex = get(key)
+    try:
+        mistake = ex.check(answer)
+    except NotAttempted:
+        return NOT_ATTEMPTED
+    except Mistake as m:
+        return ex.hint(m.name) + (f" ({m.detail})" if m.detail and m.detail != m.name else "")
+    except Exception as err:  # the learner's code raised: say what, in one line, never a traceback from labkit
+        return f"your answer raised {type(err).__name__}: {err}. " + ex.hint("wrong")
+    return None if mistake is None else ex.hint(mistake)
 
 
 def check(key: str, answer: Any, quiet: bool = False) -> bool:
-    """True if `answer` solves exercise `key`; prints a hint when it does not."""
-    ex = get(key)
-    try:
-        ok = bool(ex.check(answer))
-    except Exception as err:  # a learner's answer of the wrong type is a wrong answer, with a hint
-        ok, extra = False, f" ({type(err).__name__}: {err})"
-    else:
-        extra = ""
-    if ok:
+    """True if `answer` solves exercise `key`; otherwise prints "not attempted yet" or a hint, and returns False."""
+    verdict = diagnose(key, answer)
+    if verdict is None:
         _mark_solved(key)
     if not quiet:
-        print(f"✅ {key}: correct." if ok else f"❌ {key}: not yet{extra}. Hint: {ex.hint}")
-    return ok
+        if verdict is None:
+            print(f"✅ {key}: correct.")
+        elif verdict == NOT_ATTEMPTED:
+            print(f"⏳ {key}: {NOT_ATTEMPTED}. {get(key).question}")
+        else:
+            print(f"❌ {key}: not yet. Hint: {verdict}")
+    return verdict is None
 
 
-def solution(key: str) -> Any:
-    """The reference answer of exercise `key` (for teachers, and for the tests)."""
+def use(key: str, answer: Callable) -> Callable:
+    """The learner's function when it passes its check, else labkit's reference (saying so), for the real model."""
+    if diagnose(key, answer) is None:
+        print(f"using your {getattr(answer, '__name__', 'answer')} ({key}).")
+        return answer
+    print(f"using labkit's reference for {key} until yours passes its check.")
     return get(key).solution()
 
 
-def exercises(notebook: str | None = None) -> list[str]:
-    """Keys of all exercises, or of one notebook's ("00", "02", ...)."""
-    _load_all()
-    return sorted(k for k in _EXERCISES if notebook is None or k.split(".")[0] == notebook)
+def solution(key: str) -> Any:
+    """The reference answer of exercise `key` (a value, or a function for code exercises)."""
+    return get(key).solution()
+
+
+def reveal(key: str) -> None:
+    """Print the reference answer of exercise `key`: the source of a function, or the value."""
+    answer = solution(key)
+    print(textwrap.dedent(inspect.getsource(answer)) if callable(answer) else repr(answer))
+
+
+def hints(key: str) -> dict[str, str]:
+    """Every targeted hint of exercise `key`, by the mistake it answers."""
+    return dict(get(key).hints)
+
+
+def exercises(notebook: str | None = None, kind: str | None = None) -> list[str]:
+    """Keys of all exercises, or of one notebook's ("00", "02", ...), optionally of one kind ("code", "value")."""
+    load_all()
+    return sorted(k for k, ex in REGISTRY.items()
+                  if (notebook is None or k.split(".")[0] == notebook) and (kind is None or ex.kind == kind))
 
 
 def progress() -> pd.DataFrame:
     """Which exercises of which notebook are solved."""
     solved = _solved()
-    rows = [{"notebook": k.split(".")[0], "exercise": k, "solved": k in solved, "question": get(k).question}
-            for k in exercises()]
+    rows = [{"notebook": k.split(".")[0], "exercise": k, "kind": get(k).kind, "solved": k in solved,
+             "question": get(k).question} for k in exercises()]
     return pd.DataFrame(rows)
-
-
-def _close(a: float, b: float, rel: float = 1e-6) -> bool:
-    return abs(float(a) - float(b)) <= rel * max(1.0, abs(float(b)))
-
-
-def _load_all() -> None:
-    """Exercises defined in the technique modules register themselves on import."""
-    import importlib
-
-    for name in ("sparse", "quantize", "prune", "dynamic", "strategies"):
-        try:
-            importlib.import_module(f"labkit.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"labkit.{name}":
-                raise
-
-
-# --- 00: baseline and myths ----------------------------------------------------------------------
-
-def _float64_bytes_solution() -> int:
-    # The FFN up-projection of one layer: 1536 x 384 weights, 8 bytes each after the cast.
-    return 1536 * 384 * 8
-
-
-@exercise("00.float64_bytes",
-          "How many bytes does one 1536x384 float32 weight matrix take after the cast to float64?",
-          "count the weights (rows x columns), then multiply by the bytes of one float64 number.",
-          _float64_bytes_solution)
-def _check_float64_bytes(answer: Any) -> bool:
-    return _close(answer, _float64_bytes_solution())
-
-
-def _int8_bytes_solution() -> int:
-    return 1536 * 384 * 1 + 4 + 4  # int8 codes plus one float32 scale and one int32 zero point
-
-
-@exercise("00.int8_bytes",
-          "And with one int8 code per weight plus a float32 scale and an int32 zero point for the matrix?",
-          "one byte per weight, plus 4 bytes for the scale and 4 for the zero point.",
-          _int8_bytes_solution)
-def _check_int8_bytes(answer: Any) -> bool:
-    return _close(answer, _int8_bytes_solution())
-
-
-def _mask_shape_solution() -> tuple[int, int]:
-    return (1536, 384)
-
-
-@exercise("00.mask_shape",
-          "What shape does the weight keep after a correct 50% magnitude mask? (a tuple)",
-          "a mask multiplies: it zeroes entries but keeps every row and column where the layer expects it.",
-          _mask_shape_solution)
-def _check_mask_shape(answer: Any) -> bool:
-    return tuple(int(x) for x in np.atleast_1d(answer)) == _mask_shape_solution()

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from . import data, measure, prune
-from .checks import _close, exercise
 
 # (query, key) attribute names of self-attention modules in common HF encoders (BERT family, DistilBERT, others).
 _QK_NAMES = (("query", "key"), ("q_lin", "k_lin"), ("q_proj", "k_proj"))
@@ -558,43 +557,3 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Res
                              notes="tokens ranked by attention received from all tokens"),
             measure.evaluate("dynamic int8 (torch)", dynamic_int8(model), tokenizer, reference,
                              notes="int8 weights, per-batch activation scales")]
-
-
-# --- exercises (notebook 04) ---------------------------------------------------------------------------
-
-def _keep_solution() -> int:
-    return keep_count(26, 0.3)  # ceil(7.8)
-
-
-@exercise("04.keep_count",
-          "A snippet of 26 real tokens ([CLS] and [SEP] included) goes through token pruning with keep_ratio=0.3. "
-          "How many tokens do the later layers see?",
-          "labkit keeps ceil(keep_ratio * real length) tokens: multiply, then round UP.",
-          _keep_solution)
-def _check_keep(answer: Any) -> bool:
-    return int(answer) == _keep_solution() and float(answer) == int(answer)
-
-
-def _cubic_solution() -> float:
-    return 0.8 * (1 - (1 - 50 / 100) ** 3)
-
-
-@exercise("04.cubic_midpoint",
-          "A cubic schedule from 0 to 80% sparsity over 100 steps: what sparsity is reached at step 50?",
-          "s = final * (1 - (1 - step/total)**3): at half time most of the pruning is already done.",
-          _cubic_solution)
-def _check_cubic(answer: Any) -> bool:
-    return _close(answer, _cubic_solution())
-
-
-def _scale_solution() -> float:
-    return (3.1 - (-2.0)) / 255
-
-
-@exercise("04.dynamic_scale",
-          "Dynamic quantization sees a batch whose Linear input spans [-2.0, 3.1]. What asymmetric 8-bit scale "
-          "does it use for that batch?",
-          "the 256 codes 0..255 must span max - min of THIS batch: scale = (max - min) / 255.",
-          _scale_solution)
-def _check_scale(answer: Any) -> bool:
-    return _close(answer, _scale_solution())

@@ -22,7 +22,6 @@ from torch import nn
 
 from . import data, fast_mode, measure
 from . import model as lk_model
-from .checks import exercise
 
 SCOPES = ("layer", "global")
 METHODS = ("magnitude", "random")
@@ -530,63 +529,6 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Res
     rows.append(measure.evaluate(f"prune: {label} +{steps} steps", small, tokenizer, reference,
                                  notes=f"structured: smaller Linear layers ({time.perf_counter() - t0:.0f} s)"))
     return rows
-
-
-# --- exercises ------------------------------------------------------------------------------------
-
-def _remaining_solution() -> int:
-    return 1536 * 384 - round(0.7 * 1536 * 384)
-
-
-@exercise("03.remaining_weights",
-          "A 1536x384 FFN weight is magnitude-pruned to 70% sparsity. How many weights are left non-zero?",
-          "count the weights, then remove round(0.7 * count) of them.",
-          _remaining_solution)
-def _check_remaining(answer) -> bool:
-    return int(answer) == _remaining_solution()
-
-
-def _head_params_solution() -> int:
-    # 4 heads of size 32: rows of query/key/value (weights + biases) and columns of the output projection.
-    return 4 * 32 * (3 * 384 + 3) + 4 * 32 * 384
-
-
-@exercise("03.head_params",
-          "How many parameters disappear when 4 of the 12 heads (head size 32, hidden 384) are removed from "
-          "one layer's attention?",
-          "each head owns 32 rows (and 32 biases) in query, key and value, and 32 input columns of the "
-          "output projection (its bias stays).",
-          _head_params_solution)
-def _check_head_params(answer) -> bool:
-    return int(answer) == _head_params_solution()
-
-
-_EX_WEIGHT = torch.tensor([[0.9, -0.1, 0.4, -0.05], [0.2, -0.7, 0.03, 0.6]])
-
-
-def _mask_solution() -> torch.Tensor:
-    return _smallest_mask(_EX_WEIGHT.abs(), _EX_WEIGHT.numel() // 2)
-
-
-@exercise("03.magnitude_mask",
-          "Write the keep-mask (True = keep) that prunes 50% of prune._EX_WEIGHT by magnitude, layer scope.",
-          "keep the 4 largest |w| of the 8 weights: compare weight.abs() with the 4th largest.",
-          _mask_solution)
-def _check_mask(answer) -> bool:
-    answer = torch.as_tensor(answer).bool()
-    return answer.shape == _EX_WEIGHT.shape and bool((answer == _mask_solution()).all())
-
-
-def _speedup_solution() -> float:
-    return 1.0
-
-
-@exercise("03.zeros_speedup",
-          "Roughly what b32 speedup does 50% unstructured sparsity give on a CPU, with weights stored dense?",
-          "the matrix multiply still reads and multiplies every stored number, zero or not.",
-          _speedup_solution)
-def _check_speedup(answer) -> bool:
-    return 0.7 <= float(answer) <= 1.3  # "about 1x": timing noise, not a speedup
 
 
 def recovery_curve(model: nn.Module, tokenizer, sparsities, steps: int | None = None, scope: str = "global",

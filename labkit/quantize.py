@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from . import data, fast_mode, measure
-from .checks import _close, exercise
 
 SCHEMES = ("asymmetric", "symmetric")
 GRANULARITIES = ("tensor", "channel", "group")
@@ -614,53 +613,3 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Res
     rows.append(measure.evaluate("int8 (onnxruntime)", to_int8(model, backend="onnxruntime"), tokenizer,
                                  reference, notes="ONNX Runtime: int8 MatMul + embeddings, session fusions"))
     return rows
-
-
-# --- exercises for notebook 02 -----------------------------------------------------------------------
-
-def _scale_zp_solution() -> tuple[float, int]:
-    scale, zp = qparams(torch.tensor(-1.0), torch.tensor(3.0), 8, "asymmetric")
-    return float(scale), int(zp)
-
-
-@exercise("02.scale_zero_point",
-          "Values range from -1.0 to 3.0. For an 8-bit asymmetric grid (codes 0..255), give (scale, zero_point).",
-          "scale spreads the range over 255 steps; the zero point is the code that stands for 0.0: round(-min / scale).",
-          _scale_zp_solution)
-def _check_scale_zp(answer: Any) -> bool:
-    scale, zp = answer
-    return _close(scale, _scale_zp_solution()[0], 1e-4) and int(round(float(zp))) == _scale_zp_solution()[1]
-
-
-def _symmetric_round_solution() -> Callable[[torch.Tensor, int], torch.Tensor]:
-    def symmetric_codes(w: torch.Tensor, bits: int) -> torch.Tensor:
-        scale = w.abs().max() / ((2 ** bits - 1) / 2)
-        return torch.clamp(torch.round(w / scale), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-    return symmetric_codes
-
-
-@exercise("02.symmetric_round",
-          "Write symmetric_codes(w, bits): per-tensor symmetric codes (zero point 0, scale = max|w| / ((2^bits - 1) / 2)).",
-          "divide by the scale, round to the nearest integer, then clamp to [-2^(bits-1), 2^(bits-1) - 1].",
-          _symmetric_round_solution)
-def _check_symmetric_round(answer: Any) -> bool:
-    gen = torch.Generator().manual_seed(7)
-    for bits in (2, 4, 8):
-        w = torch.randn(16, 24, generator=gen)
-        want = quantize_tensor(w, bits, "symmetric", "tensor").codes.to(torch.int64)
-        if not torch.equal(torch.as_tensor(answer(w.clone(), bits)).to(torch.int64), want):
-            return False
-    return True
-
-
-def _size_4bit_solution() -> int:
-    return quantize_tensor(torch.zeros(1536, 384), 4, "asymmetric", "group", 64).nbytes()
-
-
-@exercise("02.size_4bit",
-          "Bytes of a 1536x384 weight at 4 bits, asymmetric, groups of 64 (packed codes + float32 scale "
-          "+ one byte zero point per group)?",
-          "codes: weights x 4 bits / 8; groups: 1536 rows x (384 / 64); each group stores 4 + 1 bytes.",
-          _size_4bit_solution)
-def _check_size_4bit(answer: Any) -> bool:
-    return _close(answer, _size_4bit_solution())

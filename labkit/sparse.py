@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from . import fast_mode
-from .checks import exercise
 
 FORMATS = ("dense", "coo", "coo_min", "csr", "csr_min", "bitmask", "2:4")
 VALUES = ("f32", "int8")
@@ -819,61 +818,3 @@ def tour(model: nn.Module, tokenizer, reference) -> list:
             agreement=measure.agreement(preds, ref), size_bytes=fmts[best], latency_b1_ms=lat1,
             latency_b32_ms=lat32, notes="no fine-tuning; run with torch CSR matmul; size = real artifact bytes"))
     return results
-
-
-# --- 01: exercises -------------------------------------------------------------------------------------
-
-def _close(a: float, b: float, rel: float = 1e-6) -> bool:
-    return abs(float(a) - float(b)) <= rel * max(1.0, abs(float(b)))
-
-
-def _csr_bytes_solution() -> int:
-    rows, cols, nnz = 384, 1536, int(round(0.1 * 384 * 1536))
-    return 4 * (rows + 1) + 4 * nnz + 4 * nnz  # int32 row pointers, int32 column indices, float32 values
-
-
-@exercise("01.csr_bytes",
-          "A 384x1536 float32 matrix keeps 10% of its weights (round to whole weights). How many bytes do its CSR "
-          "arrays take with int32 indices (row pointers + column indices + values, no header)?",
-          "CSR stores rows+1 row pointers, then one column index and one value per nonzero; 4 bytes each here.",
-          _csr_bytes_solution)
-def _check_csr_bytes(answer: Any) -> bool:
-    return _close(answer, _csr_bytes_solution())
-
-
-def _bitmask_break_even_solution() -> float:
-    return 1 / 32  # n/8 mask bytes + 4 bytes per kept weight <= 4n bytes  <=>  sparsity >= 1/32
-
-
-@exercise("01.bitmask_break_even",
-          "Ignoring headers, at what sparsity does bitmask + float32 values take exactly as many bytes as dense "
-          "float32? (a fraction)",
-          "the mask costs 1 bit per weight; each zeroed weight saves 32 bits. Set mask bits = saved bits.",
-          _bitmask_break_even_solution)
-def _check_bitmask_break_even(answer: Any) -> bool:
-    return _close(answer, _bitmask_break_even_solution(), rel=1e-3)
-
-
-def _index_dtype_solution() -> str:
-    return "uint16"
-
-
-@exercise("01.min_index_dtype",
-          "What is the smallest unsigned integer type that can hold every column index of a 384x1536 matrix?",
-          "column indices go from 0 to 1535; compare with the largest number 8, 16 and 32 bits can hold.",
-          _index_dtype_solution)
-def _check_index_dtype(answer: Any) -> bool:
-    return np.dtype(answer) == np.dtype(_index_dtype_solution())
-
-
-def _two_four_bytes_solution() -> int:
-    n = 384 * 384
-    return (n // 2) * 4 + (n // 2) * 2 // 8  # half the values in float32, 2 bits of position per kept value
-
-
-@exercise("01.two_four_bytes",
-          "A 384x384 matrix has 2:4 sparsity. How many bytes do its packed float32 values plus 2-bit positions take?",
-          "2 of every 4 weights are kept (4 bytes each), and each kept weight needs 2 bits to say where it sat.",
-          _two_four_bytes_solution)
-def _check_two_four_bytes(answer: Any) -> bool:
-    return _close(answer, _two_four_bytes_solution())

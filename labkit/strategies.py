@@ -16,7 +16,6 @@ from torch import nn
 
 from . import data, fast_mode, measure
 from . import model as model_lib
-from .checks import _close, exercise
 
 # --- performance optimization: pipelines a learner can reorder -------------------------------------
 
@@ -385,64 +384,3 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Res
         rows.append(measure.evaluate(f"combined: {name}", m, tokenizer, reference,
                                      notes=f"{describe(steps)} (built in {time.perf_counter() - t0:.0f} s)"))
     return rows
-
-
-# --- exercises (notebook 05) ---------------------------------------------------------------------------
-EXERCISE_TABLE = pd.DataFrame({
-    "name": ["fp32", "int8", "pruned", "pruned+int8", "tiny"],
-    "accuracy": [0.83, 0.828, 0.81, 0.805, 0.70],
-    "latency_b32_ms": [200.0, 150.0, 140.0, 90.0, 95.0],
-    "size_bytes": [91e6, 23e6, 66e6, 17e6, 18e6],
-})
-
-
-def _pareto_solution() -> list[str]:
-    return sorted(EXERCISE_TABLE[pareto_front(EXERCISE_TABLE)]["name"])
-
-
-@exercise("05.pareto", "Which rows of strategies.EXERCISE_TABLE are on the Pareto front? (a list of names)",
-          "a row is off the front only if another row is at least as good on accuracy, latency and size, and better "
-          "on one; 'tiny' is slower, bigger and less accurate than one other row.", _pareto_solution)
-def _check_pareto(answer: Any) -> bool:
-    return sorted(str(a) for a in answer) == _pareto_solution()
-
-
-def _order_solution() -> list[str]:
-    return ["structured", "recover", "int8"]
-
-
-@exercise("05.order", "Order int8, structured and recover so that labkit accepts the pipeline (a list of names).",
-          "pruning and fine-tuning need float weights; recovering only makes sense after something was removed.",
-          _order_solution)
-def _check_order(answer: Any) -> bool:
-    names = [str(a) for a in answer]
-    if sorted(names) != ["int8", "recover", "structured"]:
-        return False
-    validate([(n, {}) for n in names])
-    return names.index("structured") < names.index("recover")
-
-
-def _throughput_solution() -> float:
-    return 32 / 0.250
-
-
-@exercise("05.throughput", "A batch of 32 snippets takes 250 ms. How many snippets per second is that?",
-          "divide the snippets in a batch by the batch's time in seconds (250 ms = 0.25 s).", _throughput_solution)
-def _check_throughput(answer: Any) -> bool:
-    return _close(answer, _throughput_solution(), rel=1e-3)
-
-
-def _fastest_solution() -> str:
-    baseline = dashboard_point()  # measured once per session (cached), so the answer always has a reference
-    history = dashboard_history()
-    ok = history[~history["simulated"] & (history["accuracy"] >= baseline["accuracy"] - 0.02)]
-    return ok.sort_values("latency_b32_ms").iloc[0]["name"]
-
-
-@exercise("06.fastest_within_2_points",
-          "Of the dashboard points measured so far, which real (not simulated) one is fastest within 2 points "
-          "of the baseline's accuracy? (its name)",
-          "keep the rows with simulated == False and accuracy >= baseline accuracy - 0.02, then take the one with "
-          "the smallest latency_b32_ms.", _fastest_solution)
-def _check_fastest(answer: Any) -> bool:
-    return str(answer) == _fastest_solution()

@@ -263,12 +263,3 @@ def test_bits_point_is_cached_and_sweep_streams(baseline):
     assert p["fp32_bytes"] / p["size_bytes"] > 1.5  # Linear weights packed to 8 bits, embeddings still float
     rows = list(Q.sweep(bits=(8,), granularities=("channel",), limit=40))
     assert rows[0]["done"] == rows[0]["total"] == 1 and rows[0]["accuracy"] == p["accuracy"]
-
-
-def test_exercises_are_registered():
-    from labkit import checks
-
-    keys = checks.exercises("02")
-    assert {"02.scale_zero_point", "02.symmetric_round", "02.size_4bit"} <= set(keys)
-    assert not checks.check("02.size_4bit", 1536 * 384 // 2, quiet=True)  # forgetting the scales is wrong
-    assert checks.check("02.scale_zero_point", (4 / 255, 64), quiet=True)

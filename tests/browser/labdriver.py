@@ -125,3 +125,14 @@ def move(page, slider_box, output, key: str, timeout_s: float = 60) -> tuple[flo
                            " && (el.innerText.trim().length > 0 || el.querySelector('img'))",
                            arg=[el, before], timeout=timeout_s * 1000, polling="raf")
     return time.perf_counter() - t0, output.inner_html()
+
+
+def panel_cell(path) -> int:
+    """Index of a notebook's first cell that builds a live panel (`widgets.live(`): found, never hard-coded."""
+    import json
+
+    cells = json.loads(open(path, encoding="utf-8").read())["cells"]
+    for i, cell in enumerate(cells):
+        if "widgets.live(" in "".join(cell["source"]):
+            return i
+    raise AssertionError(f"{path} has no cell that calls widgets.live(")

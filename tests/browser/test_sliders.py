@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from labdriver import NB, menu, move, open_notebook, panel_output, readout, run_all, slider, wait_output, wait_prompt
+from labdriver import (NB, menu, move, open_notebook, panel_cell, panel_output, readout, run_all, slider, wait_output,
+                       wait_prompt)
 
-# notebook, slider label, key that moves it one step from its initial value, index of the panel's cell.
+# notebook, slider label, key that moves it one step from its initial value.
 # Each notebook runs from the top through its panel (Run All Above + the cell): the rest (nbval covers it)
 # would not fit the 5-minute budget of these tests on 2 cores.
 CASES = [
-    ("02_quantization.ipynb", "bits", "ArrowLeft", 7),
-    ("03_pruning.ipynb", "sparsity", "ArrowRight", 9),
-    ("06_capstone_dashboard.ipynb", "sparsity", "ArrowRight", 3),
+    ("02_quantization.ipynb", "bits", "ArrowLeft"),
+    ("03_pruning.ipynb", "sparsity", "ArrowRight"),
+    ("07_capstone_dashboard.ipynb", "sparsity", "ArrowRight"),
 ]
 
 
-@pytest.mark.parametrize("notebook, label, key, through", CASES, ids=[c[0].split("_")[0] for c in CASES])
-def test_slider_updates_panel(page, lab_url, lab_root, shots, notebook, label, key, through):
+@pytest.mark.parametrize("notebook, label, key", CASES, ids=[c[0].split("_")[0] for c in CASES])
+def test_slider_updates_panel(page, lab_url, lab_root, shots, notebook, label, key):
     if not (lab_root / notebook).exists():
         pytest.skip(f"{notebook} is not in this checkout")
+    through = panel_cell(lab_root / notebook)
     try:
         open_notebook(page, lab_url, notebook)
         run_all(page, through)
@@ -43,7 +45,8 @@ def test_slider_updates_panel(page, lab_url, lab_root, shots, notebook, label, k
 
 def test_kernel_restart_then_run_again(page, lab_url, lab_root, shots):
     """A learner restarts the kernel mid-notebook and runs down to the panel again: it works and still answers."""
-    notebook, label, key, through = CASES[0]
+    notebook, label, key = CASES[0]
+    through = panel_cell(lab_root / notebook)
     try:
         open_notebook(page, lab_url, notebook)
         ran = run_all(page, through)

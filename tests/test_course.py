@@ -1,0 +1,78 @@
+"""The learner edition is generated from the solved one, is in step with it, and shows no answer."""
+
+import json
+import re
+
+import pytest
+
+from labkit import checks, course
+
+LEARNER = sorted(course.LEARNER_DIR.glob("*.ipynb"))
+CODE_KEYS = checks.exercises(kind="code")
+
+
+def _code(path) -> str:
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
+def test_committed_learner_edition_equals_what_the_generator_makes():
+    assert course.stale() == [], "run `python -m labkit.course build` and commit notebooks/"
+
+
+def test_every_source_has_a_learner_notebook_and_the_reverse():
+    assert [p.name for p in course.sources()] == [p.name for p in LEARNER]
+
+
+@pytest.mark.parametrize("path", LEARNER, ids=[p.stem[:2] for p in LEARNER])
+def test_learner_edition_holds_no_solution_and_no_assert_on_a_check(path):
+    code = _code(path)
+    assert "BEGIN SOLUTION" not in code and "HIDDEN TESTS" not in code
+    assert not re.search(r"^\s*assert checks\.check\(", code, re.M)
+
+
+@pytest.mark.parametrize("key", CODE_KEYS)
+def test_no_code_answer_is_visible_in_the_learner_edition(key):
+    import inspect
+
+    ref = inspect.getsource(checks.solution(key))
+    body = [ln.strip() for ln in ref.splitlines()[1:] if ln.strip() and not ln.strip().startswith(("#", '"""'))]
+    code = "\n".join(_code(p) for p in LEARNER)
+    shown = [ln for ln in body if len(ln) > 25 and ln in code]
+    assert not shown, f"{key}: the learner edition shows lines of the reference: {shown}"
+
+
+@pytest.mark.parametrize("key", checks.exercises())
+def test_every_exercise_is_checked_in_its_solved_notebook(key):
+    nb = next(p for p in course.sources() if p.name.startswith(key.split(".")[0]))
+    assert f'assert checks.check("{key}"' in _code(nb), f"{nb.name} never asserts the check of {key}"
+
+
+def test_solution_regions_become_stubs():
+    src = "\n".join(["def f(x):", "    ### BEGIN SOLUTION", "    return x + 1", "    ### END SOLUTION",
+                     "### BEGIN SOLUTION", "a, b = 1, 2", "c = a", "### END SOLUTION",
+                     "### BEGIN HIDDEN TESTS", "assert f(1) == 2", "### END HIDDEN TESTS",
+                     'assert checks.check("00.x", c)'])
+    out = course.learner_source(src)
+    assert out.splitlines() == ["def f(x):", "    # YOUR CODE HERE", "    ...", "# YOUR CODE HERE",
+                                "a, b = ..., ...", "c = ...", 'checks.check("00.x", c)']
+
+
+@pytest.mark.parametrize("src", ["### BEGIN SOLUTION\nx = 1", "x = 1\n### END SOLUTION",
+                                 "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION"])
+def test_unbalanced_markers_are_a_clear_error(src):
+    with pytest.raises(ValueError, match="SOLUTION"):
+        course.learner_source(src, "nb, cell 3")
+
+
+def test_check_command_names_a_stale_notebook(tmp_path, capsys, monkeypatch):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "00_x.ipynb").write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "code", "id": "a", "metadata": {}, "execution_count": 3, "outputs": [],
+         "source": "### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION"}]}))
+    course.build(src, out)
+    assert course.stale(src, out) == []
+    assert "answer = ..." in "".join(json.loads((out / "00_x.ipynb").read_text())["cells"][0]["source"])
+    (out / "00_x.ipynb").write_text("{}")
+    assert course.stale(src, out) == ["00_x.ipynb"]
