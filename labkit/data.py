@@ -92,6 +92,16 @@ def split(name: str, limit: int | None = None) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def selection_split(name: str) -> str:
+    """The split a setting may be chosen on: `val` (or `train`); `test` is refused, it is reported once, at the end."""
+    if name == "test":
+        raise ValueError("Settings (pruning plans, observers, keep ratios, the 'best' pipeline) are chosen on the "
+                         "validation split, never on the test split it is then reported on: pass split='val'.")
+    if name not in SPLITS:
+        raise ValueError(f"Unknown split {name!r}; choose 'val' (or 'train').")
+    return name
+
+
 @lru_cache(maxsize=1)
 def split_hash() -> str:
     """sha256 over every split's texts and labels: equal on every machine that has the same data and code."""

@@ -59,6 +59,107 @@ def agreement(preds: np.ndarray, reference: np.ndarray) -> float:
     return float((preds == reference).mean())
 
 
+Z95 = 1.959963984540054  # the two-sided 95% quantile of the normal distribution
+
+
+def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy of `correct` out of `n` (sound near 0 and 1, unlike +-1.96 SE)."""
+    if n < 1 or not 0 <= correct <= n:
+        raise ValueError(f"need 0 <= correct <= n and n >= 1, got correct={correct}, n={n}.")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def accuracy_ci(preds, labels) -> dict:
+    """Accuracy of predictions against labels, with its 95% Wilson interval and the number of snippets."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    if preds.shape != labels.shape:
+        raise ValueError(f"{preds.shape} predictions for {labels.shape} labels; use the same split and limit.")
+    k, n = int((preds == labels).sum()), len(labels)
+    lo, hi = wilson(k, n)
+    return {"accuracy": k / n, "lo": lo, "hi": hi, "n": n}
+
+
+def paired(preds_a, preds_b, labels) -> dict:
+    """Is model A more accurate than B on the same snippets? Difference, its 95% interval, McNemar's exact p.
+
+    Only the snippets where exactly one model is right carry information (b: only A right, c: only B right);
+    McNemar's exact test is a binomial test on them. The interval is Wald's for paired proportions."""
+    a, b_, y = np.asarray(preds_a) == np.asarray(labels), np.asarray(preds_b) == np.asarray(labels), np.asarray(labels)
+    if a.shape != b_.shape:
+        raise ValueError("paired() needs both models' predictions on the same snippets.")
+    from scipy.stats import binomtest
+
+    n = len(y)
+    only_a, only_b = int((a & ~b_).sum()), int((~a & b_).sum())
+    diff = (only_a - only_b) / n
+    se = np.sqrt(max(only_a + only_b - n * diff * diff, 0.0)) / n
+    p = 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    return {"difference": diff, "lo": diff - Z95 * se, "hi": diff + Z95 * se, "p_value": p,
+            "only_a_right": only_a, "only_b_right": only_b, "n": n}
+
+
+def detectable_difference(n: int, discordant: float = 0.1) -> float:
+    """Roughly the smallest accuracy difference a paired test on `n` snippets can show (95%, 80% power).
+
+    `discordant` is the fraction of snippets where two models disagree; a readout compares the difference it
+    reports with this to say whether the subset is big enough."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}.")
+    return float((Z95 + 0.8416) * np.sqrt(discordant / n))
+
+
+def format_accuracy(ci: dict) -> str:
+    """'0.830 [0.806, 0.852] (n=1276)': an accuracy as every table and readout in the kit shows it."""
+    return f"{ci['accuracy']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}] (n={ci['n']})"
+
+
+def footprint(model: torch.nn.Module, seq_len: int | None = None) -> pd.DataFrame:
+    """Where the bytes and the multiply-adds are: one row per part (embeddings, each block, head), at `seq_len`.
+
+    Parts are found by module type, not by a family's attribute names: an nn.Embedding is an embedding table,
+    and a Linear's multiply-adds per snippet are in x out x tokens (seq_len defaults to the median snippet's).
+    Attention's own products (QK^T and AV, 2 x tokens^2 x hidden per block) are left out: about 1% at this length."""
+    if seq_len is None:
+        seq_len = median_tokens()
+    rows: dict[str, dict] = {}
+
+    def part(name: str) -> str:
+        bits = name.split(".")
+        for i, b in enumerate(bits[:-1]):
+            if b.isdigit():  # the first numbered container is the stack of blocks
+                return f"block {b}"
+        return "embeddings" if "embed" in name else "head"
+
+    for name, mod in model.named_modules():
+        own = [p for p in mod.parameters(recurse=False)]
+        if not own:
+            continue
+        row = rows.setdefault(part(name), {"params": 0, "bytes": 0, "macs_per_snippet": 0})
+        row["params"] += sum(p.numel() for p in own)
+        row["bytes"] += sum(p.numel() * p.element_size() for p in own)
+        if isinstance(mod, torch.nn.Linear):
+            # a head works on one pooled vector per snippet, a block's Linear on every token
+            tokens = seq_len if part(name).startswith("block") else 1
+            row["macs_per_snippet"] += mod.in_features * mod.out_features * tokens
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df["share_of_bytes"] = df["bytes"] / df["bytes"].sum()
+    df["share_of_macs"] = df["macs_per_snippet"] / max(1, df["macs_per_snippet"].sum())
+    return df
+
+
+@lru_cache(maxsize=1)
+def median_tokens() -> int:
+    """Word pieces in the median test snippet ([CLS] and [SEP] included), the length a typical input has."""
+    from . import model as _model
+
+    tok = _model.load_tokenizer()
+    lengths = [len(ids) for ids in tok(list(data.split("test")["text"]))["input_ids"]]
+    return int(np.median(lengths))
+
+
 CPUINFO = "/proc/cpuinfo"
 
 
