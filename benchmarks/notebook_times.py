@@ -18,7 +18,11 @@ def times(junit: Path) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
     for case in ET.parse(junit).getroot().iter("testcase"):
         name = case.get("classname", "")  # "tests.test_data" or "notebooks.00_baseline_and_myths.ipynb"
-        name = name[:-len(".ipynb")].rsplit(".", 1)[-1] + ".ipynb" if name.endswith(".ipynb") else name.rsplit(".", 1)[-1]
+        if name.endswith(".ipynb"):  # the learner edition (notebooks/) and the solved one (solutions/) apart
+            folder, _, rest = name[:-len(".ipynb")].partition(".")
+            name = f"{folder}/{rest}.ipynb"
+        else:
+            name = name.rsplit(".", 1)[-1]
         totals[name] += float(case.get("time", 0))
     return dict(totals)
 

@@ -31,6 +31,7 @@ def tour(out_dir: Path = Path("reports")) -> "pd.DataFrame":
     import matplotlib
 
     matplotlib.use("Agg")
+    import pandas as pd
     from tqdm.auto import tqdm
 
     from . import measure, model, myths, plots, strategies
@@ -48,10 +49,13 @@ def tour(out_dir: Path = Path("reports")) -> "pd.DataFrame":
     df = measure.table(results, baseline="fp32 baseline")
     df["pareto"] = strategies.pareto_front(df)
     df.to_csv(out_dir / "summary.csv", index=False)
-    cols = ["name", "accuracy", "agreement", "size_mb", "size_ratio", "latency_b1_ms", "latency_b32_ms",
+    df.insert(2, "accuracy_95ci", [f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "not measured"
+                                   for lo, hi in zip(df["accuracy_lo"], df["accuracy_hi"])])
+    cols = ["name", "accuracy", "accuracy_95ci", "agreement", "size_mb", "size_ratio", "latency_b1_ms", "latency_b32_ms",
             "speedup_b32", "pareto", "notes"]
     header = (f"# labkit tour\n\nCPU: {measure.cpu_name()} ({measure.cpu_features()}), threads: {results[0].threads}, "
               f"LABKIT_FAST={os.environ.get('LABKIT_FAST', '0')}, test split: {len(reference)} snippets. "
+              f"Accuracy: on the test split, with its 95% Wilson interval. "
               f"Latency: median of timed runs after warm-up, real snippets.\n\n")
     (out_dir / "summary.md").write_text(header + df[cols].to_markdown(index=False, floatfmt=".3f") + "\n")
     plots.results_bars(df, out_dir / "summary.png")

@@ -278,6 +278,9 @@ class Result:
     threads: int = field(default_factory=torch.get_num_threads)
     device: str = field(default_factory=cpu_name)
     notes: str = ""
+    accuracy_lo: float | None = None  # the 95% Wilson interval of `accuracy` on `snippets` held-out snippets
+    accuracy_hi: float | None = None
+    snippets: int | None = None
 
     @property
     def size_mb(self) -> float:
@@ -289,10 +292,10 @@ def evaluate(name: str, model, tokenizer, reference: np.ndarray | None = None, s
              limit: int | None = None, timing: bool = True, notes: str = "") -> Result:
     """Measure one model: accuracy and agreement on a held-out split, bytes, and latency at batch 1 and 32."""
     preds = predictions(model, tokenizer, split, limit)
-    labels = data.split(split, limit)["label"].to_numpy()
+    ci = accuracy_ci(preds, data.split(split, limit)["label"].to_numpy())
     lat1 = latency(model, tokenizer, 1) if timing else None
     lat32 = latency(model, tokenizer, 32) if timing else None
-    return Result(name=name, accuracy=float((preds == labels).mean()),
+    return Result(name=name, accuracy=ci["accuracy"], accuracy_lo=ci["lo"], accuracy_hi=ci["hi"], snippets=ci["n"],
                   agreement=None if reference is None else agreement(preds, reference),
                   size_bytes=serialized_bytes(model),
                   latency_b1_ms=lat1["median_ms"] if lat1 else None,

