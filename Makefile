@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.labkit-installed
 
 export HF_HUB_OFFLINE = 1
 
-.PHONY: tour tour-fast test install lab workshop browser clean-cache
+.PHONY: tour tour-fast test install lab workshop browser clean-cache course
 
 $(STAMP): requirements.txt requirements-assets.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ tour-fast: $(STAMP)
 # Tests and notebooks run in fast mode (smaller data, fewer steps, same code path); LABKIT_FAST=0 for full size.
 test: $(STAMP) $(BROWSER_STAMP)
 	LABKIT_FAST=$${LABKIT_FAST:-1} $(PY) -m pytest -q
+
+# The learner edition (notebooks/) from the solved one (solutions/); make test fails when they are out of step.
+course: $(STAMP)
+	$(PY) -m labkit.course build
 
 clean-cache:
 	rm -rf $${LABKIT_CACHE:-$$HOME/.cache/labkit}
