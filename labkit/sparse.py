@@ -16,6 +16,7 @@ import struct
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
@@ -273,6 +274,26 @@ def predicted_bytes(shape: tuple[int, int], nnz: int, fmt: str, values: str = "f
     return size + (n // 2) * vb + -(-(n // 2) // 4)  # 2:4: half the values, 2 bits per kept value
 
 
+def header_size(fmt: str, values: str = "f32") -> int:
+    """Bytes `encode` writes before a format's arrays (magic, format, shape; counts for COO / CSR; int8 scales not included)."""
+    _check_choice("format", fmt, FORMATS)
+    _check_choice("values", values, VALUES)
+    return _OUTER.size + _INNER.size + (_COUNT.size if fmt in ("coo", "coo_min", "csr", "csr_min") else 0)
+
+
+def as_bytes(*arrays: Any) -> bytes:
+    """The raw bytes of tensors / numpy arrays / bytes laid end to end, each in its own dtype (what a file would hold)."""
+    out = []
+    for a in arrays:
+        if isinstance(a, (bytes, bytearray)):
+            out.append(bytes(a))
+            continue
+        if isinstance(a, torch.Tensor):
+            a = a.detach().cpu().numpy()
+        out.append(np.ascontiguousarray(np.asarray(a)).tobytes())
+    return b"".join(out)
+
+
 def break_even(shape: tuple[int, int], fmt: str, values: str = "f32") -> float:
     """Lowest sparsity at which `fmt` takes no more bytes than dense with the same values (uncompressed)."""
     rows, cols = (int(s) for s in shape)
@@ -429,17 +450,52 @@ def crossover(times: pd.DataFrame, backend: str = "torch_csr", interpolate: bool
 
 # --- a classifier with sparse Linear layers -------------------------------------------------------------
 
+def csr_arrays(encoder: Callable, w: torch.Tensor, name: str = "the weight") -> tuple[torch.Tensor, ...]:
+    """(values, col_indices int32, row_ptr int32) from `encoder(w)`, checked to decode back to exactly `w`.
+
+    `encoder` is a function like the notebook's csr_encode: dense 2-D tensor -> (values, col_indices, row_ptr)."""
+    rows, cols = w.shape
+    out = encoder(w.detach().clone())  # a copy: an encoder that writes into its input cannot touch the model
+    if not isinstance(out, (tuple, list)) or len(out) != 3:
+        raise ValueError(f"The encoder must return three arrays (values, col_indices, row_ptr) for {name}; "
+                         f"it returned {type(out).__name__}.")
+    try:
+        values, col, ptr = (torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).reshape(-1)
+                            for a in out)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"The encoder's three results for {name} are not arrays ({err}).") from err
+    if col.is_floating_point() or ptr.is_floating_point() or ptr.numel() != rows + 1 or col.numel() != values.numel():
+        raise ValueError(f"The encoder's arrays for {name} are not CSR (integer indices, rows + 1 row pointers, one "
+                         "column per value); check it with checks.check('01.csr_encode', csr_encode).")
+    try:
+        with _quiet_sparse():
+            # check_invariants: arrays that break CSR's rules raise here instead of reading out of bounds.
+            back = torch.sparse_csr_tensor(ptr.long(), col.long(), values.to(w.dtype), (rows, cols),
+                                           check_invariants=True).to_dense()
+    except (RuntimeError, IndexError) as err:
+        raise ValueError(f"The encoder's arrays for {name} do not form a valid CSR matrix ({err}); "
+                         "check it with checks.check('01.csr_encode', csr_encode).") from err
+    if not torch.equal(back, w.detach()):
+        raise ValueError(f"The encoder's arrays for {name} do not decode to the weight they were given; "
+                         "check it with checks.check('01.csr_encode', csr_encode).")
+    return values.to(w.dtype).contiguous(), col.to(torch.int32), ptr.to(torch.int32)
+
+
 class SparseLinear(nn.Module):
     """A Linear layer whose weight is stored and multiplied as a CSR matrix (int32 indices)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, encoder: Callable | None = None):
         super().__init__()
-        c = to_csr(weight)
+        if encoder is None:
+            c = to_csr(weight)
+            values, col, ptr = c.values(), c.col_indices(), c.crow_indices()
+        else:  # a learner's csr_encode writes the arrays; csr_arrays checks them first
+            values, col, ptr = csr_arrays(encoder, weight)
         self.out_features, self.in_features = weight.shape
         # Plain buffers, so state_dict / safetensors hold the CSR arrays themselves.
-        self.register_buffer("crow_indices", c.crow_indices().clone())
-        self.register_buffer("col_indices", c.col_indices().clone())
-        self.register_buffer("values", c.values().clone())
+        self.register_buffer("crow_indices", ptr.clone())
+        self.register_buffer("col_indices", col.clone())
+        self.register_buffer("values", values.clone())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
@@ -495,10 +551,12 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def to_sparse(model: nn.Module, sparsity: float, which: str = "ffn", values: str = "f32",
-              inplace: bool = False) -> nn.Module:
+              inplace: bool = False, encoder: Callable | None = None) -> nn.Module:
     """The model with `which` Linear layers magnitude-pruned to `sparsity` and run as CSR (`SparseLinear`).
 
     values="int8" keeps the per-row int8 round trip of the weights (what an 8-bit sparse artifact decodes to).
+    encoder: your own `csr_encode(dense) -> (values, col_indices, row_ptr)` writes each layer's CSR arrays
+    (checked to decode back exactly); None uses torch's conversion.
     """
     _check_sparsity(sparsity)
     _check_choice("values", values, VALUES)
@@ -510,7 +568,7 @@ def to_sparse(model: nn.Module, sparsity: float, which: str = "ffn", values: str
         w = sparsify(lin.weight, sparsity)
         if values == "int8":
             w = quantized(w)
-        _set_module(out, name, SparseLinear(w.to(lin.weight.dtype), lin.bias))
+        _set_module(out, name, SparseLinear(w.to(lin.weight.dtype), lin.bias, encoder))
     return out.eval()
 
 
@@ -659,10 +717,17 @@ def dictionary_code(model: nn.Module, layer: str, n_atoms: int, k: int, inplace:
     return out.eval()
 
 
-def dictionary_tradeoff(model: nn.Module, tokenizer, layer: str, settings, limit: int = 200) -> pd.DataFrame:
-    """Per (n_atoms, k): bytes, reconstruction error and accuracy, next to magnitude pruning at the same bytes."""
-    from . import measure
+def dictionary_tradeoff(model: nn.Module, tokenizer, layer: str, settings, limit: int | None = 200,
+                        split: str = "val") -> pd.DataFrame:
+    """Per (n_atoms, k): bytes, reconstruction error and accuracy with its 95% interval, next to magnitude
+    pruning at the same bytes, and the paired difference between the two on the same snippets.
 
+    A sweep over settings is something you choose from, so it runs on the validation split (`split="test"` is
+    refused): the test split is kept for reporting a chosen setting once."""
+    from . import data, measure
+
+    split = data.selection_split(split)
+    labels = data.split(split, limit)["label"].to_numpy()
     w = model.get_submodule(layer).weight.detach()
     dense = predicted_bytes(tuple(w.shape), w.numel(), "dense")
     rows = []
@@ -673,11 +738,15 @@ def dictionary_tradeoff(model: nn.Module, tokenizer, layer: str, settings, limit
         nnz = max(0, min(w.numel(), (b - predicted_bytes(tuple(w.shape), 0, "csr_min")) // 6))
         sp = 1 - nnz / w.numel()
         pruned = model if sp == 0 else _replace_weight(model, layer, sparsify(w, min(sp, 0.9999)))
+        pc, pp = (measure.predictions(m, tokenizer, split, limit) for m in (coded, pruned))
+        cc, cp, diff = measure.accuracy_ci(pc, labels), measure.accuracy_ci(pp, labels), measure.paired(pc, pp, labels)
         rows.append({"n_atoms": n_atoms, "k": k, "bytes": b, "x_smaller": dense / b,
                      "coded_error": relative_error(w, coded.get_submodule(layer).weight()),
-                     "coded_accuracy": measure.accuracy(coded, tokenizer, "test", limit),
+                     "coded_accuracy": cc["accuracy"], "coded_lo": cc["lo"], "coded_hi": cc["hi"],
                      "pruned_sparsity": sp, "pruned_error": relative_error(w, sparsify(w, min(sp, 0.9999))),
-                     "pruned_accuracy": measure.accuracy(pruned, tokenizer, "test", limit)})
+                     "pruned_accuracy": cp["accuracy"], "pruned_lo": cp["lo"], "pruned_hi": cp["hi"],
+                     "coded_minus_pruned": diff["difference"], "diff_lo": diff["lo"], "diff_hi": diff["hi"],
+                     "p_value": diff["p_value"], "n": cc["n"]})
     return pd.DataFrame(rows)
 
 
@@ -713,15 +782,19 @@ def bytes_curve(shape: tuple[int, int] = (1536, 384), sparsities=None, values: s
     return pd.DataFrame(rows)
 
 
-def dictionary_view(model: nn.Module, tokenizer, layer: str, n_atoms: int, k: int, limit: int = 200) -> dict:
-    """Slider point: bytes, reconstruction error and quick-subset accuracy of one (n_atoms, k) coding."""
-    from . import measure
+def dictionary_view(model: nn.Module, tokenizer, layer: str, n_atoms: int, k: int, limit: int | None = 200,
+                    split: str = "val") -> dict:
+    """Slider point: bytes, reconstruction error and validation accuracy (95% interval) of one (n_atoms, k) coding."""
+    from . import data, measure
 
+    split = data.selection_split(split)  # a slider is for choosing: never on the test split
     w = model.get_submodule(layer).weight.detach()
     coded = dictionary_code(model, layer, n_atoms, k)
+    ci = measure.accuracy_ci(measure.predictions(coded, tokenizer, split, limit),
+                             data.split(split, limit)["label"].to_numpy())
     return {"n_atoms": n_atoms, "k": k, "bytes": coded_bytes(tuple(w.shape), n_atoms, k),
             "dense_bytes": w.numel() * 4, "error": relative_error(w, coded.get_submodule(layer).weight()),
-            "accuracy": measure.accuracy(coded, tokenizer, "test", limit)}
+            "accuracy": ci["accuracy"], "accuracy_ci": measure.format_accuracy(ci)}
 
 
 # --- drawing (the notebook's figures; functions only draw what they are given) -------------------------
@@ -784,12 +857,15 @@ def plot_tradeoff(df: pd.DataFrame, ax=None):
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(6, 4))[1]
-    ax.plot(df["bytes"] / 1e3, df["coded_accuracy"], marker="o", label="dictionary codes (k atoms/row)")
-    ax.plot(df["bytes"] / 1e3, df["pruned_accuracy"], marker="s", label="magnitude pruning, same bytes")
+    for col, marker, label in (("coded", "o", "dictionary codes (k atoms/row)"),
+                               ("pruned", "s", "magnitude pruning, same bytes")):
+        acc = df[f"{col}_accuracy"]
+        err = [acc - df[f"{col}_lo"], df[f"{col}_hi"] - acc] if f"{col}_lo" in df else None
+        ax.errorbar(df["bytes"] / 1e3, acc, yerr=err, marker=marker, capsize=3, label=label)
     for _, r in df.iterrows():
         ax.annotate(f"{int(r.n_atoms)}/{int(r.k)}", (r.bytes / 1e3, r.coded_accuracy), fontsize=7)
     ax.set_xlabel("layer kB")
-    ax.set_ylabel("accuracy (quick subset)")
+    ax.set_ylabel("accuracy, 95% interval (validation subset)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return ax
@@ -810,11 +886,11 @@ def tour(model: nn.Module, tokenizer, reference) -> list:
             fmts[fmt] = len(model_artifact(sparse_model, fmt, values))
         best = min(fmts, key=fmts.get)
         preds = measure.predictions(sparse_model, tokenizer, "test", limit)
-        labels = measure.data.split("test", limit)["label"].to_numpy()
+        ci = measure.accuracy_ci(preds, measure.data.split("test", limit)["label"].to_numpy())
         ref = reference if limit is None else measure.predictions(model, tokenizer, "test", limit)
         lat1, lat32 = (measure.latency(sparse_model, tokenizer, b)["median_ms"] for b in (1, 32))
         results.append(measure.Result(
-            name=f"sparse: FFN 90% magnitude, {best} {values}", accuracy=float((preds == labels).mean()),
-            agreement=measure.agreement(preds, ref), size_bytes=fmts[best], latency_b1_ms=lat1,
+            name=f"sparse: FFN 90% magnitude, {best} {values}", accuracy=ci["accuracy"], accuracy_lo=ci["lo"],
+            accuracy_hi=ci["hi"], snippets=ci["n"], agreement=measure.agreement(preds, ref), size_bytes=fmts[best], latency_b1_ms=lat1,
             latency_b32_ms=lat32, notes="no fine-tuning; run with torch CSR matmul; size = real artifact bytes"))
     return results

@@ -209,3 +209,61 @@ def test_interpolated_crossover_lies_between_the_last_win_and_the_first_loss():
     # log speedups: ln 2 at 0.01, -ln 2 at 0.1 -> crosses halfway in log density
     assert sparse.crossover(df, interpolate=True) == pytest.approx(10 ** -1.5)
     assert sparse.crossover(df, "scipy_csr", interpolate=True) is None
+
+
+def _my_csr(dense):
+    """A learner-style CSR encoder (int64 indices, like torch's default)."""
+    keep = dense != 0
+    ptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(keep.sum(1), 0)])
+    return dense[keep], keep.nonzero()[:, 1], ptr
+
+
+def test_to_sparse_with_my_encoder_builds_the_same_csr_layers(tiny_model):
+    ref = sparse.to_sparse(tiny_model, 0.8, which="encoder")
+    mine = sparse.to_sparse(tiny_model, 0.8, which="encoder", encoder=_my_csr)
+    for name in sparse.linear_layers(tiny_model):
+        a, b = ref.get_submodule(name), mine.get_submodule(name)
+        assert b.col_indices.dtype == torch.int32 and b.crow_indices.dtype == torch.int32
+        assert torch.equal(a.dense_weight(), b.dense_weight())
+    ids = torch.randint(0, 1000, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(mine(input_ids=ids).logits, ref(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda d: (d.flatten(), torch.arange(d.numel()), torch.arange(d.shape[0] + 1)), "decode|CSR"),
+    (lambda d: (_my_csr(d)[0], _my_csr(d)[1], _my_csr(d)[2][1:]), "rows \\+ 1"),
+    (lambda d: d, "three arrays"),
+    (lambda d: (_my_csr(d)[0], _my_csr(d)[1].float(), _my_csr(d)[2]), "integer"),
+])
+def test_a_broken_encoder_is_a_clear_error(tiny_model, bad, match):
+    with pytest.raises(ValueError, match=match):
+        sparse.to_sparse(tiny_model, 0.8, which="ffn", encoder=bad)
+
+
+def test_header_size_and_as_bytes_give_the_payload_of_encode():
+    w = _layer((12, 20), 0.7)
+    keep = (w != 0).flatten()
+    mask = np.packbits(keep.numpy())
+    blob = sparse.encode(w, "bitmask")
+    assert blob[sparse.header_size("bitmask"):] == sparse.as_bytes(mask, w.flatten()[keep])
+    v, c, p = _my_csr(w)
+    assert blob != (csr := sparse.encode(w, "csr"))
+    assert csr[sparse.header_size("csr"):] == sparse.as_bytes(p.int(), c.int(), v)
+    assert sparse.as_bytes(b"ab", np.zeros(2, np.uint8)) == b"ab\x00\x00"
+
+
+def test_dictionary_sweeps_refuse_the_test_split(tiny_model, tokenizer):
+    layer = sparse.linear_layers(tiny_model, "ffn")[0]
+    with pytest.raises(ValueError, match="validation"):
+        sparse.dictionary_tradeoff(tiny_model, tokenizer, layer, [(8, 2)], split="test")
+    with pytest.raises(ValueError, match="validation"):
+        sparse.dictionary_view(tiny_model, tokenizer, layer, 8, 2, split="test")
+
+
+def test_dictionary_tradeoff_gives_intervals_and_a_paired_difference(tiny_model, tokenizer):
+    layer = sparse.linear_layers(tiny_model, "ffn")[0]
+    df = sparse.dictionary_tradeoff(tiny_model, tokenizer, layer, [(8, 2)], limit=40)
+    row = df.iloc[0]
+    assert row["coded_lo"] <= row["coded_accuracy"] <= row["coded_hi"] and row["n"] == 40
+    assert row["diff_lo"] <= row["coded_minus_pruned"] <= row["diff_hi"] and 0 <= row["p_value"] <= 1
