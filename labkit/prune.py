@@ -87,13 +87,41 @@ def _scores(weight: torch.Tensor, method: str, gen: torch.Generator) -> torch.Te
     return torch.rand(weight.shape, generator=gen).to(weight.device)  # random control: scores ignore weights
 
 
+def _mask_from_fn(mask_fn, weight: torch.Tensor, sparsity: float, name: str) -> torch.Tensor:
+    """A keep-mask for one weight from a learner-supplied `mask_fn(w, sparsity)`, checked before it is applied.
+
+    A sparsity that removes no weight at all is answered here (all kept), so `mask_fn` never has to handle
+    k = 0 in torch.kthvalue; it gets a detached copy, so a function that prunes in place cannot touch the model.
+    """
+    if round(sparsity * weight.numel()) == 0:
+        return torch.ones_like(weight, dtype=torch.bool)
+    got = mask_fn(weight.detach().clone(), sparsity)
+    mask = torch.as_tensor(got) if isinstance(got, torch.Tensor) else None
+    if mask is None or mask.shape != weight.shape:
+        shape = tuple(mask.shape) if mask is not None else type(got).__name__
+        raise ValueError(f"mask_fn returned {shape} for {name} of shape {tuple(weight.shape)}: it must return a "
+                         "keep-mask of the weight's shape (True = keep).")
+    if not ((mask == 0) | (mask == 1)).all():
+        raise ValueError(f"mask_fn returned values other than 0/1 for {name}: return the keep-mask "
+                         "(True = keep), not the pruned weights.")
+    return mask.to(weight.device).bool()
+
+
 def masks(model: nn.Module, sparsity: float, scope: str = "layer", method: str = "magnitude",
-          include_head: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Keep-masks (True = keep) that zero `sparsity` of each layer's weights, or of all of them together."""
+          include_head: bool = False, seed: int = 0, mask_fn=None) -> dict[str, torch.Tensor]:
+    """Keep-masks (True = keep) that zero `sparsity` of each layer's weights, or of all of them together.
+
+    `mask_fn(w, sparsity) -> keep-mask` replaces the built-in per-layer magnitude ranking (layer scope only),
+    e.g. a `fine_grained_prune` written in notebook 03.
+    """
     sparsity = _check_fraction("sparsity", sparsity)
     _check_choice("scope", scope, SCOPES)
     _check_choice("method", method, METHODS)
     layers = prunable_linears(model, include_head)
+    if mask_fn is not None:
+        if scope != "layer" or method != "magnitude":
+            raise ValueError("mask_fn prunes each layer on its own: use it with scope='layer', method='magnitude'.")
+        return {n: _mask_from_fn(mask_fn, m.weight, sparsity, n) for n, m in layers.items()}
     gen = torch.Generator().manual_seed(seed)
     scores = {n: _scores(m.weight, method, gen) for n, m in layers.items()}
     if scope == "layer":
@@ -117,13 +145,14 @@ def apply_masks(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def magnitude(model: nn.Module, sparsity: float, scope: str = "layer", method: str = "magnitude",
-              inplace: bool = False, include_head: bool = False, seed: int = 0) -> nn.Module:
+              inplace: bool = False, include_head: bool = False, seed: int = 0, mask_fn=None) -> nn.Module:
     """A copy with `sparsity` of the Linear weights set to zero: smallest |w| (or random ones, the control).
 
     scope="layer" prunes that fraction of every layer; scope="global" ranks all weights together, so some
-    layers lose more than others. The head is excluded unless `include_head=True`.
+    layers lose more than others. The head is excluded unless `include_head=True`. `mask_fn(w, sparsity)`
+    (layer scope) supplies each layer's keep-mask instead of the built-in ranking.
     """
-    keep = masks(model, sparsity, scope, method, include_head, seed)
+    keep = masks(model, sparsity, scope, method, include_head, seed, mask_fn)
     return apply_masks(_target(model, inplace), keep)
 
 
@@ -299,6 +328,56 @@ def structured(model: nn.Module, heads: float = 0.3, ffn: float = 0.3, score: st
     return out
 
 
+def remove_head(query: nn.Linear, key: nn.Linear, value: nn.Linear, output: nn.Linear, head: int,
+                head_size: int) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+    """New, smaller query/key/value/output layers without head `head` (the inputs are left as they were).
+
+    Head h owns rows h*head_size .. (h+1)*head_size - 1 of query, key and value (weights and biases) and the
+    same input columns of the output projection, whose bias stays whole.
+    """
+    n = query.out_features
+    if head_size < 1 or n % head_size or not 0 <= head < n // head_size:
+        raise ValueError(f"head must be in 0..{n // max(head_size, 1) - 1} for {n} outputs and head_size={head_size}.")
+    keep = torch.tensor([i for i in range(n) if not head * head_size <= i < (head + 1) * head_size])
+    return (_slice_linear(query, keep, 0), _slice_linear(key, keep, 0), _slice_linear(value, keep, 0),
+            _slice_linear(output, keep, 1))
+
+
+def drop_heads(model: nn.Module, heads: dict[int, list[int]], remove_fn=None, inplace: bool = False) -> nn.Module:
+    """A copy without the listed attention heads ({layer index: [head, ...]}), each cut by `remove_fn`.
+
+    `remove_fn(query, key, value, output, head, head_size)` returns the four smaller Linear layers (default
+    `remove_head`; notebook 03 plugs in the learner's). Heads go highest index first, so the indices of the
+    ones still to remove do not shift.
+    """
+    remove_fn = remove_head if remove_fn is None else remove_fn
+    out = _target(model, inplace)
+    blocks = _blocks(out)
+    pruned = {int(k): list(v) for k, v in (getattr(out.config, "pruned_heads", None) or {}).items()}
+    for layer, drop in heads.items():
+        if not 0 <= layer < len(blocks):
+            raise ValueError(f"layer {layer} does not exist: the model has layers 0..{len(blocks) - 1}.")
+        att = blocks[layer].attention
+        d, n_heads = att.self.attention_head_size, att.self.num_attention_heads
+        if len(set(drop)) >= n_heads or any(not 0 <= h < n_heads for h in drop):
+            raise ValueError(f"layer {layer} has heads 0..{n_heads - 1}; remove some of them, and keep at least one.")
+        for h in sorted(set(drop), reverse=True):
+            old = (att.self.query, att.self.key, att.self.value, att.output.dense)
+            new = remove_fn(*old, h, d)
+            n = att.self.query.out_features - d
+            if (not isinstance(new, tuple) or len(new) != 4 or not all(isinstance(m, nn.Linear) for m in new)
+                    or any(m.out_features != n for m in new[:3]) or new[3].in_features != n
+                    or new[3].out_features != old[3].out_features):
+                raise ValueError("remove_fn must return four nn.Linear layers (query, key, value, output) with "
+                                 f"{n} query/key/value outputs and {n} output-projection inputs.")
+            att.self.query, att.self.key, att.self.value, att.output.dense = new
+            att.self.num_attention_heads -= 1
+            att.self.all_head_size = att.self.num_attention_heads * d
+        pruned[layer] = sorted(set(pruned.get(layer, [])) | set(drop))
+    out.config.pruned_heads = pruned
+    return out
+
+
 def shape_summary(model: nn.Module) -> pd.DataFrame:
     """Heads and FFN neurons left in every transformer layer."""
     return pd.DataFrame([{"layer": i, "heads": b.attention.self.num_attention_heads,
@@ -378,34 +457,59 @@ def groups(model: nn.Module, by: str = "type") -> dict[str, list[str]]:
     return out
 
 
-def _quick_accuracy(model: nn.Module, tokenizer, limit: int) -> float:
-    return measure.accuracy(model, tokenizer, "test", limit)
+def _quick_ci(model: nn.Module, tokenizer, limit: int, split: str = "test") -> dict:
+    """Accuracy on the first `limit` snippets of `split`, with its 95% Wilson interval."""
+    preds = measure.predictions(model, tokenizer, split, limit)
+    return measure.accuracy_ci(preds, data.split(split, limit)["label"].to_numpy())
 
 
-def prune_plan(model: nn.Module, plan: dict[str, float], inplace: bool = False) -> nn.Module:
-    """Magnitude-prune each named layer at its own sparsity (layer scope), e.g. a plan from `plan_from_scan`."""
+def _quick_accuracy(model: nn.Module, tokenizer, limit: int, split: str = "test") -> float:
+    return measure.accuracy(model, tokenizer, split, limit)
+
+
+def prune_plan(model: nn.Module, plan: dict[str, float], inplace: bool = False, include_head: bool = False,
+               mask_fn=None) -> nn.Module:
+    """Magnitude-prune each named layer at its own sparsity (layer scope), e.g. a plan from `plan_from_scan`.
+
+    A plan that names the classification head is refused unless `include_head=True`; `mask_fn(w, sparsity)`
+    supplies each layer's keep-mask instead of the built-in ranking (see `masks`).
+    """
     out = _target(model, inplace)
-    layers = prunable_linears(out)
+    layers = prunable_linears(out, include_head)
+    head = {n for n in prunable_linears(out, include_head=True) if n not in prunable_linears(out)}
     keep = {}
     for name, s in plan.items():
+        if name in head and not include_head:
+            raise ValueError(f"{name!r} belongs to the classification head: its few weights carry the whole "
+                             "decision, so pruning it costs far more than it saves. Leave it out of the plan "
+                             "(or pass include_head=True if you mean it).")
         if name not in layers:
             raise ValueError(f"{name!r} is not a prunable layer; names are like {next(iter(layers))!r}.")
-        w = layers[name].weight.detach().abs()
-        keep[name] = _smallest_mask(w, round(_check_fraction(f"sparsity of {name}", s) * w.numel()))
+        s = _check_fraction(f"sparsity of {name}", s)
+        w = layers[name].weight
+        keep[name] = (_mask_from_fn(mask_fn, w, s, name) if mask_fn is not None
+                      else _smallest_mask(w.detach().abs(), round(s * w.numel())))
     return apply_masks(out, keep)
 
 
 def sensitivity(model: nn.Module, tokenizer, sparsities=(0.5, 0.7, 0.9), by: str = "type",
-                limit: int = QUICK_LIMIT) -> pd.DataFrame:
-    """Accuracy drop (points) when only one group of layers is magnitude-pruned, for each group and sparsity."""
-    base = _quick_accuracy(model, tokenizer, limit)
+                limit: int = QUICK_LIMIT, split: str = "val") -> pd.DataFrame:
+    """Accuracy drop (points) when only one group of layers is magnitude-pruned, for each group and sparsity.
+
+    The scan chooses a plan, so it is measured on the validation split (`split="test"` is refused): the test
+    split then reports the chosen plan once, unbiased. The scan remembers its split in `scan.attrs["split"]`.
+    """
+    split = data.selection_split(split)
+    base = _quick_accuracy(model, tokenizer, limit, split)
     rows = []
     for group, names in groups(model, by).items():
         for s in sparsities:
             pruned = prune_plan(model, {n: s for n in names})
             rows.append({"group": group, "sparsity": s,
-                         "drop_points": 100 * (base - _quick_accuracy(pruned, tokenizer, limit))})
-    return pd.DataFrame(rows).pivot(index="group", columns="sparsity", values="drop_points")
+                         "drop_points": 100 * (base - _quick_accuracy(pruned, tokenizer, limit, split))})
+    scan = pd.DataFrame(rows).pivot(index="group", columns="sparsity", values="drop_points")
+    scan.attrs["split"] = split
+    return scan
 
 
 def _drop_at(row: pd.Series, s: float) -> float:
@@ -421,8 +525,10 @@ def plan_from_scan(model: nn.Module, scan: pd.DataFrame, total: float, by: str =
 
     Starting from zero, repeatedly give `step` more sparsity to the group whose scanned accuracy drop grows
     least per weight removed, never past the highest scanned sparsity, until the weighted mean is `total`.
+    A scan made on the test split (`scan.attrs["split"] == "test"`) is refused: choose on validation.
     """
     total = _check_fraction("total", total)
+    data.selection_split(scan.attrs.get("split", "val"))  # a scan measured on the test split must not choose
     layers = prunable_linears(model)
     members = groups(model, by)
     missing = set(members) - set(scan.index)
@@ -498,13 +604,14 @@ def _pruned_baseline(sparsity: float, scope: str, method: str) -> nn.Module:
 
 @lru_cache(maxsize=256)
 def sparsity_point(sparsity: float, scope: str = "layer", method: str = "magnitude") -> dict:
-    """Prune the baseline and measure it on the quick subset: accuracy, agreement, remaining weights (cached)."""
+    """Prune the baseline and measure it on the quick subset: accuracy (95% interval), agreement, weights left."""
     base, tok, reference = _quick_setup()
     pruned = _pruned_baseline(sparsity, scope, method)  # = magnitude(base, sparsity, scope, method), faster
     preds = measure.predictions(pruned, tok, "test", QUICK_LIMIT)
-    labels = data.split("test", QUICK_LIMIT)["label"].to_numpy()
+    ci = measure.accuracy_ci(preds, data.split("test", QUICK_LIMIT)["label"].to_numpy())
     counts = sparsity_of(pruned)
-    return {"sparsity": sparsity, "scope": scope, "method": method, "accuracy": float((preds == labels).mean()),
+    return {"sparsity": sparsity, "scope": scope, "method": method, "accuracy": ci["accuracy"],
+            "accuracy_lo": ci["lo"], "accuracy_hi": ci["hi"],
             "agreement": measure.agreement(preds, reference), "remaining_weights": counts["remaining"],
             "total_weights": counts["total"]}
 
@@ -533,20 +640,24 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Res
 
 def recovery_curve(model: nn.Module, tokenizer, sparsities, steps: int | None = None, scope: str = "global",
                    limit: int = QUICK_LIMIT) -> pd.DataFrame:
-    """Quick-subset accuracy at each sparsity before and after `recover` (mask kept fixed)."""
+    """Quick-subset accuracy (with 95% intervals) at each sparsity before and after `recover` (mask kept fixed)."""
     rows = []
     for s in sparsities:
         pruned = magnitude(model, float(s), scope)
         tuned = recover(pruned, tokenizer, steps)
-        rows.append({"sparsity": float(s), "before": _quick_accuracy(pruned, tokenizer, limit),
-                     "after": _quick_accuracy(tuned, tokenizer, limit),
-                     "still_sparse": sparsity_of(tuned)["sparsity"]})
+        before, after = _quick_ci(pruned, tokenizer, limit), _quick_ci(tuned, tokenizer, limit)
+        rows.append({"sparsity": float(s), "before": before["accuracy"], "before_lo": before["lo"],
+                     "before_hi": before["hi"], "after": after["accuracy"], "after_lo": after["lo"],
+                     "after_hi": after["hi"], "still_sparse": sparsity_of(tuned)["sparsity"]})
     return pd.DataFrame(rows)
 
 
 def structured_table(model: nn.Module, tokenizer, settings, steps: int | None = None,
                      limit: int = QUICK_LIMIT) -> pd.DataFrame:
-    """For each (heads, ffn) fraction pair: quick accuracy before/after recovery, bytes and b32 latency (interleaved)."""
+    """For each (heads, ffn) fraction pair: quick accuracy before/after recovery (95% interval), bytes, b32 latency.
+
+    Latencies are timed interleaved (`measure.compare_latency`); one run's speedup is a measurement, not a
+    guarantee, on a busy machine."""
     models, rows = {"dense": model}, []
     for heads, ffn in settings:
         small = structured(model, heads=heads, ffn=ffn)
@@ -556,7 +667,9 @@ def structured_table(model: nn.Module, tokenizer, settings, steps: int | None = 
         rows.append({"model": name, "accuracy_pruned": _quick_accuracy(small, tokenizer, limit)})
     lat = measure.compare_latency(models, tokenizer, 32)
     out = pd.DataFrame([{"model": "dense", "accuracy_pruned": None}] + rows)
-    out["accuracy"] = [_quick_accuracy(m, tokenizer, limit) for m in models.values()]
+    cis = [_quick_ci(m, tokenizer, limit) for m in models.values()]
+    out["accuracy"] = [c["accuracy"] for c in cis]
+    out["accuracy_lo"], out["accuracy_hi"] = [c["lo"] for c in cis], [c["hi"] for c in cis]
     out["bytes"] = [measure.serialized_bytes(m) for m in models.values()]
     out["b32_ms"] = [lat[n]["median_ms"] for n in models]
     out["speedup_b32"] = out["b32_ms"].iloc[0] / out["b32_ms"]

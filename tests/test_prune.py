@@ -6,7 +6,7 @@ import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
-from labkit import measure, prune
+from labkit import checks, measure, prune
 
 
 def _state(model):
@@ -73,6 +73,57 @@ def test_classifier_and_pooler_are_excluded_by_default(tiny_model):
     assert torch.equal(pruned.bert.pooler.dense.weight, tiny_model.bert.pooler.dense.weight)
     with_head = prune.magnitude(tiny_model, 0.5, "layer", include_head=True)
     assert int((with_head.classifier.weight == 0).sum()) == round(0.5 * tiny_model.classifier.weight.numel())
+
+
+def _kth_mask(w, sparsity):
+    return w.abs() > torch.kthvalue(w.abs().flatten(), round(sparsity * w.numel())).values
+
+
+def test_mask_fn_prunes_like_the_built_in_layer_ranking(tiny_model):
+    before = _state(tiny_model)
+    ours = prune.magnitude(tiny_model, 0.5, "layer", mask_fn=_kth_mask)
+    ref = prune.magnitude(tiny_model, 0.5, "layer")
+    assert _same_state(ours.state_dict(), ref.state_dict()) and _same_state(before, tiny_model.state_dict())
+
+
+def test_mask_fn_gets_a_copy_and_is_not_asked_for_zero_sparsity(tiny_model):
+    def in_place(w, sparsity):
+        keep = _kth_mask(w, sparsity)
+        w.mul_(keep)
+        return keep
+
+    before = _state(tiny_model)
+    pruned = prune.magnitude(tiny_model, 0.5, mask_fn=in_place)
+    assert _same_state(before, tiny_model.state_dict())
+    assert prune.sparsity_of(pruned)["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+    def never(w, sparsity):
+        raise AssertionError("called at sparsity 0")
+    assert prune.sparsity_of(prune.magnitude(tiny_model, 0.0, mask_fn=never))["zeros"] == 0
+
+
+@pytest.mark.parametrize("fn, kwargs, match", [
+    (lambda w, s: _kth_mask(w, s).flatten(), {}, "shape"),
+    (lambda w, s: w * _kth_mask(w, s), {}, "0/1"),
+    (lambda w, s: None, {}, "keep-mask"),
+    (_kth_mask, {"scope": "global"}, "scope='layer'"),
+])
+def test_a_bad_mask_fn_gets_a_clear_error(tiny_model, fn, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        prune.magnitude(tiny_model, 0.5, mask_fn=fn, **kwargs)
+
+
+def test_the_exercise_reference_plugs_into_prune_plan(tiny_model):
+    plan = {n: 0.6 for n in prune.prunable_linears(tiny_model)}
+    mine = prune.prune_plan(tiny_model, plan, mask_fn=checks.solution("03.fine_grained_prune"))
+    assert _same_state(mine.state_dict(), prune.prune_plan(tiny_model, plan).state_dict())
+
+
+def test_a_plan_that_prunes_the_classifier_head_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="classification head"):
+        prune.prune_plan(tiny_model, {"classifier": 0.5})
+    pruned = prune.prune_plan(tiny_model, {"classifier": 0.5}, include_head=True)
+    assert int((pruned.classifier.weight == 0).sum()) == round(0.5 * tiny_model.classifier.weight.numel())
 
 
 def test_sparsity_of_counts_zeros(tiny_model):
@@ -190,6 +241,54 @@ def test_norm_score_removes_the_weakest_head(tiny_model):
     assert small.config.pruned_heads[0] == [1]
 
 
+def _zero_head_reference(model, layer, head):
+    ref = copy.deepcopy(model)
+    att = prune._blocks(ref)[layer].attention
+    d = att.self.attention_head_size
+    with torch.no_grad():
+        att.output.dense.weight[:, head * d:(head + 1) * d] = 0
+    return ref
+
+
+def test_drop_heads_equals_zeroing_the_heads_output(tiny_model, tokenizer):
+    before = _state(tiny_model)
+    small = prune.drop_heads(tiny_model, {0: [1, 3], 1: [0]})
+    assert _same_state(before, tiny_model.state_dict())
+    assert list(prune.shape_summary(small)["heads"]) == [2, 3]
+    ref = _zero_head_reference(_zero_head_reference(_zero_head_reference(tiny_model, 0, 1), 0, 3), 1, 0)
+    inputs = _inputs(tokenizer)
+    with torch.no_grad():
+        assert torch.allclose(small(**inputs).logits, ref(**inputs).logits, atol=1e-5)
+    assert small.config.pruned_heads == {0: [1, 3], 1: [0]}
+
+
+def test_remove_head_matches_transformers_prune_linear_layer_and_the_exercise(tiny_model):
+    from transformers.pytorch_utils import prune_linear_layer
+
+    att = prune._blocks(tiny_model)[0].attention
+    layers = (att.self.query, att.self.key, att.self.value, att.output.dense)
+    keep = torch.tensor([i for i in range(32) if i // 8 != 2])
+    hf = [prune_linear_layer(m, keep, dim=0) for m in layers[:3]] + [prune_linear_layer(layers[3], keep, dim=1)]
+    for ours in (prune.remove_head(*layers, 2, 8), checks.solution("03.remove_head")(*layers, 2, 8)):
+        for a, b in zip(ours, hf):
+            assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+def test_drop_heads_runs_a_learner_function_and_checks_what_it_returns(tiny_model):
+    mine = checks.solution("03.remove_head")
+    a, b = prune.drop_heads(tiny_model, {1: [2]}, remove_fn=mine), prune.drop_heads(tiny_model, {1: [2]})
+    assert _same_state(a.state_dict(), b.state_dict())
+    with pytest.raises(ValueError, match="four nn.Linear"):
+        prune.drop_heads(tiny_model, {0: [0]}, remove_fn=lambda q, k, v, o, h, d: (q, k, v, o))
+
+
+@pytest.mark.parametrize("heads, match", [({5: [0]}, "layers 0..1"), ({0: [0, 1, 2, 3]}, "keep at least one"),
+                                           ({0: [4]}, "heads 0..3")])
+def test_drop_heads_bad_input(tiny_model, heads, match):
+    with pytest.raises(ValueError, match=match):
+        prune.drop_heads(tiny_model, heads)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(heads=1.0), "heads"), (dict(ffn=-0.2), "ffn"), (dict(score="l1"), "'norm'"),
     (dict(score="gradient"), "tokenizer"),
@@ -243,6 +342,17 @@ def test_plan_from_scan_hits_the_total_and_spares_sensitive_groups(tiny_model):
 def test_sensitivity_scan_has_a_row_per_group(tiny_model, tokenizer):
     scan = prune.sensitivity(tiny_model, tokenizer, sparsities=(0.5,), by="layer", limit=16)
     assert set(scan.index) == {"layer 0", "layer 1"} and list(scan.columns) == [0.5]
+    assert scan.attrs["split"] == "val"  # a scan chooses a plan: validation, never test
+
+
+def test_the_scan_and_the_plan_refuse_the_test_split(tiny_model, tokenizer):
+    with pytest.raises(ValueError, match="validation"):
+        prune.sensitivity(tiny_model, tokenizer, sparsities=(0.5,), limit=16, split="test")
+    g = prune.groups(tiny_model, "type")
+    scan = pd.DataFrame({0.9: [1.0] * len(g)}, index=list(g))
+    scan.attrs["split"] = "test"
+    with pytest.raises(ValueError, match="validation"):
+        prune.plan_from_scan(tiny_model, scan, total=0.5)
 
 
 def test_sparsity_point_on_the_baseline(baseline):
@@ -250,6 +360,7 @@ def test_sparsity_point_on_the_baseline(baseline):
     assert set(p) >= {"accuracy", "agreement", "remaining_weights"}
     assert p["remaining_weights"] == pytest.approx(0.5 * p["total_weights"], abs=40)
     assert 0.5 <= p["accuracy"] <= 1 and 0.5 <= p["agreement"] <= 1
+    assert p["accuracy_lo"] < p["accuracy"] < p["accuracy_hi"]  # a 95% interval on 200 snippets has width
     assert prune.sparsity_point(0.5, "layer", "magnitude") is p  # cached: a revisited slider point is instant
     assert prune.sparsity_point(0.0)["agreement"] == 1.0
 
@@ -258,12 +369,13 @@ def test_structured_table_reports_smaller_models(tiny_model, tokenizer):
     table = prune.structured_table(tiny_model, tokenizer, [(0.5, 0.5)], steps=1, limit=16)
     assert list(table["model"]) == ["dense", "-50% heads, -50% FFN"]
     assert table["size_ratio"].iloc[1] > 1.0 and table["b32_ms"].gt(0).all()
+    assert (table["accuracy_lo"] <= table["accuracy"]).all() and (table["accuracy"] <= table["accuracy_hi"]).all()
 
 
 def test_recovery_curve_keeps_sparsity(tiny_model, tokenizer):
     rec = prune.recovery_curve(tiny_model, tokenizer, [0.5], steps=1, limit=16)
     assert rec.loc[0, "still_sparse"] == pytest.approx(0.5, abs=1e-3)
-    assert 0 <= rec.loc[0, "after"] <= 1
+    assert rec.loc[0, "after_lo"] <= rec.loc[0, "after"] <= rec.loc[0, "after_hi"]
 
 
 @pytest.mark.parametrize("scope, method", [("layer", "magnitude"), ("global", "magnitude"), ("global", "random")])
