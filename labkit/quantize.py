@@ -4,6 +4,9 @@ Two kinds of quantized model live here, and the difference matters:
 - `fake_quantize`, `calibrate` and `qat` return *simulated* models: float weights rounded to a grid.
   They tell you the accuracy a quantized model would have; they are not smaller in memory or faster.
 - `to_int8` returns a model that really stores int8 weights and runs int8 kernels on the CPU.
+`IntegerLinear` / `swap_integer_linear` run one Linear layer in integers with a kernel you can write yourself
+(`quantized_linear`), to compare with torch's int8 Linear; `fake_quantize(quantizer=, qparams_fn=)` rounds with
+a learner's own functions.
 """
 
 from __future__ import annotations
@@ -113,19 +116,63 @@ def qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, scheme: str) -> tuple
     return scale, zero_point
 
 
+def _learner_qparams(qparams_fn: Callable, lo: torch.Tensor, hi: torch.Tensor,
+                     bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learner's `scale_and_zero_point(lo, hi, bits)` on a column of ranges, checked and shaped like `qparams`."""
+    try:
+        scale, zp = qparams_fn(lo, hi, bits)
+    except Exception as err:
+        raise ValueError(f"qparams_fn raised {type(err).__name__}: {err}; it must take tensors lo, hi (one range "
+                         "per row) and bits and return (scale, zero_point) tensors.") from None
+    scale = torch.as_tensor(scale, dtype=torch.float32).expand_as(lo)
+    zp = torch.as_tensor(zp).expand_as(lo)
+    # A constant row (lo == hi == 0) would give scale 0 and 0/0 codes: the same floor torch's observers use.
+    return torch.clamp(scale, min=torch.finfo(torch.float32).eps), torch.round(zp).to(torch.int64)
+
+
+def _codes(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int, scheme: str,
+           quantizer: Callable | None) -> torch.Tensor:
+    """Integer codes of `rows` on the grid; `quantizer` is a learner's `linear_quantize` for codes 0..2^bits - 1."""
+    qmin, qmax = qrange(bits, scheme)
+    if quantizer is None:
+        return torch.clamp(torch.round(rows / scale) + zp, qmin, qmax)
+    # linear_quantize speaks the unsigned grid 0..2^b - 1; a signed grid is the same grid shifted by qmin.
+    try:
+        codes = quantizer(rows, scale, zp - qmin, bits)
+    except Exception as err:
+        raise ValueError(f"quantizer raised {type(err).__name__}: {err}; it must be "
+                         "linear_quantize(x, scale, zero_point, bits) -> integer codes shaped like x.") from None
+    codes = torch.as_tensor(codes)
+    if codes.shape != rows.shape or torch.is_floating_point(codes):
+        raise ValueError(f"quantizer returned {codes.dtype} codes of shape {tuple(codes.shape)}; it must return "
+                         f"integer codes shaped like its input {tuple(rows.shape)}.")
+    return codes.to(torch.int64) + qmin
+
+
 def quantize_tensor(w: torch.Tensor, bits: int = 8, scheme: str = "asymmetric", granularity: str = "tensor",
-                    group_size: int | None = DEFAULT_GROUP) -> QTensor:
-    """Round `w` to a `bits`-bit grid: codes = clamp(round(w / scale) + zero_point, qmin, qmax)."""
+                    group_size: int | None = DEFAULT_GROUP, quantizer: Callable | None = None,
+                    qparams_fn: Callable | None = None) -> QTensor:
+    """Round `w` to a `bits`-bit grid: codes = clamp(round(w / scale) + zero_point, qmin, qmax).
+
+    `quantizer` (codes from x, scale, zero point, bits) and `qparams_fn` (scale and zero point from lo, hi, bits,
+    asymmetric only) replace labkit's own two steps: this is how a learner's functions run on a real model.
+    """
     bits = _check_bits(bits)
     _check_choice("scheme", scheme, SCHEMES)
     _check_choice("granularity", granularity, GRANULARITIES)
     if not torch.is_floating_point(w):
         raise ValueError(f"quantize_tensor takes a floating-point tensor, got dtype {w.dtype}.")
+    if qparams_fn is not None and scheme != "asymmetric":
+        raise ValueError("qparams_fn computes an asymmetric grid (codes 0..2^bits - 1); use scheme='asymmetric' "
+                         "with it, or leave qparams_fn=None for the symmetric scheme.")
     w = w.detach().float()
     rows = _grouped(w, granularity, group_size)
-    scale, zp = qparams(rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True), bits, scheme)
-    qmin, qmax = qrange(bits, scheme)
-    codes = torch.clamp(torch.round(rows / scale) + zp, qmin, qmax).reshape(w.shape)
+    lo, hi = rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)
+    if qparams_fn is None:
+        scale, zp = qparams(lo, hi, bits, scheme)
+    else:
+        scale, zp = _learner_qparams(qparams_fn, lo, hi, bits)
+    codes = _codes(rows, scale, zp, bits, scheme, quantizer).reshape(w.shape)
     if granularity == "tensor":
         scale, zp = scale.reshape(()), zp.reshape(())
     elif granularity == "group":
@@ -149,9 +196,10 @@ def dequantize(q: QTensor) -> torch.Tensor:
 
 
 def fake_quantize_tensor(w: torch.Tensor, bits: int = 8, scheme: str = "asymmetric", granularity: str = "tensor",
-                         group_size: int | None = DEFAULT_GROUP) -> torch.Tensor:
+                         group_size: int | None = DEFAULT_GROUP, quantizer: Callable | None = None,
+                         qparams_fn: Callable | None = None) -> torch.Tensor:
     """`dequantize(quantize_tensor(w, ...))`: the float values a quantized tensor really stands for."""
-    return dequantize(quantize_tensor(w, bits, scheme, granularity, group_size)).to(w.dtype)
+    return dequantize(quantize_tensor(w, bits, scheme, granularity, group_size, quantizer, qparams_fn)).to(w.dtype)
 
 
 def pack_codes(q: QTensor) -> np.ndarray:
@@ -208,22 +256,31 @@ class _ActivationFakeQuant:
 
 def fake_quantize(model: nn.Module, bits: int, scheme: str = "asymmetric", granularity: str = "channel",
                   group_size: int | None = DEFAULT_GROUP, activations: bool = False, embeddings: bool = False,
-                  inplace: bool = False) -> nn.Module:
+                  inplace: bool = False, quantizer: Callable | None = None,
+                  qparams_fn: Callable | None = None) -> nn.Module:
     """A simulated quantized copy: every Linear weight rounded to a `bits`-bit grid, still stored as float32.
 
     For accuracy only: the copy is exactly as large and as slow as the original (see `to_int8` for real int8).
     `activations=True` also rounds each Linear's input per batch; `embeddings=True` rounds embedding rows.
+    `quantizer=linear_quantize` and `qparams_fn=scale_and_zero_point` (a learner's, notebook 02) make the
+    Linear weights' codes and grids with those functions instead of labkit's own.
     """
     bits = _check_bits(bits)
     _check_choice("scheme", scheme, SCHEMES)
     _check_choice("granularity", granularity, GRANULARITIES)
+    for name, fn in (("quantizer", quantizer), ("qparams_fn", qparams_fn)):
+        if fn is not None and not callable(fn):
+            raise ValueError(f"{name} must be a function (or None for labkit's own), got {type(fn).__name__}.")
+    if qparams_fn is not None and scheme != "asymmetric":
+        raise ValueError("qparams_fn computes an asymmetric grid; use scheme='asymmetric' with it.")
     layers = _linears(model)
     for _, lin in layers:  # validate every layer before touching any, so a bad group_size leaves nothing half-done
         _grouped(lin.weight.detach()[:, :1].expand(-1, lin.in_features), granularity, group_size)
     out = _target(model, inplace)
     with torch.no_grad():
         for _, lin in _linears(out):
-            lin.weight.copy_(fake_quantize_tensor(lin.weight, bits, scheme, granularity, group_size))
+            lin.weight.copy_(fake_quantize_tensor(lin.weight, bits, scheme, granularity, group_size,
+                                                  quantizer, qparams_fn))
             if activations:
                 lin.register_forward_pre_hook(_ActivationFakeQuant(bits, scheme))
         if embeddings:
@@ -547,6 +604,147 @@ def to_int8(model: nn.Module, embeddings: bool = True, backend: str = "torch", i
     return _torch_dynamic_int8(out)
 
 
+# --- an integer-only Linear layer, by hand -----------------------------------------------------------
+
+ACT_BITS = 7  # activation codes 0..127: see IntegerLinear
+
+
+def quantized_linear(x_codes: torch.Tensor, x_scale: float, x_zp: int, w_codes: torch.Tensor,
+                     w_scale: torch.Tensor, bias: torch.Tensor, out_scale: float, out_zp: int) -> torch.Tensor:
+    """uint8 output codes of y = x W^T + b, computed in integers (labkit's reference for notebook 02).
+
+    x_codes: uint8 (n, in) with one scale and zero point; w_codes: int8 (out, in), symmetric, one scale per
+    output channel; sums of (x_code - x_zp) * w_code in int32; bias quantized at x_scale * w_scale (int32);
+    the sums requantized to the output grid (out_scale, out_zp) and clamped to 0..255.
+    """
+    acc = (x_codes.to(torch.int32) - int(x_zp)) @ w_codes.to(torch.int32).T  # int8 x int8 products, int32 sums
+    acc = acc + torch.round(bias / (x_scale * w_scale)).to(torch.int32)  # the bias on the sums' own grid
+    # One float multiply per output: the sums' step (x_scale * w_scale) measured in output steps.
+    codes = torch.round(acc * (x_scale * w_scale / out_scale)) + int(out_zp)
+    return torch.clamp(codes, 0, 255).to(torch.uint8)
+
+
+class IntegerLinear(nn.Module):
+    """A Linear computed in integers: uint8 input codes, int8 weights per output channel, int32 sums, uint8 output.
+
+    The input and output grids are fixed (calibrated, see `swap_integer_linear`); `kernel` does the integer
+    arithmetic (labkit's `quantized_linear` or a learner's). Input codes use 0..127 (7 bits), as torch's x86
+    default does (`reduce_range`): AVX2 int8 kernels add pairs of uint8 x int8 products in 16 bits, which
+    255 x 127 x 2 would overflow. Runs on the CPU (torch has no integer matmul on GPUs) and returns floats.
+    """
+
+    def __init__(self, linear: nn.Linear, x_range: tuple[float, float], out_range: tuple[float, float],
+                 kernel: Callable | None = None):
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"IntegerLinear replaces an nn.Linear, got {type(linear).__name__}.")
+        if kernel is not None and not callable(kernel):
+            raise ValueError(f"kernel must be a function like quantize.quantized_linear, got {type(kernel).__name__}.")
+        q = quantize_tensor(linear.weight, 8, "symmetric", "channel")
+        self.register_buffer("w_codes", q.codes.cpu())
+        self.register_buffer("w_scale", q.scale.reshape(-1).cpu())
+        bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
+        self.register_buffer("bias", bias.detach().float().cpu().clone())
+        xs, xz = qparams(torch.tensor(float(x_range[0])), torch.tensor(float(x_range[1])), ACT_BITS, "asymmetric")
+        ys, yz = qparams(torch.tensor(float(out_range[0])), torch.tensor(float(out_range[1])), 8, "asymmetric")
+        self.x_scale, self.x_zp, self.out_scale, self.out_zp = float(xs), int(xz), float(ys), int(yz)
+        self.kernel = kernel or quantized_linear
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def input_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as uint8 codes on this layer's input grid, one row per token."""
+        flat = x.detach().reshape(-1, self.in_features).float().cpu()
+        return torch.clamp(torch.round(flat / self.x_scale) + self.x_zp, 0, 2 ** ACT_BITS - 1).to(torch.uint8)
+
+    def output_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The output's uint8 codes, computed by `kernel` in integers."""
+        codes = torch.as_tensor(self.kernel(self.input_codes(x), self.x_scale, self.x_zp, self.w_codes,
+                                            self.w_scale, self.bias, self.out_scale, self.out_zp))
+        want = (x.numel() // self.in_features, self.out_features)
+        if tuple(codes.shape) != want or torch.is_floating_point(codes):
+            raise ValueError(f"the kernel returned {codes.dtype} codes of shape {tuple(codes.shape)}; it must "
+                             f"return integer codes of shape {want} (tokens x outputs).")
+        return codes
+
+    def torch_output_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The same layer run by torch's own int8 Linear (torch.ao.nn.quantized.Linear) on the same codes."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated; the warning is not the learner's
+            from torch.ao.nn.quantized import Linear as TorchQLinear
+
+            layer = TorchQLinear(self.in_features, self.out_features, dtype=torch.qint8)
+            w = torch._make_per_channel_quantized_tensor(self.w_codes, self.w_scale.double(),
+                                                         torch.zeros(self.out_features, dtype=torch.int64), 0)
+            layer.set_weight_bias(w, self.bias)
+            layer.scale, layer.zero_point = self.out_scale, self.out_zp
+            qx = torch._make_per_tensor_quantized_tensor(self.input_codes(x), self.x_scale, self.x_zp)
+            return layer(qx).int_repr()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = (self.output_codes(x).to(torch.float32) - self.out_zp) * self.out_scale
+        return y.reshape(*x.shape[:-1], self.out_features).to(device=x.device, dtype=x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}, {self.out_features}, uint8 x int8 -> int32, "
+                f"kernel={getattr(self.kernel, '__name__', 'kernel')}")
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Names of every nn.Linear in the model, in order (found by type, for `get_submodule`)."""
+    return [name for name, _ in _linears(model)]
+
+
+def _linear(model: nn.Module, name: str) -> nn.Linear:
+    names = linear_names(model)
+    if name not in names:
+        raise ValueError(f"{name!r} is not a Linear layer of this model; use one of quantize.linear_names(model), "
+                         f"e.g. {names[:3]}.")
+    return model.get_submodule(name)
+
+
+def layer_io(model: nn.Module, tokenizer, name: str, split: str = "test",
+             limit: int | None = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and outputs of the Linear `name` on real snippets: one row per token (padding left out), on the CPU."""
+    lin = _linear(model, name)
+    seen: dict[str, torch.Tensor] = {}
+    handle = lin.register_forward_hook(lambda mod, args, out: seen.update(x=args[0].detach(), y=out.detach()))
+    xs, ys = [], []
+    try:
+        with torch.inference_mode():
+            model.eval()
+            dev = measure._device_of(model)
+            for batch in data.batches(data.split(split, limit)["text"], None, tokenizer, 32):
+                model(**batch.to(dev).inputs)
+                x, y = seen["x"], seen["y"]
+                if x.dim() == 3:  # (batch, tokens, features): keep the real tokens; a head sees one row per snippet
+                    keep = batch.inputs["attention_mask"].bool().to(x.device)
+                    x, y = x[keep], y[keep]
+                xs.append(x.cpu())
+                ys.append(y.cpu())
+    finally:
+        handle.remove()
+    return torch.cat(xs), torch.cat(ys)
+
+
+def swap_integer_linear(model: nn.Module, tokenizer, name: str, kernel: Callable | None = None,
+                        split: str = "val", size: int | None = None) -> nn.Module:
+    """A CPU copy of `model` whose Linear `name` runs in integers (`IntegerLinear` with `kernel`).
+
+    The layer's input and output grids are the min/max seen on `size` snippets of `split`: a setting, so
+    it is chosen on the validation split, never on the test split it is then measured on.
+    """
+    split = data.selection_split(split)
+    _linear(model, name)
+    size = size or (64 if fast_mode() else 256)
+    x, y = layer_io(model, tokenizer, name, split, size)
+    out = copy.deepcopy(model).cpu().eval()
+    parent, _, attr = name.rpartition(".")
+    holder = out.get_submodule(parent) if parent else out
+    setattr(holder, attr, IntegerLinear(out.get_submodule(name), (float(x.min()), float(x.max())),
+                                        (float(y.min()), float(y.max())), kernel))
+    return out
+
+
 # --- the bit-width slider ----------------------------------------------------------------------------
 
 _BASE: dict[str, Any] = {}
@@ -571,20 +769,24 @@ def _reference(limit: int | None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bits_point(bits: int, scheme: str = "asymmetric", granularity: str = "channel",
-               group_size: int | None = DEFAULT_GROUP, limit: int | None = QUICK_LIMIT) -> dict:
-    """One slider position: accuracy, agreement with fp32 and packed size of the baseline at `bits` (simulated).
+               group_size: int | None = DEFAULT_GROUP, limit: int | None = QUICK_LIMIT,
+               quantizer: Callable | None = None, qparams_fn: Callable | None = None) -> dict:
+    """One slider position: accuracy (95% interval), agreement with fp32 and packed size of the baseline at `bits`.
 
-    Evaluated on the quick test subset (`limit` snippets); each point is computed once and cached.
+    Simulated, on the quick test subset (`limit` snippets); each point is computed once and cached.
+    `quantizer` / `qparams_fn`: a learner's functions instead of labkit's (see `fake_quantize`).
     """
     bits = _check_bits(bits)
-    key = (bits, scheme, granularity, group_size if granularity == "group" else None, limit)
+    key = (bits, scheme, granularity, group_size if granularity == "group" else None, limit, quantizer, qparams_fn)
     if key not in _POINTS:
         base, tok = _baseline()
         ref, labels = _reference(limit)
-        sim = fake_quantize(base, bits, scheme, granularity, group_size)
+        sim = fake_quantize(base, bits, scheme, granularity, group_size, quantizer=quantizer, qparams_fn=qparams_fn)
         preds = measure.predict(sim, tok, data.split("test", limit)["text"])
+        ci = measure.accuracy_ci(preds, labels)
         _POINTS[key] = {"bits": bits, "scheme": scheme, "granularity": granularity,
-                        "accuracy": float((preds == labels).mean()), "agreement": measure.agreement(preds, ref),
+                        "accuracy": ci["accuracy"], "lo": ci["lo"], "hi": ci["hi"],
+                        "agreement": measure.agreement(preds, ref),
                         "size_bytes": quantized_size_bytes(base, bits, scheme, granularity, group_size),
                         "fp32_bytes": float_size_bytes(base),
                         "snippets": len(labels)}
@@ -593,11 +795,12 @@ def bits_point(bits: int, scheme: str = "asymmetric", granularity: str = "channe
 
 def sweep(bits: tuple[int, ...] = tuple(range(1, 9)), granularities: tuple[str, ...] = GRANULARITIES,
           scheme: str = "asymmetric", group_size: int | None = DEFAULT_GROUP,
-          limit: int | None = None) -> Iterator[dict]:
+          limit: int | None = None, quantizer: Callable | None = None,
+          qparams_fn: Callable | None = None) -> Iterator[dict]:
     """Stream `bits_point` over bit widths and granularities (for a live plot); each row says its progress."""
     todo = [(g, b) for g in granularities for b in bits]
     for i, (g, b) in enumerate(todo, 1):
-        yield dict(bits_point(b, scheme, g, group_size, limit), done=i, total=len(todo))
+        yield dict(bits_point(b, scheme, g, group_size, limit, quantizer, qparams_fn), done=i, total=len(todo))
 
 
 # --- the main job's rows -----------------------------------------------------------------------------
