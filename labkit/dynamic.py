@@ -4,7 +4,10 @@ Static methods decide once, ahead of time (a calibrated activation scale, a fixe
 Dynamic methods decide per input or per step:
 - `token_pruning` drops the least-attended tokens of *each input* while it runs (real speed, no retraining);
 - `dynamic_int8` computes each batch's activation scale at run time (real int8 kernels on the CPU);
-- `gradual_prune` raises weight sparsity step by step *during* fine-tuning (a cubic schedule).
+- `prune_finetune` raises weight sparsity step by step *during* fine-tuning (a cubic schedule).
+
+Each accepts a learner's own piece of the mechanism: `token_pruning(select=...)` (which tokens survive),
+`with_linear(model, linear_fn)` (a dynamic int8 Linear), `prune_finetune(schedule=callable)` (the sparsity schedule).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import copy
 import math
 import warnings
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -120,30 +123,62 @@ def mean_attention(hidden: torch.Tensor, real: torch.Tensor, query: nn.Linear, k
 SCORES = {"cls": cls_attention, "mean": mean_attention}
 
 
+# select(hidden (b, n, d), scores (b, n), mask (b, n) of 0/1, keep) -> (kept hidden (b, keep, d), indices (b, keep))
+Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _selected(select: Select, hidden: torch.Tensor, score: torch.Tensor, real: torch.Tensor,
+              counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a learner's `select` on each group of rows that keep the same count; pad the groups to one width."""
+    b, n, d = hidden.shape
+    width = int(counts.max())
+    out = hidden.new_zeros(b, width, d)
+    pos = torch.full((b, width), -1, dtype=torch.long, device=hidden.device)
+    for c in sorted(set(counts.tolist())):
+        rows = (counts == c).nonzero().flatten()
+        got = select(hidden[rows], score[rows], real[rows].long(), int(c))
+        kept, idx = got if isinstance(got, tuple) and len(got) == 2 else (None, None)
+        if not isinstance(kept, torch.Tensor) or kept.shape != (len(rows), c, d) \
+                or not isinstance(idx, torch.Tensor) or idx.shape != (len(rows), c):
+            raise ValueError(f"select must return (kept hidden states of shape (rows, keep, dim), kept indices of "
+                             f"shape (rows, keep)) = ({len(rows)}, {c}, {d}) and ({len(rows)}, {c}); check it with "
+                             "checks.check('05.keep_top_tokens', fn) first.")
+        idx = idx.to(torch.long)
+        if bool(((idx < 0) | (idx >= n)).any()):
+            raise ValueError(f"select returned token indices outside 0..{n - 1}; return positions in the sequence.")
+        out[rows, :c] = kept.to(hidden.dtype)
+        pos[rows, :c] = idx
+    return out, pos
+
+
 class _TokenPruner:
     """Forward pre-hook of the first pruned layer: scores tokens, keeps the top ones, shrinks the sequence."""
 
     def __init__(self, keep_ratio: float, query: nn.Linear, key: nn.Linear, heads: int, state: dict,
-                 score: str = "cls"):
+                 score: str = "cls", select: Select | None = None):
         self.keep_ratio, self.query, self.key, self.heads, self.state = keep_ratio, query, key, heads, state
-        self.score = score
+        self.score, self.select = score, select
 
     def __call__(self, module, args, kwargs):
         hidden, mask, args, kwargs = _split_args(args, kwargs)
         b, n, d = hidden.shape
         real = _real_tokens(mask, b, n, hidden.device)
-        score = SCORES[self.score](hidden, real, self.query, self.key, self.heads)
-        score = score.masked_fill(~real, float("-inf"))  # padding goes first
-        score[:, 0] = float("inf")  # [CLS] feeds the classifier: never dropped
+        raw = SCORES[self.score](hidden, real, self.query, self.key, self.heads)
         counts = torch.tensor([keep_count(int(r), self.keep_ratio) for r in real.sum(1)], device=hidden.device)
         width = int(counts.max())
         slot = torch.arange(width, device=hidden.device)
-        best = score.argsort(dim=1, descending=True, stable=True)[:, :width]
         valid = slot[None, :] < counts[:, None]
-        # Kept tokens go back to their original order; empty slots (shorter rows) sort to the end.
-        pos = torch.where(valid, best, n + slot[None, :]).sort(dim=1).values
-        gather = pos.clamp(max=n - 1)
-        hidden = hidden.gather(1, gather[..., None].expand(b, width, d))
+        if self.select is not None:  # the learner's choice of tokens, on the raw scores and the 0/1 mask
+            hidden, pos = _selected(self.select, hidden, raw, real, counts)
+            score = raw
+        else:
+            score = raw.masked_fill(~real, float("-inf"))  # padding goes first
+            score[:, 0] = float("inf")  # [CLS] feeds the classifier: never dropped
+            best = score.argsort(dim=1, descending=True, stable=True)[:, :width]
+            # Kept tokens go back to their original order; empty slots (shorter rows) sort to the end.
+            pos = torch.where(valid, best, n + slot[None, :]).sort(dim=1).values
+            gather = pos.clamp(max=n - 1)
+            hidden = hidden.gather(1, gather[..., None].expand(b, width, d))
         new_mask = _layer_mask(valid, mask)
         self.state.update(mask=new_mask, kept=torch.where(valid, pos, -1), score=score.detach())
         return _join_args(hidden, new_mask, args, kwargs)
@@ -176,7 +211,7 @@ def _join_args(hidden, mask, args, kwargs):
 
 
 def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace: bool = False,
-                  score: str = "cls") -> nn.Module:
+                  score: str = "cls", select: Select | None = None) -> nn.Module:
     """A model whose layers from `start_layer` on see only the top ceil(keep_ratio * real length) tokens per input.
 
     Tokens are ranked by the attention [CLS] pays them in layer `start_layer` (computed from that layer's own
@@ -184,7 +219,12 @@ def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace
     dropped. Layers before `start_layer` run unchanged; `start_layer` and later run on the shorter sequence.
     `score="mean"` ranks by the attention received from all tokens instead (better for encoders such as
     MiniLM-L6 here, pretrained for mean pooling, whose early [CLS] query is not yet a summary of the input).
+    `select(hidden, scores, mask, keep)` replaces labkit's choice of tokens (notebook 05's `keep_top_tokens`): it gets
+    the raw scores (padding is not pre-filtered, [CLS] not protected) and must return the kept hidden states and
+    their positions, in their original order.
     """
+    if select is not None and not callable(select):
+        raise ValueError(f"select must be a function (hidden, scores, mask, keep) -> (kept, indices), got {select!r}.")
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}.")
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
@@ -203,7 +243,7 @@ def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace
     state: dict[str, Any] = {}
     query, key = _query_key(layers[start_layer])
     handles = [layers[start_layer].register_forward_pre_hook(
-        _TokenPruner(float(keep_ratio), query, key, _heads(layers[start_layer], model.config), state, score),
+        _TokenPruner(float(keep_ratio), query, key, _heads(layers[start_layer], model.config), state, score, select),
         with_kwargs=True)]
     for layer in layers[start_layer + 1:]:
         handles.append(layer.register_forward_pre_hook(_MaskSwap(state), with_kwargs=True))
@@ -252,22 +292,79 @@ def _reference() -> np.ndarray:
     return model_mod.shared_baseline()[2]
 
 
-@lru_cache(maxsize=128)
-def token_point(keep_ratio: float, start_layer: int, score: str = "cls") -> dict:
-    """Accuracy, agreement with the baseline and batch-32 latency (ms) of token pruning on the quick test subset."""
+@lru_cache(maxsize=4)
+def _split_reference(split: str) -> np.ndarray:
+    """The unpruned baseline's predictions on the quick subset of `split` (what agreement is measured against)."""
+    if split == "test":
+        return _reference()
     base, tok = _baseline()
-    pruned = token_pruning(base, keep_ratio, start_layer, score=score)
-    df = data.split("test", QUICK_LIMIT)
-    preds = measure.predict(pruned, tok, df["text"])
+    return measure.predict(base, tok, data.split(split, QUICK_LIMIT)["text"])
+
+
+def token_predictions(keep_ratio: float, start_layer: int, score: str = "cls", split: str = "val",
+                      select: Select | None = None) -> np.ndarray:
+    """Predicted labels of the token-pruned baseline on the quick subset of `split` (cached: paired comparisons)."""
+    return _token_predictions(keep_ratio, start_layer, score, split, select)
+
+
+@lru_cache(maxsize=64)
+def _token_predictions(keep_ratio: float, start_layer: int, score: str, split: str, select: Select | None
+                       ) -> np.ndarray:
+    if split not in data.SPLITS:
+        raise ValueError(f"Unknown split {split!r}; choose 'val' (to choose settings) or 'test' (to report once).")
+    base, tok = _baseline()
+    pruned = token_pruning(base, keep_ratio, start_layer, score=score, select=select)
+    preds = measure.predict(pruned, tok, data.split(split, QUICK_LIMIT)["text"])
+    preds.setflags(write=False)  # shared by every caller of the cache
+    return preds
+
+
+def token_point(keep_ratio: float, start_layer: int, score: str = "cls", split: str = "val",
+                select: Select | None = None) -> dict:
+    """Accuracy (95% interval), agreement with the baseline and batch-32 latency (ms) of token pruning.
+
+    Measured on the quick subset (200 snippets) of `split`: the validation split by default, because the sliders
+    and sweeps that call this are where a keep ratio gets chosen; the test split is for reporting the choice once.
+    Cached per point, however the arguments are passed (a slider passes them by name, a sweep by position).
+    """
+    return _token_point(keep_ratio, start_layer, score, split, select)
+
+
+@lru_cache(maxsize=128)
+def _token_point(keep_ratio: float, start_layer: int, score: str, split: str, select: Select | None) -> dict:
+    preds = _token_predictions(keep_ratio, start_layer, score, split, select)
+    base, tok = _baseline()
+    pruned = token_pruning(base, keep_ratio, start_layer, score=score, select=select)
+    ci = measure.accuracy_ci(preds, data.split(split, QUICK_LIMIT)["label"].to_numpy())
     lat = measure.latency(pruned, tok, 32, warmup=1, repeats=3)
-    return {"keep_ratio": keep_ratio, "start_layer": start_layer, "score": score,
-            "accuracy": float((preds == df["label"].to_numpy()).mean()),
-            "agreement": measure.agreement(preds, _reference()), "latency_ms": lat["median_ms"]}
+    return {"keep_ratio": keep_ratio, "start_layer": start_layer, "score": score, "split": split,
+            "accuracy": ci["accuracy"], "lo": ci["lo"], "hi": ci["hi"], "n": ci["n"],
+            "agreement": measure.agreement(preds, _split_reference(split)), "latency_ms": lat["median_ms"]}
 
 
-def token_sweep(keep_ratios=(1.0, 0.7, 0.5, 0.3), start_layer: int = 2, scores=("cls", "mean")) -> pd.DataFrame:
-    """`token_point` for several keep ratios and scores (the latency-vs-accuracy curve)."""
-    return pd.DataFrame([token_point(float(r), start_layer, s) for s in scores for r in keep_ratios])
+def token_sweep(keep_ratios=(1.0, 0.7, 0.5, 0.3), start_layer: int = 2, scores=("cls", "mean"),
+                split: str = "val") -> pd.DataFrame:
+    """`token_point` for several keep ratios and scores (the latency-vs-accuracy curve), on the validation split."""
+    return pd.DataFrame([token_point(float(r), start_layer, s, split) for s in scores for r in keep_ratios])
+
+
+def choose_keep_ratio(sweep: pd.DataFrame, min_agreement: float = 0.95) -> dict:
+    """The sweep's smallest keep ratio whose agreement with the unpruned model is >= `min_agreement` (val only).
+
+    Ties in keep ratio go to the score with the higher agreement. Refuses a sweep measured on the test split:
+    a setting chosen there would make the test accuracy reported for it optimistic.
+    """
+    if sweep.empty or not {"keep_ratio", "agreement", "split"} <= set(sweep.columns):
+        raise ValueError("Pass the DataFrame returned by token_sweep(..., split='val').")
+    for split in set(sweep["split"]):
+        data.selection_split(split)
+    if not 0 < min_agreement <= 1:
+        raise ValueError(f"min_agreement must be a fraction in (0, 1], got {min_agreement!r}.")
+    ok = sweep[sweep["agreement"] >= min_agreement]
+    if ok.empty:  # nothing is close enough: keep everything rather than invent a choice
+        ok = sweep[sweep["keep_ratio"] == sweep["keep_ratio"].max()]
+    best = ok.sort_values(["keep_ratio", "agreement"], ascending=[True, False], kind="stable").iloc[0]
+    return best.to_dict()
 
 
 def length_latency(model: nn.Module, tokenizer, batch_size: int, lengths=(13, 26, 52), repeats: int | None = None
@@ -311,12 +408,16 @@ def draw_tradeoff(df: pd.DataFrame, baseline_ms: float | None = None, ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4))
     for score, part in df.groupby("score"):
-        ax.plot(part["latency_ms"], part["accuracy"], "o-", label=f"{score} score")
+        line, = ax.plot(part["latency_ms"], part["accuracy"], "o-", label=f"{score} score")
+        if {"lo", "hi"} <= set(part.columns):  # the 95% interval of each accuracy
+            ax.errorbar(part["latency_ms"], part["accuracy"], yerr=[part["accuracy"] - part["lo"],
+                        part["hi"] - part["accuracy"]], fmt="none", ecolor=line.get_color(), alpha=0.4, capsize=3)
         for _, r in part.iterrows():
             ax.annotate(f"{r['keep_ratio']:.1f}", (r["latency_ms"], r["accuracy"]), fontsize=8,
                         xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("batch-32 latency (ms, median)")
-    ax.set_ylabel("accuracy (quick test subset)")
+    split = df["split"].iloc[0] if "split" in df.columns and len(df) else "test"
+    ax.set_xlabel("batch-32 latency (ms, median; each point timed on its own)")
+    ax.set_ylabel(f"accuracy, 95% interval (quick {split} subset)")
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
@@ -341,6 +442,129 @@ def dynamic_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
         layers = encoder_layers(model)
         quantize_dynamic(layers, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return model.cpu()
+
+
+# --- your own dynamic int8 Linear in the real model ----------------------------------------------------
+
+# linear_fn(x (rows, in) float, w_codes (out, in) int8, w_scale (out,) float, bias (out,) float or None) -> (rows, out)
+LinearFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 codes of a Linear weight (out, in) and their float scales (out,)."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ValueError("int8_weight needs a Linear's 2-D weight tensor of shape (out_features, in_features).")
+    w = weight.detach().float()
+    # One scale per output channel: a row with small weights keeps its own fine grid. Codes stop at -127 so the
+    # grid is symmetric around 0 (what torch's int8 weights do too).
+    scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12)
+    codes = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
+    return codes, scale
+
+
+class FnLinear(nn.Module):
+    """A Linear on int8 weights whose forward is `linear_fn(x, w_codes, w_scale, bias)` (float in, float out)."""
+
+    def __init__(self, linear: nn.Linear, linear_fn: LinearFn):
+        super().__init__()
+        codes, scale = int8_weight(linear.weight)
+        self.register_buffer("w_codes", codes)
+        self.register_buffer("w_scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        self.in_features, self.out_features, self.linear_fn = linear.in_features, linear.out_features, linear_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).float()
+        y = self.linear_fn(rows, self.w_codes, self.w_scale, self.bias)
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != (rows.shape[0], self.out_features):
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(f"linear_fn must return a float tensor of shape (rows, out_features) = "
+                             f"({rows.shape[0]}, {self.out_features}), got {got}; check it with "
+                             "checks.check('04.dynamic_linear', fn) first.")
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights, " \
+               f"fn={getattr(self.linear_fn, '__name__', 'linear_fn')}"
+
+
+def with_linear(model: nn.Module, linear_fn: LinearFn, inplace: bool = False) -> nn.Module:
+    """A copy of `model` whose encoder Linears run `linear_fn` on int8 weights (notebook 04's `dynamic_linear`).
+
+    Each Linear's weight becomes symmetric per-channel int8 codes and scales (`int8_weight`); every forward pass
+    calls `linear_fn(x, w_codes, w_scale, bias)` with the layer's input flattened to (rows, in_features).
+    The classifier head and pooler stay in float, as in `dynamic_int8`. This runs at Python speed: it shows
+    that your arithmetic gives the model's answers, not that it is fast (torch's int8 kernel is what is timed).
+    """
+    if not callable(linear_fn):
+        raise ValueError(f"linear_fn must be a function (x, w_codes, w_scale, bias) -> y, got {linear_fn!r}.")
+    model = _target(model, inplace)
+    layers = encoder_layers(model)
+    for name, lin in list(linears(model).items()):
+        parent, _, attr = name.rpartition(".")
+        setattr(layers.get_submodule(parent) if parent else layers, attr, FnLinear(lin, linear_fn))
+    return model
+
+
+def _torch_dynamic_linear(linear: nn.Linear) -> nn.Module:
+    """torch's own dynamic int8 Linear made from a float one (a copy)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice is for us, not learners
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(nn.Sequential(copy.deepcopy(linear).float().cpu()), {nn.Linear},
+                                dtype=torch.qint8)[0]
+
+
+@torch.inference_mode()
+def linear_errors(model: nn.Module, tokenizer, linear_fn: LinearFn, texts: list[str], name: str | None = None
+                  ) -> pd.DataFrame:
+    """On one encoder Linear's real input: how far `linear_fn` and torch's dynamic int8 Linear land from float.
+
+    The error is relative, ||y - y_float|| / ||y_float||, over every row of the captured input (all tokens of
+    `texts`). `name` is a key of `linears(model)`; the first encoder Linear by default.
+    """
+    lins = linears(model)
+    if name is None:
+        name = next(iter(lins))
+    if name not in lins:
+        raise ValueError(f"No encoder Linear named {name!r}; choose one of {', '.join(list(lins)[:6])}, ...")
+    lin = lins[name]
+    seen: list[torch.Tensor] = []
+    handle = lin.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    try:
+        measure.predict(model, tokenizer, list(texts))
+    finally:
+        handle.remove()
+    x = torch.cat([t.reshape(-1, lin.in_features) for t in seen]).float().cpu()
+    w = lin.weight
+    ref = (lin if w.device.type == "cpu" and w.dtype == torch.float32 else copy.deepcopy(lin).float().cpu())(x)
+    codes, scale = int8_weight(lin.weight.cpu())
+    bias = None if lin.bias is None else lin.bias.detach().float().cpu()
+    outs = {"your linear_fn (int8 weights per channel)": linear_fn(x, codes, scale, bias),
+            "torch dynamic int8 Linear": _torch_dynamic_linear(lin)(x)}
+    norm = float(ref.norm())
+    return pd.DataFrame([{"layer": name, "version": k, "rows": x.shape[0],
+                          "relative_error": float((y.float() - ref).norm()) / max(norm, 1e-12)}
+                         for k, y in outs.items()])
+
+
+def compare_predictions(preds: dict[str, np.ndarray], labels, baseline: str) -> pd.DataFrame:
+    """One row per model: accuracy with its 95% interval, agreement with `baseline`, paired difference from it."""
+    if baseline not in preds:
+        raise ValueError(f"baseline {baseline!r} is not one of the models: {', '.join(preds)}.")
+    labels = np.asarray(labels)
+    rows = []
+    for name, p in preds.items():
+        ci = measure.accuracy_ci(p, labels)
+        row = {"model": name, "accuracy": ci["accuracy"], "accuracy (95% interval)": measure.format_accuracy(ci),
+               "agreement": measure.agreement(p, preds[baseline])}
+        if name != baseline:
+            d = measure.paired(p, preds[baseline], labels)
+            row.update({"minus " + baseline: f"{d['difference']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]",
+                        "p (McNemar)": round(d["p_value"], 3)})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")
 
 
 def fake_int8(x: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float) -> torch.Tensor:
@@ -437,7 +661,8 @@ def shifted_test(kind: str, limit: int = QUICK_LIMIT) -> pd.DataFrame:
 
 def quantization_robustness(model: nn.Module, tokenizer, kinds=("normal", "long", "repeated", "upper"),
                             calibration_size: int = 64, limit: int = QUICK_LIMIT) -> pd.DataFrame:
-    """Accuracy of fp32, real dynamic int8, simulated dynamic and simulated static int8 on each kind of input."""
+    """Accuracy (with its 95% interval) and agreement with fp32 of fp32, real dynamic int8, simulated dynamic and
+    simulated static int8, on each kind of input."""
     ranges = calibrate_ranges(model, tokenizer, calibration_texts(calibration_size))
     models = {"fp32": model, "dynamic int8 (real)": dynamic_int8(model),
               "dynamic int8 (simulated)": simulated_int8(model),
@@ -449,8 +674,9 @@ def quantization_robustness(model: nn.Module, tokenizer, kinds=("normal", "long"
         ref = measure.predict(model, tokenizer, df["text"])
         for name, m in models.items():
             preds = ref if m is model else measure.predict(m, tokenizer, df["text"])
-            rows.append({"inputs": kind, "model": name, "accuracy": float((preds == labels).mean()),
-                         "agreement": measure.agreement(preds, ref)})
+            ci = measure.accuracy_ci(preds, labels)
+            rows.append({"inputs": kind, "model": name, "accuracy": ci["accuracy"], "lo": ci["lo"], "hi": ci["hi"],
+                         "n": ci["n"], "agreement": measure.agreement(preds, ref)})
     return pd.DataFrame(rows)
 
 
@@ -493,20 +719,44 @@ def weight_sparsity(model: nn.Module) -> float:
     return float(sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws))
 
 
-def prune_finetune(model: nn.Module, tokenizer, final_sparsity: float, steps: int, schedule: str = "cubic",
-                   ramp: float = 0.7, batch_size: int = 16, lr: float = 5e-5, seed: int = 0, inplace: bool = False,
-                   teacher: nn.Module | None = None) -> tuple[nn.Module, pd.DataFrame]:
+Schedule = Callable[[int, int, float], float]  # (step, total, final_sparsity) -> target sparsity at that step
+
+
+def _target_sparsity(schedule: str | Schedule, step: int, total: int, final_sparsity: float) -> float:
+    """The target sparsity a schedule (a name or a function) gives at `step` of a ramp of `total` steps."""
+    if schedule == "oneshot":
+        return final_sparsity
+    if schedule == "cubic":
+        return cubic_schedule(step, total, final_sparsity)
+    value = schedule(step, total, final_sparsity)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"schedule({step}, {total}, {final_sparsity}) returned {value!r}, not a number; check it "
+                         "with checks.check('05.cubic_schedule', fn) first.") from None
+    if not 0 <= value < 1 or math.isnan(value):
+        raise ValueError(f"schedule({step}, {total}, {final_sparsity}) returned {value}, not a sparsity in [0, 1).")
+    return value
+
+
+def prune_finetune(model: nn.Module, tokenizer, final_sparsity: float, steps: int,
+                   schedule: str | Schedule = "cubic", ramp: float = 0.7, batch_size: int = 16, lr: float = 5e-5,
+                   seed: int = 0, inplace: bool = False, teacher: nn.Module | None = None
+                   ) -> tuple[nn.Module, pd.DataFrame]:
     """Fine-tune while pruning encoder Linears by magnitude: 'cubic' (gradual) or 'oneshot' (all at step 0).
 
     The cubic schedule reaches `final_sparsity` after `ramp` of the steps; the rest recover at that sparsity.
+    `schedule` may also be your own function `(step, total, final_sparsity) -> sparsity` (notebook 05), called with
+    total = the ramp's steps and steps past it, so it must stay at `final_sparsity` after `total`.
     Both take the same `steps` optimizer steps on the same batches, so only the pruning schedule differs.
     With a `teacher` (the dense model), half the loss is distillation towards its outputs (as prune.recover).
     Returns the pruned model and its history (step, target sparsity, loss).
     """
     if not 0 < ramp <= 1:
         raise ValueError(f"ramp must be a fraction of the steps in (0, 1], got {ramp!r}.")
-    if schedule not in ("cubic", "oneshot"):
-        raise ValueError(f"schedule must be 'cubic' or 'oneshot', got {schedule!r}.")
+    if schedule not in ("cubic", "oneshot") and not callable(schedule):
+        raise ValueError(f"schedule must be 'cubic', 'oneshot' or a function (step, total, final) -> sparsity, "
+                         f"got {schedule!r}.")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}.")
     cubic_schedule(0, steps, final_sparsity)  # validates final_sparsity
@@ -523,7 +773,7 @@ def prune_finetune(model: nn.Module, tokenizer, final_sparsity: float, steps: in
         teacher.eval()
     while step < steps:
         for batch in data.batches(train["text"], train["label"], tokenizer, batch_size, shuffle_seed=seed + step):
-            target = final_sparsity if schedule == "oneshot" else cubic_schedule(step, ramp_steps, final_sparsity)
+            target = _target_sparsity(schedule, step, ramp_steps, final_sparsity)
             if target != done:  # greedy: remove the smallest surviving weights up to this step's target
                 for n, lin in lins.items():
                     keep[n] = prune_smallest(lin.weight, keep[n], target)

@@ -181,6 +181,10 @@ def test_token_point_on_the_baseline(baseline):
     assert 0.5 <= half["agreement"] <= 1.0 and 0.0 < half["accuracy"] <= 1.0
     assert half["latency_ms"] > 0 and dynamic.token_point(0.5, 2) is half  # cached
     assert np.isfinite(half["latency_ms"])
+    assert half["split"] == "val" and half["lo"] <= half["accuracy"] <= half["hi"] and half["n"] == 200
+    assert dynamic.token_point(1.0, 2, split="test")["agreement"] == 1.0
+    with pytest.raises(ValueError, match="split"):
+        dynamic.token_point(1.0, 2, split="dev")
 
 
 def test_mean_score_follows_attention_received_from_all_tokens(tiny_model, tokenizer):
@@ -226,3 +230,122 @@ def test_tour_rows_do_not_mutate_the_model(tokenizer):
     assert all(r.latency_b32_ms > 0 and 0 <= r.accuracy <= 1 for r in rows)
     assert getattr(tiny_model, "token_pruning", None) is None
     assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
+
+
+# --- the learner's pieces plugged into the real mechanisms -------------------------------------------------------
+
+def _reference_select():
+    from labkit import checks
+
+    return checks.solution("05.keep_top_tokens")
+
+
+@pytest.mark.parametrize("score", ["cls", "mean"])
+def test_select_with_the_reference_choice_equals_labkits_own(tiny_model, tokenizer, score):
+    enc = _enc(tokenizer)
+    own = dynamic.token_pruning(tiny_model, 0.5, 1, score=score)
+    mine = dynamic.token_pruning(tiny_model, 0.5, 1, score=score, select=_reference_select())
+    with torch.no_grad():
+        torch.testing.assert_close(mine(**enc).logits, own(**enc).logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(dynamic.last_kept(mine), dynamic.last_kept(own))
+
+
+def test_select_changes_the_tokens_kept(tiny_model, tokenizer):
+    def first_tokens(hidden, scores, mask, keep):  # a different choice: the first `keep` positions
+        idx = torch.arange(keep).expand(hidden.shape[0], keep)
+        return hidden[:, :keep], idx
+    pruned = dynamic.token_pruning(tiny_model, 0.5, 1, select=first_tokens)
+    enc = _enc(tokenizer)
+    with torch.no_grad():
+        pruned(**enc)
+    kept = dynamic.last_kept(pruned)
+    for row, n in enumerate(enc["attention_mask"].sum(1).tolist()):
+        assert kept[row][kept[row] >= 0].tolist() == list(range(math.ceil(0.5 * n)))
+
+
+def test_a_select_returning_the_wrong_shape_is_a_clear_error(tiny_model, tokenizer):
+    pruned = dynamic.token_pruning(tiny_model, 0.5, 1, select=lambda h, s, m, k: (h, s))
+    with pytest.raises(ValueError, match="05.keep_top_tokens"), torch.no_grad():
+        pruned(**_enc(tokenizer))
+    with pytest.raises(ValueError, match="select"):
+        dynamic.token_pruning(tiny_model, 0.5, 1, select="top")
+
+
+def test_with_linear_runs_the_given_function_on_int8_weights(tiny_model, tokenizer):
+    from labkit import checks
+
+    enc = _enc(tokenizer)
+    calls = []
+
+    def counted(x, w_codes, w_scale, bias):
+        calls.append((x.shape, w_codes.dtype))
+        return checks.solution("04.dynamic_linear")(x, w_codes, w_scale, bias)
+    mine = dynamic.with_linear(tiny_model, counted)
+    with torch.no_grad():
+        ref, got = tiny_model(**enc).logits, mine(**enc).logits
+    assert len(calls) == len(dynamic.linears(tiny_model)) and all(d == torch.int8 for _, d in calls)
+    torch.testing.assert_close(got, ref, atol=0.05, rtol=0.05)
+    assert all(type(m) is torch.nn.Linear for m in dynamic.linears(tiny_model).values())  # the caller's model
+    assert type(mine.classifier) is torch.nn.Linear  # the head stays in float
+    with pytest.raises(ValueError, match="linear_fn"):
+        dynamic.with_linear(tiny_model, None)
+    bad = dynamic.with_linear(tiny_model, lambda x, w, s, b: x)
+    with pytest.raises(ValueError, match="04.dynamic_linear"), torch.no_grad():
+        bad(**enc)
+
+
+def test_int8_weight_is_per_channel_symmetric():
+    w = torch.tensor([[0.5, -1.0, 0.25], [10.0, 0.0, -5.0]])
+    codes, scale = dynamic.int8_weight(w)
+    assert codes.dtype == torch.int8 and codes.abs().max() == 127
+    torch.testing.assert_close(scale, torch.tensor([1.0, 10.0]) / 127)
+    torch.testing.assert_close(codes.float() * scale[:, None], w, atol=float(scale.max()) / 2, rtol=0)
+    with pytest.raises(ValueError, match="2-D"):
+        dynamic.int8_weight(torch.ones(3))
+
+
+def test_linear_errors_compare_against_float_and_torch(tiny_model, tokenizer):
+    from labkit import checks
+
+    df = dynamic.linear_errors(tiny_model, tokenizer, checks.solution("04.dynamic_linear"), SENTENCES)
+    assert len(df) == 2 and (df["relative_error"] < 0.05).all() and (df["rows"] > 0).all()
+    with pytest.raises(ValueError, match="No encoder Linear"):
+        dynamic.linear_errors(tiny_model, tokenizer, checks.solution("04.dynamic_linear"), SENTENCES, name="x")
+
+
+def test_compare_predictions_carries_intervals_and_paired_differences():
+    labels = np.array([0, 1] * 50)
+    preds = {"fp32": labels.copy(), "worse": np.where(np.arange(100) < 10, 1 - labels, labels)}
+    df = dynamic.compare_predictions(preds, labels, "fp32")
+    assert df.loc["worse", "agreement"] == 0.9 and df.loc["fp32", "accuracy"] == 1.0
+    assert df.loc["worse", "minus fp32"].startswith("-0.100 [") and df.loc["worse", "p (McNemar)"] < 0.01
+    with pytest.raises(ValueError, match="baseline"):
+        dynamic.compare_predictions(preds, labels, "int8")
+
+
+def test_prune_finetune_takes_a_schedule_function(tiny_model, tokenizer):
+    seen = []
+
+    def half_then_final(step, total, final):
+        seen.append((step, total))
+        return final / 2 if step < total else final
+    model, hist = dynamic.prune_finetune(tiny_model, tokenizer, 0.6, steps=3, schedule=half_then_final,
+                                         batch_size=4, ramp=0.5)
+    assert seen[0] == (0, 1) and hist["sparsity"].tolist() == [0.3, 0.6, 0.6]
+    assert dynamic.weight_sparsity(model) == pytest.approx(0.6, abs=1e-3)
+    with pytest.raises(ValueError, match="not a sparsity"):
+        dynamic.prune_finetune(tiny_model, tokenizer, 0.6, steps=2, schedule=lambda s, t, f: 1.5, batch_size=4)
+    with pytest.raises(ValueError, match="not a number"):
+        dynamic.prune_finetune(tiny_model, tokenizer, 0.6, steps=2, schedule=lambda s, t, f: None, batch_size=4)
+
+
+def test_choose_keep_ratio_refuses_the_test_split_and_picks_the_smallest_good_ratio():
+    import pandas as pd
+
+    sweep = pd.DataFrame({"keep_ratio": [1.0, 0.7, 0.5, 0.3, 0.5], "agreement": [1.0, 0.97, 0.96, 0.8, 0.99],
+                          "score": ["cls", "cls", "cls", "cls", "mean"], "split": "val"})
+    best = dynamic.choose_keep_ratio(sweep, 0.95)
+    assert best["keep_ratio"] == 0.5 and best["score"] == "mean"
+    assert dynamic.choose_keep_ratio(sweep, 0.999)["keep_ratio"] == 1.0
+    with pytest.raises(ValueError, match="validation"):
+        dynamic.choose_keep_ratio(sweep.assign(split="test"))
