@@ -6,6 +6,7 @@ import os
 import pickle
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,15 @@ def configurations() -> dict[str, list[tuple[str, dict]]]:
     }
 
 
+# A small made-up table to find the Pareto front of by hand (notebook 06, exercise 1).
+EXERCISE_TABLE = pd.DataFrame({
+    "name": ["fp32", "int8", "pruned", "pruned+int8", "tiny"],
+    "accuracy": [0.83, 0.828, 0.81, 0.805, 0.70],
+    "latency_b32_ms": [200.0, 150.0, 140.0, 90.0, 95.0],
+    "size_bytes": [91e6, 23e6, 66e6, 17e6, 18e6],
+})
+
+
 def pareto_front(df: pd.DataFrame, maximize: tuple[str, ...] = ("accuracy",),
                  minimize: tuple[str, ...] = ("latency_b32_ms", "size_bytes")) -> pd.Series:
     """True for rows no other row beats on every objective (at least as good on all, better on one).
@@ -112,20 +122,66 @@ def pareto_front(df: pd.DataFrame, maximize: tuple[str, ...] = ("accuracy",),
 
 
 def compare(models: dict[str, nn.Module], tokenizer, reference: np.ndarray, limit: int | None = None,
-            progress: bool = True) -> pd.DataFrame:
-    """Measure models side by side (the first is the baseline): ratios against it and Pareto flags.
+            progress: bool = True, split: str = "test", front: Callable[[pd.DataFrame], Any] | None = None
+            ) -> pd.DataFrame:
+    """Measure models side by side (the first is the baseline): accuracy with its 95% interval, ratios, Pareto flags.
 
-    `reference` holds the baseline's predictions on the same split and `limit` as the evaluation here.
+    `reference` holds the baseline's predictions on the same `split` and `limit` as the evaluation here. `front`
+    marks the Pareto front (default `pareto_front`; a learner's own function plugs in here). The table records
+    its split, so `choose` can refuse to pick a 'best' row on the test split.
     """
     from tqdm.auto import tqdm
 
     if not models:
         raise ValueError("compare needs at least one model, the baseline first: {'fp32 baseline': model, ...}.")
-    results = [measure.evaluate(name, m, tokenizer, reference, limit=limit)
+    results = [measure.evaluate(name, m, tokenizer, reference, split=split, limit=limit)
                for name, m in tqdm(models.items(), desc="measuring", disable=not progress)]
     df = measure.table(results, baseline=next(iter(models)))
-    df["pareto"] = pareto_front(df)
+    n = len(data.split(split, limit))
+    if "accuracy_lo" not in df or df["accuracy_lo"].isna().any():  # older measure.Result: no interval yet
+        bounds = [measure.wilson(round(a * n), n) for a in df["accuracy"]]
+        df["accuracy_lo"], df["accuracy_hi"] = [lo for lo, _ in bounds], [hi for _, hi in bounds]
+    df["split"], df["n"] = split, n
+    df["pareto"] = mark_front(df, front)
     return df
+
+
+def mark_front(df: pd.DataFrame, front: Callable[[pd.DataFrame], Any] | None = None) -> pd.Series:
+    """The Pareto flags of a table from `front(df)` (default `pareto_front`), checked to be one boolean per row."""
+    flags = (front or pareto_front)(df.copy())
+    if isinstance(flags, pd.DataFrame) or flags is None or len(flags) != len(df):
+        raise ValueError("a front function must return one True/False per row of the table (a boolean Series), "
+                         f"got {type(flags).__name__}.")
+    return pd.Series(np.asarray(flags, dtype=bool), index=df.index, name="pareto")
+
+
+def choose(table: pd.DataFrame, max_drop: float = 0.01) -> str:
+    """The 'best' pipeline: the fastest (batch-32) row on the front whose accuracy is within `max_drop` of the first.
+
+    Chosen on the table's own split, which must be a selection split ('val'): a choice made on the test split
+    would make the test number it is then reported with optimistic.
+    """
+    if "split" not in table:
+        raise ValueError("choose needs a table made by strategies.compare(..., split='val').")
+    for name in set(table["split"]):
+        data.selection_split(name)
+    if not 0 <= max_drop < 1:
+        raise ValueError(f"max_drop is a fraction of accuracy in [0, 1), got {max_drop}.")
+    ok = table[table["pareto"] & (table["accuracy"] >= table["accuracy"].iloc[0] - max_drop)]
+    if ok.empty:  # nothing close enough: keep the baseline
+        return str(table["name"].iloc[0])
+    return str(ok.sort_values("latency_b32_ms")["name"].iloc[0])
+
+
+def report_on_test(model: nn.Module, baseline: nn.Module, tokenizer, limit: int | None = None) -> dict:
+    """Once, at the end: test accuracy of a chosen model and of the baseline, each with its 95% interval, and
+    their paired difference on the same snippets (McNemar's exact p)."""
+    labels = data.split("test", limit)["label"].to_numpy()
+    chosen = measure.predictions(model, tokenizer, "test", limit)
+    base = measure.predictions(baseline, tokenizer, "test", limit)
+    return {"chosen": measure.accuracy_ci(chosen, labels), "baseline": measure.accuracy_ci(base, labels),
+            "paired": measure.paired(chosen, base, labels),
+            "detectable": measure.detectable_difference(len(labels), max(0.01, float((chosen != base).mean())))}
 
 
 # --- scalability: threads, batch size, sequence length, device -------------------------------------
@@ -286,17 +342,18 @@ def perturb(texts: list[str], kind: str, rate: float = 0.15, seed: int = 0) -> l
 
 
 def robustness(models: dict[str, nn.Module], tokenizer, kinds=PERTURBATIONS, limit: int | None = None) -> pd.DataFrame:
-    """Accuracy of each model on clean and perturbed test snippets, and the drop from clean."""
+    """Accuracy of each model (with its 95% interval) on clean and perturbed test snippets, and the drop from clean."""
     df = data.split("test", limit)
     labels = df["label"].to_numpy()
     rows = []
     for name, m in models.items():
         clean = None
         for kind in kinds:
-            acc = float((measure.predict(m, tokenizer, perturb(list(df["text"]), kind)) == labels).mean())
+            ci = measure.accuracy_ci(measure.predict(m, tokenizer, perturb(list(df["text"]), kind)), labels)
+            acc = ci["accuracy"]
             clean = acc if kind == "clean" else clean
-            rows.append({"model": name, "input": kind, "accuracy": acc,
-                         "drop_points": None if clean is None else 100 * (clean - acc)})
+            rows.append({"model": name, "input": kind, "accuracy": acc, "accuracy_lo": ci["lo"],
+                         "accuracy_hi": ci["hi"], "drop_points": None if clean is None else 100 * (clean - acc)})
     return pd.DataFrame(rows)
 
 
@@ -321,7 +378,8 @@ def _dash_structured() -> nn.Module:
 
 def dashboard_point(structured: bool = False, sparsity: float = 0.0, keep_ratio: float = 1.0,
                     quantization: str = "none", bits: int = 8) -> dict:
-    """Accuracy, agreement, batch-32 latency and size of one combination, on the quick test subset (cached).
+    """Accuracy (95% interval, paired difference from the baseline), agreement, batch-32 latency and size of one
+    combination, on the quick test subset (cached).
 
     Steps run in the only order that works: structured (+recovery, built once), magnitude sparsity, token pruning
     from layer 2, then quantization. `bits` applies to quantization="simulated" (accuracy real, size computed for
@@ -350,8 +408,12 @@ def dashboard_point(structured: bool = False, sparsity: float = 0.0, keep_ratio:
     preds = measure.predictions(m, tok, "test", QUICK_LIMIT)
     labels = data.split("test", QUICK_LIMIT)["label"].to_numpy()
     lat = measure.latency(m, tok, 32, warmup=1, repeats=3)
+    ci = measure.accuracy_ci(preds, labels)
+    vs = measure.paired(preds, reference, labels)  # the same snippets: only those where the two differ count
     point = {"structured": key[0], "sparsity": key[1], "keep_ratio": key[2], "quantization": quantization,
-             "bits": key[4], "accuracy": float((preds == labels).mean()),
+             "bits": key[4], "accuracy": ci["accuracy"], "accuracy_lo": ci["lo"], "accuracy_hi": ci["hi"],
+             "n": ci["n"], "delta": vs["difference"], "delta_lo": vs["lo"], "delta_hi": vs["hi"],
+             "p_value": vs["p_value"],
              "agreement": measure.agreement(preds, reference), "latency_b32_ms": lat["median_ms"],
              "size_mb": (size if quantization == "simulated" else measure.serialized_bytes(m)) / 1e6,
              "simulated": quantization == "simulated"}
@@ -360,6 +422,17 @@ def dashboard_point(structured: bool = False, sparsity: float = 0.0, keep_ratio:
                      {"none": " fp32", "simulated": f" {key[4]}b-sim", "real int8": " int8"}[quantization]).strip()
     _DASH["points"][key] = point
     return point
+
+
+def readout(point: dict) -> str:
+    """One dashboard point in words: accuracy with its 95% interval, and its paired difference from the baseline."""
+    ci = {"accuracy": point["accuracy"], "lo": point["accuracy_lo"], "hi": point["accuracy_hi"], "n": point["n"]}
+    detectable = measure.detectable_difference(point["n"], max(0.01, 1 - point["agreement"]))
+    verdict = ("a real difference (p < 0.05)" if point["p_value"] < 0.05 else
+               f"no difference shown on this subset (it reliably shows about {100 * detectable:.1f} points or more)")
+    return (f"{point['name']}{' (simulated)' if point['simulated'] else ''}: accuracy {measure.format_accuracy(ci)}; "
+            f"vs baseline {100 * point['delta']:+.1f} points [{100 * point['delta_lo']:+.1f}, "
+            f"{100 * point['delta_hi']:+.1f}], p = {point['p_value']:.2g}: {verdict}.")
 
 
 def dashboard_history() -> pd.DataFrame:

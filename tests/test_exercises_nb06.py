@@ -1,12 +1,43 @@
 """Each targeted hint of notebook 06's exercises, reached by the mistake it names."""
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from labkit import checks
 
+
+def _front(df, latency_sign=1.0, ties_dominate=False, measures=3):
+    cols = [df["accuracy"], -latency_sign * df["latency_b32_ms"], -df["size_bytes"]][:measures]
+    vals = np.column_stack(cols).astype(float)
+    out = []
+    for i in range(len(vals)):
+        others = np.delete(vals, i, axis=0)
+        beats = np.all(others >= vals[i], axis=1)
+        if not ties_dominate:
+            beats &= np.any(others > vals[i], axis=1)
+        out.append(not beats.any())
+    return pd.Series(out, index=df.index)
+
+
+def _strict_on_all(df):
+    vals = np.column_stack([df["accuracy"], -df["latency_b32_ms"], -df["size_bytes"]])
+    return pd.Series([not np.all(vals > v, axis=1).any() for v in vals], index=df.index)
+
+
+def _adds_column(df):
+    df["pareto"] = _front(df)
+    return df["pareto"]
+
+
 MISTAKES = [
     ("06.pareto", "dominated", lambda: ["fp32", "int8", "pruned", "pruned+int8", "tiny"]),
     ("06.pareto", "too_few", lambda: ["pruned+int8"]),
+    ("06.pareto_front", "returned_rows", lambda: lambda df: df[_front(df)]),
+    ("06.pareto_front", "mutated_df", lambda: _adds_column),
+    ("06.pareto_front", "latency_direction", lambda: lambda df: _front(df, latency_sign=-1.0)),
+    ("06.pareto_front", "ties", lambda: lambda df: _front(df, ties_dominate=True)),
+    ("06.pareto_front", "dominated_kept", lambda: _strict_on_all),
     ("06.order", "int8_first", lambda: ["int8", "structured", "recover"]),
     ("06.order", "recover_first", lambda: ["recover", "structured", "int8"]),
     ("06.throughput", "milliseconds", lambda: 32 / 250),
@@ -17,3 +48,17 @@ MISTAKES = [
 @pytest.mark.parametrize("key, hint, answer", MISTAKES, ids=[f"{k}-{h}" for k, h, _ in MISTAKES])
 def test_mistake_gets_its_hint(key, hint, answer):
     assert checks.diagnose(key, answer()).startswith(checks.get(key).hint(hint))
+
+
+def test_one_measure_keeps_dominated_rows_and_gets_that_hint():
+    hint = checks.get("06.pareto_front").hint("dominated_kept")
+    assert checks.diagnose("06.pareto_front", lambda df: _front(df, measures=2)).startswith(hint)
+
+
+def test_reference_front_agrees_with_the_kit_on_every_golden_table():
+    from labkit import strategies
+    from labkit.exercises.nb06 import GOLDEN_TABLES
+
+    mine = checks.solution("06.pareto_front")
+    for table in GOLDEN_TABLES:
+        assert mine(table).tolist() == strategies.pareto_front(table).tolist()

@@ -34,3 +34,31 @@ def test_magnitude_mask_matches_torch_prune():
     tprune.l1_unstructured(lin, "weight", amount=0.5)
     assert torch.equal(myths.magnitude_mask(w, 0.5), lin.weight)
     assert myths.magnitude_mask(w, 0.5).shape == w.shape
+
+
+def test_training_step_times_runs_both_precisions_on_copies(tiny_model, tokenizer):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    times = myths.training_step_times(tiny_model, tokenizer, steps=2, batch_size=4, warmup=1)
+    assert set(times) == {"fp32", "bf16 autocast"}
+    for rec in times.values():
+        assert rec["median_ms"] > 0 and rec["steps"] == 2 and np.isfinite(rec["loss"])
+    for k, v in tiny_model.state_dict().items():  # each precision trained its own copy
+        assert torch.equal(v, before[k]), k
+
+
+def test_training_step_times_refuses_bad_sizes(tiny_model, tokenizer):
+    import pytest
+
+    with pytest.raises(ValueError, match="steps"):
+        myths.training_step_times(tiny_model, tokenizer, steps=0)
+
+
+def test_native_bf16_reads_the_cpu_flags(tmp_path, monkeypatch):
+    from labkit import measure
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    monkeypatch.setattr(measure, "CPUINFO", str(info))
+    assert myths.native_bf16()
+    info.write_text("flags\t\t: fpu avx2\n")
+    assert not myths.native_bf16()

@@ -152,3 +152,46 @@ def test_dashboard_point_refuses_unknown_quantization():
 def test_unmeasured_rows_are_never_on_the_front():
     df = pd.DataFrame({"accuracy": [0.8, 0.9], "latency_b32_ms": [100.0, float("nan")], "size_bytes": [90, 10]})
     assert strategies.pareto_front(df).tolist() == [True, False]
+
+
+def test_compare_records_intervals_split_and_a_learners_front(tiny_model, tokenizer):
+    from labkit import measure
+
+    reference = measure.predictions(tiny_model, tokenizer, "val", 20)
+    seen = []
+
+    def front(df):
+        seen.append(len(df))
+        return pd.Series([True] * len(df), index=df.index)
+
+    df = strategies.compare({"a": tiny_model, "b": tiny_model}, tokenizer, reference, limit=20, progress=False,
+                            split="val", front=front)
+    assert seen == [2] and df["pareto"].all() and set(df["split"]) == {"val"} and (df["n"] == 20).all()
+    assert (df["accuracy_lo"] <= df["accuracy"]).all() and (df["accuracy"] <= df["accuracy_hi"]).all()
+    assert strategies.choose(df) in {"a", "b"}
+
+
+def test_choose_refuses_a_table_measured_on_the_test_split():
+    df = pd.DataFrame({"name": ["base", "fast"], "accuracy": [0.8, 0.8], "latency_b32_ms": [100.0, 50.0],
+                       "size_bytes": [90, 20], "pareto": [False, True], "split": ["test", "test"]})
+    with pytest.raises(ValueError, match="validation"):
+        strategies.choose(df)
+    df["split"] = "val"
+    assert strategies.choose(df) == "fast"
+    df["accuracy"] = [0.8, 0.7]  # too far below the baseline: keep the baseline
+    assert strategies.choose(df, max_drop=0.01) == "base"
+
+
+def test_mark_front_refuses_an_answer_that_is_not_one_flag_per_row():
+    df = pd.DataFrame({"accuracy": [0.8, 0.7], "latency_b32_ms": [1.0, 2.0], "size_bytes": [1, 2]})
+    with pytest.raises(ValueError, match="one True/False per row"):
+        strategies.mark_front(df, lambda d: d[d["accuracy"] > 0.75])
+    assert strategies.mark_front(df).tolist() == [True, False]
+
+
+def test_readout_gives_the_interval_and_the_paired_difference():
+    point = {"name": "int8", "simulated": False, "accuracy": 0.82, "accuracy_lo": 0.76, "accuracy_hi": 0.87,
+             "n": 200, "delta": -0.01, "delta_lo": -0.03, "delta_hi": 0.01, "p_value": 0.45, "agreement": 0.97}
+    text = strategies.readout(point)
+    assert "0.820 [0.760, 0.870] (n=200)" in text and "-1.0 points" in text and "cannot" not in text
+    assert "no difference" in text

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
-from . import close, exercise, given
+from . import attempt, close, exercise, given
 
 
 def _float64_bytes() -> int:
@@ -57,3 +58,61 @@ def _check_mask_shape(answer: Any) -> str | None:
     if len(shape) == 1:
         return "flattened"
     return None if shape == _mask_shape() else "wrong"
+
+
+# The worked example of the notebook, small enough to do on paper: 8 weights, half of them zeroed.
+GOLDEN_W = torch.tensor([[0.5, -2.0, 0.1, 3.0],
+                         [-0.3, 1.0, -4.0, 0.2]])
+
+
+def _magnitude_mask():
+    def magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+        k = round(sparsity * w.numel())  # how many weights become zero
+        if k == 0:
+            return w.clone()
+        threshold = w.abs().flatten().kthvalue(k).values  # the k-th smallest magnitude
+        return torch.where(w.abs() > threshold, w, torch.zeros_like(w))
+    return magnitude_mask
+
+
+def _zeroed_by(w: torch.Tensor, score: torch.Tensor, k: int) -> torch.Tensor:
+    """w with the k entries of smallest `score` set to zero (the shapes of the usual mistakes)."""
+    out = w.clone().flatten()
+    out[score.flatten().argsort()[:k]] = 0
+    return out.reshape(w.shape)
+
+
+@exercise("00.magnitude_mask",
+          "Write magnitude_mask(w, sparsity): the same-shaped tensor with the `sparsity` fraction of entries of "
+          "smallest |w| set to zero (the rest unchanged).",
+          _magnitude_mask,
+          {"flattened": "your result lost the matrix shape: that is the article's filter (`w[keep]` gives a 1-D "
+                        "array). Keep every position and write zeros: `torch.where(keep, w, torch.zeros_like(w))`.",
+           "signed": "you ranked the weights by their signed value, so large negative weights were zeroed: rank by "
+                     "magnitude, `w.abs()`.",
+           "kept_fraction": "sparsity is the fraction set to ZERO: with sparsity 0.25, a quarter of the entries "
+                            "become 0 and three quarters stay.",
+           "largest_zeroed": "you zeroed the largest magnitudes: keep the big weights (they matter most) and zero "
+                             "the small ones.",
+           "wrong": "k = round(sparsity * w.numel()) entries become zero: those with the k smallest |w|; every other "
+                    "entry stays as it was, and the shape stays the same."},
+          kind="code", uses="the masked FFN layer of the real baseline (accuracy before and after)")
+def _check_magnitude_mask(answer: Any) -> str | None:
+    gen = torch.Generator().manual_seed(0)
+    cases = [(GOLDEN_W, 0.25), (GOLDEN_W, 0.5), (torch.randn(16, 24, generator=gen), 0.9)]
+    for w, sparsity in cases:
+        got = torch.as_tensor(attempt(answer, w, sparsity))
+        if got.shape != w.shape:
+            return "flattened"
+        got = got.to(w.dtype)
+        k = round(sparsity * w.numel())
+        if torch.equal(got, _magnitude_mask()(w, sparsity)):
+            continue
+        if int((got == 0).sum()) == w.numel() - k and sparsity != 0.5:
+            return "kept_fraction"
+        if torch.equal(got, _zeroed_by(w, -w.abs(), k)):
+            return "largest_zeroed"
+        if torch.equal(got, _zeroed_by(w, w, k)):
+            return "signed"
+        return "wrong"
+    return None
