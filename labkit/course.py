@@ -111,9 +111,25 @@ def stale(source_dir: Path = SOURCE_DIR, out_dir: Path = LEARNER_DIR) -> list[st
     return bad
 
 
+def exercise_table() -> str:
+    """Every exercise as a markdown table: notebook, key, kind, what the learner writes, its targeted hints."""
+    from . import checks
+
+    rows = ["| notebook | key | kind | the learner writes | targeted hints |", "| --- | --- | --- | --- | --- |"]
+    for key in checks.exercises():
+        ex = checks.get(key)
+        hints = ", ".join(h for h in ex.hints if h != "wrong")
+        rows.append(f"| {key[:2]} | `{key}` | {ex.kind} | {ex.question.replace('|', r'\|')} | {hints} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`build` writes notebooks/ from solutions/; `check` exits 1 naming any learner notebook out of step."""
+    """`build` writes notebooks/ from solutions/; `check` exits 1 naming any learner notebook out of step;
+    `exercises` prints the table of every exercise and its hints (for a teacher's plan)."""
     args = sys.argv[1:] if argv is None else argv
+    if args == ["exercises"]:
+        print(exercise_table())
+        return 0
     if args == ["build"]:
         for path in build():
             print(f"wrote {path.relative_to(ROOT)}")
@@ -123,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in bad:
             print(f"notebooks/{name} is out of step with solutions/{name}: run `python -m labkit.course build`.")
         return 1 if bad else 0
-    print("usage: python -m labkit.course build|check", file=sys.stderr)
+    print("usage: python -m labkit.course build|check|exercises", file=sys.stderr)
     return 2
 
 

@@ -127,7 +127,9 @@ class Batch:
         return Batch({k: v.to(device) for k, v in self.inputs.items()}, self.labels.to(device), self.rows)
 
 
-QUICK_LIMIT = 200  # the fixed test subset that sliders and scans evaluate on, so a move answers in about a second
+QUICK_LIMIT = 200  # the fixed subset that sliders, sweeps and scans evaluate on, so a move answers in about a second
+# Sliders and sweeps are where settings get chosen, so they read the validation split; the test split is reported once.
+QUICK_SPLIT = "val"
 MAX_LENGTH = 128  # the longest snippet is ~90 word pieces; 128 never truncates a real one
 
 

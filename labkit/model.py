@@ -259,11 +259,11 @@ def _shared(config: TrainConfig) -> tuple[torch.nn.Module, object, "np.ndarray"]
     from . import measure
 
     model, tokenizer = load_baseline(config=config, progress=False)
-    return model, tokenizer, measure.predictions(model, tokenizer, "test", data.QUICK_LIMIT)
+    return model, tokenizer, measure.predictions(model, tokenizer, data.QUICK_SPLIT, data.QUICK_LIMIT)
 
 
 def shared_baseline() -> tuple[torch.nn.Module, object, "np.ndarray"]:
-    """(model, tokenizer, its predictions on the quick test subset), loaded once per process for sliders.
+    """(model, tokenizer, its predictions on the quick validation subset), loaded once per process for sliders.
 
     Shared by every slider function: never modify it; compression functions work on copies.
     """

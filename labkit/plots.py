@@ -86,7 +86,7 @@ def dashboard(history: pd.DataFrame, current: dict, path=None):
         ax.annotate(row["name"], (row["latency_b32_ms"], row["accuracy"]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
     ax.set_xlabel("batch-32 latency, ms (grey: simulated, runs at float speed)")
-    ax.set_ylabel("accuracy (quick test subset)")
+    ax.set_ylabel("accuracy (quick validation subset)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     bars = {"accuracy %": 100 * current["accuracy"], "agreement %": 100 * current["agreement"],

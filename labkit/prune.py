@@ -457,13 +457,13 @@ def groups(model: nn.Module, by: str = "type") -> dict[str, list[str]]:
     return out
 
 
-def _quick_ci(model: nn.Module, tokenizer, limit: int, split: str = "test") -> dict:
+def _quick_ci(model: nn.Module, tokenizer, limit: int, split: str = data.QUICK_SPLIT) -> dict:
     """Accuracy on the first `limit` snippets of `split`, with its 95% Wilson interval."""
     preds = measure.predictions(model, tokenizer, split, limit)
     return measure.accuracy_ci(preds, data.split(split, limit)["label"].to_numpy())
 
 
-def _quick_accuracy(model: nn.Module, tokenizer, limit: int, split: str = "test") -> float:
+def _quick_accuracy(model: nn.Module, tokenizer, limit: int, split: str = data.QUICK_SPLIT) -> float:
     return measure.accuracy(model, tokenizer, split, limit)
 
 
@@ -607,8 +607,8 @@ def sparsity_point(sparsity: float, scope: str = "layer", method: str = "magnitu
     """Prune the baseline and measure it on the quick subset: accuracy (95% interval), agreement, weights left."""
     base, tok, reference = _quick_setup()
     pruned = _pruned_baseline(sparsity, scope, method)  # = magnitude(base, sparsity, scope, method), faster
-    preds = measure.predictions(pruned, tok, "test", QUICK_LIMIT)
-    ci = measure.accuracy_ci(preds, data.split("test", QUICK_LIMIT)["label"].to_numpy())
+    preds = measure.predictions(pruned, tok, data.QUICK_SPLIT, QUICK_LIMIT)
+    ci = measure.accuracy_ci(preds, data.split(data.QUICK_SPLIT, QUICK_LIMIT)["label"].to_numpy())
     counts = sparsity_of(pruned)
     return {"sparsity": sparsity, "scope": scope, "method": method, "accuracy": ci["accuracy"],
             "accuracy_lo": ci["lo"], "accuracy_hi": ci["hi"],

@@ -760,11 +760,12 @@ def _baseline() -> tuple[nn.Module, Any]:
 
 
 def _reference(limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Baseline predictions and true labels on the (quick) test subset, computed once."""
+    """Baseline predictions and true labels on the (quick) validation subset, computed once."""
     key = ("reference", limit)
     if key not in _BASE:
         base, tok = _baseline()
-        _BASE[key] = (measure.predictions(base, tok, "test", limit), data.split("test", limit)["label"].to_numpy())
+        _BASE[key] = (measure.predictions(base, tok, data.QUICK_SPLIT, limit),
+                      data.split(data.QUICK_SPLIT, limit)["label"].to_numpy())
     return _BASE[key]
 
 
@@ -773,7 +774,7 @@ def bits_point(bits: int, scheme: str = "asymmetric", granularity: str = "channe
                quantizer: Callable | None = None, qparams_fn: Callable | None = None) -> dict:
     """One slider position: accuracy (95% interval), agreement with fp32 and packed size of the baseline at `bits`.
 
-    Simulated, on the quick test subset (`limit` snippets); each point is computed once and cached.
+    Simulated, on the quick validation subset (`limit` snippets); each point is computed once and cached.
     `quantizer` / `qparams_fn`: a learner's functions instead of labkit's (see `fake_quantize`).
     """
     bits = _check_bits(bits)
@@ -782,7 +783,7 @@ def bits_point(bits: int, scheme: str = "asymmetric", granularity: str = "channe
         base, tok = _baseline()
         ref, labels = _reference(limit)
         sim = fake_quantize(base, bits, scheme, granularity, group_size, quantizer=quantizer, qparams_fn=qparams_fn)
-        preds = measure.predict(sim, tok, data.split("test", limit)["text"])
+        preds = measure.predict(sim, tok, data.split(data.QUICK_SPLIT, limit)["text"])
         ci = measure.accuracy_ci(preds, labels)
         _POINTS[key] = {"bits": bits, "scheme": scheme, "granularity": granularity,
                         "accuracy": ci["accuracy"], "lo": ci["lo"], "hi": ci["hi"],

@@ -379,7 +379,7 @@ def _dash_structured() -> nn.Module:
 def dashboard_point(structured: bool = False, sparsity: float = 0.0, keep_ratio: float = 1.0,
                     quantization: str = "none", bits: int = 8) -> dict:
     """Accuracy (95% interval, paired difference from the baseline), agreement, batch-32 latency and size of one
-    combination, on the quick test subset (cached).
+    combination, on the quick validation subset (cached).
 
     Steps run in the only order that works: structured (+recovery, built once), magnitude sparsity, token pruning
     from layer 2, then quantization. `bits` applies to quantization="simulated" (accuracy real, size computed for
@@ -405,8 +405,8 @@ def dashboard_point(structured: bool = False, sparsity: float = 0.0, keep_ratio:
         m = quantize.fake_quantize(m, bits, granularity="channel")
     elif quantization == "real int8":
         m = quantize.to_int8(m)
-    preds = measure.predictions(m, tok, "test", QUICK_LIMIT)
-    labels = data.split("test", QUICK_LIMIT)["label"].to_numpy()
+    preds = measure.predictions(m, tok, data.QUICK_SPLIT, QUICK_LIMIT)
+    labels = data.split(data.QUICK_SPLIT, QUICK_LIMIT)["label"].to_numpy()
     lat = measure.latency(m, tok, 32, warmup=1, repeats=3)
     ci = measure.accuracy_ci(preds, labels)
     vs = measure.paired(preds, reference, labels)  # the same snippets: only those where the two differ count

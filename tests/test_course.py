@@ -76,3 +76,10 @@ def test_check_command_names_a_stale_notebook(tmp_path, capsys, monkeypatch):
     assert "answer = ..." in "".join(json.loads((out / "00_x.ipynb").read_text())["cells"][0]["source"])
     (out / "00_x.ipynb").write_text("{}")
     assert course.stale(src, out) == ["00_x.ipynb"]
+
+
+def test_exercise_table_lists_every_exercise_with_its_hints():
+    table = course.exercise_table()
+    for key in checks.exercises():
+        assert f"`{key}`" in table
+    assert "no_clamp" in table  # a code exercise's targeted hints are named

@@ -365,6 +365,14 @@ def test_sparsity_point_on_the_baseline(baseline):
     assert prune.sparsity_point(0.0)["agreement"] == 1.0
 
 
+def test_sliders_read_the_validation_split_never_the_test_split(baseline):
+    from labkit import measure
+
+    base, tok = baseline
+    on_val = measure.accuracy(base, tok, "val", prune.QUICK_LIMIT)
+    assert prune.sparsity_point(0.0)["accuracy"] == on_val
+
+
 def test_structured_table_reports_smaller_models(tiny_model, tokenizer):
     table = prune.structured_table(tiny_model, tokenizer, [(0.5, 0.5)], steps=1, limit=16)
     assert list(table["model"]) == ["dense", "-50% heads, -50% FFN"]
