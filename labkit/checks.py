@@ -64,8 +64,24 @@ def diagnose(key: str, answer: Any) -> str | None:
     return None if mistake is None else ex.hint(mistake)
 
 
-def check(key: str, answer: Any, quiet: bool = False) -> bool:
-    """True if `answer` solves exercise `key`; otherwise prints "not attempted yet" or a hint, and returns False."""
+class Verdict:
+    """What `check` found: true when the answer is right. A notebook shows nothing for it: `check` has printed."""
+
+    def __init__(self, key: str, ok: bool):
+        self.key, self.ok = key, ok
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __repr__(self) -> str:
+        return f"Verdict({self.key!r}, {self.ok})"
+
+    def _ipython_display_(self) -> None:
+        pass  # no "Out: False" under the printed hint
+
+
+def check(key: str, answer: Any, quiet: bool = False) -> Verdict:
+    """Truthy if `answer` solves exercise `key`; otherwise prints "not attempted yet" or a hint, and is falsy."""
     verdict = diagnose(key, answer)
     if verdict is None:
         _mark_solved(key)
@@ -76,7 +92,7 @@ def check(key: str, answer: Any, quiet: bool = False) -> bool:
             print(f"⏳ {key}: {NOT_ATTEMPTED}. {get(key).question}")
         else:
             print(f"❌ {key}: not yet. Hint: {verdict}")
-    return verdict is None
+    return Verdict(key, verdict is None)
 
 
 def use(key: str, answer: Callable) -> Callable:

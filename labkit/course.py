@@ -119,7 +119,8 @@ def exercise_table() -> str:
     for key in checks.exercises():
         ex = checks.get(key)
         hints = ", ".join(h for h in ex.hints if h != "wrong")
-        rows.append(f"| {key[:2]} | `{key}` | {ex.kind} | {ex.question.replace('|', r'\|')} | {hints} |")
+        question = ex.question.replace("|", "\\|")  # a bar inside a cell would end it
+        rows.append(f"| {key[:2]} | `{key}` | {ex.kind} | {question} | {hints} |")
     return "\n".join(rows)
 
 
