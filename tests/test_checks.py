@@ -52,6 +52,11 @@ def _mistake_tables() -> list[tuple]:
     return rows
 
 
+@pytest.mark.parametrize("key, hint, answer", _mistake_tables(), ids=[f"{k}-{h}" for k, h, _ in _mistake_tables()])
+def test_each_listed_mistake_gets_its_hint(key, hint, answer):
+    assert checks.diagnose(key, answer()).startswith(checks.get(key).hint(hint))
+
+
 def test_every_targeted_hint_is_reached_by_a_listed_mistake():
     covered = {(key, hint) for key, hint, _ in _mistake_tables()}
     missing = [(k, h) for k in checks.exercises() for h in checks.hints(k) if h != "wrong" and (k, h) not in covered]

@@ -1,10 +1,8 @@
 """Quantization math against torch's own quantized tensors and fake-quant ops; model-level behaviour on a tiny BERT."""
 
 import math
-import time
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

@@ -1,11 +1,10 @@
 import pickle
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from labkit import model, strategies
+from labkit import strategies
 
 
 def test_pareto_front_keeps_only_undominated_rows():
