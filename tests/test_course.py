@@ -83,3 +83,18 @@ def test_exercise_table_lists_every_exercise_with_its_hints():
     for key in checks.exercises():
         assert f"`{key}`" in table
     assert "no_clamp" in table  # a code exercise's targeted hints are named
+
+
+@pytest.mark.parametrize("key", CODE_KEYS)
+def test_every_code_exercise_then_runs_on_the_real_model(key):
+    """After its check, a later cell hands the learner's function to labkit through `checks.use`."""
+    nb = next(p for p in course.sources() if p.name.startswith(key.split(".")[0]))
+    cells = [c for c in json.loads(nb.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
+    sources = ["".join(c["source"]) for c in cells]
+    checked = next(i for i, s in enumerate(sources) if f'assert checks.check("{key}"' in s)
+    assert any(f'checks.use("{key}"' in s for s in sources[checked:]), f"{nb.name} never plugs in {key}"
+
+
+def test_at_least_two_code_exercises_in_each_technique_notebook():
+    for nb in ("01", "02", "03", "04", "05"):
+        assert len(checks.exercises(nb, kind="code")) >= 2, nb
