@@ -295,7 +295,7 @@ def _reference() -> np.ndarray:
 @lru_cache(maxsize=4)
 def _split_reference(split: str) -> np.ndarray:
     """The unpruned baseline's predictions on the quick subset of `split` (what agreement is measured against)."""
-    if split == "test":
+    if split == data.QUICK_SPLIT:  # the shared baseline's own reference, computed once per process
         return _reference()
     base, tok = _baseline()
     return measure.predict(base, tok, data.split(split, QUICK_LIMIT)["text"])
