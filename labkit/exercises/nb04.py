@@ -11,11 +11,11 @@ from . import Mistake, attempt, close, exercise, given
 
 
 def _dynamic_scale() -> float:
-    return (3.1 - (-2.0)) / 255
+    return (2.88 - (-1.2)) / 255  # a range other than the worked example's, so the answer is not on the page
 
 
 @exercise("04.dynamic_scale",
-          "Dynamic quantization sees a batch whose Linear input spans [-2.0, 3.1]. What asymmetric 8-bit scale "
+          "Dynamic quantization sees a batch whose Linear input spans [-1.2, 2.88]. What asymmetric 8-bit scale "
           "does it use for that batch?",
           _dynamic_scale,
           {"symmetric": "that is a symmetric scale from max|x| alone; asymmetric spans max - min of the batch.",
@@ -25,9 +25,9 @@ def _check_dynamic_scale(answer: Any) -> str | None:
     answer = float(given(answer))
     if close(answer, _dynamic_scale(), 1e-6):
         return None
-    if close(answer, 3.1 / 127.5, 1e-6) or close(answer, 3.1 / 127, 1e-6):
+    if close(answer, 2.88 / 127.5, 1e-6) or close(answer, 2.88 / 127, 1e-6):
         return "symmetric"
-    return "levels" if close(answer, 5.1 / 256, 1e-6) else "wrong"
+    return "levels" if close(answer, 4.08 / 256, 1e-6) else "wrong"
 
 
 # --- 04.dynamic_qparams: one asymmetric 8-bit grid per row, from this batch's own min and max ----------------
