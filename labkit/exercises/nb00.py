@@ -66,12 +66,8 @@ GOLDEN_W = torch.tensor([[0.5, -2.0, 0.1, 3.0],
 
 
 def _magnitude_mask():
-    def magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
-        k = round(sparsity * w.numel())  # how many weights become zero
-        if k == 0:
-            return w.clone()
-        threshold = w.abs().flatten().kthvalue(k).values  # the k-th smallest magnitude
-        return torch.where(w.abs() > threshold, w, torch.zeros_like(w))
+    from ..myths import magnitude_mask  # the kit's own correct mask is the reference answer
+
     return magnitude_mask
 
 
