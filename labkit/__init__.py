@@ -2,10 +2,10 @@
 
 import os as _os
 
-# The kit never reaches a model hub unless the learner opts in; set this before transformers loads.
-_os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Importing labkit changes nothing outside it (no environment variables are set): labkit.model loads its
+# model and tokenizer with local_files_only=True instead, so the kit itself never reaches a model hub.
 
+# The one version: pyproject.toml reads it (`dynamic = ["version"]`).
 __version__ = "0.1.0"
 
 

