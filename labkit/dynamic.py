@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import data, measure, prune
+from . import data, measure, prune, quantize
 
 # (query, key) attribute names of self-attention modules in common HF encoders (BERT family, DistilBERT, others).
 _QK_NAMES = (("query", "key"), ("q_lin", "k_lin"), ("q_proj", "k_proj"))
@@ -336,10 +336,11 @@ def _token_point(keep_ratio: float, start_layer: int, score: str, split: str, se
     base, tok = _baseline()
     pruned = token_pruning(base, keep_ratio, start_layer, score=score, select=select)
     ci = measure.accuracy_ci(preds, data.split(split, QUICK_LIMIT)["label"].to_numpy())
-    lat = measure.latency(pruned, tok, 32, warmup=1, repeats=3)
+    lat = measure.latency(pruned, tok, 32, measure.SLIDER_WARMUP, measure.SLIDER_REPEATS)
     return {"keep_ratio": keep_ratio, "start_layer": start_layer, "score": score, "split": split,
             "accuracy": ci["accuracy"], "lo": ci["lo"], "hi": ci["hi"], "n": ci["n"],
-            "agreement": measure.agreement(preds, _split_reference(split)), "latency_ms": lat["median_ms"]}
+            "agreement": measure.agreement(preds, _split_reference(split)), "latency_ms": lat["median_ms"],
+            "repeats": lat["repeats"]}
 
 
 def token_sweep(keep_ratios=(1.0, 0.7, 0.5, 0.3), start_layer: int = 2, scores=("cls", "mean"),
@@ -434,13 +435,13 @@ def linears(model: nn.Module) -> dict[str, nn.Linear]:
 def dynamic_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Real dynamic int8: int8 weights ahead of time, each batch's activation scale computed at run time (CPU)."""
     model = _target(model, inplace)
+    quantize_dynamic = quantize._torch_ao_quantize_dynamic()
+    if quantize_dynamic is None:  # a torch without torch.ao: the same recipe in ONNX Runtime, with a warning
+        return quantize._torch_dynamic_int8(model.cpu())
     with warnings.catch_warnings():
         # torch.ao.quantization is deprecated but still the CPU's int8 Linear; the warning is for us, not learners.
         warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
-
-        layers = encoder_layers(model)
-        quantize_dynamic(layers, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(encoder_layers(model), {nn.Linear}, dtype=torch.qint8, inplace=True)
     return model.cpu()
 
 
@@ -508,10 +509,12 @@ def with_linear(model: nn.Module, linear_fn: LinearFn, inplace: bool = False) ->
 
 def _torch_dynamic_linear(linear: nn.Linear) -> nn.Module:
     """torch's own dynamic int8 Linear made from a float one (a copy)."""
+    quantize_dynamic = quantize._torch_ao_quantize_dynamic()
+    if quantize_dynamic is None:
+        raise RuntimeError(f"torch {torch.__version__} has no torch.ao.quantization, whose int8 Linear this compares "
+                           "against; run this comparison with torch 2.x up to 2.13, or skip it.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice is for us, not learners
-        from torch.ao.quantization import quantize_dynamic
-
         return quantize_dynamic(nn.Sequential(copy.deepcopy(linear).float().cpu()), {nn.Linear},
                                 dtype=torch.qint8)[0]
 
@@ -798,12 +801,15 @@ def prune_finetune(model: nn.Module, tokenizer, final_sparsity: float, steps: in
 
 # --- tour ----------------------------------------------------------------------------------------------
 
-def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Result]:
-    """Rows for the main job: token pruning (keep 0.5 from layer 2, real latency) and real dynamic int8."""
-    return [measure.evaluate("token pruning keep 0.5 from layer 2", token_pruning(model, 0.5, 2), tokenizer,
-                             reference, notes="dynamic: tokens ranked by [CLS] attention, dropped at run time"),
-            measure.evaluate("token pruning keep 0.5 from layer 2 (mean score)",
-                             token_pruning(model, 0.5, 2, score="mean"), tokenizer, reference,
-                             notes="tokens ranked by attention received from all tokens"),
-            measure.evaluate("dynamic int8 (torch)", dynamic_int8(model), tokenizer, reference,
-                             notes="int8 weights, per-batch activation scales")]
+def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None = None) -> list[measure.Result]:
+    """Rows for the main job: token pruning (keep 0.5 from layer 2) and real dynamic int8, timed beside `model`.
+
+    `limit` measures accuracy on the first `limit` test snippets only (tests); the code path is the same."""
+    models = {"token pruning keep 0.5 from layer 2": token_pruning(model, 0.5, 2),
+              "token pruning keep 0.5 from layer 2 (mean score)": token_pruning(model, 0.5, 2, score="mean"),
+              "dynamic int8 (torch)": dynamic_int8(model)}
+    notes = dict(zip(models, ["dynamic: tokens ranked by [CLS] attention, dropped at run time",
+                              "tokens ranked by attention received from all tokens",
+                              "int8 weights, per-batch activation scales"]))
+    return measure.evaluate_group(models, tokenizer, measure.reference_on(model, tokenizer, reference, limit), model,
+                                  notes, limit=limit)

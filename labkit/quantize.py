@@ -28,7 +28,7 @@ from . import data, fast_mode, measure
 SCHEMES = ("asymmetric", "symmetric")
 GRANULARITIES = ("tensor", "channel", "group")
 OBSERVERS = ("minmax", "percentile", "mse")
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 DEFAULT_GROUP = 64
 
 
@@ -149,6 +149,18 @@ def _codes(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int,
     return codes.to(torch.int64) + qmin
 
 
+def _check_values(x: torch.Tensor, what: str) -> None:
+    """Refuse an empty tensor or one holding NaN/Inf: neither has a range to put a grid on."""
+    if x.numel() == 0:
+        raise ValueError(f"{what} got an empty tensor (shape {tuple(x.shape)}): there is no range to put a grid on. "
+                         "Pass a tensor with at least one value (check the slice or layer you picked).")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:  # one NaN or Inf makes the range, and so the scale and every code, meaningless
+        raise ValueError(f"{what} got a tensor with {bad} NaN or Inf value(s) of {x.numel()}: no grid holds them. "
+                         "Find where they come from (an overflow, a division by zero, a diverged training step) "
+                         "and fix them before quantizing; torch.isfinite(x) shows where they are.")
+
+
 def quantize_tensor(w: torch.Tensor, bits: int = 8, scheme: str = "asymmetric", granularity: str = "tensor",
                     group_size: int | None = DEFAULT_GROUP, quantizer: Callable | None = None,
                     qparams_fn: Callable | None = None) -> QTensor:
@@ -162,6 +174,7 @@ def quantize_tensor(w: torch.Tensor, bits: int = 8, scheme: str = "asymmetric", 
     _check_choice("granularity", granularity, GRANULARITIES)
     if not torch.is_floating_point(w):
         raise ValueError(f"quantize_tensor takes a floating-point tensor, got dtype {w.dtype}.")
+    _check_values(w.detach(), "quantize_tensor")
     if qparams_fn is not None and scheme != "asymmetric":
         raise ValueError("qparams_fn computes an asymmetric grid (codes 0..2^bits - 1); use scheme='asymmetric' "
                          "with it, or leave qparams_fn=None for the symmetric scheme.")
@@ -325,6 +338,7 @@ def observe(samples: torch.Tensor, bits: int, observer: str = "minmax", scheme: 
     """
     _check_choice("observer", observer, OBSERVERS)
     x = samples.detach().float().reshape(-1)
+    _check_values(x, "observe")
     lo, hi = x.min(), x.max()
     if observer == "percentile":
         if len(x) > 1_000_000:  # torch.quantile has a size limit; a fixed-seed subsample is plenty
@@ -474,12 +488,27 @@ def _swap_embeddings(model: nn.Module) -> None:
         setattr(parent, name.rsplit(".", 1)[-1], Int8Embedding(emb))
 
 
-def _torch_dynamic_int8(model: nn.Module) -> nn.Module:
-    """torch's dynamic int8 Linear (weights int8, activations quantized per batch); deprecated API kept here."""
+def _torch_ao_quantize_dynamic() -> Callable | None:
+    """torch.ao.quantization.quantize_dynamic, or None in a torch that has removed it (it is deprecated)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated; the warning is not the learner's
-        from torch.ao.quantization import quantize_dynamic
+        try:
+            from torch.ao.quantization import quantize_dynamic
+        except (ImportError, AttributeError):
+            return None
+    return quantize_dynamic
 
+
+def _torch_dynamic_int8(model: nn.Module) -> nn.Module:
+    """torch's dynamic int8 Linear (int8 weights, activations quantized per batch); ONNX Runtime without torch.ao."""
+    quantize_dynamic = _torch_ao_quantize_dynamic()
+    if quantize_dynamic is None:
+        # The same recipe (int8 weights, per-batch activation grids) in another runtime: int8 outlives torch.ao.
+        warnings.warn(f"torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic: int8 runs in ONNX "
+                      "Runtime instead (to_onnx(model, optimize=False, int8=True)).", RuntimeWarning, stacklevel=3)
+        return to_onnx(model, optimize=False, int8=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated; the warning is not the learner's
         return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
@@ -590,9 +619,15 @@ def to_int8(model: nn.Module, embeddings: bool = True, backend: str = "torch", i
     int8, and let the session fuse what it can at load; returns an `OnnxClassifier` called like a
     Hugging Face model. (Fusing with ONNX Runtime's transformer optimizer *before* quantizing, as
     `to_onnx(model, optimize=True, int8=True)`, measured slower here at batch 1 and no faster at batch 32.)
+    backend="openvino": OpenVINO with NNCF's static int8 (calibrated on training snippets), float parts in the
+    precision OpenVINO picks; embedding tables stay float (fp16 in the IR). Needs `pip install 'labkit[runtimes]'`.
     """
     _check_choice("backend", backend, BACKENDS)
     _linears(model)
+    if backend == "openvino":
+        from .runtimes import to_openvino
+
+        return to_openvino(model, int8=True)
     if backend == "onnxruntime":
         if not embeddings:
             raise ValueError("backend='onnxruntime' always quantizes the embedding lookups; use embeddings=True "
@@ -806,14 +841,16 @@ def sweep(bits: tuple[int, ...] = tuple(range(1, 9)), granularities: tuple[str, 
 
 # --- the main job's rows -----------------------------------------------------------------------------
 
-def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Result]:
-    """Rows for `python -m labkit tour`: simulated 8-bit weights (accuracy only) and real int8 on the CPU."""
+def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None = None) -> list[measure.Result]:
+    """Rows for `python -m labkit tour`: simulated 8-bit weights (accuracy only) and real int8 on the CPU, the real
+    ones timed interleaved beside `model`. `limit` measures the first `limit` test snippets only (tests)."""
+    reference = measure.reference_on(model, tokenizer, reference, limit)
     sim = fake_quantize(model, 8, "asymmetric", "channel")
     packed = quantized_size_bytes(model, 8, "asymmetric", "channel")
-    rows = [measure.evaluate("8-bit per-channel (simulated)", sim, tokenizer, reference, timing=False,
+    rows = [measure.evaluate("8-bit per-channel (simulated)", sim, tokenizer, reference, limit=limit, timing=False,
                              notes=f"fake-quant: accuracy only, float storage; packed would be {packed / 1e6:.1f} MB")]
-    rows.append(measure.evaluate("int8 dynamic (torch)", to_int8(model), tokenizer, reference,
-                                 notes="real int8 Linear + int8 embeddings"))
-    rows.append(measure.evaluate("int8 (onnxruntime)", to_int8(model, backend="onnxruntime"), tokenizer,
-                                 reference, notes="ONNX Runtime: int8 MatMul + embeddings, session fusions"))
+    real = {"int8 dynamic (torch)": to_int8(model), "int8 (onnxruntime)": to_int8(model, backend="onnxruntime")}
+    notes = {"int8 dynamic (torch)": "real int8 Linear + int8 embeddings",
+             "int8 (onnxruntime)": "ONNX Runtime: int8 MatMul + embeddings, session fusions"}
+    rows += measure.evaluate_group(real, tokenizer, reference, model, notes, limit=limit)
     return rows
