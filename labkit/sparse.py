@@ -873,24 +873,24 @@ def plot_tradeoff(df: pd.DataFrame, ax=None):
 
 # --- tour ----------------------------------------------------------------------------------------------
 
-def tour(model: nn.Module, tokenizer, reference) -> list:
-    """Rows for the main job: FFN layers at 90% sparsity stored in their best format and run as CSR."""
+def tour(model: nn.Module, tokenizer, reference, limit: int | None = None) -> list:
+    """Rows for the main job: FFN layers at 90% sparsity stored in their best format and run as CSR, timed beside
+    `model`. Accuracy on 200 test snippets in fast mode, or the first `limit` (tests); the same code path."""
     from . import measure
 
-    results = []
-    limit = 200 if fast_mode() else None
+    limit = (200 if fast_mode() else None) if limit is None else limit
+    ref = measure.reference_on(model, tokenizer, reference, limit)
+    labels = measure.data.split("test", limit)["label"].to_numpy()
+    results, models = [], []
     for values in VALUES:
         sparse_model = to_sparse(model, 0.9, which="ffn", values=values)
-        fmts = {}
-        for fmt in ("csr", "csr_min", "bitmask", "coo_min"):
-            fmts[fmt] = len(model_artifact(sparse_model, fmt, values))
+        fmts = {fmt: len(model_artifact(sparse_model, fmt, values)) for fmt in ("csr", "csr_min", "bitmask", "coo_min")}
         best = min(fmts, key=fmts.get)
         preds = measure.predictions(sparse_model, tokenizer, "test", limit)
-        ci = measure.accuracy_ci(preds, measure.data.split("test", limit)["label"].to_numpy())
-        ref = reference if limit is None else measure.predictions(model, tokenizer, "test", limit)
-        lat1, lat32 = (measure.latency(sparse_model, tokenizer, b)["median_ms"] for b in (1, 32))
+        ci = measure.accuracy_ci(preds, labels)
         results.append(measure.Result(
             name=f"sparse: FFN 90% magnitude, {best} {values}", accuracy=ci["accuracy"], accuracy_lo=ci["lo"],
-            accuracy_hi=ci["hi"], snippets=ci["n"], agreement=measure.agreement(preds, ref), size_bytes=fmts[best], latency_b1_ms=lat1,
-            latency_b32_ms=lat32, notes="no fine-tuning; run with torch CSR matmul; size = real artifact bytes"))
-    return results
+            accuracy_hi=ci["hi"], snippets=ci["n"], agreement=measure.agreement(preds, ref), size_bytes=fmts[best],
+            notes="no fine-tuning; run with torch CSR matmul; size = real artifact bytes"))
+        models.append(sparse_model)
+    return measure.timed_group(results, models, model, tokenizer)

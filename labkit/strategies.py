@@ -47,7 +47,7 @@ def validate(steps: list[tuple[str, dict]]) -> None:
         if name in seen and name != "recover":
             raise ValueError(f"'{name}' appears twice; apply it once with the combined setting.")
         if name == "int8" and options.get("backend", "torch") != "torch" and "token_pruning" in seen:
-            raise ValueError("Token pruning runs as PyTorch hooks, which an ONNX export does not carry; "
+            raise ValueError("Token pruning runs as PyTorch hooks, which an ONNX or OpenVINO export does not carry; "
                              "use int8 with backend='torch' after token pruning.")
         seen.append(name)
 
@@ -82,7 +82,7 @@ def configurations() -> dict[str, list[tuple[str, dict]]]:
     small = ("structured", {"heads": 1 / 3, "ffn": 0.7})
     recover = ("recover", {})  # prune.recover's default steps: fewer in fast mode
     token = ("token_pruning", {"keep_ratio": 0.5, "start_layer": 2})
-    return {
+    configs = {
         "int8": [("int8", {})],
         "token pruning": [token],
         "structured + recover": [small, recover],
@@ -94,6 +94,11 @@ def configurations() -> dict[str, list[tuple[str, dict]]]:
                                              ("recover", {"distill": True, "steps": 20 if fast_mode() else 600}),
                                              ("int8", {})],
     }
+    from . import runtimes
+
+    if runtimes.available():  # the same pruned model, then OpenVINO's static int8 (NNCF) instead of torch's
+        configs["structured + recover + openvino int8"] = [small, recover, ("int8", {"backend": "openvino"})]
+    return configs
 
 
 # A small made-up table to find the Pareto front of by hand (notebook 06, exercise 1).
@@ -407,7 +412,10 @@ def dashboard_point(structured: bool = False, sparsity: float = 0.0, keep_ratio:
         m = quantize.to_int8(m)
     preds = measure.predictions(m, tok, data.QUICK_SPLIT, QUICK_LIMIT)
     labels = data.split(data.QUICK_SPLIT, QUICK_LIMIT)["label"].to_numpy()
-    lat = measure.latency(m, tok, 32, warmup=1, repeats=3)
+    # Timed round by round beside the baseline, so the speed-up compares runs made seconds apart.
+    timed = {"baseline": base} if m is base else {"baseline": base, "point": m}
+    timing = measure.compare_latency(timed, tok, 32, measure.SLIDER_WARMUP, measure.SLIDER_REPEATS)
+    lat, speed = timing[list(timed)[-1]], measure.speedups(timing, "baseline")[list(timed)[-1]]
     ci = measure.accuracy_ci(preds, labels)
     vs = measure.paired(preds, reference, labels)  # the same snippets: only those where the two differ count
     point = {"structured": key[0], "sparsity": key[1], "keep_ratio": key[2], "quantization": quantization,
@@ -415,6 +423,8 @@ def dashboard_point(structured: bool = False, sparsity: float = 0.0, keep_ratio:
              "n": ci["n"], "delta": vs["difference"], "delta_lo": vs["lo"], "delta_hi": vs["hi"],
              "p_value": vs["p_value"],
              "agreement": measure.agreement(preds, reference), "latency_b32_ms": lat["median_ms"],
+             "speedup_b32": speed["speedup"], "speedup_lo": speed["lo"], "speedup_hi": speed["hi"],
+             "baseline_b32_ms": timing["baseline"]["median_ms"], "rounds": speed["rounds"],
              "size_mb": (size if quantization == "simulated" else measure.serialized_bytes(m)) / 1e6,
              "simulated": quantization == "simulated"}
     point["name"] = (("S" if key[0] else "") + (f" {key[1]:.0%}sp" if key[1] else "") +
@@ -432,7 +442,17 @@ def readout(point: dict) -> str:
                f"no difference shown on this subset (it reliably shows about {100 * detectable:.1f} points or more)")
     return (f"{point['name']}{' (simulated)' if point['simulated'] else ''}: accuracy {measure.format_accuracy(ci)}; "
             f"vs baseline {100 * point['delta']:+.1f} points [{100 * point['delta_lo']:+.1f}, "
-            f"{100 * point['delta_hi']:+.1f}], p = {point['p_value']:.2g}: {verdict}.")
+            f"{100 * point['delta_hi']:+.1f}], p = {point['p_value']:.2g}: {verdict}." + speed_readout(point))
+
+
+def speed_readout(point: dict) -> str:
+    """The point's batch-32 time and its speed-up over the baseline timed beside it, with the per-round min-max."""
+    if point.get("speedup_b32") is None:
+        return ""
+    sim = " (the float model the simulation runs)" if point.get("simulated") else ""
+    return (f" Batch 32: {point['latency_b32_ms']:.0f} ms{sim}, {point['speedup_b32']:.2f}x the baseline's speed "
+            f"{measure.format_range(point['speedup_lo'], point['speedup_hi'])} (min-max per round) over "
+            f"{point['rounds']} rounds timed interleaved with it.")
 
 
 def dashboard_history() -> pd.DataFrame:
@@ -446,14 +466,18 @@ def dashboard_history() -> pd.DataFrame:
 
 # --- the main job -------------------------------------------------------------------------------------
 
-def tour(model: nn.Module, tokenizer, reference: np.ndarray) -> list[measure.Result]:
-    """Rows for `python -m labkit tour`: the combined pipelines that single techniques do not cover."""
-    keep = ["structured + recover + int8", "structured + recover + token + int8", "mild structured + distill + int8"]
+TOUR_PIPELINES = ("structured + recover + int8", "structured + recover + token + int8",
+                  "mild structured + distill + int8")
+
+def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None = None,
+         keep: tuple[str, ...] = TOUR_PIPELINES) -> list[measure.Result]:
+    """Rows for `python -m labkit tour`: the combined pipelines that single techniques do not cover, timed
+    interleaved beside `model`. `limit` (test snippets) and `keep` (pipelines) shrink the work for tests only."""
     configs = {k: v for k, v in configurations().items() if k in keep}
-    rows = []
+    models, notes = {}, {}
     for name, steps in configs.items():
         t0 = time.perf_counter()
-        m = run_pipeline(model, tokenizer, steps)
-        rows.append(measure.evaluate(f"combined: {name}", m, tokenizer, reference,
-                                     notes=f"{describe(steps)} (built in {time.perf_counter() - t0:.0f} s)"))
-    return rows
+        models[f"combined: {name}"] = run_pipeline(model, tokenizer, steps)
+        notes[f"combined: {name}"] = f"{describe(steps)} (built in {time.perf_counter() - t0:.0f} s)"
+    return measure.evaluate_group(models, tokenizer, measure.reference_on(model, tokenizer, reference, limit), model,
+                                  notes, limit=limit)
