@@ -98,3 +98,11 @@ def test_every_code_exercise_then_runs_on_the_real_model(key):
 def test_at_least_two_code_exercises_in_each_technique_notebook():
     for nb in ("01", "02", "03", "04", "05"):
         assert len(checks.exercises(nb, kind="code")) >= 2, nb
+
+
+def test_every_notebook_asks_for_the_kernel_the_readme_names():
+    readme = (course.LEARNER_DIR.parent / "README.md").read_text()
+    assert "the standard `python3` kernel" in readme
+    for path in LEARNER + course.sources():
+        spec = json.loads(path.read_text(encoding="utf-8"))["metadata"]["kernelspec"]
+        assert spec["name"] == "python3", f"{path.name} asks for kernel {spec['name']!r}; the README says python3"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn.utils import prune as torch_prune
 
-from labkit import dynamic
+from labkit import dynamic, measure
 
 SENTENCES = ["a good film", "the plot is thin but the actors carry it with charm and wit",
              "bad", "an overlong, dull and lifeless remake of a film nobody asked for"]
@@ -87,7 +87,8 @@ def test_surviving_tokens(tiny_model, tokenizer):
     df = dynamic.surviving_tokens(tiny_model, tokenizer, SENTENCES[1], 0.5, 1)
     assert df["token"].iloc[0] == "[CLS]" and df["kept"].iloc[0]
     assert int(df["kept"].sum()) == math.ceil(0.5 * len(df))
-    assert abs(df["score"].iloc[1:].sum() + 0.0) <= 1.0 + 1e-5
+    # the survivors are the best-scored tokens: none dropped outranks one kept ([CLS] is kept by rule)
+    assert df["score"].iloc[1:][df["kept"].iloc[1:]].min() >= df["score"][~df["kept"]].max()
 
 
 def test_cubic_schedule_hits_its_sparsities():
@@ -178,7 +179,9 @@ def test_token_point_on_the_baseline(baseline):
     full = dynamic.token_point(1.0, 2)
     half = dynamic.token_point(0.5, 2)
     assert full["agreement"] == 1.0
-    assert 0.5 <= half["agreement"] <= 1.0 and 0.0 < half["accuracy"] <= 1.0
+    # above the 56% majority label by a margin a broken pruning (about 50%) cannot reach; measured 0.73, 0.87
+    assert half["accuracy"] >= 0.65 and 0.75 <= half["agreement"] < 1.0
+    assert half["repeats"] == measure.SLIDER_REPEATS  # a cached slider point says how many timed runs its median has
     assert half["latency_ms"] > 0 and dynamic.token_point(0.5, 2) is half  # cached
     assert np.isfinite(half["latency_ms"])
     assert half["split"] == "val" and half["lo"] <= half["accuracy"] <= half["hi"] and half["n"] == 200
@@ -227,7 +230,8 @@ def test_tour_rows_do_not_mutate_the_model(tokenizer):
     rows = dynamic.tour(tiny_model, tokenizer, reference)
     assert [r.name for r in rows] == ["token pruning keep 0.5 from layer 2", "token pruning keep 0.5 from layer 2 "
                                       "(mean score)", "dynamic int8 (torch)"]
-    assert all(r.latency_b32_ms > 0 and 0 <= r.accuracy <= 1 for r in rows)
+    assert all(r.snippets == len(reference) for r in rows)  # the whole test split, as the reference
+    assert len({r.baseline_b32_ms for r in rows}) == 1 and all(r.rounds >= 5 for r in rows)  # one interleaved group
     assert getattr(tiny_model, "token_pruning", None) is None
     assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
 

@@ -359,7 +359,8 @@ def test_sparsity_point_on_the_baseline(baseline):
     p = prune.sparsity_point(0.5, "layer", "magnitude")
     assert set(p) >= {"accuracy", "agreement", "remaining_weights"}
     assert p["remaining_weights"] == pytest.approx(0.5 * p["total_weights"], abs=40)
-    assert 0.5 <= p["accuracy"] <= 1 and 0.5 <= p["agreement"] <= 1
+    # above the 56% majority label by a margin a broken model cannot reach; measured 0.765 and 0.915
+    assert p["accuracy"] >= 0.68 and 0.8 <= p["agreement"] < 1.0
     assert p["accuracy_lo"] < p["accuracy"] < p["accuracy_hi"]  # a 95% interval on 200 snippets has width
     assert prune.sparsity_point(0.5, "layer", "magnitude") is p  # cached: a revisited slider point is instant
     assert prune.sparsity_point(0.0)["agreement"] == 1.0

@@ -117,6 +117,23 @@ def test_bad_arguments_name_the_allowed_values(w, kwargs, match):
         Q.quantize_tensor(w, **kwargs)
 
 
+@pytest.mark.parametrize("bad,match", [
+    (torch.tensor([0.5, float("nan"), -1.0]), "1 NaN or Inf"), (torch.tensor([0.5, float("inf")]), "NaN or Inf"),
+    (torch.tensor([[1.0, -float("inf")], [0.2, 0.3]]), "NaN or Inf"), (torch.empty(0), "empty tensor"),
+    (torch.empty(3, 0), "empty tensor"),
+])
+def test_nan_inf_and_empty_tensors_are_refused_with_what_to_do(bad, match):
+    granularity = "channel" if bad.dim() == 2 else "tensor"
+    with pytest.raises(ValueError, match=match):
+        Q.quantize_tensor(bad, 8, granularity=granularity)
+    with pytest.raises(ValueError, match=match):
+        Q.fake_quantize_tensor(bad, 4, "symmetric", granularity)
+    with pytest.raises(ValueError, match=match):
+        Q.observe(bad, 8, "percentile")
+    with pytest.raises(ValueError, match="isfinite|at least one value"):  # says what to do, not only what is wrong
+        Q.quantize_tensor(bad)
+
+
 def test_model_without_linear_layers_is_refused():
     with pytest.raises(ValueError, match="no nn.Linear"):
         Q.fake_quantize(nn.Sequential(nn.ReLU()), 8)

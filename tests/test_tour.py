@@ -3,21 +3,38 @@ import pytest
 
 from labkit import __main__ as cli
 
+LIMIT = 64  # test snippets: enough to tell a working compressed model from a broken one, cheap on 2 cores
 
-def test_tour_writes_the_table_and_plots(tmp_path, monkeypatch, baseline, capsys):
+
+@pytest.fixture()
+def short_batches(monkeypatch):
+    """Batch-32 timings on 8 real snippets: the same interleaved code path at a quarter of the cost."""
+    from labkit import measure
+
+    real = measure.latency_texts
+    monkeypatch.setattr(measure, "latency_texts", lambda batch_size: real(batch_size)[:8])
+
+
+def test_tour_writes_the_table_and_plots(tmp_path, monkeypatch, baseline, capsys, short_batches):
     monkeypatch.setattr(cli, "TECHNIQUES", ())  # the techniques have their own tests; this checks the job itself
-    df = cli.tour(tmp_path)
+    df = cli.tour(tmp_path, limit=LIMIT)
     for name in ["summary.csv", "summary.md", "summary.png", "pareto.png"]:
         assert (tmp_path / name).stat().st_size > 0, name
     saved = pd.read_csv(tmp_path / "summary.csv").set_index("name")
     assert list(saved.index) == list(df["name"]) == ["fp32 baseline", "article: cast to float64"]
     assert saved["pareto"].tolist() == [True, False]
-    assert saved.loc["fp32 baseline", "agreement"] == 1.0
+    assert saved.loc["article: cast to float64", "agreement"] >= 0.98  # more precision must not change answers
+    # one interleaved group: the float64 copy's speed-up is against the baseline timed in the same rounds
+    assert saved.loc["fp32 baseline", "speedup_b32_range"] == "[1.00, 1.00]"
+    f64 = saved.loc["article: cast to float64"]
+    assert f64["baseline_b32_ms"] == saved.loc["fp32 baseline", "latency_b32_ms"] and f64["rounds"] >= 5
+    assert f64["speedup_b32"] == pytest.approx(f64["baseline_b32_ms"] / f64["latency_b32_ms"])
     lo, acc, hi = saved.loc["fp32 baseline", ["accuracy_lo", "accuracy", "accuracy_hi"]]
     assert lo < acc < hi  # every accuracy carries its 95% interval
     assert 1.99 < 1 / saved.loc["article: cast to float64", "size_ratio"] <= 2.0
     assert "fp32 baseline" in (tmp_path / "summary.md").read_text()
-    assert "fp32 baseline" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "fp32 baseline" in out and "threads:" in out and "interleaved" in out  # conditions printed with it
 
 
 def test_unknown_command_is_refused():
@@ -30,3 +47,116 @@ def test_prepare_verifies_an_existing_baseline(baseline, capsys):
     assert record["action"] == "verified"
     out = capsys.readouterr().out
     assert record["sha256"] in out and "LABKIT_CACHE=" in out
+
+
+# --- each technique's tour, on the real (fast) baseline and a small test subset --------------------------------
+
+
+
+@pytest.fixture(scope="module")
+def subset(baseline):
+    """The baseline's predictions on the subset, its accuracy there, and its serialized bytes."""
+    from labkit import data, measure
+
+    base, tok = baseline
+    ref = measure.predictions(base, tok, "test", LIMIT)
+    acc = float((ref == data.split("test", LIMIT)["label"].to_numpy()).mean())
+    return {"reference": ref, "accuracy": acc, "bytes": measure.serialized_bytes(base)}
+
+
+def _one_group(rows):
+    """The rows were timed interleaved in one group beside the baseline: same baseline median, >= 5 rounds."""
+    timed = [r for r in rows if r.latency_b32_ms is not None]
+    assert timed and len({r.baseline_b32_ms for r in timed}) == 1, [r.baseline_b32_ms for r in timed]
+    for r in timed:
+        assert r.rounds >= 5 and r.latency_b1_ms > 0, r
+        assert r.speedup_b32 == pytest.approx(r.baseline_b32_ms / r.latency_b32_ms)
+        assert r.speedup_b32_lo <= r.speedup_b32 <= r.speedup_b32_hi, r
+
+
+def _measured_on_the_subset(rows, subset, near: set[str]):
+    """Accuracy on the LIMIT test snippets; rows in `near` within 8 points of the baseline's on the same snippets."""
+    for r in rows:
+        assert r.snippets == LIMIT and r.accuracy_lo <= r.accuracy <= r.accuracy_hi, r
+        assert r.size_bytes > 0 and r.notes, r
+    for r in rows:
+        if r.name in near:
+            assert abs(r.accuracy - subset["accuracy"]) <= 0.08 and r.agreement >= 0.85, (r.name, r.accuracy, r.agreement)
+
+
+def test_sparse_tour(baseline, subset, short_batches):
+    from labkit import sparse
+
+    rows = sparse.tour(*baseline, subset["reference"], limit=LIMIT)
+    assert [r.name.rsplit(" ", 1)[-1] for r in rows] == ["f32", "int8"]
+    assert all(r.name.startswith("sparse: FFN 90% magnitude, ") for r in rows)
+    assert rows[1].size_bytes < rows[0].size_bytes < subset["bytes"]  # artifact bytes: int8 values are smaller
+    _measured_on_the_subset(rows, subset, near=set())  # 90% zeros, no fine-tuning: accuracy may well fall
+    _one_group(rows)
+
+
+def test_quantize_tour(baseline, subset, short_batches):
+    from labkit import quantize
+
+    rows = quantize.tour(*baseline, subset["reference"], limit=LIMIT)
+    names = [r.name for r in rows]
+    assert names[:3] == ["8-bit per-channel (simulated)", "int8 dynamic (torch)", "int8 (onnxruntime)"]
+    assert rows[0].latency_b32_ms is None  # simulated: float storage and speed, so not timed
+    assert all(r.size_bytes < subset["bytes"] / 3 for r in rows[1:])  # int8 weights and embeddings
+    _measured_on_the_subset(rows, subset, near=set(names))
+    _one_group(rows)
+
+
+def test_prune_tour(baseline, subset, short_batches):
+    from labkit import prune
+
+    rows = prune.tour(*baseline, subset["reference"], limit=LIMIT, steps=1)
+    assert rows[0].name == "prune: 50% global magnitude +1 steps"
+    assert rows[1].name.startswith("prune: 8/12 heads, ") and rows[1].name.endswith(" FFN +1 steps")
+    assert rows[0].size_bytes == subset["bytes"] and rows[1].size_bytes < subset["bytes"]  # zeros cost bytes too
+    _measured_on_the_subset(rows, subset, near=set())  # 1 recovery step: a smoke test of the path, not of accuracy
+    _one_group(rows)
+
+
+def test_dynamic_tour(baseline, subset, short_batches):
+    from labkit import dynamic
+
+    rows = dynamic.tour(*baseline, subset["reference"], limit=LIMIT)
+    assert [r.name for r in rows] == ["token pruning keep 0.5 from layer 2",
+                                      "token pruning keep 0.5 from layer 2 (mean score)", "dynamic int8 (torch)"]
+    assert rows[0].size_bytes == subset["bytes"] and rows[2].size_bytes < subset["bytes"] / 1.4  # int8 Linear only
+    _measured_on_the_subset(rows, subset, near={"dynamic int8 (torch)"})  # half the tokens: answers change
+    _one_group(rows)
+
+
+def test_strategies_tour(baseline, subset, short_batches):
+    from labkit import strategies
+
+    # the one combined pipeline without training steps (those are test_strategies' and the full tour's)
+    rows = strategies.tour(*baseline, subset["reference"], limit=LIMIT, keep=("token pruning + int8",))
+    assert [r.name for r in rows] == ["combined: token pruning + int8"]
+    assert rows[0].size_bytes < subset["bytes"] / 3  # int8 weights and embeddings
+    _measured_on_the_subset(rows, subset, near=set())  # half the tokens dropped: answers change
+    _one_group(rows)
+
+
+def test_a_technique_that_fails_to_import_is_an_error(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def broken(name, *args):
+        if name == "labkit.prune":
+            raise ModuleNotFoundError("No module named 'labkit.prune'", name="labkit.prune")
+        return real(name, *args)
+
+    monkeypatch.setattr(cli.importlib, "import_module", broken)
+    monkeypatch.setattr(cli, "TECHNIQUES", ("dynamic", "prune"))
+    with pytest.raises(ImportError, match=r"labkit\.prune failed to import"):
+        list(cli._technique_modules())
+
+
+def test_a_technique_without_a_tour_is_an_error(monkeypatch):
+    monkeypatch.setattr(cli, "TECHNIQUES", ("measure",))
+    with pytest.raises(ImportError, match=r"labkit\.measure has no tour"):
+        list(cli._technique_modules())
