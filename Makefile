@@ -45,8 +45,13 @@ tour-fast: $(STAMP)
 # OMP_WAIT_POLICY=PASSIVE: on a shared 2-core machine, torch's OpenMP threads otherwise spin-wait for a thread
 # whose core a neighbour holds (measured: a 256x384 @ 384x1536 matmul takes 1.65 ms quiet, 4.60 ms beside one
 # CPU-bound process with 2 threads, 3.06 ms with OMP_WAIT_POLICY=PASSIVE).
+# Two workers (pytest-xdist), each taking whole files, so a notebook's cells stay in order in one kernel; the
+# baseline is trained or verified first, so the workers do not both train it. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) $(BROWSER_STAMP)
-	LABKIT_FAST=$${LABKIT_FAST:-1} OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --nbval-lax --nbval-current-env
+	LABKIT_FAST=$${LABKIT_FAST:-1} $(PY) -m labkit prepare
+	LABKIT_FAST=$${LABKIT_FAST:-1} OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --nbval-lax --nbval-current-env \
+		-n $(TEST_WORKERS) --dist loadfile
 
 # The learner edition (notebooks/) from the solved one (solutions/); make test fails when they are out of step.
 course: $(STAMP)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any, Callable
@@ -35,9 +36,12 @@ def _mark_solved(key: str) -> None:
     try:
         path = _progress_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(solved)))
-        tmp.replace(path)  # atomic: a kernel killed mid-write leaves the old file
+        # A temporary file of its own, then an atomic rename: a kernel killed mid-write leaves the old file, and
+        # two notebooks open at once never write into the same temporary file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".progress.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(sorted(solved)))
+        os.replace(tmp, path)
     except OSError:
         pass  # progress is a convenience; a read-only home must not break an exercise
 

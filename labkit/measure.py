@@ -390,4 +390,5 @@ def table(results: list[Result], baseline: str | None = None) -> pd.DataFrame:
         across = base["latency_b32_ms"] / df["latency_b32_ms"]
         df["speedup_b32"] = df["speedup_b32"].astype(float).fillna(across)
     df["speedup_b32_range"] = [format_range(lo, hi) for lo, hi in zip(df["speedup_b32_lo"], df["speedup_b32_hi"])]
+    df["rounds"] = df["rounds"].astype("Int64")  # a count, shown as 5 and not 5.000 (missing where not timed)
     return df

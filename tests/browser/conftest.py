@@ -171,7 +171,7 @@ def page(browser, lab_url):
     """A fresh page (1400x1000) per test; its kernels are stopped afterwards."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = ctx.new_page()
-    pg.set_default_timeout(120_000)
+    pg.set_default_timeout(300_000)  # see labdriver.TIMEOUT_S
     yield pg
     ctx.close()
     shutdown_kernels(lab_url)

@@ -16,6 +16,10 @@ _ALL_RUN_JS = """(n) => {
   return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)) ? 'done' : false;
 }""" % NB
 
+# Generous: a timeout is there to catch a hang, not a busy machine. make test runs two workers, on 2 cores maybe shared with
+# another job, so a whole notebook can take minutes where it takes one on a quiet machine.
+TIMEOUT_S = 600
+
 
 def open_notebook(page, base: str, name: str) -> None:
     """Open `name` in JupyterLab and wait for an idle kernel (answering the kernel dialog if shown)."""
@@ -47,7 +51,7 @@ def prompt_number(page, index: int) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def wait_prompt(page, index: int, number: int, timeout_s: float = 200) -> None:
+def wait_prompt(page, index: int, number: int, timeout_s: float = TIMEOUT_S) -> None:
     """Wait until cell `index` shows execution count `number` (fail fast on an error output)."""
     deadline = time.monotonic() + timeout_s
     while prompt_number(page, index) != number:
@@ -65,7 +69,7 @@ def _reveal(locator) -> None:
     locator.wait_for(state="visible")
 
 
-def run_all(page, through: int | None = None, timeout_s: float = 200) -> int:
+def run_all(page, through: int | None = None, timeout_s: float = TIMEOUT_S) -> int:
     """Run > Run All Cells (or every cell up to cell index `through`), wait until they ran; fail on an error.
 
     Returns how many code cells ran."""
@@ -107,14 +111,14 @@ def readout(slider_box) -> str:
     return slider_box.locator(".widget-readout").inner_text().strip()
 
 
-def wait_output(page, output, timeout_s: float = 60) -> str:
+def wait_output(page, output, timeout_s: float = TIMEOUT_S / 3) -> str:
     """Wait until `output` shows something; return its HTML."""
     page.wait_for_function("el => el.innerText.trim().length > 0 || el.querySelector('img')",
                            arg=output.element_handle(), timeout=timeout_s * 1000)
     return output.inner_html()
 
 
-def move(page, slider_box, output, key: str, timeout_s: float = 60) -> tuple[float, str]:
+def move(page, slider_box, output, key: str, timeout_s: float = TIMEOUT_S / 3) -> tuple[float, str]:
     """Press `key` on the slider handle; return (seconds until the output changed, its new HTML)."""
     before = output.inner_html()
     slider_box.locator(".noUi-handle").first.focus()
