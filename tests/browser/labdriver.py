@@ -69,24 +69,43 @@ def _reveal(locator) -> None:
     locator.wait_for(state="visible")
 
 
+def _start_run(page, through: int | None) -> int:
+    """Run > Run All Cells, or select cell `through`, run all above it and then it; how many code cells that is."""
+    if through is None:
+        menu(page, "Run All Cells")
+        return 10**6
+    prompt = page.locator(f"{NB} .jp-Cell").nth(through).locator(".jp-InputPrompt").first
+    _reveal(prompt)
+    prompt.click()
+    menu(page, "Run All Above Selected Cell")
+    _reveal(prompt)
+    prompt.click()
+    page.keyboard.press("Control+Enter")  # command mode: run the selected cell, stay on it
+    return page.locator(f"{NB} .jp-Cell").nth(through).evaluate(
+        "c => [...c.parentElement.children].slice(0, [...c.parentElement.children].indexOf(c) + 1)"
+        ".filter(x => x.classList.contains('jp-CodeCell')).length")
+
+
+def _started(page, timeout_s: float = 60) -> bool:
+    """True once the first code cell is queued or has run ([*] or [n] in its prompt) within `timeout_s`."""
+    js = f"() => /\\[(\\*|\\d+)\\]/.test(document.querySelector('{NB} .jp-CodeCell .jp-InputArea-prompt')?.textContent || '')"
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(js, timeout=timeout_s * 1000, polling=500)
+        return True
+    except PlaywrightTimeout:  # nothing was queued
+        return False
+
+
 def run_all(page, through: int | None = None, timeout_s: float = TIMEOUT_S) -> int:
     """Run > Run All Cells (or every cell up to cell index `through`), wait until they ran; fail on an error.
 
     Returns how many code cells ran."""
-    if through is None:
-        menu(page, "Run All Cells")
-        n_code = 10**6
-    else:  # select the cell, run everything above it, then the cell itself
-        prompt = page.locator(f"{NB} .jp-Cell").nth(through).locator(".jp-InputPrompt").first
-        _reveal(prompt)
-        prompt.click()
-        menu(page, "Run All Above Selected Cell")
-        _reveal(prompt)
-        prompt.click()
-        page.keyboard.press("Control+Enter")  # command mode: run the selected cell, stay on it
-        n_code = page.locator(f"{NB} .jp-Cell").nth(through).evaluate(
-            "c => [...c.parentElement.children].slice(0, [...c.parentElement.children].indexOf(c) + 1)"
-            ".filter(x => x.classList.contains('jp-CodeCell')).length")
+    n_code = _start_run(page, through)
+    if not _started(page):
+        # Seen once on a loaded machine: the menu click reached an idle notebook and nothing ran. Ask again.
+        _start_run(page, through)
     handle = page.wait_for_function(_ALL_RUN_JS, arg=n_code, timeout=timeout_s * 1000, polling=500)
     if handle.json_value() == "error":
         err = page.locator(f'{NB} [data-mime-type="application/vnd.jupyter.error"]').first
