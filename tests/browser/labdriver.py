@@ -7,15 +7,6 @@ import time
 # The notebook in the visible tab (a restored or earlier tab stays in the page, hidden).
 NB = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"
 
-# A cell counts as done once its prompt shows a number; "[*]" is running, "[ ]" not run yet.
-_ALL_RUN_JS = """(n) => {
-  const NB = '%s';
-  const err = document.querySelector(NB + ' [data-mime-type="application/vnd.jupyter.error"]');
-  if (err) return 'error';
-  const prompts = [...document.querySelectorAll(NB + ' .jp-CodeCell .jp-InputArea-prompt')].slice(0, n);
-  return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)) ? 'done' : false;
-}""" % NB
-
 # Generous: a timeout is there to catch a hang, not a busy machine. make test runs two workers, on 2 cores maybe shared with
 # another job, so a whole notebook can take minutes where it takes one on a quiet machine.
 TIMEOUT_S = 600
@@ -69,48 +60,86 @@ def _reveal(locator) -> None:
     locator.wait_for(state="visible")
 
 
-def _start_run(page, through: int | None) -> int:
-    """Run > Run All Cells, or select cell `through`, run all above it and then it; how many code cells that is."""
+def _code_cells_through(page, through: int | None) -> int:
+    """How many code cells there are from the top down to cell index `through` (all of them when None)."""
     if through is None:
-        menu(page, "Run All Cells")
-        return 10**6
-    prompt = page.locator(f"{NB} .jp-Cell").nth(through).locator(".jp-InputPrompt").first
-    _reveal(prompt)
-    prompt.click()
-    menu(page, "Run All Above Selected Cell")
-    _reveal(prompt)
-    prompt.click()
-    page.keyboard.press("Control+Enter")  # command mode: run the selected cell, stay on it
+        return page.locator(f"{NB} .jp-CodeCell").count()
     return page.locator(f"{NB} .jp-Cell").nth(through).evaluate(
         "c => [...c.parentElement.children].slice(0, [...c.parentElement.children].indexOf(c) + 1)"
         ".filter(x => x.classList.contains('jp-CodeCell')).length")
 
 
-def _started(page, timeout_s: float = 60) -> bool:
-    """True once the first code cell is queued or has run ([*] or [n] in its prompt) within `timeout_s`."""
-    js = f"() => /\\[(\\*|\\d+)\\]/.test(document.querySelector('{NB} .jp-CodeCell .jp-InputArea-prompt')?.textContent || '')"
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    try:
-        page.wait_for_function(js, timeout=timeout_s * 1000, polling=500)
-        return True
-    except PlaywrightTimeout:  # nothing was queued
-        return False
+def _click_prompt(page, index: int, modifiers: list[str] | None = None) -> None:
+    """Select cell `index` by clicking its prompt (command mode); Shift extends the selection to it."""
+    prompt = page.locator(f"{NB} .jp-Cell").nth(index).locator(".jp-InputPrompt").first
+    _reveal(prompt)
+    prompt.click(modifiers=modifiers or [])
 
 
-def run_all(page, through: int | None = None, timeout_s: float = TIMEOUT_S) -> int:
+def _start_run(page, through: int | None) -> None:
+    """Run > Run All Cells, or select cell `through`, run all above it and then it."""
+    if through is None:
+        menu(page, "Run All Cells")
+        return
+    _click_prompt(page, through)
+    menu(page, "Run All Above Selected Cell")
+    _click_prompt(page, through)
+    page.keyboard.press("Control+Enter")  # command mode: run the selected cell, stay on it
+
+
+# Where a run stands: 'error', 'done', 'busy' (the kernel is not idle), or, while the kernel is idle, the index
+# (among all cells) of the first code cell without an execution count ("[ ]", or "[*]" for a request never answered).
+_STATE_JS = """(n) => {
+  const NB = '%s';
+  if (document.querySelector(NB + ' [data-mime-type="application/vnd.jupyter.error"]')) return 'error';
+  const cells = [...document.querySelectorAll(NB + ' .jp-Cell')];
+  const code = cells.filter(c => c.classList.contains('jp-CodeCell')).slice(0, n);
+  const text = c => c.querySelector('.jp-InputArea-prompt')?.textContent || '';
+  if (code.length > 0 && code.every(c => /\\[\\d+\\]/.test(text(c)))) return 'done';
+  const idle = document.querySelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
+  if (!idle) return 'busy';
+  return cells.indexOf(code.find(c => !/\\[\\d+\\]/.test(text(c))));
+}""" % NB
+
+
+def _resume(page, first: int, through: int | None) -> None:
+    """Run the cells from `first` (the first unrun one) down to `through` (or to the end)."""
+    _click_prompt(page, first)
+    if through is None:
+        menu(page, "Run Selected Cell and All Below")
+        return
+    if through != first:
+        _click_prompt(page, through, ["Shift"])  # select first..through
+    page.keyboard.press("Control+Enter")  # run the selected cells
+
+
+def run_all(page, through: int | None = None, timeout_s: float = TIMEOUT_S, stall_s: float = 30) -> int:
     """Run > Run All Cells (or every cell up to cell index `through`), wait until they ran; fail on an error.
 
+    Beside a CPU-bound process, JupyterLab was seen to lose queued run requests: one cell ran, the kernel went
+    idle, the rest stayed unrun. A kernel idle for `stall_s` with cells unrun resumes from the first of them.
     Returns how many code cells ran."""
-    n_code = _start_run(page, through)
-    if not _started(page):
-        # Seen once on a loaded machine: the menu click reached an idle notebook and nothing ran. Ask again.
-        _start_run(page, through)
-    handle = page.wait_for_function(_ALL_RUN_JS, arg=n_code, timeout=timeout_s * 1000, polling=500)
-    if handle.json_value() == "error":
-        err = page.locator(f'{NB} [data-mime-type="application/vnd.jupyter.error"]').first
-        raise AssertionError(f"a cell failed:\n{err.inner_text()[-2000:]}")
-    return min(n_code, page.locator(f"{NB} .jp-CodeCell").count())
+    n_code = _code_cells_through(page, through)
+    _start_run(page, through)
+    deadline = time.monotonic() + timeout_s
+    idle_since = None
+    while time.monotonic() < deadline:
+        state = page.evaluate(_STATE_JS, n_code)
+        if state == "error":
+            err = page.locator(f'{NB} [data-mime-type="application/vnd.jupyter.error"]').first
+            raise AssertionError(f"a cell failed:\n{err.inner_text()[-2000:]}")
+        if state == "done":
+            return n_code
+        if state == "busy":
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > stall_s:
+            print(f"run_all: nothing ran for {stall_s:.0f} s with cell {state} unrun; running again from it")
+            _resume(page, state, through)
+            idle_since = None
+        page.wait_for_timeout(500)
+    raise TimeoutError(f"the cells did not all run within {timeout_s:.0f} s")
 
 
 def slider(page, description: str):

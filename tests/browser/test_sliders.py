@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from labdriver import (NB, menu, move, open_notebook, panel_cell, panel_output, readout, run_all, slider, wait_output,
-                       wait_prompt)
+from labdriver import (NB, menu, move, open_notebook, panel_cell, panel_output, prompt_number, readout, run_all, slider,
+                       wait_output, wait_prompt)
 
 # notebook, slider label, key that moves it one step from its initial value.
 # Each notebook runs from the top through its panel (Run All Above + the cell): the rest (nbval covers it)
@@ -49,9 +49,11 @@ def test_kernel_restart_then_run_again(page, lab_url, lab_root, shots):
     through = panel_cell(lab_root / notebook)
     try:
         open_notebook(page, lab_url, notebook)
-        ran = run_all(page, through)
-        page.keyboard.press("Control+Enter")  # the panel cell once more: its count moves past `ran`
-        wait_prompt(page, through, ran + 1)
+        ran = run_all(page, through)  # code cells down to the panel: a fresh kernel's count there
+        count = prompt_number(page, through)  # more than `ran` where run_all had to resume a stalled run
+        page.locator(f"{NB} .jp-Cell").nth(through).locator(".jp-InputPrompt").first.click()
+        page.keyboard.press("Control+Enter")  # the panel cell once more: its count moves on by one
+        wait_prompt(page, through, count + 1)
         menu(page, "Restart Kernel and Run up to Selected Cell", top="Kernel")
         page.locator(".jp-Dialog .jp-mod-accept").click()  # "Restart Kernel?"
         wait_prompt(page, through, ran)  # a fresh kernel counted from 1 again, down to the panel
