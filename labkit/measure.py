@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data, fast_mode
+from . import data, fast_mode, parts
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -34,7 +34,7 @@ def predict(model: torch.nn.Module, tokenizer, texts, batch_size: int = 64) -> n
     dev = _device_of(model)
     preds = np.empty(len(texts), dtype=np.int64)
     for batch in data.batches(texts, None, tokenizer, batch_size):
-        logits = _logits(model(**batch.to(dev).inputs))
+        logits = _logits(model(**parts.feed(model, batch.to(dev).inputs)))
         preds[batch.rows] = logits.argmax(-1).cpu().numpy()
     return preds
 

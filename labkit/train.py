@@ -1,0 +1,95 @@
+"""The kit's one fine-tuning loop: plain, with a teacher (distillation), or with hooks that keep masks or schedules.
+
+Fine-tuning the baseline, recovery after pruning, quantization-aware training and gradual pruning all run here,
+so they share the device handling, the learning-rate schedule and gradient clipping.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import data, parts
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters())).device
+
+
+def distill_loss(logits: torch.Tensor, teacher: nn.Module, inputs: dict, temperature: float) -> torch.Tensor:
+    """KL divergence from the teacher's softened predictions to the student's (scaled by T^2, as usual)."""
+    with torch.no_grad():
+        out = teacher(**parts.feed(teacher, inputs))
+        target = torch.softmax((out.logits if hasattr(out, "logits") else out[0]) / temperature, -1)
+    log_student = torch.log_softmax(logits / temperature, -1)
+    return nn.functional.kl_div(log_student, target, reduction="batchmean") * temperature ** 2
+
+
+def _schedule(opt: torch.optim.Optimizer, steps: int, warmup: float, decay: bool):
+    """transformers' linear warm-up then linear decay (constant after warm-up without `decay`)."""
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    warm = int(warmup * steps)
+    if decay:
+        return get_linear_schedule_with_warmup(opt, warm, steps)
+    return get_constant_schedule_with_warmup(opt, warm)
+
+
+def fit(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4, batch_size: int = 32,
+        seed: int = 0, warmup: float = 0.0, decay: bool = True, weight_decay: float = 0.0,
+        teacher: nn.Module | None = None, temperature: float = 2.0,
+        before_step: Callable[[int], None] | None = None, after_step: Callable[[int], None] | None = None,
+        progress: bool = False, desc: str = "fine-tuning") -> list[dict]:
+    """Train `model` in place for `steps` batches of (texts, labels) on its own device; returns the loss history.
+
+    With a `teacher`, half the loss pulls the model's output distribution towards the teacher's (distillation).
+    `before_step(step)` runs before each forward (e.g. a pruning schedule); `after_step(step)` after each
+    optimizer step (e.g. re-applying a mask, so a pruned weight is not revived).
+    """
+    from tqdm.auto import tqdm
+
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    texts, labels = list(texts), list(labels)
+    if steps and not texts:
+        raise ValueError("No training texts were given; pass a non-empty training split.")
+    dev = _device(model)
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = _schedule(opt, max(1, steps), warmup, decay)
+    model.train()
+    if teacher is not None:
+        teacher.eval()  # no dropout in the targets
+    history, step, epoch = [], 0, 0
+    bar = tqdm(total=steps, desc=desc, disable=not progress)
+    try:
+        while step < steps:
+            for batch in data.batches(texts, labels, tokenizer, batch_size, shuffle_seed=seed + epoch):
+                if step >= steps:
+                    break
+                if before_step is not None:
+                    before_step(step)
+                batch = batch.to(dev)
+                out = model(**parts.feed(model, batch.inputs), labels=batch.labels)
+                loss = out.loss
+                if teacher is not None:
+                    loss = 0.5 * loss + 0.5 * distill_loss(out.logits, teacher, batch.inputs, temperature)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                if after_step is not None:
+                    after_step(step)
+                history.append({"step": step, "loss": float(loss.detach())})
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+            epoch += 1
+    finally:
+        bar.close()
+        model.eval()
+    return history
