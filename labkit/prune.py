@@ -20,8 +20,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import data, fast_mode, measure
+from . import data, fast_mode, measure, parts
 from . import model as lk_model
+from . import train as lk_train
 
 SCOPES = ("layer", "global")
 METHODS = ("magnitude", "random")
@@ -36,19 +37,17 @@ SEMI_STRUCTURED_NOTE = (
 
 # --- finding the layers ---------------------------------------------------------------------------
 
-def _head_module_ids(model: nn.Module) -> set[int]:
-    """ids of the task head's Linear layers: outside the HF base model, or in its pooler."""
-    base = getattr(model, "base_model", model)
-    inside = {id(m) for m in base.modules()} if base is not model else {id(m) for m in model.modules()}
-    pooler = getattr(base, "pooler", None)
-    pooled = {id(m) for m in pooler.modules()} if isinstance(pooler, nn.Module) else set()
-    return {id(m) for m in model.modules() if isinstance(m, nn.Linear) and (id(m) not in inside or id(m) in pooled)}
-
-
 def prunable_linears(model: nn.Module, include_head: bool = False) -> dict[str, nn.Linear]:
-    """The Linear layers pruning acts on, by name (the classification head only with `include_head=True`)."""
-    head = set() if include_head else _head_module_ids(model)
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) not in head}
+    """The Linear layers pruning acts on, by name: the blocks' attention and feed-forward layers (from
+    `labkit.parts`), plus the classification head (pooler / pre-classifier included) with `include_head=True`.
+
+    Layers that are neither (ELECTRA's `embeddings_project`, DeBERTa-v2's relative-position projections) are
+    never pruned: every token's representation passes through them, so they are not part of the block budget.
+    A plain nn.Module (a learner's toy network) prunes all its Linear layers.
+    """
+    layers = parts.linears(model, "blocks")
+    if include_head:
+        layers = {**layers, **parts.head_linears(model)}
     if not layers:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers to prune; pass a transformer "
                          "classifier such as the one from labkit.model.load_baseline().")
@@ -222,46 +221,51 @@ def to_semi_structured(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 # --- structured: remove heads and FFN neurons -----------------------------------------------------
 
-def _blocks(model: nn.Module) -> list[nn.Module]:
-    """Transformer layers shaped like BERT's (attention.self/.output, intermediate, output): BERT, RoBERTa..."""
-    found = []
-    for m in model.modules():
-        att = getattr(m, "attention", None)
-        if (att is not None and hasattr(att, "self") and hasattr(getattr(att, "output", None), "dense")
-                and hasattr(getattr(m, "intermediate", None), "dense") and hasattr(getattr(m, "output", None), "dense")
-                and hasattr(att.self, "attention_head_size")):
-            found.append(m)
-    if not found:
-        raise ValueError(f"{type(model).__name__} has no BERT-style attention layers (attention.self with "
-                         "query/key/value, intermediate.dense, output.dense); structured pruning needs an "
-                         "encoder such as BERT or RoBERTa.")
-    return found
+STRUCTURED_FAMILIES = ", ".join(f.name for f in parts.FAMILIES if f.structured)
+
+
+def _structured_blocks(model: nn.Module) -> list[parts.Block]:
+    """The model's blocks, after checking its family's heads and neurons can be removed; a ValueError otherwise."""
+    if not parts.is_hf(model):
+        raise ValueError(f"{type(model).__name__} has no transformer attention layers: structured pruning removes "
+                         f"heads and FFN neurons from a Hugging Face classifier of these families: "
+                         f"{STRUCTURED_FAMILIES}.")
+    fam = parts.family_of(model)
+    if not fam.structured:
+        raise ValueError(f"Structured pruning does not support {fam.name}: its relative-position attention reuses "
+                         f"projections across heads, so heads cannot simply be cut out. It works on "
+                         f"{STRUCTURED_FAMILIES}; on {fam.name}, use prune.magnitude or prune.two_four instead.")
+    return parts.blocks(model)
 
 
 def _slice_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
-    """A smaller Linear keeping `index` of its outputs (dim=0) or of its inputs (dim=1)."""
-    w = layer.weight.detach().index_select(dim, index.to(layer.weight.device)).clone()
-    out_f, in_f = w.shape
-    new = nn.Linear(in_f, out_f, bias=layer.bias is not None, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if layer.bias is not None:
-            new.bias.copy_(layer.bias.detach() if dim == 1 else layer.bias.detach()[index.to(w.device)])
-    return new
+    """A smaller Linear keeping `index` of its outputs (dim=0) or of its inputs (dim=1), on the layer's device and dtype."""
+    from transformers.pytorch_utils import prune_linear_layer
+
+    # prune_linear_layer builds the new layer in the default dtype: cast back, so an fp16 model stays fp16.
+    return prune_linear_layer(layer, index.to(layer.weight.device), dim).to(dtype=layer.weight.dtype)
 
 
-def _head_scores(block: nn.Module, stat) -> torch.Tensor:
+def _set_head_count(block: parts.Block, n: int) -> None:
+    """Record that `block` now has `n` heads: the count attribute and any width derived from it."""
+    att, d, old = block.attention, block.head_size, block.n_heads
+    setattr(att, block.family.n_heads, n)
+    # BERT-like attention keeps all_head_size, DistilBERT dim (older transformers reshape with them).
+    for attr in ("all_head_size", "dim"):
+        if getattr(att, attr, None) == old * d:
+            setattr(att, attr, n * d)
+
+
+def _head_scores(block: parts.Block, stat) -> torch.Tensor:
     """One importance per head: the statistic summed over its query/key/value rows and output columns."""
-    att = block.attention
-    d = att.self.attention_head_size
-    rows = sum(stat(getattr(att.self, p).weight).sum(1) for p in ("query", "key", "value"))
-    cols = stat(att.output.dense.weight).sum(0)
-    return (rows + cols).reshape(-1, d).sum(1)
+    rows = sum(stat(block.get(p).weight).sum(1) for p in ("q", "k", "v"))
+    cols = stat(block.get("o").weight).sum(0)
+    return (rows + cols).reshape(-1, block.head_size).sum(1)
 
 
-def _ffn_scores(block: nn.Module, stat) -> torch.Tensor:
+def _ffn_scores(block: parts.Block, stat) -> torch.Tensor:
     """One importance per FFN neuron: its input row's statistic times its output column's."""
-    return stat(block.intermediate.dense.weight).sum(1) * stat(block.output.dense.weight).sum(0)
+    return stat(block.get("up").weight).sum(1) * stat(block.get("down").weight).sum(0)
 
 
 def _taylor(model: nn.Module, tokenizer, batches: int = 4, batch_size: int = 32) -> dict[int, torch.Tensor]:
@@ -270,10 +274,10 @@ def _taylor(model: nn.Module, tokenizer, batches: int = 4, batch_size: int = 32)
     for p in work.parameters():
         p.grad = None
     dev = measure._device_of(work)
-    train = data.split("train", limit=batches * batch_size)
-    for batch in data.batches(train["text"], train["label"], tokenizer, batch_size, shuffle_seed=0):
+    split = data.split("train", limit=batches * batch_size)
+    for batch in data.batches(split["text"], split["label"], tokenizer, batch_size, shuffle_seed=0):
         batch = batch.to(dev)
-        work(**batch.inputs, labels=batch.labels).loss.backward()
+        work(**parts.feed(work, batch.inputs), labels=batch.labels).loss.backward()
     # Map the copy's gradients back onto the original's parameters, by name.
     grads = dict(work.named_parameters())
     return {id(p): (p.detach() * grads[n].grad).abs() for n, p in model.named_parameters()
@@ -287,20 +291,38 @@ def _keep_top(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.sort(torch.topk(scores, n - drop).indices).values
 
 
+def _cut_heads(block: parts.Block, keep: torch.Tensor) -> None:
+    """Keep only the heads `keep` (sorted indices) of `block`: q/k/v rows and output-projection columns."""
+    d = block.head_size
+    cols = (keep[:, None] * d + torch.arange(d, device=keep.device)).reshape(-1)
+    for part in ("q", "k", "v"):
+        block.set(part, _slice_linear(block.get(part), cols, 0))
+    block.set("o", _slice_linear(block.get("o"), cols, 1))
+    _set_head_count(block, len(keep))
+
+
+def _cut_neurons(block: parts.Block, keep: torch.Tensor) -> None:
+    """Keep only the FFN neurons `keep` of `block`: up-projection rows and down-projection columns."""
+    block.set("up", _slice_linear(block.get("up"), keep, 0))
+    block.set("down", _slice_linear(block.get("down"), keep, 1))
+
+
 def structured(model: nn.Module, heads: float = 0.3, ffn: float = 0.3, score: str = "norm",
                tokenizer=None, inplace: bool = False) -> nn.Module:
     """A physically smaller copy: `heads` of every layer's attention heads and `ffn` of its FFN neurons removed.
 
     score="norm" ranks units by weight L2 norm; score="gradient" by |w * grad| on a few training batches
     (needs `tokenizer`). The removed rows/columns are gone from the Linear layers, so bytes and time drop.
+    Works on BERT, RoBERTa, ELECTRA and DistilBERT; DeBERTa-v2 is refused with a ValueError.
     """
     heads = _check_fraction("heads", heads)
     ffn = _check_fraction("ffn", ffn)
     _check_choice("score", score, SCORES)
     if score == "gradient" and tokenizer is None:
         raise ValueError("score='gradient' runs a few training batches: pass tokenizer=... (or use score='norm').")
+    _structured_blocks(model)  # refuse before copying
     out = _target(model, inplace)
-    blocks = _blocks(out)
+    blocks = _structured_blocks(out)
     if score == "norm":
         def stat(w):
             return w.detach().float() ** 2
@@ -310,21 +332,15 @@ def structured(model: nn.Module, heads: float = 0.3, ffn: float = 0.3, score: st
         def stat(w):
             return taylor[id(w)]
     pruned_heads = {}
-    for i, block in enumerate(blocks):
-        att, d = block.attention, block.attention.self.attention_head_size
+    for block in blocks:
         keep_h = _keep_top(_head_scores(block, stat), heads)
         keep_f = _keep_top(_ffn_scores(block, stat), ffn)
-        pruned_heads[i] = sorted(set(range(att.self.num_attention_heads)) - set(keep_h.tolist()))
-        cols = (keep_h[:, None] * d + torch.arange(d)).reshape(-1)
-        for name in ("query", "key", "value"):
-            setattr(att.self, name, _slice_linear(getattr(att.self, name), cols, 0))
-        att.output.dense = _slice_linear(att.output.dense, cols, 1)
-        # BERT's attention reads these two attributes to reshape q/k/v and size the output.
-        att.self.num_attention_heads = len(keep_h)
-        att.self.all_head_size = len(keep_h) * d
-        block.intermediate.dense = _slice_linear(block.intermediate.dense, keep_f, 0)
-        block.output.dense = _slice_linear(block.output.dense, keep_f, 1)
-    out.config.pruned_heads = pruned_heads  # a record of what was cut (layer -> removed head indices)
+        pruned_heads[block.index] = sorted(set(range(block.n_heads)) - set(keep_h.tolist()))
+        _cut_heads(block, keep_h)
+        _cut_neurons(block, keep_f)
+    # A record of what was cut (layer -> removed head indices). The config's head count and FFN width stay
+    # those of the unpruned model: per-layer counts live on the modules (see shape_summary / parts.summary).
+    out.config.pruned_heads = pruned_heads
     return out
 
 
@@ -351,28 +367,31 @@ def drop_heads(model: nn.Module, heads: dict[int, list[int]], remove_fn=None, in
     ones still to remove do not shift.
     """
     remove_fn = remove_head if remove_fn is None else remove_fn
+    _structured_blocks(model)  # refuse before copying
     out = _target(model, inplace)
-    blocks = _blocks(out)
+    blocks = _structured_blocks(out)
     pruned = {int(k): list(v) for k, v in (getattr(out.config, "pruned_heads", None) or {}).items()}
     for layer, drop in heads.items():
         if not 0 <= layer < len(blocks):
             raise ValueError(f"layer {layer} does not exist: the model has layers 0..{len(blocks) - 1}.")
-        att = blocks[layer].attention
-        d, n_heads = att.self.attention_head_size, att.self.num_attention_heads
+        block = blocks[layer]
+        d, n_heads = block.head_size, block.n_heads
         if len(set(drop)) >= n_heads or any(not 0 <= h < n_heads for h in drop):
             raise ValueError(f"layer {layer} has heads 0..{n_heads - 1}; remove some of them, and keep at least one.")
         for h in sorted(set(drop), reverse=True):
-            old = (att.self.query, att.self.key, att.self.value, att.output.dense)
+            old = tuple(block.get(p) for p in parts.ATTENTION)
             new = remove_fn(*old, h, d)
-            n = att.self.query.out_features - d
+            n = old[0].out_features - d
             if (not isinstance(new, tuple) or len(new) != 4 or not all(isinstance(m, nn.Linear) for m in new)
                     or any(m.out_features != n for m in new[:3]) or new[3].in_features != n
                     or new[3].out_features != old[3].out_features):
                 raise ValueError("remove_fn must return four nn.Linear layers (query, key, value, output) with "
                                  f"{n} query/key/value outputs and {n} output-projection inputs.")
-            att.self.query, att.self.key, att.self.value, att.output.dense = new
-            att.self.num_attention_heads -= 1
-            att.self.all_head_size = att.self.num_attention_heads * d
+            dev, dtype = old[0].weight.device, old[0].weight.dtype
+            for part, m in zip(parts.ATTENTION, new):
+                block.set(part, m.to(dev, dtype))  # a learner's function may build its layers on the CPU
+            _set_head_count(block, n_heads - 1)
+            n_heads -= 1
         pruned[layer] = sorted(set(pruned.get(layer, [])) | set(drop))
     out.config.pruned_heads = pruned
     return out
@@ -380,19 +399,15 @@ def drop_heads(model: nn.Module, heads: dict[int, list[int]], remove_fn=None, in
 
 def shape_summary(model: nn.Module) -> pd.DataFrame:
     """Heads and FFN neurons left in every transformer layer."""
-    return pd.DataFrame([{"layer": i, "heads": b.attention.self.num_attention_heads,
-                          "ffn_neurons": b.intermediate.dense.out_features}
-                         for i, b in enumerate(_blocks(model))])
+    return pd.DataFrame([{"layer": b.index, "heads": b.n_heads, "ffn_neurons": b.ffn_size}
+                         for b in parts.blocks(model)])
 
 
 # --- recovery: a short fine-tune ------------------------------------------------------------------
 
 def _distill_loss(logits: torch.Tensor, teacher: nn.Module, batch, temperature: float) -> torch.Tensor:
-    """KL divergence from the teacher's softened predictions to the student's (scaled by T^2, as usual)."""
-    with torch.no_grad():
-        target = torch.softmax(measure._logits(teacher(**batch.inputs)) / temperature, -1)
-    log_student = torch.log_softmax(logits / temperature, -1)
-    return torch.nn.functional.kl_div(log_student, target, reduction="batchmean") * temperature ** 2
+    """`train.distill_loss` for a Batch (or an inputs dict): kept for callers that pass a whole batch."""
+    return lk_train.distill_loss(logits, teacher, getattr(batch, "inputs", batch), temperature)
 
 
 def recover(model: nn.Module, tokenizer, steps: int | None = None, lr: float = 1e-4, batch_size: int = 32,
@@ -404,38 +419,22 @@ def recover(model: nn.Module, tokenizer, steps: int | None = None, lr: float = 1
     sparsity survives; a structurally pruned model has no zeros, so this is then plain fine-tuning.
     With a `teacher` (the unpruned model), the loss also pulls the pruned model's output distribution
     towards the teacher's (knowledge distillation at `temperature`), which carries more than the labels.
+    Training runs in `labkit.train.fit`, on the model's device.
     """
     steps = (20 if fast_mode() else 100) if steps is None else steps
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}.")
+    if teacher is not None and measure._device_of(teacher) != measure._device_of(model):
+        raise ValueError(f"The teacher is on {measure._device_of(teacher)} and the model on "
+                         f"{measure._device_of(model)}: move the teacher to the model's device first "
+                         "(teacher.to(device)).")
     out = _target(model, inplace)
     keep = {n: m.weight != 0 for n, m in prunable_linears(out).items()} if keep_zeros else {}
-    dev = measure._device_of(out)
-    train = data.split("train")
-    opt = torch.optim.AdamW(out.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / max(1, steps)))
-    torch.manual_seed(seed)
-    out.train()
-    if teacher is not None:
-        teacher.eval()  # no dropout in the targets
-    done, epoch = 0, 0
-    while done < steps:
-        for batch in data.batches(train["text"], train["label"], tokenizer, batch_size, shuffle_seed=seed + epoch):
-            if done >= steps:
-                break
-            batch = batch.to(dev)
-            result = out(**batch.inputs, labels=batch.labels)
-            loss = result.loss
-            if teacher is not None:
-                loss = 0.5 * loss + 0.5 * _distill_loss(result.logits, teacher, batch, temperature)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(out.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            apply_masks(out, keep)
-            done += 1
-        epoch += 1
+    split = data.split("train")
+    # The optimizer step must not revive a pruned weight: re-apply the zero pattern after every step.
+    lk_train.fit(out, tokenizer, split["text"], split["label"], steps, lr=lr, batch_size=batch_size, seed=seed,
+                 teacher=teacher, temperature=temperature,
+                 after_step=(lambda _step: apply_masks(out, keep)) if keep else None, desc="recovery")
     return out.eval()
 
 

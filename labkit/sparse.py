@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import fast_mode
+from . import fast_mode, parts
 
 FORMATS = ("dense", "coo", "coo_min", "csr", "csr_min", "bitmask", "2:4")
 VALUES = ("f32", "int8")
@@ -529,25 +529,27 @@ class SparseLinear(nn.Module):
 
 
 def linear_layers(model: nn.Module, which: str = "encoder") -> list[str]:
-    """Names of the Linear layers: 'encoder' (all but the classifier head), 'ffn' (those of intermediate size), 'all'."""
+    """Names of the Linear layers: 'encoder' (the blocks' attention and feed-forward layers), 'ffn' (the
+    feed-forward up and down projections) or 'all' (every Linear, the head included), found by `labkit.parts`."""
     _check_choice("which", which, ("encoder", "ffn", "all"))
-    ffn_size = getattr(getattr(model, "config", None), "intermediate_size", None)
-    head = {name for name, _ in model.named_children() if name in ("classifier", "score")}
-    names = []
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Linear):
-            continue
-        if which != "all" and name.split(".")[0] in head:
-            continue
-        if which == "ffn" and ffn_size not in (mod.in_features, mod.out_features):
-            continue
-        names.append(name)
-    return names
+    return list(parts.linears(model, {"encoder": "blocks", "ffn": "ffn", "all": "all"}[which]))
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+_CSR_OK: dict[tuple, bool] = {}
+
+
+def _csr_runs_on(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch's CSR x dense matmul runs on `device` in `dtype` (tried once on a 2x2 matrix, remembered)."""
+    key = (str(device), dtype)
+    if key not in _CSR_OK:
+        try:
+            w = torch.eye(2, dtype=dtype, device=device)
+            with _quiet_sparse():
+                torch.sparse.mm(to_csr(w), torch.ones(2, 1, dtype=dtype, device=device))
+            _CSR_OK[key] = True
+        except (RuntimeError, NotImplementedError):
+            _CSR_OK[key] = False
+    return _CSR_OK[key]
 
 
 def to_sparse(model: nn.Module, sparsity: float, which: str = "ffn", values: str = "f32",
@@ -556,19 +558,27 @@ def to_sparse(model: nn.Module, sparsity: float, which: str = "ffn", values: str
 
     values="int8" keeps the per-row int8 round trip of the weights (what an 8-bit sparse artifact decodes to).
     encoder: your own `csr_encode(dense) -> (values, col_indices, row_ptr)` writes each layer's CSR arrays
-    (checked to decode back exactly); None uses torch's conversion.
+    (checked to decode back exactly); None uses torch's conversion. The sparse layers stay on the model's
+    device; where torch has no CSR matmul for that device and dtype, the model is moved to the CPU, with a warning.
     """
     _check_sparsity(sparsity)
     _check_choice("values", values, VALUES)
     from .model import clone
 
     out = model if inplace else clone(model)
+    first = next(iter(out.parameters()), None)
+    if first is not None and first.device.type != "cpu" and not _csr_runs_on(first.device, first.dtype):
+        warnings.warn(f"torch has no sparse CSR matmul on {first.device} for {first.dtype}: to_sparse returns "
+                      "a CPU model.", stacklevel=2)
+        out = out.cpu()
     for name in linear_layers(out, which):
         lin = out.get_submodule(name)
-        w = sparsify(lin.weight, sparsity)
+        w = sparsify(lin.weight, sparsity)  # a CPU float32 copy
         if values == "int8":
             w = quantized(w)
-        _set_module(out, name, SparseLinear(w.to(lin.weight.dtype), lin.bias, encoder))
+        # Built from CPU arrays (a learner's encoder may use numpy), then moved to the model's device.
+        layer = SparseLinear(w.to(lin.weight.dtype), None if lin.bias is None else lin.bias.detach().cpu(), encoder)
+        parts.set_module(out, name, layer.to(lin.weight.device))
     return out.eval()
 
 
@@ -713,7 +723,9 @@ def dictionary_code(model: nn.Module, layer: str, n_atoms: int, k: int, inplace:
     d = learn_dictionary(lin.weight, n_atoms)
     c = sparse_codes(lin.weight, d, k)
     out = model if inplace else clone(model)
-    _set_module(out, layer, CodedLinear(torch.from_numpy(d), torch.from_numpy(c), lin.bias))
+    # The codes are computed on the CPU (scikit-learn); the new layer goes where the old one was.
+    coded = CodedLinear(torch.from_numpy(d), torch.from_numpy(c), None if lin.bias is None else lin.bias.detach().cpu())
+    parts.set_module(out, layer, coded.to(lin.weight.device, lin.weight.dtype))
     return out.eval()
 
 

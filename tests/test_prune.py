@@ -6,7 +6,7 @@ import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
-from labkit import checks, measure, prune
+from labkit import checks, measure, parts, prune
 
 
 def _state(model):
@@ -199,19 +199,18 @@ def test_semi_structured_matches_dense_on_gpu(tiny_model):
 def _zero_units_reference(model, small):
     """The original model with the removed heads' and neurons' output columns zeroed: same function."""
     ref = copy.deepcopy(model)
-    for i, (block, cut) in enumerate(zip(prune._blocks(ref), prune._blocks(small))):
-        d = block.attention.self.attention_head_size
-        kept_heads = [h for h in range(block.attention.self.num_attention_heads)
-                      if h not in small.config.pruned_heads[i]]
+    for i, (block, cut) in enumerate(zip(parts.blocks(ref), parts.blocks(small))):
+        d = block.head_size
+        kept_heads = [h for h in range(block.n_heads) if h not in small.config.pruned_heads[i]]
         with torch.no_grad():
-            mask = torch.zeros(block.attention.output.dense.in_features)
+            mask = torch.zeros(block.get("o").in_features)
             for h in kept_heads:
                 mask[h * d:(h + 1) * d] = 1
-            block.attention.output.dense.weight.mul_(mask)
+            block.get("o").weight.mul_(mask)
             # A neuron survives if its input row is still present in the small model.
-            rows = block.intermediate.dense.weight
-            kept = (rows[:, None, :] == cut.intermediate.dense.weight[None]).all(-1).any(1).float()
-            block.output.dense.weight.mul_(kept)
+            rows = block.get("up").weight
+            kept = (rows[:, None, :] == cut.get("up").weight[None]).all(-1).any(1).float()
+            block.get("down").weight.mul_(kept)
     return ref
 
 
@@ -220,9 +219,10 @@ def test_structured_removes_units_and_equals_zeroing_them(tiny_model, tokenizer,
     small = prune.structured(tiny_model, heads=0.5, ffn=0.5, score=score, tokenizer=tokenizer)
     shapes = prune.shape_summary(small)
     assert (shapes["heads"] == 2).all() and (shapes["ffn_neurons"] == 32).all()
-    block = prune._blocks(small)[0]
-    assert block.attention.self.query.out_features == 16 and block.attention.output.dense.in_features == 16
-    assert block.output.dense.in_features == 32
+    block = parts.blocks(small)[0]
+    assert block.get("q").out_features == 16 and block.get("o").in_features == 16
+    assert block.get("down").in_features == 32
+    assert block.attention.all_head_size == 16 and block.n_heads == 2
     inputs = _inputs(tokenizer)
     with torch.no_grad():
         ours = small(**inputs).logits
@@ -232,21 +232,21 @@ def test_structured_removes_units_and_equals_zeroing_them(tiny_model, tokenizer,
 
 
 def test_norm_score_removes_the_weakest_head(tiny_model):
-    block = prune._blocks(tiny_model)[0]
+    block = parts.blocks(tiny_model)[0]
     with torch.no_grad():
-        block.attention.output.dense.weight[:, 8:16] *= 1e-3  # head 1's output columns
-        for p in ("query", "key", "value"):
-            getattr(block.attention.self, p).weight[8:16] *= 1e-3
+        block.get("o").weight[:, 8:16] *= 1e-3  # head 1's output columns
+        for p in ("q", "k", "v"):
+            block.get(p).weight[8:16] *= 1e-3
     small = prune.structured(tiny_model, heads=0.25, ffn=0.0)
     assert small.config.pruned_heads[0] == [1]
 
 
 def _zero_head_reference(model, layer, head):
     ref = copy.deepcopy(model)
-    att = prune._blocks(ref)[layer].attention
-    d = att.self.attention_head_size
+    block = parts.blocks(ref)[layer]
+    d = block.head_size
     with torch.no_grad():
-        att.output.dense.weight[:, head * d:(head + 1) * d] = 0
+        block.get("o").weight[:, head * d:(head + 1) * d] = 0
     return ref
 
 
@@ -265,8 +265,8 @@ def test_drop_heads_equals_zeroing_the_heads_output(tiny_model, tokenizer):
 def test_remove_head_matches_transformers_prune_linear_layer_and_the_exercise(tiny_model):
     from transformers.pytorch_utils import prune_linear_layer
 
-    att = prune._blocks(tiny_model)[0].attention
-    layers = (att.self.query, att.self.key, att.self.value, att.output.dense)
+    block = parts.blocks(tiny_model)[0]
+    layers = tuple(block.get(p) for p in parts.ATTENTION)
     keep = torch.tensor([i for i in range(32) if i // 8 != 2])
     hf = [prune_linear_layer(m, keep, dim=0) for m in layers[:3]] + [prune_linear_layer(layers[3], keep, dim=1)]
     for ours in (prune.remove_head(*layers, 2, 8), checks.solution("03.remove_head")(*layers, 2, 8)):

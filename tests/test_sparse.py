@@ -5,7 +5,7 @@ import scipy.sparse as sps
 import torch
 import torch.nn.utils.prune as torch_prune
 
-from labkit import sparse
+from labkit import parts, sparse
 
 
 def _layer(shape=(48, 64), sparsity=0.8, seed=0):
@@ -267,3 +267,55 @@ def test_dictionary_tradeoff_gives_intervals_and_a_paired_difference(tiny_model,
     row = df.iloc[0]
     assert row["coded_lo"] <= row["coded_accuracy"] <= row["coded_hi"] and row["n"] == 40
     assert row["diff_lo"] <= row["coded_minus_pruned"] <= row["diff_hi"] and 0 <= row["p_value"] <= 1
+
+
+# --- every family ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", [f.name for f in parts.FAMILIES])
+def test_to_sparse_converts_the_ffn_layers_of_every_family(family, tokenizer):
+    model = parts.tiny_classifier(family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ffn = sparse.linear_layers(model, "ffn")
+    assert ffn == list(parts.linears(model, "ffn")) and len(ffn) == 2 * len(parts.blocks(model))
+    sm = sparse.to_sparse(model, 0.9)
+    assert [n for n, m in sm.named_modules() if isinstance(m, sparse.SparseLinear)] == ffn
+    for name in ffn:
+        w = model.get_submodule(name).weight
+        assert sm.get_submodule(name).values.numel() == w.numel() - round(0.9 * w.numel()), name
+    pm = sparse.pruned_dense(model, 0.9)
+    inputs = parts.feed(model, dict(tokenizer(["a quiet, lovely film", "dull"], padding=True, return_tensors="pt")))
+    with torch.no_grad():
+        torch.testing.assert_close(sm(**inputs).logits, pm(**inputs).logits, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", [f.name for f in parts.FAMILIES])
+def test_linear_layers_come_from_the_parts_map(family):
+    model = parts.tiny_classifier(family)
+    assert sparse.linear_layers(model) == list(parts.linears(model, "blocks"))
+    every = sparse.linear_layers(model, "all")
+    assert set(parts.head_linears(model)) <= set(every) and set(sparse.linear_layers(model)) < set(every)
+
+
+def test_dictionary_code_keeps_the_layers_dtype():
+    model = parts.tiny_classifier("DistilBERT").double()
+    layer = sparse.linear_layers(model, "ffn")[0]
+    coded = sparse.dictionary_code(model, layer, n_atoms=16, k=4).get_submodule(layer)
+    assert coded.dictionary.dtype == coded.codes.dtype == coded.bias.dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", ["BERT", "DistilBERT"])
+def test_sparse_layers_stay_on_the_gpu(family, tokenizer):
+    model = parts.tiny_classifier(family).cuda()
+    inputs = parts.feed(model, dict(tokenizer(["a quiet film"], return_tensors="pt").to("cuda")))
+    sm = sparse.to_sparse(model, 0.9, encoder=_my_csr)
+    if sm.device.type == "cuda":  # else torch has no CUDA CSR matmul here, and to_sparse warned
+        with torch.no_grad():
+            torch.testing.assert_close(sm(**inputs).logits, sparse.pruned_dense(model, 0.9)(**inputs).logits,
+                                       rtol=1e-3, atol=1e-4)
+    layer = sparse.linear_layers(model, "ffn")[0]
+    coded = sparse.dictionary_code(model, layer, 16, 4)
+    assert coded.get_submodule(layer).codes.device.type == "cuda"
+    with torch.no_grad():
+        assert coded(**inputs).logits.shape == (1, 2)
