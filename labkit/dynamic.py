@@ -23,42 +23,32 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import data, measure, prune, quantize
-
-# (query, key) attribute names of self-attention modules in common HF encoders (BERT family, DistilBERT, others).
-_QK_NAMES = (("query", "key"), ("q_lin", "k_lin"), ("q_proj", "k_proj"))
+from . import data, measure, parts, quantize, train
 
 
-# --- finding the parts generically -------------------------------------------------------------------
+# --- finding the parts (through labkit.parts) ------------------------------------------------------------
+
+def _blocks(model: nn.Module) -> list[parts.Block]:
+    """The model's transformer blocks; a ValueError naming the supported families for any other model."""
+    bs = parts.blocks(model)
+    if not bs:
+        raise ValueError(f"{type(model).__name__} has no transformer blocks; pass a classifier of one of these "
+                         f"families: {parts.SUPPORTED}.")
+    return bs
+
+
+def encoder_layers_name(model: nn.Module) -> str:
+    """Dotted name of the encoder's list of transformer blocks in the model ('bert.encoder.layer')."""
+    return _blocks(model)[0].prefix.rpartition(".")[0]
+
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The encoder's list of transformer layers: the nn.ModuleList with config.num_hidden_layers equal blocks."""
-    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    for mod in model.modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n is None or len(mod) == n) \
-                and len({type(m) for m in mod}) == 1:
-            return mod
-    raise ValueError("No encoder layer list found (an nn.ModuleList of config.num_hidden_layers blocks); "
-                     "token pruning needs a Hugging Face transformer encoder.")
+    """The encoder's list of transformer blocks (found through labkit.parts, for every supported family)."""
+    return model.get_submodule(encoder_layers_name(model))
 
 
-def _query_key(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
-    for mod in layer.modules():
-        for q, k in _QK_NAMES:
-            # any module, not only nn.Linear: an int8 Linear (dynamic_int8) can rank tokens too
-            if isinstance(getattr(mod, q, None), nn.Module) and isinstance(getattr(mod, k, None), nn.Module):
-                return getattr(mod, q), getattr(mod, k)
-    raise ValueError(f"No self-attention query/key projections found in {type(layer).__name__} "
-                     f"(looked for {', '.join('/'.join(p) for p in _QK_NAMES)}).")
-
-
-def _heads(layer: nn.Module, config) -> int:
-    """Attention heads of one layer: the layer's own count (structured pruning may have removed some)."""
-    for mod in layer.modules():
-        n = getattr(mod, "num_attention_heads", None)
-        if isinstance(n, int) and n > 0:
-            return n
-    return config.num_attention_heads
+def _device(model: nn.Module) -> torch.device:
+    return measure._device_of(model)
 
 
 def _target(model: nn.Module, inplace: bool) -> nn.Module:
@@ -81,17 +71,22 @@ def _real_tokens(mask: torch.Tensor | None, batch: int, length: int, device) -> 
     if mask.dim() == 2:
         return mask.bool()
     row = mask[:, 0, 0, :]  # the [CLS] query's row: which keys it may attend to
-    return row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
+    if row.dtype == torch.bool or not row.dtype.is_floating_point:  # bool (sdpa) or 0/1 integers (DeBERTa-v2)
+        return row.bool()
+    return row > torch.finfo(row.dtype).min / 2  # additive (eager): 0 for real tokens, a huge negative for padding
 
 
 def _layer_mask(valid: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor | None:
-    """A layer mask in the same form the model built (bool for sdpa, additive float for eager)."""
-    if bool(valid.all()):
-        return None  # no padding left: sdpa may take its fast path
+    """A layer mask in the same form the model built (bool for sdpa, additive float for eager, 0/1 integers)."""
+    integer = like is not None and like.dtype != torch.bool and not like.dtype.is_floating_point
+    if bool(valid.all()) and not integer:
+        return None  # no padding left: sdpa may take its fast path (an integer mask is always expected)
     b, n = valid.shape
     if like is not None and like.dim() == 2:
         return valid.to(like.dtype)
     keep = valid[:, None, None, :].expand(b, 1, n, n)
+    if integer:
+        return keep.to(like.dtype)
     if like is None or like.dtype == torch.bool:
         return keep
     zero = torch.zeros((), dtype=like.dtype, device=valid.device)
@@ -151,13 +146,37 @@ def _selected(select: Select, hidden: torch.Tensor, score: torch.Tensor, real: t
     return out, pos
 
 
+def _relative_positions(pos: torch.Tensor, attention: nn.Module, heads: int) -> torch.Tensor:
+    """Relative positions between the kept tokens' original positions, for DeBERTa-v2's disentangled attention.
+
+    Its blocks get positions built for the full sequence (and would assume 0..w-1 for a shorter one). Each row keeps
+    different tokens, so there is one (w, w) map per row, repeated per head: (1, batch x heads, w, w), the form its
+    attention indexes directly; bucketed as the model buckets them.
+    """
+    from transformers.models.deberta_v2.modeling_deberta_v2 import make_log_bucket_position
+
+    rel = pos[:, :, None] - pos[:, None, :]
+    buckets = int(getattr(attention, "position_buckets", -1))
+    max_position = int(getattr(attention, "max_relative_positions", -1))
+    if buckets > 0 and max_position > 0:
+        rel = make_log_bucket_position(rel, buckets, max_position)
+    return rel.long().repeat_interleave(heads, dim=0).unsqueeze(0)
+
+
+def _kept_positions(kwargs: dict, state: dict, attention: nn.Module, heads: int) -> dict:
+    """The block's keyword arguments with relative positions of the kept tokens, where the block takes them."""
+    if kwargs.get("relative_pos") is None:  # BERT-like blocks: absolute positions were added before the blocks
+        return kwargs
+    return dict(kwargs, relative_pos=_relative_positions(state["positions"], attention, heads))
+
+
 class _TokenPruner:
     """Forward pre-hook of the first pruned layer: scores tokens, keeps the top ones, shrinks the sequence."""
 
     def __init__(self, keep_ratio: float, query: nn.Linear, key: nn.Linear, heads: int, state: dict,
-                 score: str = "cls", select: Select | None = None):
+                 score: str = "cls", select: Select | None = None, attention: nn.Module | None = None):
         self.keep_ratio, self.query, self.key, self.heads, self.state = keep_ratio, query, key, heads, state
-        self.score, self.select = score, select
+        self.score, self.select, self.attention = score, select, attention
 
     def __call__(self, module, args, kwargs):
         hidden, mask, args, kwargs = _split_args(args, kwargs)
@@ -180,18 +199,20 @@ class _TokenPruner:
             gather = pos.clamp(max=n - 1)
             hidden = hidden.gather(1, gather[..., None].expand(b, width, d))
         new_mask = _layer_mask(valid, mask)
-        self.state.update(mask=new_mask, kept=torch.where(valid, pos, -1), score=score.detach())
-        return _join_args(hidden, new_mask, args, kwargs)
+        self.state.update(mask=new_mask, kept=torch.where(valid, pos, -1), score=score.detach(),
+                          positions=pos.clamp(max=n - 1))
+        return _join_args(hidden, new_mask, args, _kept_positions(kwargs, self.state, self.attention, self.heads))
 
 
 class _MaskSwap:
-    """Forward pre-hook of the later layers: they get the shortened mask instead of the model's original one."""
+    """Forward pre-hook of the later layers: the shortened mask (and relative positions) instead of the model's."""
 
-    def __init__(self, state: dict):
-        self.state = state
+    def __init__(self, state: dict, attention: nn.Module | None = None, heads: int = 0):
+        self.state, self.attention, self.heads = state, attention, heads
 
     def __call__(self, module, args, kwargs):
         hidden, _, args, kwargs = _split_args(args, kwargs)
+        kwargs = _kept_positions(kwargs, self.state, self.attention, self.heads)
         return _join_args(hidden, self.state["mask"], args, kwargs)
 
 
@@ -222,6 +243,8 @@ def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace
     `select(hidden, scores, mask, keep)` replaces labkit's choice of tokens (notebook 05's `keep_top_tokens`): it gets
     the raw scores (padding is not pre-filtered, [CLS] not protected) and must return the kept hidden states and
     their positions, in their original order.
+    Works on every family in labkit.parts; DeBERTa-v2's blocks get the kept tokens' relative positions (its
+    ranking uses the content attention only).
     """
     if select is not None and not callable(select):
         raise ValueError(f"select must be a function (hidden, scores, mask, keep) -> (kept, indices), got {select!r}.")
@@ -229,24 +252,30 @@ def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}.")
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
         raise ValueError(f"keep_ratio must be a fraction in (0, 1] (1 keeps every real token), got {keep_ratio!r}.")
-    layers = encoder_layers(model)
+    layers = _blocks(model)
     if isinstance(start_layer, bool) or not isinstance(start_layer, int) or not 0 <= start_layer < len(layers):
         raise ValueError(f"start_layer must be a layer index from 0 to {len(layers) - 1} "
                          f"(this model has {len(layers)} layers), got {start_layer!r}.")
+    encoder = model.get_submodule(encoder_layers_name(model).rpartition(".")[0])
+    if start_layer == 0 and getattr(encoder, "conv", None) is not None:
+        raise ValueError("This model's encoder mixes layer 0's output with its full-length input through a "
+                         "convolution (DeBERTa-v2 with conv_kernel_size): use start_layer >= 1.")
     if getattr(model, "token_pruning", None) is not None:
         raise ValueError("This model is already token-pruned; call token_pruning on the unpruned model.")
     impl = getattr(model.config, "_attn_implementation", "sdpa")
     if impl not in (None, "eager", "sdpa"):
         raise ValueError(f"Token pruning supports the 'sdpa' and 'eager' attention implementations, got {impl!r}.")
     model = _target(model, inplace)
-    layers = encoder_layers(model)
+    blocks = _blocks(model)
     state: dict[str, Any] = {}
-    query, key = _query_key(layers[start_layer])
-    handles = [layers[start_layer].register_forward_pre_hook(
-        _TokenPruner(float(keep_ratio), query, key, _heads(layers[start_layer], model.config), state, score, select),
-        with_kwargs=True)]
-    for layer in layers[start_layer + 1:]:
-        handles.append(layer.register_forward_pre_hook(_MaskSwap(state), with_kwargs=True))
+    first = blocks[start_layer]
+    # The block's own query/key (any module: an int8 Linear from dynamic_int8 ranks tokens too) and its own head
+    # count (structured pruning may have removed some).
+    first.module.register_forward_pre_hook(
+        _TokenPruner(float(keep_ratio), first.get("q"), first.get("k"), first.n_heads, state, score, select,
+                     first.attention), with_kwargs=True)
+    for block in blocks[start_layer + 1:]:
+        block.module.register_forward_pre_hook(_MaskSwap(state, block.attention, block.n_heads), with_kwargs=True)
     model.token_pruning = {"keep_ratio": float(keep_ratio), "start_layer": start_layer, "score": score, "state": state}
     return model
 
@@ -267,9 +296,9 @@ def surviving_tokens(model: nn.Module, tokenizer, sentence: str, keep_ratio: flo
         raise ValueError("sentence must be a non-empty string.")
     pruned = token_pruning(model, keep_ratio, start_layer, score=score)
     enc = tokenizer([sentence], truncation=True, max_length=data.MAX_LENGTH, return_tensors="pt")
-    pruned.eval()(**enc)
+    pruned.eval()(**parts.feed(pruned, {k: v.to(_device(pruned)) for k, v in enc.items()}))
     kept = set(last_kept(pruned)[0].tolist())
-    ranks = pruned.token_pruning["state"]["score"][0]
+    ranks = pruned.token_pruning["state"]["score"][0].cpu()
     tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
     return pd.DataFrame({"token": tokens, "score": [0.0 if i == 0 else float(ranks[i]) for i in range(len(tokens))],
                          "kept": [i in kept for i in range(len(tokens))]})
@@ -427,22 +456,27 @@ def draw_tradeoff(df: pd.DataFrame, baseline_ms: float | None = None, ax=None):
 # --- dynamic vs static activation quantization -------------------------------------------------------
 
 def linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """The encoder's nn.Linear layers (the classifier head and pooler stay in float)."""
-    layers = encoder_layers(model)
-    return {name: m for name, m in layers.named_modules() if isinstance(m, nn.Linear)}
+    """Every Linear inside the transformer blocks, named within the block list ('0.attention.self.query').
+
+    The blocks' layers of `parts.linears(model, "blocks")`; the classifier head and pooler stay in float.
+    """
+    start = len(encoder_layers_name(model)) + 1
+    return {name[start:]: m for name, m in parts.linears(model, "blocks").items()}
 
 
 def dynamic_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Real dynamic int8: int8 weights ahead of time, each batch's activation scale computed at run time (CPU)."""
-    model = _target(model, inplace)
+    _blocks(model)  # a supported classifier, or a ValueError naming the families
+    layers = list(parts.linears(model, "blocks"))  # full names, the same in the copy
+    model = quantize._cpu_target(model, inplace, "torch's dynamic int8 Linear (torch.ao)")
     quantize_dynamic = quantize._torch_ao_quantize_dynamic()
     if quantize_dynamic is None:  # a torch without torch.ao: the same recipe in ONNX Runtime, with a warning
-        return quantize._torch_dynamic_int8(model.cpu())
+        return quantize._torch_dynamic_int8(model)
     with warnings.catch_warnings():
         # torch.ao.quantization is deprecated but still the CPU's int8 Linear; the warning is for us, not learners.
         warnings.simplefilter("ignore")
-        quantize_dynamic(encoder_layers(model), {nn.Linear}, dtype=torch.qint8, inplace=True)
-    return model.cpu()
+        quantize_dynamic(model, set(layers), dtype=torch.qint8, inplace=True)  # these layers only, by full name
+    return model
 
 
 # --- your own dynamic int8 Linear in the real model ----------------------------------------------------
@@ -500,10 +534,8 @@ def with_linear(model: nn.Module, linear_fn: LinearFn, inplace: bool = False) ->
     if not callable(linear_fn):
         raise ValueError(f"linear_fn must be a function (x, w_codes, w_scale, bias) -> y, got {linear_fn!r}.")
     model = _target(model, inplace)
-    layers = encoder_layers(model)
-    for name, lin in list(linears(model).items()):
-        parent, _, attr = name.rpartition(".")
-        setattr(layers.get_submodule(parent) if parent else layers, attr, FnLinear(lin, linear_fn))
+    for name, lin in parts.linears(model, "blocks").items():
+        parts.set_module(model, name, FnLinear(lin, linear_fn))
     return model
 
 
@@ -612,8 +644,9 @@ def calibrate_ranges(model: nn.Module, tokenizer, texts: list[str], batch_size: 
     handles = [m.register_forward_pre_hook(observer(n)) for n, m in linears(model).items()]
     try:
         model.eval()
+        dev = _device(model)
         for batch in data.batches(texts, None, tokenizer, batch_size):
-            model(**batch.inputs)
+            model(**parts.feed(model, batch.to(dev).inputs))
     finally:
         for h in handles:
             h.remove()
@@ -766,37 +799,27 @@ def prune_finetune(model: nn.Module, tokenizer, final_sparsity: float, steps: in
     model = _target(model, inplace)
     lins = linears(model)
     keep = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in lins.items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    train = data.split("train")
-    torch.manual_seed(seed)
     ramp_steps = max(1, int(ramp * steps))
-    history, step, done = [], 0, -1.0
-    model.train()
-    if teacher is not None:
-        teacher.eval()
-    while step < steps:
-        for batch in data.batches(train["text"], train["label"], tokenizer, batch_size, shuffle_seed=seed + step):
-            target = _target_sparsity(schedule, step, ramp_steps, final_sparsity)
-            if target != done:  # greedy: remove the smallest surviving weights up to this step's target
-                for n, lin in lins.items():
-                    keep[n] = prune_smallest(lin.weight, keep[n], target)
-                done = target
-            _apply(lins, keep)
-            out = model(**batch.inputs, labels=batch.labels)
-            loss = out.loss
-            if teacher is not None:
-                loss = 0.5 * loss + 0.5 * prune._distill_loss(out.logits, teacher, batch, 2.0)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            _apply(lins, keep)  # the optimizer step must not revive pruned weights
-            history.append({"step": step, "sparsity": target, "loss": loss.item()})
-            step += 1
-            if step >= steps:
-                break
-    model.eval()
-    return model, pd.DataFrame(history)
+    targets: list[float] = []
+
+    def before_step(step: int) -> None:
+        target = _target_sparsity(schedule, step, ramp_steps, final_sparsity)
+        if not targets or target != targets[-1]:  # greedy: remove the smallest surviving weights up to this target
+            for n, lin in lins.items():
+                keep[n] = prune_smallest(lin.weight, keep[n], target)
+        targets.append(target)
+        _apply(lins, keep)
+
+    def after_step(step: int) -> None:
+        _apply(lins, keep)  # the optimizer step must not revive pruned weights
+
+    train_split = data.split("train")
+    # A constant learning rate (no warm-up, no decay): the schedule that varies is the sparsity's.
+    history = train.fit(model, tokenizer, train_split["text"], train_split["label"], steps, lr=lr,
+                        batch_size=batch_size, seed=seed, decay=False, teacher=teacher, temperature=2.0,
+                        before_step=before_step, after_step=after_step, desc="pruning while fine-tuning")
+    return model, pd.DataFrame([{"step": h["step"], "sparsity": t, "loss": h["loss"]}
+                                for h, t in zip(history, targets)])
 
 
 # --- tour ----------------------------------------------------------------------------------------------

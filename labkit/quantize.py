@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import data, fast_mode, measure
+from . import data, fast_mode, measure, parts
 
 SCHEMES = ("asymmetric", "symmetric")
 GRANULARITIES = ("tensor", "channel", "group")
@@ -217,7 +217,7 @@ def fake_quantize_tensor(w: torch.Tensor, bits: int = 8, scheme: str = "asymmetr
 
 def pack_codes(q: QTensor) -> np.ndarray:
     """The codes as a packed byte string, `bits` bits each (what a `bits`-bit file would hold)."""
-    unsigned = (q.codes.to(torch.int64) - q.qmin).numpy().astype(">u2").reshape(-1)
+    unsigned = (q.codes.to(torch.int64) - q.qmin).cpu().numpy().astype(">u2").reshape(-1)
     bitplanes = np.unpackbits(unsigned.view(np.uint8)).reshape(-1, 16)[:, 16 - q.bits:]
     return np.packbits(bitplanes.reshape(-1))
 
@@ -235,7 +235,10 @@ def unpack_codes(packed: np.ndarray, q_like: QTensor) -> torch.Tensor:
 # --- simulated quantization of a model ---------------------------------------------------------------
 
 def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    """Every Linear layer the techniques here quantize (blocks, pooler and head), found through labkit.parts."""
+    if parts.is_hf(model):
+        parts.family_of(model)  # a Hugging Face model of another family: a ValueError naming the supported ones
+    found = list(parts.linears(model, "all").items())
     if not found:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers to quantize; pass a transformer "
                          "classifier such as the one from labkit.model.load_baseline().")
@@ -243,11 +246,33 @@ def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
 
 
 def _embeddings(model: nn.Module) -> list[tuple[str, nn.Embedding]]:
+    """The input embedding tables (word, position, type); every nn.Embedding of a plain module.
+
+    Only the input embeddings of a Hugging Face model: DeBERTa-v2's relative-position table is read as a weight
+    inside attention, not looked up, so an int8 lookup table cannot stand in for it.
+    """
+    if parts.is_hf(model):
+        emb = parts.embeddings(model)
+        inside = {id(m) for m in emb.modules()}
+        return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding) and id(m) in inside]
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
 
 
 def _target(model: nn.Module, inplace: bool) -> nn.Module:
     return model if inplace else copy.deepcopy(model)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return measure._device_of(model)
+
+
+def _cpu_target(model: nn.Module, inplace: bool, what: str) -> nn.Module:
+    """The model (or a copy) on the CPU for a CPU-only backend; says so when the caller's model was elsewhere."""
+    dev = _device(model)
+    if dev.type != "cpu":
+        warnings.warn(f"{what} runs on the CPU only: the returned model is on the CPU, not on {dev}. Compare it "
+                      "with a CPU copy of the float model (model.cpu()) when timing.", RuntimeWarning, stacklevel=3)
+    return _target(model, inplace).cpu()
 
 
 class _ActivationFakeQuant:
@@ -383,22 +408,24 @@ def calibrate(model: nn.Module, tokenizer, bits: int, observer: str = "minmax", 
         def hook(module, args):
             x = args[0].detach().reshape(-1)
             # Keep the extremes and a random sample: min/max need the tails, percentile/MSE need the bulk.
-            idx = torch.randint(0, len(x), (min(len(x), 20_000),), generator=gen)
-            seen[name].append(torch.cat([x[idx], x.min().reshape(1), x.max().reshape(1)]))
+            idx = torch.randint(0, len(x), (min(len(x), 20_000),), generator=gen).to(x.device)
+            seen[name].append(torch.cat([x[idx], x.min().reshape(1), x.max().reshape(1)]).float().cpu())
         return hook
 
     handles = [lin.register_forward_pre_hook(recorder(name)) for name, lin in layers]
     try:
         with torch.inference_mode():
             out.eval()
+            dev = _device(out)
             for batch in _calibration_batches(tokenizer, size):
-                out(**batch.inputs)
+                out(**parts.feed(out, batch.to(dev).inputs))
     finally:
         for h in handles:
             h.remove()
     for name, lin in layers:
         scale, zp = observe(torch.cat(seen[name]), bits, observer, scheme)
-        lin.register_forward_pre_hook(_ActivationFakeQuant(bits, scheme, scale, zp))
+        dev = lin.weight.device
+        lin.register_forward_pre_hook(_ActivationFakeQuant(bits, scheme, scale.to(dev), zp.to(dev)))
     return out
 
 
@@ -425,7 +452,8 @@ def qat(model: nn.Module, tokenizer, bits: int = 4, scheme: str = "asymmetric", 
     `fake_quantize(model, bits, ...)`, which rounds the same way without training.
     """
     from torch.nn.utils import parametrize
-    from tqdm.auto import tqdm
+
+    from . import train as train_lib
 
     fake_quantize(model, bits, scheme, granularity, group_size)  # validates every argument, cheaply enough
     steps = steps or (10 if fast_mode() else 150)
@@ -433,28 +461,12 @@ def qat(model: nn.Module, tokenizer, bits: int = 4, scheme: str = "asymmetric", 
     layers = _linears(out)
     for _, lin in layers:
         parametrize.register_parametrization(lin, "weight", _STEFakeQuant(bits, scheme, granularity, group_size))
-    torch.manual_seed(seed)
     train = data.split("train", limit=steps * batch_size)
-    opt = torch.optim.AdamW([p for p in out.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    out.train()
-    done, epoch = 0, 0
-    bar = tqdm(total=steps, desc=f"QAT {bits}-bit", disable=not progress)
     try:
-        while done < steps:
-            for batch in data.batches(train["text"], train["label"], tokenizer, batch_size, shuffle_seed=seed + epoch):
-                batch = batch.to(measure._device_of(out))
-                loss = out(**batch.inputs, labels=batch.labels).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(out.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                done += 1
-                bar.update(1)
-                if done >= steps:
-                    break
-            epoch += 1
+        # A constant learning rate, no warm-up: QAT starts from a trained model and only nudges it onto the grid.
+        train_lib.fit(out, tokenizer, train["text"], train["label"], steps, lr=lr, batch_size=batch_size, seed=seed,
+                      decay=False, progress=progress, desc=f"QAT {bits}-bit")
     finally:
-        bar.close()
         # Bake the rounded weights in: the returned model holds exactly the grid values.
         for _, lin in layers:
             parametrize.remove_parametrizations(lin, "weight", leave_parametrized=True)
@@ -534,6 +546,7 @@ class OnnxClassifier(nn.Module):
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_):
+        # The graph takes the exported model's own inputs (a DistilBERT's has no token_type_ids): feed those only.
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         if feeds["attention_mask"] is None:
             feeds["attention_mask"] = torch.ones_like(input_ids)
@@ -544,20 +557,64 @@ class OnnxClassifier(nn.Module):
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
 
+def onnx_inputs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's own inputs from `inputs`, in the order of its forward's parameters (as the ONNX tracer lists them).
+
+    torch.onnx.export (TorchScript) orders keyword inputs by the forward's signature, whatever the dict's order:
+    `input_names` given in a tokenizer's order (input_ids, token_type_ids, attention_mask) would silently name
+    BERT's mask "token_type_ids".
+    """
+    import inspect
+
+    fed = parts.feed(model, inputs)
+    return {n: fed[n] for n in inspect.signature(model.forward).parameters if n in fed}
+
+
+def _example_batch(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Two differently long, padded rows of word-piece ids, for each input this model's forward takes."""
+    ids = torch.tensor([[101, 2023, 3185, 2003, 2307, 102], [101, 6659, 102, 0, 0, 0]])
+    offered = {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
+    return onnx_inputs(model, {n: offered[n] for n in parts.input_names(model) if n in offered})
+
+
 def export_onnx(model: nn.Module) -> bytes:
-    """The classifier as an ONNX graph (eager attention, so ONNX Runtime can fuse it), dynamic batch and length."""
-    m = copy.deepcopy(model).eval()
+    """The classifier as an ONNX graph (eager attention, so ONNX Runtime can fuse it), dynamic batch and length.
+
+    The graph's inputs are the model's own (`parts.input_names`), passed by name: a DistilBERT's graph has no
+    token_type_ids. ONNX Runtime runs on the CPU: a CUDA model is exported from a CPU copy, with a warning.
+    """
+    parts.check_classifier(model)
+    m = _cpu_target(model, False, "ONNX Runtime (CPU provider)").float().eval()
     if hasattr(m, "set_attn_implementation"):
         m.set_attn_implementation("eager")
-    ids = torch.tensor([[101, 2023, 3185, 2003, 2307, 102], [101, 6659, 102, 0, 0, 0]])
-    inputs = (ids, (ids != 0).long(), torch.zeros_like(ids))
-    names = ["input_ids", "attention_mask", "token_type_ids"]
+    inputs = _example_batch(m)
+    names = list(inputs)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python-side shape checks
-        torch.onnx.export(m, inputs, buf, input_names=names, output_names=["logits"], opset_version=17,
+        torch.onnx.export(m, (), buf, kwargs=inputs, input_names=names, output_names=["logits"], opset_version=17,
                           dynamic_axes={n: {0: "batch", 1: "seq"} for n in names}, dynamo=False)
     return buf.getvalue()
+
+
+# ONNX Runtime's transformer optimizer: its 'bert' fusions match these families' attention; DeBERTa-v2's
+# disentangled (relative-position) attention has no fusion there, so it is exported unfused.
+ORT_MODEL_TYPES = {"BERT": "bert", "RoBERTa": "bert", "ELECTRA": "bert", "DistilBERT": "bert"}
+
+
+def attention_shape(model: nn.Module) -> tuple[int, int]:
+    """(heads, heads x head size) for ONNX Runtime's attention fusion, read from the blocks; (0, 0) if they differ.
+
+    Never the config's count: it is wrong after structured pruning. The optimizer takes one count for the whole
+    model and, as transformers 5 reshapes with -1 heads, cannot read it from the graph: (0, 0), its "detect it",
+    leaves attention unfused. That is the answer only when blocks differ, where one count would fuse some layers
+    with the wrong number of heads.
+    """
+    shapes = {(b.n_heads, b.head_size) for b in parts.blocks(model)}
+    if len(shapes) != 1:
+        return 0, 0
+    heads, size = shapes.pop()
+    return heads, heads * size
 
 
 def _ort_optimize(onnx_bytes: bytes, model: nn.Module) -> bytes:
@@ -565,11 +622,18 @@ def _ort_optimize(onnx_bytes: bytes, model: nn.Module) -> bytes:
     import onnx
     from onnxruntime.transformers.optimizer import optimize_model
 
-    cfg = model.config
+    family = parts.family_of(model)
+    if family.name not in ORT_MODEL_TYPES:
+        warnings.warn(f"ONNX Runtime's transformer optimizer has no fusion for {family.name}'s attention (it fuses "
+                      f"{', '.join(ORT_MODEL_TYPES)}): the graph is left unfused (ONNX Runtime still applies its "
+                      "generic optimizations when it loads it). Pass optimize=False to skip this warning.",
+                      RuntimeWarning, stacklevel=3)
+        return onnx_bytes
+    heads, hidden = attention_shape(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        opt = optimize_model(onnx.load_from_string(onnx_bytes), model_type="bert", num_heads=cfg.num_attention_heads,
-                             hidden_size=cfg.hidden_size, opt_level=0)
+        opt = optimize_model(onnx.load_from_string(onnx_bytes), model_type=ORT_MODEL_TYPES[family.name],
+                             num_heads=heads, hidden_size=hidden, opt_level=0)
     # The fused ops live in ONNX Runtime's own domain; declare it so shape inference (and quantization) accept them.
     if not any(o.domain == "com.microsoft" for o in opt.model.opset_import):
         opt.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
@@ -602,7 +666,11 @@ def _ort_quantize(onnx_bytes: bytes) -> bytes:
 
 
 def to_onnx(model: nn.Module, optimize: bool = True, int8: bool = False) -> OnnxClassifier:
-    """The classifier running in ONNX Runtime (optionally with transformer fusions and dynamic int8)."""
+    """The classifier running in ONNX Runtime (CPU; optionally with transformer fusions and dynamic int8).
+
+    `optimize` applies ONNX Runtime's transformer fusions where it has them (BERT, RoBERTa, ELECTRA, DistilBERT);
+    a DeBERTa-v2 graph is left unfused, with a warning.
+    """
     payload = export_onnx(model)
     if optimize:
         payload = _ort_optimize(payload, model)
@@ -633,7 +701,7 @@ def to_int8(model: nn.Module, embeddings: bool = True, backend: str = "torch", i
             raise ValueError("backend='onnxruntime' always quantizes the embedding lookups; use embeddings=True "
                              "or backend='torch'.")
         return to_onnx(model, optimize=False, int8=True)
-    out = _target(model, inplace).cpu().eval()
+    out = _cpu_target(model, inplace, "torch's int8 kernels (to_int8, backend='torch')").eval()
     if embeddings:
         _swap_embeddings(out)
     return _torch_dynamic_int8(out)
@@ -747,9 +815,9 @@ def layer_io(model: nn.Module, tokenizer, name: str, split: str = "test",
     try:
         with torch.inference_mode():
             model.eval()
-            dev = measure._device_of(model)
+            dev = _device(model)
             for batch in data.batches(data.split(split, limit)["text"], None, tokenizer, 32):
-                model(**batch.to(dev).inputs)
+                model(**parts.feed(model, batch.to(dev).inputs))
                 x, y = seen["x"], seen["y"]
                 if x.dim() == 3:  # (batch, tokens, features): keep the real tokens; a head sees one row per snippet
                     keep = batch.inputs["attention_mask"].bool().to(x.device)
@@ -772,7 +840,7 @@ def swap_integer_linear(model: nn.Module, tokenizer, name: str, kernel: Callable
     _linear(model, name)
     size = size or (64 if fast_mode() else 256)
     x, y = layer_io(model, tokenizer, name, split, size)
-    out = copy.deepcopy(model).cpu().eval()
+    out = _cpu_target(model, False, "An integer Linear (IntegerLinear)").eval()
     parent, _, attr = name.rpartition(".")
     holder = out.get_submodule(parent) if parent else out
     setattr(holder, attr, IntegerLinear(out.get_submodule(name), (float(x.min()), float(x.max())),

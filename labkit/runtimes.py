@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import data, fast_mode
+from . import data, fast_mode, parts
 
 PRECISIONS = ("f32", "default")
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a tokenizer may give; a model takes its own
 INSTALL = "pip install 'labkit[runtimes]' (or pip install 'openvino>=2026.0' 'nncf>=3.0')"
 
 
@@ -51,16 +51,27 @@ def _check_classifier(model: nn.Module) -> None:
     if not hasattr(model, "config"):
         raise ValueError(f"{type(model).__name__} is not a Hugging Face classifier (no .config); pass one such as "
                          "labkit.model.load_baseline()[0].")
+    parts.check_classifier(model)  # a supported family with a classification head
 
 
-def _example_inputs(tokenizer=None) -> dict[str, torch.Tensor]:
-    """Two real, differently long snippets, tokenized and padded: the shapes a trace should see."""
+def _cpu_copy(model: nn.Module, what: str) -> nn.Module:
+    """A float32 CPU copy to convert: these runtimes run on the CPU; says so when the model was elsewhere."""
+    dev = next(iter(model.parameters())).device
+    if dev.type != "cpu":
+        warnings.warn(f"{what} runs on the CPU only: the returned model is on the CPU, not on {dev}.", RuntimeWarning,
+                      stacklevel=3)
+    return copy.deepcopy(model).cpu().float().eval()
+
+
+def _example_inputs(model: nn.Module, tokenizer=None) -> dict[str, torch.Tensor]:
+    """Two real, differently long snippets, tokenized and padded: the model's own inputs, as a trace should see."""
     if tokenizer is None:
         from . import model as model_lib
 
         tokenizer = model_lib.load_tokenizer()
     texts = list(data.split("train", 2)["text"])
-    return dict(tokenizer(texts, padding=True, truncation=True, max_length=data.MAX_LENGTH, return_tensors="pt"))
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=data.MAX_LENGTH, return_tensors="pt")
+    return {name: enc[name] for name in parts.input_names(model, tokenizer)}
 
 
 def _feeds(input_ids, attention_mask=None, token_type_ids=None) -> dict[str, np.ndarray]:
@@ -122,9 +133,10 @@ class OpenVinoClassifier(nn.Module):
 
 
 def _ov_convert(model: nn.Module, example: dict[str, torch.Tensor]) -> Any:
-    """openvino.convert_model straight from the torch model (traced on real snippets); batch and length dynamic."""
+    """openvino.convert_model straight from the torch model, traced on real snippets passed by name (the model's
+    own inputs: a DistilBERT's IR has no token_type_ids); batch and length dynamic."""
     ov = _require("openvino")
-    m = copy.deepcopy(model).cpu().float().eval()
+    m = _cpu_copy(model, "OpenVINO (CPU)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python-side shape checks
         ov_model = ov.convert_model(m, example_input=example)
@@ -191,11 +203,12 @@ def to_openvino(model: nn.Module, precision: str = "default", int8: bool = False
         from . import model as model_lib
 
         tokenizer = model_lib.load_tokenizer()
-    ov_model = _ov_convert(model, _example_inputs(tokenizer))
+    ov_model = _ov_convert(model, _example_inputs(model, tokenizer))
     if int8:
         if calibration is None or isinstance(calibration, str):
             calibration = calibration_batches(tokenizer, calibration or "train")
-        ov_model = _nncf_int8(ov_model, list(calibration))
+        names = {port.get_any_name() for port in ov_model.inputs}  # the IR takes the model's own inputs only
+        ov_model = _nncf_int8(ov_model, [{k: v for k, v in b.items() if k in names} for b in calibration])
     xml, weights = _ov_serialize(ov_model, compress_to_fp16=precision == "default")
     return OpenVinoClassifier(xml, weights, precision, threads, int8)
 
@@ -203,30 +216,46 @@ def to_openvino(model: nn.Module, precision: str = "default", int8: bool = False
 # --- an independent ONNX Runtime reference -------------------------------------------------------------
 
 def _reference_export(model: nn.Module) -> bytes:
-    """torch.onnx.export as ONNX Runtime's BERT examples do it: eager attention, opset 17, dynamic axes."""
-    m = copy.deepcopy(model).cpu().float().eval()
+    """torch.onnx.export as ONNX Runtime's BERT examples do it: eager attention, opset 17, dynamic axes.
+
+    The model's own inputs, passed by name in its forward's order (the order the tracer gives the graph's inputs).
+    """
+    from .quantize import onnx_inputs
+
+    m = _cpu_copy(model, "ONNX Runtime (CPU provider)")
     if hasattr(m, "set_attn_implementation"):
         m.set_attn_implementation("eager")  # the optimizer fuses the eager attention pattern, not SDPA
-    enc = _example_inputs()
+    enc = onnx_inputs(m, _example_inputs(m))
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(m, tuple(enc[k] for k in INPUTS), buf, input_names=list(INPUTS), output_names=["logits"],
-                          opset_version=17, dynamo=False,
-                          dynamic_axes={k: {0: "batch", 1: "sequence"} for k in INPUTS})
+        torch.onnx.export(m, (), buf, kwargs=enc, input_names=list(enc), output_names=["logits"], opset_version=17,
+                          dynamo=False, dynamic_axes={k: {0: "batch", 1: "sequence"} for k in enc})
     return buf.getvalue()
 
 
 def _reference_optimize(onnx_bytes: bytes, model: nn.Module) -> bytes:
-    """onnxruntime.transformers.optimizer.optimize_model(model_type="bert") with its documented defaults."""
+    """onnxruntime.transformers.optimizer.optimize_model(model_type="bert") with its documented defaults.
+
+    The head count comes from the blocks, never the config (wrong after structured pruning); a family whose
+    attention ORT does not fuse (DeBERTa-v2) is left unfused, with a warning.
+    """
     import onnx
     from onnxruntime.transformers.optimizer import optimize_model
 
-    cfg = model.config
+    from .quantize import ORT_MODEL_TYPES, attention_shape
+
+    family = parts.family_of(model)
+    if family.name not in ORT_MODEL_TYPES:
+        warnings.warn(f"ONNX Runtime's transformer optimizer has no fusion for {family.name}'s attention (it fuses "
+                      f"{', '.join(ORT_MODEL_TYPES)}): the reference is left unfused. Pass optimize=False to skip "
+                      "this warning.", RuntimeWarning, stacklevel=3)
+        return onnx_bytes
+    heads, hidden = attention_shape(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        opt = optimize_model(onnx.load_from_string(onnx_bytes), model_type="bert",
-                             num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size)
+        opt = optimize_model(onnx.load_from_string(onnx_bytes), model_type=ORT_MODEL_TYPES[family.name],
+                             num_heads=heads, hidden_size=hidden)
     return opt.model.SerializeToString()
 
 
@@ -258,7 +287,10 @@ def _reference_quantize(onnx_bytes: bytes) -> bytes:
 
 
 def ort_reference(model: nn.Module, int8: bool = False, optimize: bool = True) -> nn.Module:
-    """ONNX Runtime as its own docs build it (none of labkit's ONNX code): export, BERT fusions, dynamic int8."""
+    """ONNX Runtime as its own docs build it (none of labkit's ONNX code): export, BERT fusions, dynamic int8.
+
+    Runs on the CPU: a CUDA model is exported from a CPU copy, with a warning.
+    """
     from .quantize import OnnxClassifier  # only the calling adapter (same threads, no spinning) is shared
 
     _check_classifier(model)
@@ -277,7 +309,7 @@ def torchao_int8(model: nn.Module) -> nn.Module:
     ao = _require("torchao", "pip install torchao (not a labkit dependency: measured slower than torch.ao here)")
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
-    out = copy.deepcopy(model).cpu().eval()
+    out = _cpu_copy(model, "torchao's int8 Linear (CPU here)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_(out, Int8DynamicActivationInt8WeightConfig())
