@@ -230,7 +230,7 @@ def compare_latency(models: dict, tokenizer, batch_size: int = 32, warmup: int |
     inputs = {}
     for name, m in models.items():
         m.eval()
-        inputs[name] = {k: v.to(_device_of(m)) for k, v in enc.items()}
+        inputs[name] = parts.feed(m, {k: v.to(_device_of(m)) for k, v in enc.items()})
     with torch.inference_mode():
         for i in range(warmup + repeats):
             for name, m in models.items():

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from . import model as model_lib
+from . import parts
 
 
 def article_quantize(params: list[np.ndarray]) -> None:
@@ -103,7 +104,7 @@ def training_step_times(model: torch.nn.Module, tokenizer, steps: int = 3, batch
                 torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                loss = m(**batch.inputs, labels=batch.labels).loss
+                loss = m(**parts.feed(m, batch.inputs), labels=batch.labels).loss
             if scaler is not None:  # scale the loss up so fp16 gradients do not underflow, unscale before the step
                 scaler.scale(loss).backward()
                 scaler.step(opt)

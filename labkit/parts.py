@@ -179,7 +179,7 @@ def head_linears(model: nn.Module) -> dict[str, nn.Linear]:
 
 
 def linears(model: nn.Module, which: str = "blocks") -> dict[str, nn.Linear]:
-    """Linear layers by full name: 'blocks' (attention and feed-forward), 'attention', 'ffn', 'head' or 'all'.
+    """Linear layers by full name: 'blocks' (every Linear in a block), 'attention' (q, k, v, o), 'ffn', 'head', 'all'.
 
     A plain nn.Module (not a Hugging Face model) has no blocks or head: every Linear is returned for
     'blocks' and 'all', so the layer-level techniques also work on a learner's toy network.
@@ -194,6 +194,9 @@ def linears(model: nn.Module, which: str = "blocks") -> dict[str, nn.Linear]:
         return head_linears(model)
     if which == "all":
         return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if which == "blocks":  # every Linear inside a block, also family extras (DeBERTa-v2's pos_key_proj, ...)
+        return {f"{b.prefix}.{n}": m for b in blocks(model) for n, m in b.module.named_modules()
+                if isinstance(m, nn.Linear)}
     return block_linears(model, kinds[which])
 
 
