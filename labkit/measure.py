@@ -192,6 +192,30 @@ def cpu_features() -> str:
     return f"{capability}, {'with' if vnni else 'no'} VNNI"
 
 
+# CPU flags that mean arithmetic in a format runs in hardware. x86 names come from Linux's "flags" line, ARM's
+# from its "Features" line. F16C (x86) only converts fp16 to fp32 and back, so it does not count as native fp16.
+NATIVE_FLAGS = {
+    "bf16": ("avx512_bf16", "amx_bf16", "bf16"),  # bf16: ARMv8.6 BFloat16 instructions
+    "fp16": ("avx512_fp16", "amx_fp16", "fphp", "asimdhp"),  # fphp/asimdhp: ARM scalar and vector fp16
+    "vnni": ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"),  # int8 dot products (ARM: dotprod, i8mm)
+    "amx": ("amx_tile", "amx_bf16", "amx_int8", "amx_fp16"),  # Intel's matrix tiles
+}
+
+
+def native_float_support() -> dict:
+    """Which number formats this CPU computes in hardware (bf16, fp16, int8 dot products, AMX), from its flags.
+
+    Without native bf16 torch still runs bf16, converting to fp32 around each operation: it may then be slower
+    than fp32. Each answer is None where the flags cannot be read (not Linux); `found` lists the flags seen."""
+    line = _cpuinfo("flags") or _cpuinfo("Features")
+    flags = set(line.split()) if line is not None else None
+    out: dict = {"capability": torch.backends.cpu.get_cpu_capability()}
+    for kind, names in NATIVE_FLAGS.items():
+        out[kind] = None if flags is None else any(n in flags for n in names)
+    out["found"] = [] if flags is None else sorted({n for names in NATIVE_FLAGS.values() for n in names} & flags)
+    return out
+
+
 def latency_texts(batch_size: int) -> list[str]:
     """The real snippets timed at a batch size: a fixed sample of the test split (median length at batch 1)."""
     pool = list(data.split("test").sample(frac=1.0, random_state=data.SEED)["text"].head(max(32, batch_size)))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import data, parts
+from . import precision as precision_lib
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -41,12 +42,14 @@ def fit(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4
         seed: int = 0, warmup: float = 0.0, decay: bool = True, weight_decay: float = 0.0,
         teacher: nn.Module | None = None, temperature: float = 2.0,
         before_step: Callable[[int], None] | None = None, after_step: Callable[[int], None] | None = None,
-        progress: bool = False, desc: str = "fine-tuning") -> list[dict]:
+        progress: bool = False, desc: str = "fine-tuning", precision: str = "fp32") -> list[dict]:
     """Train `model` in place for `steps` batches of (texts, labels) on its own device; returns the loss history.
 
     With a `teacher`, half the loss pulls the model's output distribution towards the teacher's (distillation).
     `before_step(step)` runs before each forward (e.g. a pruning schedule); `after_step(step)` after each
     optimizer step (e.g. re-applying a mask, so a pruned weight is not revived).
+    `precision` "bf16" runs forward and loss under bf16 autocast (weights stay fp32, the optimizer's master copy);
+    "fp16" does the same in fp16 on CUDA, with a GradScaler so small gradients do not underflow to zero.
     """
     from tqdm.auto import tqdm
 
@@ -56,6 +59,11 @@ def fit(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4
     if steps and not texts:
         raise ValueError("No training texts were given; pass a non-empty training split.")
     dev = _device(model)
+    mixed = precision_lib.autocast(dev, precision)  # a ValueError for an unknown precision, or fp16 off CUDA
+    if precision != "fp32" and any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()):
+        raise ValueError(f"Mixed-precision training needs fp32 weights (the master copy), and this model is "
+                         f"{precision_lib.dtype_of(model)}; train the fp32 model, then cast it with to_precision.")
+    scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -73,13 +81,21 @@ def fit(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4
                 if before_step is not None:
                     before_step(step)
                 batch = batch.to(dev)
-                out = model(**parts.feed(model, batch.inputs), labels=batch.labels)
-                loss = out.loss
-                if teacher is not None:
-                    loss = 0.5 * loss + 0.5 * distill_loss(out.logits, teacher, batch.inputs, temperature)
-                loss.backward()
-                nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
+                with mixed:
+                    out = model(**parts.feed(model, batch.inputs), labels=batch.labels)
+                    loss = out.loss
+                    if teacher is not None:
+                        loss = 0.5 * loss + 0.5 * distill_loss(out.logits, teacher, batch.inputs, temperature)
+                if scaler is None:
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(params, 1.0)
+                    opt.step()
+                else:  # scaled loss up for backward; unscale before clipping; the step is skipped on inf/nan
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(params, 1.0)
+                    scaler.step(opt)
+                    scaler.update()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 if after_step is not None:

@@ -1,0 +1,199 @@
+import pytest
+import torch
+
+from labkit import measure, parts, precision, train
+
+FAMILIES = [f.name for f in parts.FAMILIES]
+
+
+def test_formats_come_from_finfo():
+    f = precision.FORMATS
+    assert (f["bf16"].exponent, f["bf16"].mantissa, f["bf16"].bits) == (8, 7, 16)
+    assert (f["fp16"].exponent, f["fp16"].mantissa) == (5, 10) and f["fp16"].max == 65504.0
+    assert (f["fp32"].exponent, f["fp32"].mantissa) == (8, 23)
+    assert (f["fp64"].exponent, f["fp64"].mantissa) == (11, 52)
+    assert (f["fp8_e4m3"].exponent, f["fp8_e4m3"].mantissa, f["fp8_e4m3"].max) == (4, 3, 448.0)
+    assert (f["fp8_e5m2"].exponent, f["fp8_e5m2"].mantissa, f["fp8_e5m2"].max) == (5, 2, 57344.0)
+    for fmt in f.values():
+        info = torch.finfo(fmt.dtype)
+        assert fmt.sign + fmt.exponent + fmt.mantissa == fmt.bits == info.bits
+        assert (fmt.max, fmt.smallest_normal, fmt.eps) == (info.max, info.smallest_normal, info.eps)
+    assert f["bf16"].max > 1e38 > f["fp16"].max  # bf16 keeps fp32's range, fp16 does not
+    assert list(precision.table()["format"]) == list(f)
+    with pytest.raises(ValueError, match="fp8_e4m3"):
+        precision.get_format("int4")
+
+
+@pytest.mark.parametrize("x, fmt, expected", [
+    (1.0, "fp32", ("0", "01111111", "0" * 23)),
+    (-2.0, "fp32", ("1", "10000000", "0" * 23)),
+    (0.15625, "fp32", ("0", "01111100", "01" + "0" * 21)),  # 1.01b x 2^-3
+    (1.0, "bf16", ("0", "01111111", "0" * 7)),
+    (-2.0, "bf16", ("1", "10000000", "0" * 7)),
+    (0.15625, "bf16", ("0", "01111100", "0100000")),
+    (1.0, "fp16", ("0", "01111", "0" * 10)),
+    (65504.0, "fp16", ("0", "11110", "1" * 10)),
+    (1.0, "fp8_e4m3", ("0", "0111", "000")),
+    (448.0, "fp8_e4m3", ("0", "1111", "110")),
+    (-1.5, "fp8_e5m2", ("1", "01111", "10")),
+    (1.0, "fp64", ("0", "0" + "1" * 10, "0" * 52)),
+])
+def test_bit_fields_known_encodings(x, fmt, expected):
+    assert precision.bit_fields(x, fmt) == expected
+
+
+@pytest.mark.parametrize("fmt", list(precision.FORMATS))
+def test_bit_fields_agree_with_torch_round_trip(fmt):
+    f = precision.FORMATS[fmt]
+    for x in (0.1, -3.7, 1e-3, 100.0):
+        sign, exp, man = precision.bit_fields(x, fmt)
+        stored = float(torch.tensor([x], dtype=torch.float64).to(f.dtype).double())
+        bias = 2 ** (f.exponent - 1) - 1
+        e = int(exp, 2)  # a normal number: (-1)^s * 1.m * 2^(e - bias); a subnormal: 0.m * 2^(1 - bias)
+        value = (int(man, 2) / 2 ** f.mantissa + (e > 0)) * 2.0 ** (max(e, 1) - bias)
+        assert (-1) ** int(sign) * value == stored
+
+
+def test_round_trip_error_orders_formats():
+    torch.manual_seed(0)
+    w = [torch.randn(64, 64) * 0.05, torch.randn(64) * 0.02]
+    err = {name: precision.round_trip_error(w, name) for name in precision.FORMATS}
+    assert err["fp32"]["relative_error"] == 0.0 == err["fp64"]["relative_error"]
+    assert err["fp16"]["relative_error"] < err["bf16"]["relative_error"]  # 10 mantissa bits against 7
+    assert max(err["bf16"]["relative_error"], err["fp16"]["relative_error"]) < err["fp8_e4m3"]["relative_error"]
+    assert err["fp8_e4m3"]["relative_error"] < err["fp8_e5m2"]["relative_error"]
+    assert err["bf16"]["relative_error"] < 2 * precision.FORMATS["bf16"].eps  # half a step, on average less
+    assert err["fp8_e4m3"]["scaled"] and not err["bf16"]["scaled"]
+    assert err["bf16"]["values"] == 64 * 64 + 64
+
+
+def test_round_trip_error_counts_out_of_range_and_scales_fp8():
+    w = torch.tensor([1e-3, 0.5, 1000.0, 1e5])
+    fp16 = precision.round_trip_error(w, "fp16")
+    assert fp16["out_of_range"] == 1 and fp16["nonfinite"] == 1  # 1e5 > 65504 becomes inf
+    raw = precision.round_trip_error(w, "fp8_e4m3", scaled=False)
+    assert raw["out_of_range"] == 2 and raw["nonfinite"] == 0  # e4m3fn saturates at 448 instead
+    assert precision.round_trip_error(w, "fp8_e4m3")["max_abs_error"] < raw["max_abs_error"]  # the scale helps
+    assert precision.round_trip_error(w, "fp8_e4m3")["flushed_to_zero"] == 1  # 1e-3 is below 1e5's scale step
+
+
+def test_round_trip_error_on_a_model(tiny_model):
+    err = precision.round_trip_error(tiny_model, "bf16")
+    assert err["values"] == sum(p.numel() for p in tiny_model.parameters())
+    assert 0 < err["relative_error"] < 0.01
+    with pytest.raises(ValueError, match="floating-point"):
+        precision.round_trip_error([torch.arange(3)], "bf16")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_to_precision_on_every_family(family, tokenizer):
+    model = parts.tiny_classifier(family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fp32_bytes = measure.serialized_bytes(model)
+    batch = dict(tokenizer(["a fine film", "a dull, long film"], padding=True, return_tensors="pt"))
+    with torch.inference_mode():
+        ref = model(**parts.feed(model, batch)).logits
+    for name in ("bf16", "fp16"):
+        cast = precision.to_precision(model, name)
+        assert precision.dtype_of(cast) == name and precision.dtype_of(model) == "fp32"
+        assert abs(measure.serialized_bytes(cast) / fp32_bytes - 0.5) < 0.01  # half the bytes, from safetensors
+        with torch.inference_mode():
+            logits = cast(**parts.feed(cast, batch)).logits  # the same tokenized inputs, ids still integers
+        assert logits.dtype == precision.FORMATS[name].dtype
+        assert torch.allclose(logits.float(), ref, atol=0.05)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+    same = precision.to_precision(model, "bf16", inplace=True)
+    assert same is model and precision.dtype_of(model) == "bf16"
+    assert precision.dtype_of(precision.to_precision(model, "fp32")) == "fp32"
+
+
+def test_to_precision_refusals(tiny_model, monkeypatch):
+    with pytest.raises(ValueError, match="fp32, bf16, fp16"):
+        precision.to_precision(tiny_model, "fp8_e4m3")
+    monkeypatch.setattr(precision, "_fp16_error", lambda device: '"addmm" not implemented for "Half"')
+    with pytest.raises(ValueError, match="Use 'bf16'"):
+        precision.to_precision(tiny_model, "fp16")
+    int8 = torch.ao.quantization.quantize_dynamic(tiny_model, {torch.nn.Linear}, dtype=torch.qint8)
+    with pytest.raises(ValueError, match="starts from the fp32 model"):
+        precision.to_precision(int8, "bf16")
+    precision.require_fp32(tiny_model)  # fp32: nothing to say
+    with pytest.raises(ValueError, match="int8 conversion needs a float32 model, and this one is bf16"):
+        precision.require_fp32(precision.to_precision(tiny_model, "bf16"))
+
+
+def test_autocast_contexts():
+    with precision.autocast("cpu", "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    with precision.autocast(torch.nn.Linear(2, 2), "bf16"):
+        assert torch.is_autocast_enabled("cpu")
+        assert (torch.nn.Linear(4, 4)(torch.ones(1, 4))).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="use 'bf16'"):
+        precision.autocast("cpu", "fp16")
+    with pytest.raises(ValueError, match="Unknown precision"):
+        precision.autocast("cpu", "float16")
+
+
+TRAIN = (["a fine film", "a dull film", "great acting", "boring plot"] * 4, [1, 0, 1, 0] * 4)
+
+
+def _loss(model, tokenizer) -> float:
+    enc = dict(tokenizer(TRAIN[0], padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        return float(model(**enc, labels=torch.tensor(TRAIN[1])).loss)
+
+
+def test_fit_bf16_keeps_fp32_master_weights(tokenizer):
+    model, fp32 = parts.tiny_classifier("BERT"), parts.tiny_classifier("BERT")
+    before = _loss(model, tokenizer)
+    hist = train.fit(model, tokenizer, *TRAIN, steps=8, lr=1e-2, batch_size=8, precision="bf16")
+    ref = train.fit(fp32, tokenizer, *TRAIN, steps=8, lr=1e-2, batch_size=8)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert _loss(model, tokenizer) < before  # it learned (eval mode, the whole set: no dropout noise)
+    assert all(abs(a["loss"] - b["loss"]) < 0.05 for a, b in zip(hist, ref))  # bf16 follows fp32 closely
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), fp32.parameters()))  # but is not it
+
+
+def test_fit_refuses_bad_precisions(tokenizer):
+    model = parts.tiny_classifier("DistilBERT")
+    with pytest.raises(ValueError, match="use 'bf16'"):
+        train.fit(model, tokenizer, *TRAIN, steps=1, precision="fp16")
+    with pytest.raises(ValueError, match="Unknown precision 'int8'"):
+        train.fit(model, tokenizer, *TRAIN, steps=1, precision="int8")
+    with pytest.raises(ValueError, match="fp32 weights"):
+        train.fit(precision.to_precision(model, "bf16"), tokenizer, *TRAIN, steps=1, precision="bf16")
+
+
+def test_native_float_support_reads_fake_cpuinfo(monkeypatch, tmp_path):
+    fake = tmp_path / "cpuinfo"
+    monkeypatch.setattr(measure, "CPUINFO", str(fake))
+    fake.write_text("processor\t: 0\nflags\t\t: fpu avx2 f16c fma\n")  # an AVX2 laptop: f16c only converts
+    got = measure.native_float_support()
+    assert (got["bf16"], got["fp16"], got["vnni"], got["amx"]) == (False, False, False, False)
+    assert got["capability"] == torch.backends.cpu.get_cpu_capability() and got["found"] == []
+    fake.write_text("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")  # the AMD EPYC of issue 16
+    assert measure.native_float_support() | {"capability": None} == {
+        "capability": None, "bf16": True, "fp16": False, "vnni": True, "amx": False,
+        "found": ["avx512_bf16", "avx512_vnni"]}
+    fake.write_text("flags\t\t: fpu avx512_fp16 amx_tile amx_bf16 amx_int8 amx_fp16\n")  # a Sapphire Rapids and up
+    assert all(measure.native_float_support()[k] for k in ("bf16", "fp16", "vnni", "amx"))
+    fake.write_text("processor\t: 0\nFeatures\t: fp asimd fphp asimdhp asimddp bf16 i8mm\n")  # an ARM Neoverse
+    got = measure.native_float_support()
+    assert (got["bf16"], got["fp16"], got["vnni"], got["amx"]) == (True, True, True, False)
+    fake.unlink()  # no cpuinfo: nothing claimed
+    got = measure.native_float_support()
+    assert (got["bf16"], got["fp16"], got["vnni"], got["amx"], got["found"]) == (None, None, None, None, [])
+
+
+def test_fit_fp16_path_scales_the_loss(tokenizer, monkeypatch):
+    # There is no GPU here: let fp16 autocast run on the CPU (torch supports it) to exercise the GradScaler path.
+    monkeypatch.setattr(precision, "autocast", lambda device, name: torch.autocast("cpu", dtype=torch.float16))
+    scaled = []
+    real = torch.amp.GradScaler.scale
+    monkeypatch.setattr(torch.amp.GradScaler, "scale", lambda self, loss: scaled.append(loss) or real(self, loss))
+    model = parts.tiny_classifier("BERT")
+    start = [p.clone() for p in model.parameters()]
+    hist = train.fit(model, tokenizer, *TRAIN, steps=3, lr=1e-3, batch_size=8, precision="fp16")
+    assert len(scaled) == 3 and len(hist) == 3
+    assert any(not torch.equal(a, b) for a, b in zip(start, model.parameters()))  # the scaler let steps through
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
