@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-TECHNIQUES = ("sparse", "quantize", "prune", "dynamic", "strategies")  # each may define tour(model, tokenizer, reference)
+TECHNIQUES = ("precision", "sparse", "quantize", "prune", "dynamic", "strategies")  # each may define tour(model, tokenizer, reference)
 
 
 def _technique_modules():

@@ -219,3 +219,28 @@ def autocast(device: torch.device | str | nn.Module, precision: str):
         raise ValueError(f"Mixed-precision fp16 is for CUDA (with a GradScaler); on {dev.type} use 'bf16', "
                          "which has fp32's range and needs no loss scaling.")
     return torch.autocast(dev.type, dtype=dtype)
+
+
+def tour(model: nn.Module, tokenizer, reference, limit: int | None = None) -> list:
+    """Rows for the main job: the classifier's weights in bf16 and in fp16, timed beside `model` in one group.
+
+    A precision this device cannot run (fp16 on a CPU whose torch lacks the kernels) is left out with a warning:
+    the table never shows a row that did not run. `limit` measures accuracy on the first `limit` test texts."""
+    import warnings
+
+    from . import measure
+
+    models, notes = {}, {}
+    support = measure.native_float_support() if _device(model).type == "cpu" else {}
+    for name in ("bf16", "fp16"):
+        try:
+            models[f"{name} weights"] = to_precision(model, name)
+        except ValueError as err:
+            warnings.warn(f"precision tour: no {name} row ({err})", stacklevel=2)
+            continue
+        native = support.get(name)
+        notes[f"{name} weights"] = ("half the bytes; " + ("native on this CPU" if native else
+                                    "emulated on this CPU (no native instructions)" if native is False else
+                                    f"on {_device(model).type}"))
+    return measure.evaluate_group(models, tokenizer, measure.reference_on(model, tokenizer, reference, limit), model,
+                                  notes, limit=limit)

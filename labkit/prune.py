@@ -412,14 +412,15 @@ def _distill_loss(logits: torch.Tensor, teacher: nn.Module, batch, temperature: 
 
 def recover(model: nn.Module, tokenizer, steps: int | None = None, lr: float = 1e-4, batch_size: int = 32,
             seed: int = 0, inplace: bool = False, keep_zeros: bool = True, teacher: nn.Module | None = None,
-            temperature: float = 2.0) -> nn.Module:
+            temperature: float = 2.0, precision: str = "fp32") -> nn.Module:
     """Fine-tune a pruned copy for `steps` batches of the train split; zero weights stay zero (mask fixed).
 
     With `keep_zeros`, each prunable weight's zero pattern is re-applied after every step, so unstructured
     sparsity survives; a structurally pruned model has no zeros, so this is then plain fine-tuning.
     With a `teacher` (the unpruned model), the loss also pulls the pruned model's output distribution
     towards the teacher's (knowledge distillation at `temperature`), which carries more than the labels.
-    Training runs in `labkit.train.fit`, on the model's device.
+    Training runs in `labkit.train.fit`, on the model's device; `precision="bf16"` runs it under bf16 autocast
+    (fp16 with loss scaling on CUDA), the weights staying fp32.
     """
     steps = (20 if fast_mode() else 100) if steps is None else steps
     if steps < 0:
@@ -433,7 +434,7 @@ def recover(model: nn.Module, tokenizer, steps: int | None = None, lr: float = 1
     split = data.split("train")
     # The optimizer step must not revive a pruned weight: re-apply the zero pattern after every step.
     lk_train.fit(out, tokenizer, split["text"], split["label"], steps, lr=lr, batch_size=batch_size, seed=seed,
-                 teacher=teacher, temperature=temperature,
+                 teacher=teacher, temperature=temperature, precision=precision,
                  after_step=(lambda _step: apply_masks(out, keep)) if keep else None, desc="recovery")
     return out.eval()
 

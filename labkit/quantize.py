@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import data, fast_mode, measure, parts
+from . import data, fast_mode, measure, parts, precision
 
 SCHEMES = ("asymmetric", "symmetric")
 GRANULARITIES = ("tensor", "channel", "group")
@@ -445,11 +445,13 @@ class _STEFakeQuant(nn.Module):
 
 def qat(model: nn.Module, tokenizer, bits: int = 4, scheme: str = "asymmetric", granularity: str = "group",
         group_size: int | None = DEFAULT_GROUP, steps: int | None = None, batch_size: int = 32,
-        lr: float = 2e-5, seed: int = 0, progress: bool = False, inplace: bool = False) -> nn.Module:
+        lr: float = 2e-5, seed: int = 0, progress: bool = False, inplace: bool = False,
+        precision: str = "fp32") -> nn.Module:
     """Quantization-aware fine-tuning: train through the rounding (straight-through), return the rounded model.
 
     The result is a simulated quantized model (float storage, weights on the grid), comparable with
-    `fake_quantize(model, bits, ...)`, which rounds the same way without training.
+    `fake_quantize(model, bits, ...)`, which rounds the same way without training. `precision="bf16"` trains
+    under bf16 autocast (see `train.fit`).
     """
     from torch.nn.utils import parametrize
 
@@ -465,7 +467,7 @@ def qat(model: nn.Module, tokenizer, bits: int = 4, scheme: str = "asymmetric", 
     try:
         # A constant learning rate, no warm-up: QAT starts from a trained model and only nudges it onto the grid.
         train_lib.fit(out, tokenizer, train["text"], train["label"], steps, lr=lr, batch_size=batch_size, seed=seed,
-                      decay=False, progress=progress, desc=f"QAT {bits}-bit")
+                      decay=False, progress=progress, desc=f"QAT {bits}-bit", precision=precision)
     finally:
         # Bake the rounded weights in: the returned model holds exactly the grid values.
         for _, lin in layers:
@@ -692,6 +694,7 @@ def to_int8(model: nn.Module, embeddings: bool = True, backend: str = "torch", i
     """
     _check_choice("backend", backend, BACKENDS)
     _linears(model)
+    precision.require_fp32(model, "int8 conversion")  # int8 starts from fp32 weights, never from a bf16 cast
     if backend == "openvino":
         from .runtimes import to_openvino
 

@@ -20,16 +20,19 @@ from . import model as model_lib
 
 # --- performance optimization: pipelines a learner can reorder -------------------------------------
 
-STEPS = ("structured", "recover", "magnitude", "token_pruning", "int8")
+STEPS = ("structured", "recover", "magnitude", "token_pruning", "int8", "precision")
 # Steps that need float nn.Linear layers (they prune, train or score with them): impossible after int8.
 _NEEDS_FLOAT = {"structured", "recover", "magnitude", "token_pruning"}
+# Steps that need fp32 weights: training keeps an fp32 master copy, and int8 is an alternative to a bf16/fp16 cast.
+_NEEDS_FP32 = {"recover", "int8"}
 
 
 def _step_function(name: str):
-    from . import dynamic, prune, quantize
+    from . import dynamic, precision, prune, quantize
 
     return {"structured": prune.structured, "recover": prune.recover, "magnitude": prune.magnitude,
-            "token_pruning": dynamic.token_pruning, "int8": quantize.to_int8}[name]
+            "token_pruning": dynamic.token_pruning, "int8": quantize.to_int8,
+            "precision": precision.to_precision}[name]
 
 
 def validate(steps: list[tuple[str, dict]]) -> None:
@@ -46,6 +49,12 @@ def validate(steps: list[tuple[str, dict]]) -> None:
                              f"Put '{name}' before 'int8'.")
         if name in seen and name != "recover":
             raise ValueError(f"'{name}' appears twice; apply it once with the combined setting.")
+        if name in _NEEDS_FP32 and "precision" in seen:
+            raise ValueError(f"'{name}' cannot follow 'precision': it needs fp32 weights. Put the precision step "
+                             "last (e.g. structured -> recover -> precision); int8 and bf16/fp16 are alternatives.")
+        if name == "precision" and "int8" in seen:
+            raise ValueError("'precision' cannot follow 'int8': int8 layers have no float weights to cast. Choose "
+                             "one of the two as the last step.")
         if name == "int8" and options.get("backend", "torch") != "torch" and "token_pruning" in seen:
             raise ValueError("Token pruning runs as PyTorch hooks, which an ONNX or OpenVINO export does not carry; "
                              "use int8 with backend='torch' after token pruning.")

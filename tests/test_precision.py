@@ -197,3 +197,18 @@ def test_fit_fp16_path_scales_the_loss(tokenizer, monkeypatch):
     assert len(scaled) == 3 and len(hist) == 3
     assert any(not torch.equal(a, b) for a, b in zip(start, model.parameters()))  # the scaler let steps through
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_recover_and_qat_train_under_bf16_autocast_with_fp32_weights(tokenizer):
+    from labkit import parts, prune, quantize
+
+    tiny = parts.tiny_classifier("DistilBERT")
+    pruned = prune.magnitude(tiny, 0.5)
+    zeros = {n: int((m.weight == 0).sum()) for n, m in prune.prunable_linears(pruned).items()}
+    out = prune.recover(pruned, tokenizer, steps=2, precision="bf16")
+    assert precision.dtype_of(out) == "fp32"
+    assert all(int((m.weight == 0).sum()) >= zeros[n] for n, m in prune.prunable_linears(out).items())
+    q = quantize.qat(tiny, tokenizer, bits=4, group_size=16, steps=2, batch_size=4, precision="bf16")
+    assert precision.dtype_of(q) == "fp32" and precision.dtype_of(tiny) == "fp32"
+    with pytest.raises(ValueError, match="bf16"):
+        prune.recover(pruned, tokenizer, steps=1, precision="fp16")  # fp16 autocast is for CUDA

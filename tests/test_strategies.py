@@ -203,3 +203,24 @@ def test_readout_gives_the_interval_and_the_paired_difference():
     text = strategies.readout(point)
     assert "0.820 [0.760, 0.870] (n=200)" in text and "-1.0 points" in text and "cannot" not in text
     assert "no difference" in text
+
+
+def test_pipeline_with_a_precision_step_and_the_orders_it_refuses(tokenizer):
+    import torch
+
+    from labkit import parts, precision, quantize
+
+    tiny = parts.tiny_classifier("DistilBERT")
+    out = strategies.run_pipeline(tiny, tokenizer, [("structured", {"heads": 0.25, "ffn": 0.5}),
+                                                    ("precision", {"precision": "bf16"})])
+    assert precision.dtype_of(out) == "bf16" and precision.dtype_of(tiny) == "fp32"
+    assert parts.blocks(out)[0].ffn_size == 32  # half of 64 neurons kept, then cast
+    with torch.inference_mode():
+        out(**parts.feed(out, dict(tokenizer(["a film"], return_tensors="pt"))))
+    for steps in ([("precision", {"precision": "bf16"}), ("int8", {})],
+                  [("precision", {"precision": "bf16"}), ("recover", {})],
+                  [("int8", {}), ("precision", {"precision": "bf16"})]):
+        with pytest.raises(ValueError, match="precision"):
+            strategies.validate(steps)
+    with pytest.raises(ValueError, match="float32"):
+        quantize.to_int8(precision.to_precision(tiny, "bf16"))

@@ -84,6 +84,17 @@ def _measured_on_the_subset(rows, subset, near: set[str]):
             assert abs(r.accuracy - subset["accuracy"]) <= 0.08 and r.agreement >= 0.85, (r.name, r.accuracy, r.agreement)
 
 
+def test_precision_tour(baseline, subset, short_batches):
+    from labkit import precision
+
+    rows = precision.tour(*baseline, subset["reference"], limit=LIMIT)
+    assert [r.name for r in rows][:1] == ["bf16 weights"]  # fp16 too where this device runs it
+    for r in rows:
+        assert 0.49 < r.size_bytes / subset["bytes"] < 0.51, r  # half the bytes of the saved fp32 weights
+    _measured_on_the_subset(rows, subset, near={r.name for r in rows})  # same answers, within rounding
+    _one_group(rows)
+
+
 def test_sparse_tour(baseline, subset, short_batches):
     from labkit import sparse
 
