@@ -15,6 +15,11 @@ TIMEOUT_S = 600
 def open_notebook(page, base: str, name: str) -> None:
     """Open `name` in JupyterLab and wait for an idle kernel (answering the kernel dialog if shown)."""
     page.goto(f"{base}/lab/tree/{name}?reset")  # ?reset: do not reopen the tabs of an earlier test
+    _wait_ready(page, name)
+
+
+def _wait_ready(page, name: str) -> None:
+    """Wait until the open notebook shows its cells and an idle kernel (answering the kernel dialog if shown)."""
     page.wait_for_selector(f"{NB} .jp-Cell")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -69,11 +74,11 @@ def _code_cells_through(page, through: int | None) -> int:
         ".filter(x => x.classList.contains('jp-CodeCell')).length")
 
 
-def _click_prompt(page, index: int, modifiers: list[str] | None = None) -> None:
-    """Select cell `index` by clicking its prompt (command mode); Shift extends the selection to it."""
+def _click_prompt(page, index: int) -> None:
+    """Select cell `index` by clicking its prompt (command mode)."""
     prompt = page.locator(f"{NB} .jp-Cell").nth(index).locator(".jp-InputPrompt").first
     _reveal(prompt)
-    prompt.click(modifiers=modifiers or [])
+    prompt.click()
 
 
 def _start_run(page, through: int | None) -> None:
@@ -102,22 +107,12 @@ _STATE_JS = """(n) => {
 }""" % NB
 
 
-def _resume(page, first: int, through: int | None) -> None:
-    """Run the cells from `first` (the first unrun one) down to `through` (or to the end)."""
-    _click_prompt(page, first)
-    if through is None:
-        menu(page, "Run Selected Cell and All Below")
-        return
-    if through != first:
-        _click_prompt(page, through, ["Shift"])  # select first..through
-    page.keyboard.press("Control+Enter")  # run the selected cells
-
-
 def run_all(page, through: int | None = None, timeout_s: float = TIMEOUT_S, stall_s: float = 30) -> int:
     """Run > Run All Cells (or every cell up to cell index `through`), wait until they ran; fail on an error.
 
     Beside a CPU-bound process, JupyterLab was seen to lose queued run requests: one cell ran, the kernel went
-    idle, the rest stayed unrun. A kernel idle for `stall_s` with cells unrun resumes from the first of them.
+    idle, the rest stayed unrun. A kernel idle for `stall_s` with cells unrun reloads the page (a fresh connection
+    to the same kernel) and runs the cells again.
     Returns how many code cells ran."""
     n_code = _code_cells_through(page, through)
     _start_run(page, through)
@@ -135,8 +130,12 @@ def run_all(page, through: int | None = None, timeout_s: float = TIMEOUT_S, stal
         elif idle_since is None:
             idle_since = time.monotonic()
         elif time.monotonic() - idle_since > stall_s:
-            print(f"run_all: nothing ran for {stall_s:.0f} s with cell {state} unrun; running again from it")
-            _resume(page, state, through)
+            # Resending on the same connection was seen to run the cells without showing their outputs: the
+            # page's kernel connection had lost its output channel. A reload connects afresh to the same kernel.
+            print(f"run_all: nothing ran for {stall_s:.0f} s with cell {state} unrun; reloading, running again")
+            page.reload()
+            _wait_ready(page, "the reloaded notebook")
+            _start_run(page, through)
             idle_since = None
         page.wait_for_timeout(500)
     raise TimeoutError(f"the cells did not all run within {timeout_s:.0f} s")

@@ -23,7 +23,9 @@ def test_run_all_unanswered_then_a_wrong_answer_gets_its_hint(page, lab_url, lab
         run_all(page)  # fails on any error output: nothing may raise with every exercise unanswered
         cell = _cell_of(page, f'checks.check("{KEY}"')
         cell.evaluate("e => e.scrollIntoView({block: 'center'})")
-        assert "not attempted yet" in cell.locator(".jp-OutputArea").inner_text()
+        out = cell.locator(".jp-OutputArea")
+        page.wait_for_function("el => el.innerText.includes('not attempted yet')", arg=out.element_handle(),
+                               timeout=60_000)  # the output may render a moment after the prompt's number
         page.screenshot(path=shots / "learner-00-run-all-unanswered.png")
         # the learner types the float32 size, the mistake the article's readers make most
         editor = cell.locator(".cm-content").first
