@@ -46,10 +46,10 @@ def matrix_on_cuda() -> None:
 def baseline_on_cuda(limit: int) -> None:
     import torch
 
-    from labkit import dynamic, measure, model, prune, quantize, sparse
+    from labkit import dynamic, measure, model, parts, prune, quantize, sparse
 
     m, tok = model.load_baseline(device="cuda", progress=False)
-    _say(f"  baseline on {measure._device_of(m)}")
+    _say(f"  baseline on {parts.device_of(m)}")
     acc = measure.accuracy(m, tok, "val", limit)
     half = model.clone(m).half()
     _say(f"  val accuracy on {limit}: fp32 {acc:.3f}, fp16 {measure.accuracy(half, tok, 'val', limit):.3f}")

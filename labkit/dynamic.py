@@ -47,10 +47,6 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
     return model.get_submodule(encoder_layers_name(model))
 
 
-def _device(model: nn.Module) -> torch.device:
-    return measure._device_of(model)
-
-
 def _target(model: nn.Module, inplace: bool) -> nn.Module:
     return model if inplace else copy.deepcopy(model)
 
@@ -296,7 +292,7 @@ def surviving_tokens(model: nn.Module, tokenizer, sentence: str, keep_ratio: flo
         raise ValueError("sentence must be a non-empty string.")
     pruned = token_pruning(model, keep_ratio, start_layer, score=score)
     enc = tokenizer([sentence], truncation=True, max_length=data.MAX_LENGTH, return_tensors="pt")
-    pruned.eval()(**parts.feed(pruned, {k: v.to(_device(pruned)) for k, v in enc.items()}))
+    pruned.eval()(**parts.feed(pruned, {k: v.to(parts.device_of(pruned)) for k, v in enc.items()}))
     kept = set(last_kept(pruned)[0].tolist())
     ranks = pruned.token_pruning["state"]["score"][0].cpu()
     tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
@@ -644,7 +640,7 @@ def calibrate_ranges(model: nn.Module, tokenizer, texts: list[str], batch_size: 
     handles = [m.register_forward_pre_hook(observer(n)) for n, m in linears(model).items()]
     try:
         model.eval()
-        dev = _device(model)
+        dev = parts.device_of(model)
         for batch in data.batches(texts, None, tokenizer, batch_size):
             model(**parts.feed(model, batch.to(dev).inputs))
     finally:

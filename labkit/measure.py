@@ -16,12 +16,6 @@ import torch
 from . import data, fast_mode, parts
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def _logits(out) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
 
@@ -31,7 +25,7 @@ def predict(model: torch.nn.Module, tokenizer, texts, batch_size: int = 64) -> n
     """Predicted labels for a list of texts (length-bucketed batches, no gradients)."""
     texts = list(texts)
     model.eval()
-    dev = _device_of(model)
+    dev = parts.device_of(model)
     preds = np.empty(len(texts), dtype=np.int64)
     for batch in data.batches(texts, None, tokenizer, batch_size):
         logits = _logits(model(**parts.feed(model, batch.to(dev).inputs)))
@@ -255,11 +249,11 @@ def compare_latency(models: dict, tokenizer, batch_size: int = 32, warmup: int |
     inputs = {}
     for name, m in models.items():
         m.eval()
-        inputs[name] = parts.feed(m, {k: v.to(_device_of(m)) for k, v in enc.items()})
+        inputs[name] = parts.feed(m, {k: v.to(parts.device_of(m)) for k, v in enc.items()})
     with torch.inference_mode():
         for i in range(warmup + repeats):
             for name, m in models.items():
-                dev = _device_of(m)
+                dev = parts.device_of(m)
                 _sync(dev)
                 t0 = time.perf_counter()
                 m(**inputs[name])
@@ -268,7 +262,7 @@ def compare_latency(models: dict, tokenizer, batch_size: int = 32, warmup: int |
                     times[name].append((time.perf_counter() - t0) * 1000)
     out = {}
     for name, ts in times.items():
-        dev = _device_of(models[name])
+        dev = parts.device_of(models[name])
         out[name] = {"median_ms": statistics.median(ts), "p90_ms": float(np.percentile(ts, 90)),
                      "batch_size": len(texts), "seq_len": int(enc["input_ids"].shape[1]), "repeats": repeats,
                      "warmup": warmup, "threads": torch.get_num_threads(), "times_ms": ts,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 
@@ -222,6 +223,13 @@ def input_names(model: nn.Module, tokenizer=None) -> list[str]:
     offered = list(getattr(tokenizer, "model_input_names", None) or
                    ["input_ids", "token_type_ids", "attention_mask"])
     return [n for n in offered if n in params]
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter (the CPU for a model with none): where its inputs must go."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
 
 
 def feed(model: nn.Module, inputs: dict) -> dict:

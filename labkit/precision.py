@@ -150,10 +150,6 @@ def _check_precision(precision: str) -> torch.dtype:
     return FORMATS[precision].dtype
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(iter(model.parameters()), torch.empty(0)).device
-
-
 @cache
 def _fp16_error(device: str) -> str | None:
     """None when a tiny classifier runs a forward in fp16 on `device`; else the error torch gave."""
@@ -180,7 +176,7 @@ def to_precision(model: nn.Module, precision: str, inplace: bool = False) -> nn.
         raise ValueError("This model has int8 (torch.ao) layers, which a float cast cannot reach. The order that "
                          "works starts from the fp32 model: convert it to int8, or cast it to bf16/fp16 with "
                          "to_precision; torch.ao's int8 layers need float32 around them, so not both.")
-    dev = _device(model)
+    dev = parts.device_of(model)
     if dtype == torch.float16:
         error = _fp16_error(str(dev))
         if error is not None:
@@ -212,7 +208,7 @@ def autocast(device: torch.device | str | nn.Module, precision: str):
     CPU is refused: without loss scaling its narrow range underflows gradients, and CPUs do bf16 instead.
     """
     dtype = _check_precision(precision)
-    dev = _device(device) if isinstance(device, nn.Module) else torch.device(device)
+    dev = parts.device_of(device) if isinstance(device, nn.Module) else torch.device(device)
     if dtype == torch.float32:
         return contextlib.nullcontext()
     if dtype == torch.float16 and dev.type != "cuda":
@@ -231,7 +227,7 @@ def tour(model: nn.Module, tokenizer, reference, limit: int | None = None) -> li
     from . import measure
 
     models, notes = {}, {}
-    support = measure.native_float_support() if _device(model).type == "cpu" else {}
+    support = measure.native_float_support() if parts.device_of(model).type == "cpu" else {}
     for name in ("bf16", "fp16"):
         try:
             models[f"{name} weights"] = to_precision(model, name)
@@ -241,6 +237,6 @@ def tour(model: nn.Module, tokenizer, reference, limit: int | None = None) -> li
         native = support.get(name)
         notes[f"{name} weights"] = ("half the bytes; " + ("native on this CPU" if native else
                                     "emulated on this CPU (no native instructions)" if native is False else
-                                    f"on {_device(model).type}"))
+                                    f"on {parts.device_of(model).type}"))
     return measure.evaluate_group(models, tokenizer, measure.reference_on(model, tokenizer, reference, limit), model,
                                   notes, limit=limit)

@@ -273,7 +273,7 @@ def _taylor(model: nn.Module, tokenizer, batches: int = 4, batch_size: int = 32)
     work = lk_model.clone(model).train()
     for p in work.parameters():
         p.grad = None
-    dev = measure._device_of(work)
+    dev = parts.device_of(work)
     split = data.split("train", limit=batches * batch_size)
     for batch in data.batches(split["text"], split["label"], tokenizer, batch_size, shuffle_seed=0):
         batch = batch.to(dev)
@@ -425,9 +425,9 @@ def recover(model: nn.Module, tokenizer, steps: int | None = None, lr: float = 1
     steps = (20 if fast_mode() else 100) if steps is None else steps
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}.")
-    if teacher is not None and measure._device_of(teacher) != measure._device_of(model):
-        raise ValueError(f"The teacher is on {measure._device_of(teacher)} and the model on "
-                         f"{measure._device_of(model)}: move the teacher to the model's device first "
+    if teacher is not None and parts.device_of(teacher) != parts.device_of(model):
+        raise ValueError(f"The teacher is on {parts.device_of(teacher)} and the model on "
+                         f"{parts.device_of(model)}: move the teacher to the model's device first "
                          "(teacher.to(device)).")
     out = _target(model, inplace)
     keep = {n: m.weight != 0 for n, m in prunable_linears(out).items()} if keep_zeros else {}

@@ -262,13 +262,9 @@ def _target(model: nn.Module, inplace: bool) -> nn.Module:
     return model if inplace else copy.deepcopy(model)
 
 
-def _device(model: nn.Module) -> torch.device:
-    return measure._device_of(model)
-
-
 def _cpu_target(model: nn.Module, inplace: bool, what: str) -> nn.Module:
     """The model (or a copy) on the CPU for a CPU-only backend; says so when the caller's model was elsewhere."""
-    dev = _device(model)
+    dev = parts.device_of(model)
     if dev.type != "cpu":
         warnings.warn(f"{what} runs on the CPU only: the returned model is on the CPU, not on {dev}. Compare it "
                       "with a CPU copy of the float model (model.cpu()) when timing.", RuntimeWarning, stacklevel=3)
@@ -416,7 +412,7 @@ def calibrate(model: nn.Module, tokenizer, bits: int, observer: str = "minmax", 
     try:
         with torch.inference_mode():
             out.eval()
-            dev = _device(out)
+            dev = parts.device_of(out)
             for batch in _calibration_batches(tokenizer, size):
                 out(**parts.feed(out, batch.to(dev).inputs))
     finally:
@@ -818,7 +814,7 @@ def layer_io(model: nn.Module, tokenizer, name: str, split: str = "test",
     try:
         with torch.inference_mode():
             model.eval()
-            dev = _device(model)
+            dev = parts.device_of(model)
             for batch in data.batches(data.split(split, limit)["text"], None, tokenizer, 32):
                 model(**parts.feed(model, batch.to(dev).inputs))
                 x, y = seen["x"], seen["y"]

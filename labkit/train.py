@@ -15,10 +15,6 @@ from . import data, parts
 from . import precision as precision_lib
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(iter(model.parameters())).device
-
-
 def distill_loss(logits: torch.Tensor, teacher: nn.Module, inputs: dict, temperature: float) -> torch.Tensor:
     """KL divergence from the teacher's softened predictions to the student's (scaled by T^2, as usual)."""
     with torch.no_grad():
@@ -58,7 +54,7 @@ def fit(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4
     texts, labels = list(texts), list(labels)
     if steps and not texts:
         raise ValueError("No training texts were given; pass a non-empty training split.")
-    dev = _device(model)
+    dev = parts.device_of(model)
     mixed = precision_lib.autocast(dev, precision)  # a ValueError for an unknown precision, or fp16 off CUDA
     if precision != "fp32" and any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()):
         raise ValueError(f"Mixed-precision training needs fp32 weights (the master copy), and this model is "
