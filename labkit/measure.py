@@ -176,14 +176,15 @@ def cpu_name() -> str:
 
 
 def cpu_features() -> str:
-    """The vector instructions torch uses here and whether the CPU has int8 dot products (VNNI)."""
-    capability = torch.backends.cpu.get_cpu_capability()  # "AVX2", "AVX512", "DEFAULT", ...
-    flags = _cpuinfo("flags")
-    if flags is None:  # not Linux, or no flags line: say nothing we have not read
-        return capability
-    # Without VNNI an int8 multiply-add takes three instructions (widen, multiply, add) instead of one.
-    vnni = any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-    return f"{capability}, {'with' if vnni else 'no'} VNNI"
+    """The vector instructions torch uses here, and which of int8 dot products (VNNI), bf16, fp16 and AMX run natively."""
+    support = native_float_support()
+    if support["vnni"] is None:  # not Linux, or no flags line: say nothing we have not read
+        return support["capability"]
+    # Without VNNI an int8 multiply-add takes three instructions (widen, multiply, add) instead of one; without
+    # native bf16, torch converts bf16 to fp32 around each operation.
+    said = [f"{'with' if support['vnni'] else 'no'} VNNI", f"{'native' if support['bf16'] else 'no native'} bf16",
+            f"{'native' if support['fp16'] else 'no native'} fp16"] + (["AMX"] if support["amx"] else [])
+    return f"{support['capability']}, " + ", ".join(said)
 
 
 # CPU flags that mean arithmetic in a format runs in hardware. x86 names come from Linux's "flags" line, ARM's

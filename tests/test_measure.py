@@ -79,11 +79,14 @@ def test_timed_group_times_every_row_beside_the_baseline(tiny_model, tokenizer):
 def test_cpu_features_reads_the_vnni_flag(monkeypatch, tmp_path):
     fake = tmp_path / "cpuinfo"
     monkeypatch.setattr(measure, "CPUINFO", str(fake))
-    for flags, expected in [("fpu avx2 fma", "no VNNI"), ("fpu avx2 avx512f avx512_vnni", "with VNNI"),
-                            ("fpu avx2 avx_vnni", "with VNNI")]:
+    for flags, expected in [("fpu avx2 fma", "no VNNI, no native bf16, no native fp16"),
+                            ("fpu avx2 avx512f avx512_vnni", "with VNNI, no native bf16, no native fp16"),
+                            ("fpu avx2 avx_vnni", "with VNNI, no native bf16, no native fp16"),
+                            ("fpu avx512_vnni avx512_bf16", "with VNNI, native bf16, no native fp16"),
+                            ("fpu amx_tile amx_bf16 amx_int8 avx512_fp16", "with VNNI, native bf16, native fp16, AMX")]:
         fake.write_text(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n")
         text = measure.cpu_features()
-        assert text.startswith(torch.backends.cpu.get_cpu_capability()) and text.endswith(expected)
+        assert text == f"{torch.backends.cpu.get_cpu_capability()}, {expected}", text
     assert measure._cpuinfo("model name") == "Test CPU"  # what cpu_name() reports (cached per process)
     fake.unlink()  # no cpuinfo at all: only what torch itself reports
     assert measure.cpu_features() == torch.backends.cpu.get_cpu_capability()
