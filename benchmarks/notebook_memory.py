@@ -1,0 +1,65 @@
+"""Peak kernel memory (resident set) of every notebook, run top to bottom as a learner runs it.
+
+    .venv/bin/python benchmarks/notebook_memory.py                  # fast mode, every notebook in notebooks/
+    LABKIT_FAST=0 .venv/bin/python benchmarks/notebook_memory.py    # full size
+    .venv/bin/python benchmarks/notebook_memory.py notebooks/03*.ipynb
+
+A hub or Binder limit counts the kernel and the Jupyter server together; Binder gives 1-2 GB in all. The peak is
+the kernel's own high-water mark (VmHWM in /proc/<pid>/status, kept by Linux), so nothing is missed between
+samples. Each notebook runs in a fresh kernel, one at a time, so one notebook's memory never counts for another.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 1024 ** 3
+
+
+def _status_kib(pid: int, field: str) -> int:
+    """A /proc/<pid>/status field in KiB (VmHWM: peak resident set; VmRSS: current)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise ValueError(f"{field} not found for process {pid}: this benchmark needs Linux's /proc.")
+
+
+def peak_rss(path: Path, timeout: int = 1800) -> dict:
+    """Run one notebook in a fresh kernel; its peak and final resident memory in bytes, and its wall time."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
+                            resources={"metadata": {"path": str(path.parent)}})
+    t0 = time.perf_counter()
+    with client.setup_kernel():
+        pid = client.km.provisioner.process.pid
+        for index, cell in enumerate(nb.cells):
+            client.execute_cell(cell, index)
+        peak, last = _status_kib(pid, "VmHWM"), _status_kib(pid, "VmRSS")
+    return {"notebook": path.name, "peak_bytes": peak * 1024, "final_bytes": last * 1024,
+            "seconds": time.perf_counter() - t0}
+
+
+def main(argv: list[str]) -> int:
+    """Print a markdown table of peak kernel memory per notebook."""
+    paths = [Path(a) for a in argv] or sorted((ROOT / "notebooks").glob("*.ipynb"))
+    os.environ.setdefault("LABKIT_FAST", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    mode = "fast" if os.environ["LABKIT_FAST"] != "0" else "full"
+    print(f"Peak kernel RSS, {mode} mode, one fresh kernel per notebook\n")
+    print("| notebook | peak kernel RSS | at the end | run time |\n| --- | --- | --- | --- |")
+    for path in paths:
+        r = peak_rss(path)
+        print(f"| {path.stem} | {r['peak_bytes'] / GIB:.2f} GiB | {r['final_bytes'] / GIB:.2f} GiB | "
+              f"{r['seconds']:.0f} s |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
