@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.labkit-installed
 
 export HF_HUB_OFFLINE = 1
 
-.PHONY: tour tour-fast test install lab workshop browser clean-cache course
+.PHONY: tour tour-fast test install lab workshop browser clean-cache course hub
 
 $(STAMP): requirements-assets.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,3 +70,22 @@ lab: $(STAMP)
 workshop: $(STAMP)
 	$(VENV)/bin/voila --Voila.ip=127.0.0.1 --port=8866 --no-browser --progressive_rendering=True \
 		notebooks/07_capstone_dashboard.ipynb
+
+# A classroom on one machine: JupyterHub on http://127.0.0.1:8000, a home per learner under hub/state/users, every
+# kernel reading the prepared baseline read-only (hub/jupyterhub_config.py says what and why). Prepare the baseline
+# first (`python -m labkit prepare`, with the same LABKIT_FAST and LABKIT_CACHE); LABKIT_HUB_PASSWORD sets the class
+# password. JupyterHub's proxy comes from npm, pinned by hub/package-lock.json, into hub/node_modules.
+HUB_STAMP := $(VENV)/.labkit-hub
+HUB_PROXY := hub/node_modules/.bin/configurable-http-proxy
+$(HUB_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[hub]"
+	touch $(HUB_STAMP)
+
+$(HUB_PROXY): hub/package.json hub/package-lock.json
+	@command -v npm >/dev/null || { echo "make hub needs Node.js and npm for JupyterHub's proxy (e.g. apt-get install nodejs npm)"; exit 1; }
+	npm ci --prefix hub --no-audit --no-fund
+	touch $(HUB_PROXY)
+
+hub: $(HUB_STAMP) $(HUB_PROXY)
+	$(PY) -m labkit.hub check
+	$(VENV)/bin/jupyterhub -f hub/jupyterhub_config.py
