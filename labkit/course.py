@@ -120,7 +120,7 @@ def exercise_table() -> str:
         ex = checks.get(key)
         hints = ", ".join(h for h in ex.hints if h != "wrong")
         question = ex.question.replace("|", "\\|")  # a bar inside a cell would end it
-        rows.append(f"| {key[:2]} | `{key}` | {ex.kind} | {question} | {hints} |")
+        rows.append(f"| {key.split('.')[0]} | `{key}` | {ex.kind} | {question} | {hints} |")
     return "\n".join(rows)
 
 

@@ -100,3 +100,30 @@ def dashboard(history: pd.DataFrame, current: dict, path=None):
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+FIELD_COLOURS = {"sign": "#c44e52", "exponent": "#4c72b0", "mantissa": "#55a868"}
+
+
+def float_formats(formats, path=None):
+    """One bar per float format (`precision.Format`s), a cell per bit: sign, exponent (range), mantissa (precision)."""
+    formats = list(formats)
+    fig, ax = plt.subplots(figsize=(11, 0.55 * len(formats) + 1.2))
+    for y, f in enumerate(formats):
+        start = 0
+        for field, width in (("sign", f.sign), ("exponent", f.exponent), ("mantissa", f.mantissa)):
+            ax.barh([y] * width, 1, left=range(start, start + width), color=FIELD_COLOURS[field], edgecolor="white",
+                    linewidth=0.5, label=field if y == 0 else None)  # one cell per bit
+            if width >= 2:  # the field's width written inside it, where it fits
+                ax.text(start + width / 2, y, str(width), ha="center", va="center", color="white", fontsize=8)
+            start += width
+        ax.text(start + 0.5, y, f"{f.bits} bits, max {f.max:.3g}, eps {f.eps:.2g}", va="center", fontsize=8)
+    ax.set_yticks(range(len(formats)), [f.name for f in formats])
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(f.bits for f in formats) * 1.3)
+    ax.set_xlabel("bits (sign | exponent: the range | mantissa: the precision)")
+    ax.legend(ncol=3, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

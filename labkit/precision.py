@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import weakref
 from dataclasses import dataclass
 from functools import cache
 
@@ -127,20 +128,51 @@ def round_trip_error(weights, fmt: str | Format, scaled: bool | None = None) -> 
     max_abs = 0.0
     n = out_of_range = nonfinite = flushed = 0
     for w in _tensors(weights):
-        w = w.double()  # measure the change in float64, so fp32's own rounding does not count as error
-        back = round_trip(w.float(), f, scaled).double()
-        if not scaled:
+        if w.dtype == torch.float32:
+            back = round_trip(w, f, scaled)
+            d = back - w  # exact in float32: `back` is within a factor 2 of `w`, or 0, or w's saturated value
+        else:  # measure the change in float64, so the input's own rounding to float32 counts as error
+            w = w.double()
+            back = round_trip(w.float(), f, scaled).double()
+            d = back - w
+        # Reductions without temporaries (aminmax, count_nonzero, norms): this runs over 22M weights per format.
+        if not scaled and max(-float(w.min()), float(w.max())) > f.max:
             out_of_range += int((w.abs() > f.max).sum())
-        nonfinite += int((~torch.isfinite(back)).sum())
-        flushed += int(((w != 0) & (back == 0)).sum())
-        d = back - w
-        diff2 += float((d * d).sum())
-        norm2 += float((w * w).sum())
-        max_abs = max(max_abs, float(d.abs().max()))
+        lo, hi = torch.aminmax(back)
+        if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+            nonfinite += int((~torch.isfinite(back)).sum())
+        flushed += int(torch.count_nonzero(w)) - int(torch.count_nonzero(back))  # 0 stays 0: the rest were flushed
+        diff2 += float(torch.linalg.vector_norm(d.flatten(), dtype=torch.float64)) ** 2
+        norm2 += float(torch.linalg.vector_norm(w.flatten(), dtype=torch.float64)) ** 2
+        lo, hi = torch.aminmax(d)
+        max_abs = max(max_abs, -float(lo), float(hi))
         n += w.numel()
     return {"format": f.name, "relative_error": math.sqrt(diff2 / norm2) if norm2 else 0.0,
             "max_abs_error": max_abs, "out_of_range": out_of_range, "nonfinite": nonfinite,
             "flushed_to_zero": flushed, "values": n, "scaled": scaled}
+
+
+def value_table(x: float, formats=None):
+    """How `x` is stored in each format: its sign, exponent and mantissa bits, the value kept, the relative error."""
+    import pandas as pd
+
+    rows = []
+    for f in (get_format(name) for name in (formats or FORMATS)):
+        sign, exponent, mantissa = bit_fields(x, f)
+        kept = float(torch.tensor([x], dtype=torch.float64).to(f.dtype).double())
+        rows.append({"format": f.name, "sign": sign, "exponent": exponent, "mantissa": mantissa, "stored": kept,
+                     "relative_error": abs(kept - x) / abs(x) if x else float(kept != x)})
+    return pd.DataFrame(rows)
+
+
+def round_weights(model: nn.Module, fn, inplace: bool = False) -> nn.Module:
+    """A copy of `model` whose floating weights are replaced by `fn(w)` (e.g. rounded to bf16, kept in fp32)."""
+    out = model if inplace else copy.deepcopy(model)
+    with torch.no_grad():
+        for p in out.parameters():
+            if p.is_floating_point():
+                p.copy_(fn(p.detach().clone()))  # a clone: a function that writes into its input changes nothing
+    return out
 
 
 def _check_precision(precision: str) -> torch.dtype:
@@ -240,3 +272,139 @@ def tour(model: nn.Module, tokenizer, reference, limit: int | None = None) -> li
                                     f"on {parts.device_of(model).type}"))
     return measure.evaluate_group(models, tokenizer, measure.reference_on(model, tokenizer, reference, limit), model,
                                   notes, limit=limit)
+
+
+# --- the classifier in each precision: accuracy, bytes, latency (section 3 and the dropdown of notebook 00b) -------
+
+# Per source model (weakly held, so a dropped model frees its copies): its cast copies and their predictions on the
+# validation subset, made once, so the table and the dropdown never cast or predict the same thing twice.
+_RUNS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _run(model: nn.Module, tokenizer, name: str, limit: int | None) -> dict:
+    """`model` cast to `name` (None: the model itself), its bytes and its predictions on the validation subset."""
+    from . import data, measure
+
+    runs = _RUNS.setdefault(model, {})
+    key = (name, limit, data.split_hash())
+    if key not in runs:
+        try:
+            cast = None if name == "fp32" else to_precision(model, name)
+        except ValueError as err:  # fp16 where this device has no kernels for it
+            runs[key] = {"refused": str(err)}
+        else:
+            val = data.split(data.QUICK_SPLIT, limit)
+            m = model if cast is None else cast
+            runs[key] = {"model": cast, "preds": measure.predict(m, tokenizer, val["text"]),
+                         "labels": val["label"].to_numpy(), "bytes": measure.serialized_bytes(m)}
+    return runs[key]
+
+
+def _accuracy_row(name: str, run: dict, fp32: dict) -> dict:
+    from . import measure
+
+    ci = measure.accuracy_ci(run["preds"], run["labels"])
+    return {"precision": name, "accuracy": ci["accuracy"], "lo": ci["lo"], "hi": ci["hi"], "n": ci["n"],
+            "agreement": measure.agreement(run["preds"], fp32["preds"]), "bytes": run["bytes"],
+            "size_ratio": fp32["bytes"] / run["bytes"]}
+
+
+def compare(model: nn.Module, tokenizer, precisions=PRECISIONS, limit: int | None = None,
+            batch_sizes=(1, 32), warmup: int | None = None, repeats: int | None = None):
+    """`model` (fp32) in each precision: validation accuracy with its 95% interval and agreement with fp32 (first
+    `limit` validation snippets), serialized bytes, and latency at each batch size, every precision timed in one
+    interleaved `measure.compare_latency` (speed-up over fp32: ratio of medians, per-round min-max in `range_b*`).
+
+    A precision this device refuses (fp16 without kernels) has no row; `.attrs["refused"]` says why."""
+    import pandas as pd
+
+    from . import measure
+
+    require_fp32(model, "A precision comparison")
+    names = list(dict.fromkeys(("fp32", *precisions)))
+    runs = {name: _run(model, tokenizer, name, limit) for name in names}
+    refused = {name: run["refused"] for name, run in runs.items() if "refused" in run}
+    models = {name: run["model"] or model for name, run in runs.items() if name not in refused}
+    rows = {name: _accuracy_row(name, runs[name], runs["fp32"]) for name in models}
+    for b in batch_sizes:
+        timing = measure.compare_latency(models, tokenizer, batch_size=b, warmup=warmup, repeats=repeats)
+        for name, s in measure.speedups(timing, "fp32").items():
+            rows[name] |= {f"latency_b{b}_ms": timing[name]["median_ms"], f"speedup_b{b}": s["speedup"],
+                           f"range_b{b}": measure.format_range(s["lo"], s["hi"])}
+    df = pd.DataFrame(list(rows.values()))
+    df.attrs["refused"] = refused
+    return df
+
+
+def point(model: nn.Module, tokenizer, name: str, batch_size: int = 1, limit: int | None = None) -> dict:
+    """One precision of `model` for a dropdown: accuracy (95% interval) and agreement on the validation subset, bytes,
+    and latency at `batch_size` timed interleaved beside fp32 (the slider's warm-up and rounds).
+
+    Accuracy and the cast copy come from the same cache as `compare`; a refused precision gives {"refused": why}."""
+    from . import measure
+
+    require_fp32(model, "A precision comparison")
+    run, fp32 = _run(model, tokenizer, name, limit), _run(model, tokenizer, "fp32", limit)
+    if "refused" in run:
+        return {"precision": name, "refused": run["refused"]}
+    models = {"fp32": model} | ({name: run["model"]} if name != "fp32" else {})
+    timing = measure.compare_latency(models, tokenizer, batch_size=batch_size, warmup=measure.SLIDER_WARMUP,
+                                     repeats=measure.SLIDER_REPEATS)
+    s = measure.speedups(timing, "fp32")[name]
+    return _accuracy_row(name, run, fp32) | {
+        "batch_size": batch_size, "latency_ms": timing[name]["median_ms"],
+        "fp32_latency_ms": timing["fp32"]["median_ms"],
+        "speedup": s["speedup"], "speedup_lo": s["lo"], "speedup_hi": s["hi"], "rounds": s["rounds"]}
+
+
+def training_speed(model: nn.Module, tokenizer, precisions=None, steps: int = 3, warmup: int = 1,
+                   batch_size: int = 16, lr: float = 1e-5, limit: int | None = None):
+    """Fine-tune a copy of `model` in each precision (fp32, bf16 autocast, and fp16 with a GradScaler on CUDA)
+    through `train.fit_steps`, one step of each in turn, so drift on the machine hits all alike.
+
+    After `warmup` untimed steps, `steps` timed ones: steps per second (median, min-max over steps), the speed-up
+    over fp32 (per-step ratios' min-max beside it), the last loss, and each copy's validation accuracy with its 95%
+    interval on the first `limit` validation snippets. The weights stay fp32 in every run (the master copy)."""
+    import statistics
+    import time
+
+    import pandas as pd
+
+    from . import data, measure, train
+
+    dev = parts.device_of(model)
+    if precisions is None:
+        precisions = ("fp32", "bf16") + (("fp16",) if dev.type == "cuda" else ())
+    names = list(dict.fromkeys(("fp32", *precisions)))  # fp32 first: the baseline of the speed-ups
+    if steps < 1 or warmup < 0 or batch_size < 1:
+        raise ValueError(f"need steps >= 1, warmup >= 0, batch_size >= 1; got {steps}, {warmup}, {batch_size}.")
+    rows = data.split("train", limit=batch_size * (warmup + steps))
+    copies = {name: copy.deepcopy(model) for name in names}
+    runs = {name: train.fit_steps(copies[name], tokenizer, rows["text"], rows["label"], warmup + steps, lr=lr,
+                                  batch_size=batch_size, decay=False, precision=name) for name in names}
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    loss: dict[str, float] = {}
+    for i in range(warmup + steps):
+        for name, run in runs.items():  # the same batch for every precision in a round: same seed, same order
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            loss[name] = next(run)["loss"]
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if i >= warmup:
+                seconds[name].append(time.perf_counter() - t0)
+    for run in runs.values():
+        run.close()  # back to eval mode
+    val = data.split(data.QUICK_SPLIT, limit)
+    out = []
+    for name in names:
+        ci = measure.accuracy_ci(measure.predict(copies[name], tokenizer, val["text"]), val["label"].to_numpy())
+        ratios = [a / b for a, b in zip(seconds["fp32"], seconds[name])]
+        median = statistics.median(seconds[name])
+        out.append({"precision": name, "steps_per_s": 1 / median, "lo": 1 / max(seconds[name]),
+                    "hi": 1 / min(seconds[name]), "speedup": statistics.median(seconds["fp32"]) / median,
+                    "range": measure.format_range(min(ratios), max(ratios)), "steps": steps,
+                    "batch_size": batch_size, "last_loss": loss[name], "accuracy": ci["accuracy"],
+                    "acc_lo": ci["lo"], "acc_hi": ci["hi"], "n": ci["n"]})
+    return pd.DataFrame(out)

@@ -6,7 +6,7 @@ so they share the device handling, the learning-rate schedule and gradient clipp
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -49,6 +49,28 @@ def fit(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4
     """
     from tqdm.auto import tqdm
 
+    run = fit_steps(model, tokenizer, texts, labels, steps, lr=lr, batch_size=batch_size, seed=seed, warmup=warmup,
+                    decay=decay, weight_decay=weight_decay, teacher=teacher, temperature=temperature,
+                    before_step=before_step, after_step=after_step, precision=precision)
+    history = []
+    with tqdm(total=steps, desc=desc, disable=not progress) as bar:
+        for record in run:
+            history.append(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+    return history
+
+
+def fit_steps(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4, batch_size: int = 32,
+              seed: int = 0, warmup: float = 0.0, decay: bool = True, weight_decay: float = 0.0,
+              teacher: nn.Module | None = None, temperature: float = 2.0,
+              before_step: Callable[[int], None] | None = None, after_step: Callable[[int], None] | None = None,
+              precision: str = "fp32") -> Iterator[dict]:
+    """`fit`'s loop one step at a time: yields {"step", "loss"} after each optimizer step (arguments as in `fit`).
+
+    Bad arguments raise here, before any step; the model is trained in place as the steps are taken, and is back
+    in eval mode once the steps run out (or the generator is closed). Several runs can so be timed step by step
+    in turn (see `precision.training_speed`)."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}.")
     texts, labels = list(texts), list(labels)
@@ -59,7 +81,13 @@ def fit(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4
     if precision != "fp32" and any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()):
         raise ValueError(f"Mixed-precision training needs fp32 weights (the master copy), and this model is "
                          f"{precision_lib.dtype_of(model)}; train the fp32 model, then cast it with to_precision.")
-    scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
+    return _loop(model, tokenizer, texts, labels, steps, lr, batch_size, seed, warmup, decay, weight_decay, teacher,
+                 temperature, before_step, after_step, dev, mixed, precision == "fp16")
+
+
+def _loop(model, tokenizer, texts, labels, steps, lr, batch_size, seed, warmup, decay, weight_decay, teacher,
+          temperature, before_step, after_step, dev, mixed, scaled) -> Iterator[dict]:
+    scaler = torch.amp.GradScaler(dev.type) if scaled else None
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -67,8 +95,7 @@ def fit(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4
     model.train()
     if teacher is not None:
         teacher.eval()  # no dropout in the targets
-    history, step, epoch = [], 0, 0
-    bar = tqdm(total=steps, desc=desc, disable=not progress)
+    step, epoch = 0, 0
     try:
         while step < steps:
             for batch in data.batches(texts, labels, tokenizer, batch_size, shuffle_seed=seed + epoch):
@@ -96,12 +123,8 @@ def fit(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4
                 opt.zero_grad(set_to_none=True)
                 if after_step is not None:
                     after_step(step)
-                history.append({"step": step, "loss": float(loss.detach())})
                 step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+                yield {"step": step - 1, "loss": float(loss.detach())}
             epoch += 1
     finally:
-        bar.close()
         model.eval()
-    return history

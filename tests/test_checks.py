@@ -64,7 +64,7 @@ def test_every_targeted_hint_is_reached_by_a_listed_mistake():
 
 
 def test_every_notebook_with_exercises_has_a_mistake_table():
-    tables = {p.stem[-2:] for p in Path(__file__).parent.glob("test_exercises_nb*.py")}
+    tables = {p.stem.removeprefix("test_exercises_nb") for p in Path(__file__).parent.glob("test_exercises_nb*.py")}
     assert set(NOTEBOOKS) <= tables
 
 

@@ -11,6 +11,11 @@ LEARNER = sorted(course.LEARNER_DIR.glob("*.ipynb"))
 CODE_KEYS = checks.exercises(kind="code")
 
 
+def _source_of(key: str):
+    """The solved notebook an exercise key belongs to: "00b.to_bf16" -> 00b_*.ipynb, never 00_*.ipynb."""
+    return next(p for p in course.sources() if p.name.split("_")[0] == key.split(".")[0])
+
+
 def _code(path) -> str:
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
     return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
@@ -24,7 +29,7 @@ def test_every_source_has_a_learner_notebook_and_the_reverse():
     assert [p.name for p in course.sources()] == [p.name for p in LEARNER]
 
 
-@pytest.mark.parametrize("path", LEARNER, ids=[p.stem[:2] for p in LEARNER])
+@pytest.mark.parametrize("path", LEARNER, ids=[p.stem.split("_")[0] for p in LEARNER])
 def test_learner_edition_holds_no_solution_and_no_assert_on_a_check(path):
     code = _code(path)
     assert "BEGIN SOLUTION" not in code and "HIDDEN TESTS" not in code
@@ -35,8 +40,13 @@ def test_learner_edition_holds_no_solution_and_no_assert_on_a_check(path):
 def test_no_code_answer_is_visible_in_the_learner_edition(key):
     import inspect
 
-    ref = inspect.getsource(checks.solution(key))
-    body = [ln.strip() for ln in ref.splitlines()[1:] if ln.strip() and not ln.strip().startswith(("#", '"""'))]
+    import ast
+    import textwrap
+
+    ref = textwrap.dedent(inspect.getsource(checks.solution(key)))
+    start = ast.parse(ref).body[0].body[0].lineno  # the first line after the signature, however it is wrapped
+    body = [ln.strip() for ln in ref.splitlines()[start - 1:]
+            if ln.strip() and not ln.strip().startswith(("#", '"""'))]
     code = "\n".join(_code(p) for p in LEARNER)
     shown = [ln for ln in body if len(ln) > 25 and ln in code]
     assert not shown, f"{key}: the learner edition shows lines of the reference: {shown}"
@@ -44,7 +54,7 @@ def test_no_code_answer_is_visible_in_the_learner_edition(key):
 
 @pytest.mark.parametrize("key", checks.exercises())
 def test_every_exercise_is_checked_in_its_solved_notebook(key):
-    nb = next(p for p in course.sources() if p.name.startswith(key.split(".")[0]))
+    nb = _source_of(key)
     assert f'assert checks.check("{key}"' in _code(nb), f"{nb.name} never asserts the check of {key}"
 
 
@@ -88,7 +98,7 @@ def test_exercise_table_lists_every_exercise_with_its_hints():
 @pytest.mark.parametrize("key", CODE_KEYS)
 def test_every_code_exercise_then_runs_on_the_real_model(key):
     """After its check, a later cell hands the learner's function to labkit through `checks.use`."""
-    nb = next(p for p in course.sources() if p.name.startswith(key.split(".")[0]))
+    nb = _source_of(key)
     cells = [c for c in json.loads(nb.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
     sources = ["".join(c["source"]) for c in cells]
     checked = next(i for i, s in enumerate(sources) if f'assert checks.check("{key}"' in s)

@@ -212,3 +212,70 @@ def test_recover_and_qat_train_under_bf16_autocast_with_fp32_weights(tokenizer):
     assert precision.dtype_of(q) == "fp32" and precision.dtype_of(tiny) == "fp32"
     with pytest.raises(ValueError, match="bf16"):
         prune.recover(pruned, tokenizer, steps=1, precision="fp16")  # fp16 autocast is for CUDA
+
+
+def test_round_trip_error_on_float64_weights_counts_the_float32_step():
+    w = torch.tensor([0.1, -0.3, 1e-9], dtype=torch.float64)  # not float32 numbers: the cast itself changes them
+    assert precision.round_trip_error(w, "fp64")["relative_error"] > 0
+    assert precision.round_trip_error(w.float(), "fp64")["relative_error"] == 0.0
+
+
+def test_value_table_and_round_weights(tiny_model):
+    vt = precision.value_table(0.1).set_index("format")
+    assert list(vt.index) == list(precision.FORMATS)
+    assert vt.loc["bf16", "stored"] == 0.10009765625 and vt.loc["fp64", "relative_error"] == 0.0
+    assert (vt.loc["bf16", "exponent"], vt.loc["bf16", "mantissa"]) == ("01111011", "1001101")
+    before = [p.clone() for p in tiny_model.parameters()]
+    out = precision.round_weights(tiny_model, lambda w: w.bfloat16().float())
+    assert precision.dtype_of(out) == "fp32"
+    assert all(torch.equal(p, precision.round_trip(p, "bf16")) for p in out.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny_model.parameters()))  # the caller's model untouched
+    writes = precision.round_weights(tiny_model, lambda w: w.zero_())  # a function that writes into its input
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny_model.parameters())) and writes is not tiny_model
+
+
+def test_compare_and_point_share_one_cast_and_report_refusals(tiny_model, tokenizer, monkeypatch):
+    calls = []
+    real = precision.to_precision
+    monkeypatch.setattr(precision, "to_precision", lambda m, name, **k: calls.append(name) or real(m, name, **k))
+    monkeypatch.setattr(precision, "_fp16_error", lambda device: '"addmm" not implemented for "Half"')
+    df = precision.compare(tiny_model, tokenizer, limit=8, batch_sizes=(1, 2), warmup=0, repeats=2)
+    assert list(df["precision"]) == ["fp32", "bf16"] and "Use 'bf16'" in df.attrs["refused"]["fp16"]
+    row = df.set_index("precision").loc["bf16"]
+    assert row["n"] == 8 and 1.9 < row["size_ratio"] < 2.05 and {"latency_b2_ms", "range_b1"} <= set(df.columns)
+    assert df.set_index("precision").loc["fp32", "speedup_b1"] == 1.0
+    p = precision.point(tiny_model, tokenizer, "bf16", batch_size=2, limit=8)
+    assert p["accuracy"] == row["accuracy"] and p["bytes"] == row["bytes"] and p["rounds"] == measure.SLIDER_REPEATS
+    assert calls == ["bf16", "fp16"]  # point reused the bf16 copy and its predictions
+    assert "refused" in precision.point(tiny_model, tokenizer, "fp16", limit=8)
+    with pytest.raises(ValueError, match="needs a float32 model"):
+        precision.compare(real(tiny_model, "bf16"), tokenizer, limit=8)
+
+
+def test_training_speed_interleaves_fit_steps(tiny_model, tokenizer, monkeypatch):
+    order = []
+    real = train.fit_steps
+
+    def spy(model, *a, precision="fp32", **k):
+        for rec in real(model, *a, precision=precision, **k):
+            order.append(precision)
+            yield rec
+    monkeypatch.setattr(train, "fit_steps", spy)
+    before = [p.clone() for p in tiny_model.parameters()]
+    df = precision.training_speed(tiny_model, tokenizer, precisions=("bf16",), steps=2, warmup=1, batch_size=4,
+                                  limit=8).set_index("precision")
+    assert order == ["fp32", "bf16"] * 3  # one step of each in turn
+    assert list(df.index) == ["fp32", "bf16"] and (df["steps"] == 2).all() and (df["n"] == 8).all()
+    assert df.loc["fp32", "speedup"] == 1.0 and (df["lo"] <= df["steps_per_s"]).all()
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny_model.parameters()))  # copies were trained
+    with pytest.raises(ValueError, match="steps >= 1"):
+        precision.training_speed(tiny_model, tokenizer, steps=0)
+
+
+def test_fit_steps_checks_arguments_first_and_ends_in_eval_mode(tiny_model, tokenizer):
+    with pytest.raises(ValueError, match="use 'bf16'"):
+        train.fit_steps(tiny_model, tokenizer, *TRAIN, steps=1, precision="fp16")  # before any step is taken
+    run = train.fit_steps(tiny_model, tokenizer, *TRAIN, steps=2, batch_size=8)
+    first = next(run)
+    assert first["step"] == 0 and tiny_model.training
+    assert [r["step"] for r in run] == [1] and not tiny_model.training
