@@ -218,6 +218,25 @@ def to_precision(model: nn.Module, precision: str, inplace: bool = False) -> nn.
     return out.to(dtype)  # floating weights and buffers only: token ids and position ids stay integers
 
 
+def is_native(precision: str, where: nn.Module | torch.device | str = "cpu") -> bool | None:
+    """Whether the device (or a model's device) computes `precision` in hardware; None where that is unknown.
+
+    fp32 is always native. A CUDA GPU computes fp16, and bf16 where torch says it supports it. A CPU is read from
+    its flags (`measure.native_float_support`): without native bf16, torch converts to fp32 around every
+    operation, and a bf16 model was measured several times slower than fp32 (notebook 00b measures it here)."""
+    from . import measure
+
+    _check_precision(precision)
+    dev = parts.device_of(where) if isinstance(where, nn.Module) else torch.device(where)
+    if precision == "fp32":
+        return True
+    if dev.type == "cuda":
+        return precision == "fp16" or torch.cuda.is_bf16_supported()
+    if dev.type != "cpu":
+        return None
+    return measure.native_float_support().get(precision)
+
+
 def dtype_of(model: nn.Module) -> str:
     """The precision name of a model's floating weights ('fp32', 'bf16', ...), or 'mixed'."""
     found = {p.dtype for p in model.parameters() if p.is_floating_point()}

@@ -91,12 +91,16 @@ def configurations() -> dict[str, list[tuple[str, dict]]]:
     small = ("structured", {"heads": 1 / 3, "ffn": 0.7})
     recover = ("recover", {})  # prune.recover's default steps: fewer in fast mode
     token = ("token_pruning", {"keep_ratio": 0.5, "start_layer": 2})
+    bf16 = ("precision", {"precision": "bf16"})  # the alternative last step to int8: half the bytes, float kernels
     configs = {
         "int8": [("int8", {})],
+        "bf16": [bf16],
         "token pruning": [token],
         "structured + recover": [small, recover],
         "structured + recover + int8": [small, recover, ("int8", {})],
+        "structured + recover + bf16": [small, recover, bf16],
         "token pruning + int8": [token, ("int8", {})],
+        "token pruning + bf16": [token, bf16],
         "structured + recover + token + int8": [small, recover, token, ("int8", {})],
         # Milder cut (half the FFN neurons kept), a longer fine-tune that distils the baseline, then int8.
         "mild structured + distill + int8": [("structured", {"heads": 1 / 3, "ffn": 0.5}),
@@ -391,22 +395,38 @@ def _dash_structured() -> nn.Module:
     return _DASH["structured"]
 
 
+def _check_dashboard_precision(quantization: str, precision: str) -> None:
+    """Refuse a quantization / precision pair that cannot run, saying which settings do."""
+    from . import precision as precision_lib
+
+    if precision not in precision_lib.PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; choose from {', '.join(precision_lib.PRECISIONS)}.")
+    if quantization == "real int8" and precision != "fp32":
+        raise ValueError(f"real int8 and {precision} are two alternatives, not steps to stack: torch's int8 layers "
+                         f"need float32 around them. Set precision to fp32 to run real int8, or quantization to "
+                         f"'none' (or 'simulated') to run in {precision}.")
+
+
 def dashboard_point(structured: bool = False, sparsity: float = 0.0, keep_ratio: float = 1.0,
-                    quantization: str = "none", bits: int = 8) -> dict:
+                    quantization: str = "none", bits: int = 8, precision: str = "fp32") -> dict:
     """Accuracy (95% interval, paired difference from the baseline), agreement, batch-32 latency and size of one
     combination, on the quick validation subset (cached).
 
     Steps run in the only order that works: structured (+recovery, built once), magnitude sparsity, token pruning
-    from layer 2, then quantization. `bits` applies to quantization="simulated" (accuracy real, size computed for
-    packed storage, latency that of the float model it runs); "real int8" is always 8 bits and really faster.
+    from layer 2, quantization, then the `precision` cast (fp32, bf16 or fp16 weights). `bits` applies to
+    quantization="simulated" (accuracy real, size computed for packed storage, latency that of the float model it
+    runs); "real int8" is always 8 bits and really faster, and refuses a bf16/fp16 cast (a ValueError that says so).
     """
     from . import dynamic, prune, quantize
+    from . import precision as precision_lib
 
     if quantization not in QUANTIZATION:
         raise ValueError(f"Unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATION)}.")
+    _check_dashboard_precision(quantization, precision)
     if quantization != "simulated":
         bits = 8 if quantization == "real int8" else 32  # the bit-width only steers the simulation
-    key = (bool(structured), round(float(sparsity), 4), round(float(keep_ratio), 4), quantization, int(bits))
+    key = (bool(structured), round(float(sparsity), 4), round(float(keep_ratio), 4), quantization, int(bits),
+           precision)
     if key in _DASH["points"]:
         return _DASH["points"][key]
     base, tok, reference = _dash_baseline()
@@ -416,10 +436,15 @@ def dashboard_point(structured: bool = False, sparsity: float = 0.0, keep_ratio:
     if keep_ratio < 1:
         m = dynamic.token_pruning(m, keep_ratio, start_layer=2)
     if quantization == "simulated":
-        size = quantize.quantized_size_bytes(m, bits, granularity="channel")  # as it would be stored, packed
         m = quantize.fake_quantize(m, bits, granularity="channel")
     elif quantization == "real int8":
         m = quantize.to_int8(m)
+    if precision != "fp32":  # fake-quantized weights are floats too: a bf16 copy keeps their grid, roughly
+        m = precision_lib.to_precision(m, precision)
+    if quantization == "simulated":  # as it would be stored: packed Linear weights, the rest in `precision`
+        size = quantize.quantized_size_bytes(m, bits, granularity="channel")
+    else:
+        size = measure.serialized_bytes(m)
     preds = measure.predictions(m, tok, data.QUICK_SPLIT, QUICK_LIMIT)
     labels = data.split(data.QUICK_SPLIT, QUICK_LIMIT)["label"].to_numpy()
     # Timed round by round beside the baseline, so the speed-up compares runs made seconds apart.
@@ -429,19 +454,36 @@ def dashboard_point(structured: bool = False, sparsity: float = 0.0, keep_ratio:
     ci = measure.accuracy_ci(preds, labels)
     vs = measure.paired(preds, reference, labels)  # the same snippets: only those where the two differ count
     point = {"structured": key[0], "sparsity": key[1], "keep_ratio": key[2], "quantization": quantization,
-             "bits": key[4], "accuracy": ci["accuracy"], "accuracy_lo": ci["lo"], "accuracy_hi": ci["hi"],
-             "n": ci["n"], "delta": vs["difference"], "delta_lo": vs["lo"], "delta_hi": vs["hi"],
-             "p_value": vs["p_value"],
+             "bits": key[4], "precision": precision, "accuracy": ci["accuracy"], "accuracy_lo": ci["lo"],
+             "accuracy_hi": ci["hi"], "n": ci["n"], "delta": vs["difference"], "delta_lo": vs["lo"],
+             "delta_hi": vs["hi"], "p_value": vs["p_value"],
              "agreement": measure.agreement(preds, reference), "latency_b32_ms": lat["median_ms"],
              "speedup_b32": speed["speedup"], "speedup_lo": speed["lo"], "speedup_hi": speed["hi"],
              "baseline_b32_ms": timing["baseline"]["median_ms"], "rounds": speed["rounds"],
-             "size_mb": (size if quantization == "simulated" else measure.serialized_bytes(m)) / 1e6,
-             "simulated": quantization == "simulated"}
-    point["name"] = (("S" if key[0] else "") + (f" {key[1]:.0%}sp" if key[1] else "") +
-                     (f" keep{key[2]:.0%}" if key[2] < 1 else "") +
-                     {"none": " fp32", "simulated": f" {key[4]}b-sim", "real int8": " int8"}[quantization]).strip()
+             "size_mb": size / 1e6, "simulated": quantization == "simulated",
+             "native": _native(precision, m)}
+    point["name"] = _point_name(*key)
     _DASH["points"][key] = point
     return point
+
+
+def _native(precision: str, model: nn.Module) -> bool | None:
+    """Whether this CPU computes `precision` in hardware (None for fp32, off the CPU, or flags unreadable)."""
+    from . import parts
+    from . import precision as precision_lib
+
+    if precision == "fp32" or parts.device_of(model).type != "cpu":
+        return None
+    return precision_lib.is_native(precision, model)
+
+
+def _point_name(structured: bool, sparsity: float, keep_ratio: float, quantization: str, bits: int,
+                precision: str) -> str:
+    """A dashboard point's short name, e.g. 'S 50%sp keep50% int8' or '4b-sim bf16' (the baseline is 'fp32')."""
+    number = {"none": f" {precision}", "real int8": " int8",
+              "simulated": f" {bits}b-sim" + ("" if precision == "fp32" else f" {precision}")}[quantization]
+    return (("S" if structured else "") + (f" {sparsity:.0%}sp" if sparsity else "") +
+            (f" keep{keep_ratio:.0%}" if keep_ratio < 1 else "") + number).strip()
 
 
 def readout(point: dict) -> str:
@@ -460,9 +502,12 @@ def speed_readout(point: dict) -> str:
     if point.get("speedup_b32") is None:
         return ""
     sim = " (the float model the simulation runs)" if point.get("simulated") else ""
+    native = {True: f" This CPU computes {point.get('precision')} natively.",
+              False: f" This CPU has no native {point.get('precision')} instructions: torch converts to fp32 around "
+                     "each operation, so it can run slower than fp32 here."}.get(point.get("native"), "")
     return (f" Batch 32: {point['latency_b32_ms']:.0f} ms{sim}, {point['speedup_b32']:.2f}x the baseline's speed "
             f"{measure.format_range(point['speedup_lo'], point['speedup_hi'])} (min-max per round) over "
-            f"{point['rounds']} rounds timed interleaved with it.")
+            f"{point['rounds']} rounds timed interleaved with it." + native)
 
 
 def dashboard_history() -> pd.DataFrame:

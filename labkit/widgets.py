@@ -56,7 +56,8 @@ def live(fn: Callable[..., Any], controls: dict[str, Any], draw: Callable[[Any],
     `fn` is the plain function (cached per value set, so revisiting a point is instant); `draw`
     renders its result (a DataFrame or text is displayed as is). Returns the VBox, with `.refresh()`.
     Sliders report only on release, and moves made while an evaluation runs are merged: when it ends,
-    only the latest values are evaluated (stale ones are skipped, never queued).
+    only the latest values are evaluated (stale ones are skipped, never queued). In a kernel, a ValueError
+    (a combination `fn` refuses) shows its message in the panel; other errors show their traceback.
     """
     import ipywidgets as W
     from IPython.display import display
@@ -88,11 +89,15 @@ def live(fn: Callable[..., Any], controls: dict[str, Any], draw: Callable[[Any],
                 return
             # Outputs are swapped in one assignment: no flicker, and it works without a browser.
             out.outputs = _captured(lambda: show(memo[key]))
-        except Exception:
+        except Exception as err:
             if _loop() is None:  # no kernel: let the caller see the error
                 raise
-            import traceback
-            out.outputs = ({"output_type": "stream", "name": "stderr", "text": traceback.format_exc()},)
+            if isinstance(err, ValueError):  # labkit's refusal of a setting says what to do: show just that
+                text = f"Not possible with these settings: {err}\n"
+            else:  # anything else is a bug: the whole traceback helps whoever reports it
+                import traceback
+                text = traceback.format_exc()
+            out.outputs = ({"output_type": "stream", "name": "stderr", "text": text},)
 
     def changed(*_):
         # Deferred to the event loop: value changes queued behind a running evaluation are applied
@@ -105,7 +110,8 @@ def live(fn: Callable[..., Any], controls: dict[str, Any], draw: Callable[[Any],
 
     for c in controls.values():
         c.observe(changed, names="value")
-    box = W.VBox([W.HBox(list(controls.values())), out])
+    # Controls wrap onto a second row rather than running off a narrow notebook's edge.
+    box = W.VBox([W.HBox(list(controls.values()), layout=W.Layout(flex_flow="row wrap")), out])
     box.refresh = refresh
     box.output = out
     refresh()

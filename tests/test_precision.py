@@ -279,3 +279,19 @@ def test_fit_steps_checks_arguments_first_and_ends_in_eval_mode(tiny_model, toke
     first = next(run)
     assert first["step"] == 0 and tiny_model.training
     assert [r["step"] for r in run] == [1] and not tiny_model.training
+
+
+def test_is_native_reads_the_cpu_flags(monkeypatch, tmp_path):
+    from labkit import measure
+
+    fake = tmp_path / "cpuinfo"
+    monkeypatch.setattr(measure, "CPUINFO", str(fake))
+    fake.write_text("processor\t: 0\nflags\t\t: fpu avx2\n")
+    assert precision.is_native("fp32") is True
+    assert precision.is_native("bf16") is False and precision.is_native("fp16", torch.nn.Linear(2, 2)) is False
+    fake.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert precision.is_native("bf16", "cpu") is True and precision.is_native("fp16", "cpu") is False
+    fake.unlink()  # flags unreadable: unknown, not a guess
+    assert precision.is_native("bf16") is None
+    with pytest.raises(ValueError, match="Unknown precision"):
+        precision.is_native("int8")

@@ -224,3 +224,64 @@ def test_pipeline_with_a_precision_step_and_the_orders_it_refuses(tokenizer):
             strategies.validate(steps)
     with pytest.raises(ValueError, match="float32"):
         quantize.to_int8(precision.to_precision(tiny, "bf16"))
+
+
+def _cheap(steps):
+    """A shipped pipeline shrunk for a 2-layer model: one recovery step, token pruning from layer 1."""
+    shrink = {"recover": {"steps": 1, "batch_size": 4}, "token_pruning": {"start_layer": 1}}
+    return [(name, dict(options, **shrink.get(name, {}))) for name, options in steps]
+
+
+def test_shipped_precision_pipelines_run_and_give_a_bf16_model(tokenizer):
+    from labkit import parts, precision
+
+    tiny = parts.tiny_classifier("BERT")
+    configs = {k: v for k, v in strategies.configurations().items() if v[-1][0] == "precision"}
+    assert {"bf16", "structured + recover + bf16", "token pruning + bf16"} <= set(configs)
+    enc = dict(tokenizer(["a fine, funny and moving film", "dull"], padding=True, return_tensors="pt"))
+    for name, steps in configs.items():
+        out = strategies.run_pipeline(tiny, tokenizer, _cheap(steps))
+        assert precision.dtype_of(out) == "bf16" and precision.dtype_of(tiny) == "fp32", name
+        with torch.inference_mode():
+            assert out(**parts.feed(out, enc)).logits.shape == (2, 2), name
+
+
+@pytest.fixture()
+def tiny_dashboard(monkeypatch, tokenizer):
+    """The dashboard on a tiny random classifier (its reference: its own quick-subset answers), history emptied."""
+    from labkit import data, measure, parts
+
+    tiny = parts.tiny_classifier("BERT")
+    reference = measure.predictions(tiny, tokenizer, data.QUICK_SPLIT, strategies.QUICK_LIMIT)
+    monkeypatch.setattr(strategies, "_dash_baseline", lambda: (tiny, tokenizer, reference))
+    monkeypatch.setitem(strategies._DASH, "points", {})
+    return tiny
+
+
+def test_dashboard_point_in_bf16_is_named_cached_and_half_the_size(tiny_dashboard):
+    fp32 = strategies.dashboard_point()
+    bf16 = strategies.dashboard_point(precision="bf16")
+    assert fp32["name"] == "fp32" and bf16["name"] == "bf16" and bf16["precision"] == "bf16"
+    assert 0.45 < bf16["size_mb"] / fp32["size_mb"] < 0.55  # two bytes per weight instead of four
+    assert strategies.dashboard_point(precision="bf16") is bf16  # cached under its own key
+    sim = strategies.dashboard_point(quantization="simulated", bits=4, precision="bf16")
+    assert sim["name"] == "4b-sim bf16" and sim["simulated"]
+    assert sim["size_mb"] < strategies.dashboard_point(quantization="simulated", bits=4)["size_mb"]
+    history = strategies.dashboard_history()
+    assert list(history["precision"]) == ["fp32", "bf16", "bf16", "fp32"]
+    assert "bf16" in strategies.readout(bf16)
+
+
+def test_dashboard_refuses_combinations_that_cannot_run(tiny_dashboard, monkeypatch):
+    from labkit import precision
+
+    for p in ("bf16", "fp16"):
+        with pytest.raises(ValueError, match="Set precision to fp32 to run real int8"):
+            strategies.dashboard_point(quantization="real int8", precision=p)
+    with pytest.raises(ValueError, match="fp32, bf16, fp16"):
+        strategies.dashboard_point(precision="fp8")
+    # a CPU whose torch has no fp16 kernels: the point is refused with the way out, not a crash mid-measurement
+    monkeypatch.setattr(precision, "_fp16_error", lambda device: '"addmm_impl_cpu_" not implemented for "Half"')
+    with pytest.raises(ValueError, match="Use 'bf16'"):
+        strategies.dashboard_point(precision="fp16")
+    assert strategies._DASH["points"] == {}  # nothing half-measured was recorded

@@ -123,3 +123,25 @@ def test_a_foreign_event_loop_is_not_mistaken_for_a_kernel():
     # A thread of its own: this test session may already run a loop here (the browser tests' driver).
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         assert pool.submit(asyncio.run, inside_a_loop()).result() == "20\n"
+
+
+def test_a_refused_setting_shows_its_message_in_a_kernel(monkeypatch):
+    """In a kernel, a ValueError (a combination the function refuses) is shown as its message, not a traceback."""
+    monkeypatch.setattr(widgets, "_loop", lambda: object())  # as if a kernel's event loop ran
+    monkeypatch.setattr(widgets, "_later", lambda delay, cb: None)  # ...but evaluate at once
+
+    def fn(k):
+        if k == 0:
+            raise ValueError("k must be positive; move the slider right")
+        if k == 5:
+            raise KeyError("a bug")
+        return k
+
+    s = W.IntSlider(value=1)
+    box = widgets.live(fn, {"k": s}, draw=print)
+    s.value = 0
+    assert _text(box) == "Not possible with these settings: k must be positive; move the slider right\n"
+    s.value = 5
+    assert "Traceback" in _text(box) and "KeyError" in _text(box)
+    s.value = 2
+    assert _text(box) == "2\n"
