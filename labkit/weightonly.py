@@ -1,0 +1,414 @@
+"""Weight-only, per-group quantization of a causal LM's decoder Linear layers: round-to-nearest, GPTQ-style, AWQ-style.
+
+Each method rounds a weight to a `bits`-bit grid per group of `group_size` consecutive inputs of a row:
+w ~ offset + scale * q, q in 0..2^bits - 1, with the group's minimum as its offset. That is GGUF Q4_1's grid
+(the format SmolLM2's file comes in) and the one torch's CPU int4 kernel computes with; GPTQ's and AWQ's packed
+formats use an integer zero point instead (labkit.quantize's grid), which in general misses Q4_1's levels. The
+methods return float weights on the grid (fake quantization: the numbers a packed model computes with);
+`packed_bytes` counts what the packed format stores, and `Int4Linear` runs real 4-bit codes with torch's kernel.
+
+- `rtn`: round every group to its min-max grid, independently.
+- `gptq`: quantize the columns one at a time; each column's rounding error is spread over the columns not yet
+  quantized through the inverse Hessian H^-1 (H = X^T X of calibration inputs), so the layer's *output* on those
+  inputs moves as little as possible (Frantar et al., 2022, GPTQ, Algorithm 1 without its lazy batching).
+- `awq`: scale input channel j by s_j = mean|x_j|^alpha before rounding and divide it back after, so channels
+  that see large activations get a finer grid; alpha in [0, 1] is searched to minimise the output error on
+  calibration activations (Lin et al., 2023, AWQ, per layer). alpha = 0 is plain RTN, so it never does worse there.
+
+Calibration inputs are recorded once from the float model (`calibration_stats`) and reused for every setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import fast_mode
+from .slm import check_causal_lm, decoder_linears, input_source, token_ids
+
+BITS = tuple(range(2, 9))
+METHODS = ("rtn", "gptq", "awq")
+
+
+# --- checks ---------------------------------------------------------------------------------------------------------
+
+def check_bits(bits) -> int:
+    """`bits` as an int, after checking it is one of 2..8; a ValueError otherwise."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in BITS:
+        raise ValueError(f"bits must be an integer from 2 to 8 for weight-only quantization, got {bits!r}.")
+    return bits
+
+
+def check_group(in_features: int, group_size, name: str = "this layer") -> int:
+    """`group_size`, after checking it is a positive integer that divides `in_features`; a ValueError otherwise."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}.")
+    if in_features % group_size:
+        divisors = [d for d in (16, 32, 64, 128, 256) if in_features % d == 0]
+        raise ValueError(f"group_size {group_size} does not divide the {in_features} inputs of {name}; use a "
+                         f"divisor of {in_features} such as {divisors or [in_features]}.")
+    return group_size
+
+
+# --- the grid: scale and offset per group ----------------------------------------------------------------------
+
+def group_params(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and offset of each group of `w` [out, in]: two [out, in // group_size] tensors.
+
+    The group's min-max range cut into 2^bits - 1 steps: offset = min, scale = (max - min) / (2^bits - 1), both
+    rounded to float16, as the packed formats store them.
+    """
+    groups = w.float().reshape(w.shape[0], -1, group_size)
+    lo, hi = groups.amin(dim=-1).half().float(), groups.amax(dim=-1)
+    # 2^-24, the smallest float16 above 0, keeps a constant group's scale from rounding to 0
+    scale = ((hi - lo) / (2 ** bits - 1)).clamp(min=2 ** -24).half().float()
+    return scale, lo
+
+
+def quantize_codes(w: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int,
+                   group_size: int) -> torch.Tensor:
+    """Integer codes in [0, 2^bits - 1] (as floats): clamp(round((w - offset) / scale)), per group."""
+    groups = w.float().reshape(w.shape[0], -1, group_size)  # [out, groups, group_size]; scale is [out, groups]
+    codes = torch.clamp(torch.round((groups - offset[..., None]) / scale[..., None]), 0, 2 ** bits - 1)
+    return codes.reshape(w.shape)
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Floats back from codes: offset + codes * scale, per group."""
+    groups = codes.float().reshape(codes.shape[0], -1, group_size)
+    return (offset[..., None] + groups * scale[..., None]).reshape(codes.shape)
+
+
+# --- the three methods ------------------------------------------------------------------------------------------
+
+def rtn(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """Round-to-nearest: every group of `group_size` inputs on its own min-max grid of 2^bits levels."""
+    bits = check_bits(bits)
+    check_group(weight.shape[1], group_size)
+    scale, offset = group_params(weight, bits, group_size)
+    codes = quantize_codes(weight, scale, offset, bits, group_size)
+    return dequantize(codes, scale, offset, group_size).to(weight.dtype)
+
+
+def hessian_factor(H: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """Upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1: row i says how column i's error is spread."""
+    H = H.double().clone()
+    dead = torch.diag(H) == 0  # inputs never seen in calibration: give them a unit curvature
+    H[dead, dead] = 1.0
+    H += damp * torch.diag(H).mean() * torch.eye(len(H), dtype=H.dtype)
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(H))
+    return torch.linalg.cholesky(inverse, upper=True).float()
+
+
+def gptq(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp: float = 0.01,
+         factor: torch.Tensor | None = None) -> torch.Tensor:
+    """GPTQ-style: quantize column by column, spreading each column's error over the remaining columns.
+
+    H = X^T X / n of the layer's calibration inputs X [n, in]. A group's grid is chosen when its first column
+    comes up, from the weights as updated so far. `factor`: hessian_factor(H, damp), when already computed.
+    """
+    bits = check_bits(bits)
+    check_group(weight.shape[1], group_size)
+    if H.shape != (weight.shape[1], weight.shape[1]):
+        raise ValueError(f"H must be [in, in] = {(weight.shape[1],) * 2} for this weight, got {tuple(H.shape)}.")
+    if not 0 <= damp < 1:
+        raise ValueError(f"damp must be in [0, 1), got {damp!r}.")
+    W = weight.detach().float().clone()
+    U = hessian_factor(H, damp) if factor is None else factor
+    Q = torch.zeros_like(W)
+    for start in range(0, W.shape[1], group_size):
+        end = start + group_size
+        scale, offset = group_params(W[:, start:end], bits, group_size)
+        errors = torch.zeros(W.shape[0], group_size)
+        for i in range(start, end):
+            Q[:, i] = gptq_column(W, U, i, end, scale[:, 0], offset[:, 0], bits, errors[:, i - start])
+        # The columns after the group get all of its columns' corrections at once, in one matrix product: the
+        # same sums as correcting them after every column (up to float rounding), with far less memory traffic
+        # (GPTQ's "lazy batch" updates).
+        W[:, end:] -= errors @ U[start:end, end:]
+    return Q.to(weight.dtype)
+
+
+def gptq_column(W: torch.Tensor, U: torch.Tensor, i: int, end: int, scale: torch.Tensor, offset: torch.Tensor,
+                bits: int, error_out: torch.Tensor) -> torch.Tensor:
+    """One GPTQ step: round column i of W, then correct columns i+1..end-1 for its error (in place).
+
+    The error, divided by U[i, i], is written to `error_out`; column j moves by -error * U[i, j] (GPTQ, eq. 3:
+    the change of the not-yet-quantized weights that keeps the layer's output on the calibration inputs closest).
+    Returns the quantized column.
+    """
+    q = offset + torch.clamp(torch.round((W[:, i] - offset) / scale), 0, 2 ** bits - 1) * scale
+    err = (W[:, i] - q) / U[i, i]
+    W[:, i + 1:end] -= err[:, None] * U[i, i + 1:end][None, :]
+    error_out.copy_(err)
+    return q
+
+
+def output_error(weight: torch.Tensor, new_weight: torch.Tensor, x: torch.Tensor) -> float:
+    """Mean squared change of the layer's output x @ W^T over the inputs `x` [n, in] when W becomes `new_weight`."""
+    return float(((x.float() @ (new_weight.float() - weight.float()).T) ** 2).mean())
+
+
+def awq_scales(weight: torch.Tensor, act_absmean: torch.Tensor, x: torch.Tensor, bits: int, group_size: int,
+               grid: int = 20) -> tuple[torch.Tensor, float]:
+    """AWQ-style per-input-channel scales s = mean|x|^alpha, alpha on a grid in [0, 1], and the alpha chosen.
+
+    Each candidate quantizes W * s, divides s back out, and is scored by the output error on the calibration
+    activations `x` [n, in]. alpha = 0 (s = 1) is plain RTN.
+    """
+    bits = check_bits(bits)
+    check_group(weight.shape[1], group_size)
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"grid must be a positive integer (the number of alpha steps), got {grid!r}.")
+    W, mean = weight.detach().float(), act_absmean.float().clamp(min=1e-5)
+    best = (math.inf, torch.ones_like(mean), 0.0)
+    for k in range(grid + 1):
+        alpha = k / grid
+        s = mean ** alpha
+        s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1 (as AWQ does); the grid is scale-free
+        err = output_error(W, rtn(W * s, bits, group_size) / s, x)
+        if err < best[0]:
+            best = (err, s, alpha)
+    return best[1], best[2]
+
+
+def awq(weight: torch.Tensor, act_absmean: torch.Tensor, x: torch.Tensor, bits: int, group_size: int,
+        grid: int = 20) -> torch.Tensor:
+    """AWQ-style weight: rtn(W * s) / s with the searched per-input-channel scales s (see awq_scales)."""
+    s, _ = awq_scales(weight, act_absmean, x, bits, group_size, grid)
+    return (rtn(weight.float() * s, bits, group_size) / s).to(weight.dtype)
+
+
+# --- calibration ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class InputStats:
+    """What calibration saw at one Linear layer's input: H = X^T X / n (GPTQ), mean |x| per channel and a sample of
+    token activations (AWQ)."""
+
+    H: torch.Tensor  # [in, in]
+    absmean: torch.Tensor  # [in]
+    sample: torch.Tensor  # [keep, in]: every stride-th token
+    tokens: int
+    _factors: dict = field(default_factory=dict, repr=False)
+
+    def factor(self, damp: float = 0.01) -> torch.Tensor:
+        """hessian_factor(H, damp), computed once and reused by every layer and setting that reads this input."""
+        if damp not in self._factors:
+            self._factors[damp] = hessian_factor(self.H, damp)
+        return self._factors[damp]
+
+
+def calibration_ids(tokenizer, texts: str | Sequence[str] | None, tokens: int | None = None,
+                    seq_len: int = 256) -> torch.Tensor:
+    """Calibration token ids [tokens // seq_len, seq_len] from `texts`; a ValueError for empty text."""
+    if texts is None or isinstance(texts, str) and not texts.strip() or \
+            not isinstance(texts, str) and not any(str(t).strip() for t in texts):
+        raise ValueError("The calibration text is empty: GPTQ-style and AWQ-style quantization need some text to "
+                         "record layer inputs on, e.g. labkit.slm.calibration_texts().")
+    if tokenizer is None:
+        raise ValueError("Pass the model's tokenizer to turn the calibration text into tokens.")
+    # 4096 by default: with 1024, GPTQ fitted SmolLM2's calibration text and did worse than RTN on other text
+    tokens = tokens or (2048 if fast_mode() else 4096)
+    if tokens < seq_len:
+        raise ValueError(f"tokens ({tokens}) must be at least seq_len ({seq_len}).")
+    return token_ids(tokenizer, texts, tokens // seq_len * seq_len).reshape(-1, seq_len)
+
+
+@torch.inference_mode()
+def calibration_stats(model: nn.Module, ids: torch.Tensor, keep: int = 256,
+                      batch_size: int = 4) -> dict[str, InputStats]:
+    """Inputs of every decoder Linear layer on the calibration token ids [n, seq_len], from one pass of the model.
+
+    Layers fed the same tensor (q, k, v; gate, up) share one record.
+    """
+    from .parts import device_of
+
+    layers = decoder_linears(model)
+    if ids.dim() != 2 or ids.numel() == 0:
+        raise ValueError(f"ids must be a non-empty [sequences, tokens] tensor, got shape {tuple(ids.shape)}.")
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1 (tokens of activations kept for AWQ's search), got {keep}.")
+    stride = max(1, ids.numel() // keep)
+    acc: dict[str, dict] = {}
+
+    def recorder(name: str, layer: nn.Linear):
+        acc[name] = {"H": torch.zeros(layer.in_features, layer.in_features), "abs": torch.zeros(layer.in_features),
+                     "sample": [], "n": 0}
+
+        def hook(module, args):
+            x = args[0].detach().reshape(-1, layer.in_features).float().cpu()
+            rec = acc[name]
+            rec["H"] += x.T @ x
+            rec["abs"] += x.abs().sum(dim=0)
+            first = (-rec["n"]) % stride  # the next token index that is a multiple of stride
+            rec["sample"].append(x[first::stride])
+            rec["n"] += len(x)
+
+        return layer.register_forward_pre_hook(hook)
+
+    sources = {name: input_source(model, name) for name in layers}
+    handles = [recorder(name, layers[name]) for name in set(sources.values())]
+    try:
+        for start in range(0, len(ids), batch_size):
+            model(input_ids=ids[start:start + batch_size].to(device_of(model)))
+    finally:
+        for h in handles:
+            h.remove()
+    stats = {}
+    for src, rec in acc.items():
+        n = rec["n"]
+        stats[src] = InputStats(rec["H"] / n, rec["abs"] / n, torch.cat(rec["sample"])[:keep], n)
+    return {name: stats[src] for name, src in sources.items()}
+
+
+# --- the model ----------------------------------------------------------------------------------------------------
+
+def quantize_model(model: nn.Module, method: str = "rtn", bits: int = 4, group_size: int = 32,
+                   calib_texts: str | Sequence[str] | None = None, tokenizer=None, *,
+                   stats: dict[str, InputStats] | None = None, inplace: bool = False, damp: float = 0.01,
+                   grid: int = 20) -> nn.Module:
+    """A copy of a causal LM whose decoder Linear weights are quantized by `method` ('rtn', 'gptq' or 'awq').
+
+    GPTQ and AWQ need calibration: `calib_texts` with the `tokenizer`, or `stats` from calibration_stats (reuse
+    them across settings). The head and embeddings stay as they are. The input model is left unchanged unless
+    `inplace`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(map(repr, METHODS))}.")
+    bits = check_bits(bits)
+    layers = decoder_linears(model)  # also checks it is a causal LM of a known family
+    for name, layer in layers.items():
+        check_group(layer.in_features, group_size, name)
+    if method != "rtn" and stats is None:
+        stats = calibration_stats(model, calibration_ids(tokenizer, calib_texts))
+    if method != "rtn" and set(layers) - set(stats):
+        raise ValueError("stats do not cover every decoder layer of this model: record them on this model with "
+                         "calibration_stats(model, ids).")
+    out = model if inplace else copy.deepcopy(model)
+    with torch.no_grad():
+        for name, layer in decoder_linears(out).items():
+            w = layer.weight
+            if method == "rtn":
+                new = rtn(w, bits, group_size)
+            elif method == "gptq":
+                new = gptq(w, stats[name].H, bits, group_size, damp, factor=stats[name].factor(damp))
+            else:
+                new = awq(w, stats[name].absmean, stats[name].sample, bits, group_size, grid)
+            w.copy_(new)
+    out.weightonly = {"method": method, "bits": bits, "group_size": group_size}
+    return out
+
+
+def _layers(model_or_layers) -> dict[str, nn.Linear]:
+    if isinstance(model_or_layers, nn.Linear):
+        return {"layer": model_or_layers}
+    if isinstance(model_or_layers, dict):
+        return model_or_layers
+    return decoder_linears(model_or_layers)
+
+
+def packed_bytes(model_or_layers, bits: int, group_size: int, channel_scales: bool = False) -> int:
+    """Bytes of the layers packed: `bits`-bit codes, a float16 scale and a float16 offset per group (+ bias).
+
+    A causal LM counts its decoder Linear layers. AWQ's per-input-channel scales fold into the previous layer in
+    a real deployment (no bytes); `channel_scales=True` counts them as one float16 per input instead.
+    """
+    bits = check_bits(bits)
+    total = 0
+    for name, layer in _layers(model_or_layers).items():
+        out_f, in_f = layer.weight.shape
+        groups = out_f * (in_f // check_group(in_f, group_size, name))
+        total += math.ceil(out_f * in_f * bits / 8) + 2 * groups + 2 * groups
+        total += 2 * in_f if channel_scales else 0
+        total += 0 if layer.bias is None else layer.bias.numel() * layer.bias.element_size()
+    return total
+
+
+def float_bytes(model_or_layers, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of the same layers' weights and biases stored as `dtype` (float32: 4 bytes each)."""
+    size = torch.finfo(dtype).bits // 8
+    return sum(p.numel() * size for layer in _layers(model_or_layers).values() for p in layer.parameters())
+
+
+# --- a real 4-bit kernel: torch's own CPU int4 matmul ------------------------------------------------------------
+
+class Int4Linear(nn.Module):
+    """A Linear whose weight is stored as packed 4-bit codes and run by torch's CPU int4 kernel.
+
+    torch.ops.aten._weight_int4pack_mm_for_cpu computes with w = (q - 8) * scale + zero per group (a float
+    zero); labkit's grid offset + q * scale is the same with zero = offset + 8 * scale, so it runs the very
+    weights `rtn` gives.
+    """
+
+    def __init__(self, linear: nn.Linear, group_size: int = 32):
+        super().__init__()
+        w = linear.weight.detach().float()
+        check_group(w.shape[1], group_size, "this layer")
+        scale, offset = group_params(w, 4, group_size)
+        codes = quantize_codes(w, scale, offset, 4, group_size).to(torch.int32)
+        self.in_features, self.out_features, self.group_size = w.shape[1], w.shape[0], group_size
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
+        # [in // group, out, 2]: scale and zero per group, the layout the kernel reads
+        self.register_buffer("scale_zero", torch.stack([scale, offset + 8 * scale], dim=-1).transpose(0, 1)
+                             .contiguous())
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.packed, self.group_size,
+                                                        self.scale_zero.to(x.dtype))
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+def int4_kernel(model: nn.Module, group_size: int = 32) -> nn.Module:
+    """A copy whose decoder Linear layers are Int4Linear (RTN 4-bit codes, torch's CPU int4 kernel)."""
+    from .parts import set_module
+
+    out = copy.deepcopy(model)
+    for name, layer in decoder_linears(out).items():
+        set_module(out, name, Int4Linear(layer, group_size))
+    return out.eval()
+
+
+def buffer_bytes(model: nn.Module) -> int:
+    """Bytes the decoder blocks really hold in memory (parameters and buffers: packed codes, scales, norms)."""
+    fam = check_causal_lm(model)
+    blocks = model.get_submodule(fam.blocks)
+    return sum(t.numel() * t.element_size() for t in list(blocks.parameters()) + list(blocks.buffers()))
+
+
+TORCHAO_CONFIGS = ("Int4WeightOnlyConfig", "IntxWeightOnlyConfig(int4)", "Int8DynamicActivationIntxWeightConfig(int4)")
+
+
+def torchao_int4(model: nn.Module, config: str, group_size: int = 32) -> nn.Module:
+    """A copy with torchao's `config` (one of TORCHAO_CONFIGS) on the decoder Linear layers; torchao's error if not.
+
+    torchao is not a labkit dependency (it is measured where it imports); ImportError when it is not installed.
+    """
+    import warnings
+
+    import torchao.quantization as ao
+    from torchao.quantization.granularity import PerGroup
+
+    makers = {
+        "Int4WeightOnlyConfig": lambda: ao.Int4WeightOnlyConfig(group_size=group_size),
+        "IntxWeightOnlyConfig(int4)": lambda: ao.IntxWeightOnlyConfig(weight_dtype=torch.int4,
+                                                                      granularity=PerGroup(group_size)),
+        "Int8DynamicActivationIntxWeightConfig(int4)": lambda: ao.Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=torch.int4, weight_granularity=PerGroup(group_size)),
+    }
+    if config not in makers:
+        raise ValueError(f"Unknown torchao config {config!r}; choose one of {', '.join(makers)}.")
+    names = set(decoder_linears(model))
+    out = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ao.quantize_(out, makers[config](), filter_fn=lambda m, fqn: fqn in names)
+    return out.eval()
