@@ -189,7 +189,7 @@ def _expected_meta(config: TrainConfig) -> dict:
 
 
 def _train(model: torch.nn.Module, tokenizer, dataset: "data.TextData", config: TrainConfig, progress: bool,
-           desc: str) -> dict:
+           desc: str, precision: str = "fp32") -> dict:
     """Fine-tune `model` in place on `dataset`'s training split through train.fit; what was done, for the record."""
     from . import train as train_mod
 
@@ -198,7 +198,8 @@ def _train(model: torch.nn.Module, tokenizer, dataset: "data.TextData", config: 
     start = time.perf_counter()
     # transformers' linear warm-up and decay, AdamW with weight decay 0.01, gradient clipping at 1 (train.fit)
     train_mod.fit(model, tokenizer, rows["text"], rows["label"], steps, lr=config.lr, batch_size=config.batch_size,
-                  seed=config.seed, warmup=config.warmup, decay=True, weight_decay=0.01, progress=progress, desc=desc)
+                  seed=config.seed, warmup=config.warmup, decay=True, weight_decay=0.01, progress=progress, desc=desc,
+                  precision=precision)
     return {"steps": steps, "train_snippets": len(rows), "train_seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -400,7 +401,7 @@ def fine_tuned_dir() -> Path:
 
 def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, config: TrainConfig | None = None,
               device=None, inplace: bool = False, new_head: bool = False, retrain: bool = False,
-              progress: bool = True) -> tuple[torch.nn.Module, dict]:
+              progress: bool = True, precision: str = "fp32") -> tuple[torch.nn.Module, dict]:
     """(model, record): a supported classifier fine-tuned on `data` (the active data by default), cached.
 
     `model_or_path` is a model object (copied unless `inplace`) or a local folder saved with save_pretrained
@@ -408,8 +409,10 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
     the tokenizer object or its folder. The result is cached (atomic, sha256-checked safetensors) under a key
     of the model, the data's split hash, the tokenizer and the settings: a second call loads it, no training.
     `new_head=True` replaces the output layer of a classifier whose label count differs from the data's.
+    `precision="bf16"` trains under bf16 autocast (fp16 on CUDA, with a GradScaler); the weights stay fp32.
     """
     from . import data as data_mod, parts
+    from . import precision as precision_lib
 
     dataset = data_mod.active() if data is None else data
     if not isinstance(dataset, data_mod.TextData):
@@ -443,8 +446,11 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
     check_pair(model, tok)
     _name_labels(model, dataset.label_names)
     model = model.to(dev)
+    precision_lib.autocast(dev, precision)  # an unknown precision, or fp16 off CUDA: refused before any work
     expected = {"recipe": RECIPE, "config": asdict(config), "data_hash": dataset.split_hash, "model_key": key,
                 "tokenizer_sha256": tokenizer_sha256(tok), "labels": list(dataset.label_names)}
+    if precision != "fp32":  # fp32 leaves the key as it was, so models cached before this option stay valid
+        expected["precision"] = precision
     digest = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:16]
     slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in dataset.name)[:40]
     path = fine_tuned_dir() / f"{slug}-{digest}.safetensors"
@@ -458,7 +464,7 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
         raise ValueError(f"The cache {cache_dir()} is read-only and holds no fine-tuned model for this model, data and "
                          f"settings ({path.name}). Point LABKIT_CACHE at a writable folder (or unset "
                          "LABKIT_CACHE_READONLY), or ask whoever prepared the cache to run this fine_tune there.")
-    done = _train(model, tok, dataset, config, progress, f"fine-tuning on {dataset.name}")
+    done = _train(model, tok, dataset, config, progress, f"fine-tuning on {dataset.name}", precision)
     record = dict(expected, **done, **_test_record(model, tok, dataset, config.eval_limit), data_name=dataset.name,
                   model_class=type(model).__name__, device=str(dev), threads=torch.get_num_threads(),
                   labkit_version=__version__, torch_version=torch.__version__)

@@ -354,6 +354,23 @@ def test_fine_tune_trains_once_caches_and_leaves_the_callers_model_alone(family,
     assert model.fine_tune(m, tokenizer, other, SMALL, progress=False)[1]["path"] != record["path"]
 
 
+def test_fine_tune_in_bf16_autocast_is_cached_apart_and_keeps_fp32_weights(tokenizer, cache, monkeypatch):
+    from labkit import train
+
+    m = parts.tiny_classifier("BERT", 3)
+    seen = []
+    real_fit = train.fit
+    monkeypatch.setattr(train, "fit", lambda *a, **k: seen.append(k.get("precision")) or real_fit(*a, **k))
+    fp32, plain = model.fine_tune(m, tokenizer, _toy(), SMALL, progress=False)
+    bf16, mixed = model.fine_tune(m, tokenizer, _toy(), SMALL, progress=False, precision="bf16")
+    assert seen == ["fp32", "bf16"] and mixed["precision"] == "bf16" and "precision" not in plain
+    assert mixed["path"] != plain["path"]  # another recipe, another cache entry; fp32's key is as before
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())  # autocast: the master weights stay fp32
+    with pytest.raises(ValueError, match="bf16"):  # fp16 autocast is for CUDA: refused on the CPU before training
+        model.fine_tune(m, tokenizer, _toy(), SMALL, progress=False, precision="fp16")
+    assert seen == ["fp32", "bf16"]
+
+
 def test_fine_tune_from_a_folder_gives_a_base_model_a_new_head_and_inplace_trains_the_object(tokenizer, cache,
                                                                                             tmp_path):
     from transformers import BertModel
