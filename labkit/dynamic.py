@@ -696,20 +696,21 @@ def quantization_robustness(model: nn.Module, tokenizer, kinds=("normal", "long"
     """Accuracy (with its 95% interval) and agreement with fp32 of fp32, real dynamic int8, simulated dynamic and
     simulated static int8, on each kind of input."""
     ranges = calibrate_ranges(model, tokenizer, calibration_texts(calibration_size))
-    models = {"fp32": model, "dynamic int8 (real)": dynamic_int8(model),
-              "dynamic int8 (simulated)": simulated_int8(model),
-              "static int8 (simulated)": simulated_int8(model, ranges)}
-    rows = []
-    for kind in kinds:
-        df = shifted_test(kind, limit)
-        labels = df["label"].to_numpy()
-        ref = measure.predict(model, tokenizer, df["text"])
-        for name, m in models.items():
-            preds = ref if m is model else measure.predict(m, tokenizer, df["text"])
-            ci = measure.accuracy_ci(preds, labels)
-            rows.append({"inputs": kind, "model": name, "accuracy": ci["accuracy"], "lo": ci["lo"], "hi": ci["hi"],
-                         "n": ci["n"], "agreement": measure.agreement(preds, ref)})
-    return pd.DataFrame(rows)
+    builders = {"fp32": lambda: model, "dynamic int8 (real)": lambda: dynamic_int8(model),
+                "dynamic int8 (simulated)": lambda: simulated_int8(model),
+                "static int8 (simulated)": lambda: simulated_int8(model, ranges)}
+    shifted = {kind: shifted_test(kind, limit) for kind in kinds}
+    refs = {kind: measure.predict(model, tokenizer, df["text"]) for kind, df in shifted.items()}
+    rows = {}
+    for name, build in builders.items():  # one compressed copy alive at a time: a classroom hub has 1-2 GB
+        m = build()
+        for kind, df in shifted.items():
+            preds = refs[kind] if m is model else measure.predict(m, tokenizer, df["text"])
+            ci = measure.accuracy_ci(preds, df["label"].to_numpy())
+            rows[kind, name] = {"inputs": kind, "model": name, "accuracy": ci["accuracy"], "lo": ci["lo"],
+                                "hi": ci["hi"], "n": ci["n"], "agreement": measure.agreement(preds, refs[kind])}
+        del m
+    return pd.DataFrame([rows[kind, name] for kind in kinds for name in builders])
 
 
 # --- gradual magnitude pruning during fine-tuning ----------------------------------------------------

@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from . import __version__, data, fast_mode
@@ -90,6 +91,19 @@ def fresh_classifier(num_labels: int = 2) -> torch.nn.Module:
 
     return AutoModelForSequenceClassification.from_pretrained(base_model_path(), num_labels=num_labels,
                                                               local_files_only=not hub_allowed())
+
+
+def _empty_classifier(num_labels: int) -> torch.nn.Module:
+    """The base architecture with a classification head, built from its config alone (weights to be read in).
+
+    from_pretrained would read the base encoder's weights only for the cached ones to overwrite them.
+    """
+    _quiet_transformers()
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cfg = AutoConfig.from_pretrained(base_model_path(), num_labels=num_labels, local_files_only=not hub_allowed())
+    with torch.random.fork_rng(devices=[]):  # the throwaway initial weights leave the caller's random stream alone
+        return AutoModelForSequenceClassification.from_config(cfg).eval()
 
 
 @dataclass(frozen=True)
@@ -169,6 +183,12 @@ def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict) -> dict:
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Load safetensors weights after checking them against the sha256 in their metadata file."""
+    meta = checked_meta(path)
+    return load_file(str(path)), meta
+
+
+def checked_meta(path: Path) -> dict:
+    """The metadata of the safetensors weights at `path`, after checking the file against its sha256."""
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path} (or its metadata {meta_path.name}).")
@@ -180,7 +200,38 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if actual != meta.get("sha256"):
         raise ValueError(f"{path} does not match the sha256 recorded in {meta_path.name} "
                          f"(truncated or tampered); delete it and rebuild it.")
-    return load_file(str(path)), meta
+    return meta
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_weights_into(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Fill `model`'s parameters and buffers in place from the safetensors file at `path`; returns `model`.
+
+    load_file + load_state_dict holds a second copy of every weight beside the model's while it loads (a peak
+    twice the model); reading one tensor at a time (safetensors' safe_open) and copying it into the model's own
+    storage adds only the largest tensor, which matters on a classroom hub (1-2 GB for the kernel and Jupyter
+    together). Names, shapes and dtypes are all checked before anything is written.
+    """
+    own = model.state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+        missing, unexpected = sorted(set(own) - names), sorted(names - set(own))
+        if missing or unexpected:
+            raise ValueError(f"{path} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                             "it was saved from another architecture: delete it and rebuild it.")
+        for name in names:
+            info, dst = f.get_slice(name), own[name]
+            if _SAFETENSORS_DTYPES.get(info.get_dtype()) != dst.dtype or list(dst.shape) != list(info.get_shape()):
+                raise ValueError(f"{name} in {path} is {info.get_dtype()} {info.get_shape()}, the model's is "
+                                 f"{dst.dtype} {list(dst.shape)}: delete the file and rebuild it.")
+        with torch.no_grad():
+            for name in names:
+                own[name].copy_(f.get_tensor(name))
+    return model
 
 
 def _expected_meta(config: TrainConfig) -> dict:
@@ -196,10 +247,11 @@ def _train(model: torch.nn.Module, tokenizer, dataset: "data.TextData", config: 
     rows = dataset.split("train", limit=config.train_size)
     steps = -(-len(rows) // config.batch_size) * config.epochs
     start = time.perf_counter()
-    # transformers' linear warm-up and decay, AdamW with weight decay 0.01, gradient clipping at 1 (train.fit)
+    # transformers' linear warm-up and decay, AdamW with weight decay 0.01, gradient clipping at 1 (train.fit).
+    # Not lean (train.fit): this runs once (`labkit prepare`, before class), where time matters more than memory.
     train_mod.fit(model, tokenizer, rows["text"], rows["label"], steps, lr=config.lr, batch_size=config.batch_size,
                   seed=config.seed, warmup=config.warmup, decay=True, weight_decay=0.01, progress=progress, desc=desc,
-                  precision=precision)
+                  lean=False, precision=precision)
     return {"steps": steps, "train_snippets": len(rows), "train_seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -237,19 +289,18 @@ def train_baseline(config: TrainConfig | None = None, device=None,
     return model, record
 
 
-def _cached_state(path: Path, expected: dict, what: str) -> dict[str, torch.Tensor] | None:
-    """The cached weights at `path` if their record matches `expected`; None (after a warning) to rebuild them.
-
-    A read-only cache that cannot be used raises instead, since nothing may be rebuilt there.
+def _load_cached(model_fn, path: Path, expected: dict, what: str) -> torch.nn.Module | None:
+    """`model_fn()` filled with the cached weights at `path` if their record matches `expected`; None (after a
+    warning) to rebuild them. A read-only cache that cannot be used raises instead: nothing may be rebuilt there.
     """
     try:
-        state, meta = read_checkpoint(path)
+        meta = checked_meta(path)
         stale = [k for k, v in expected.items() if meta.get(k) != v]
         if stale:
             by = meta.get("labkit_version")
             raise ValueError(f"cached {what} is stale ({', '.join(stale)} changed; prepared by labkit "
                              f"{by}, this is labkit {__version__})")
-        return state
+        return read_weights_into(model_fn(), path)
     except (ValueError, FileNotFoundError, OSError) as err:
         if cache_writable():
             warnings.warn(f"Rebuilding the {what}: {err}", stacklevel=3)
@@ -266,11 +317,10 @@ def load_baseline(device=None, config: TrainConfig | None = None, retrain: bool 
     path = baseline_path(config)
     tokenizer = load_tokenizer()
     if not retrain and path.exists():
-        state = _cached_state(path, _expected_meta(config), "baseline")
-        if state is not None:
-            model = fresh_classifier(data.active().num_labels)
+        model = _load_cached(lambda: _empty_classifier(data.active().num_labels), path, _expected_meta(config),
+                             "baseline")
+        if model is not None:
             _name_labels(model, data.labels())
-            model.load_state_dict(state)
             return model.to(dev).eval(), tokenizer
     if not cache_writable():
         raise ValueError(
@@ -455,9 +505,7 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
     slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in dataset.name)[:40]
     path = fine_tuned_dir() / f"{slug}-{digest}.safetensors"
     if not retrain and path.exists():
-        state = _cached_state(path, expected, "fine-tuned model")
-        if state is not None:
-            model.load_state_dict(state)
+        if _load_cached(lambda: model, path, expected, "fine-tuned model") is not None:
             meta = json.loads(path.with_suffix(".json").read_text())
             return model.eval(), dict(meta, path=str(path), cached=True)
     if not cache_writable():

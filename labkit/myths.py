@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from . import model as model_lib
-from . import parts
+from . import memory, parts
 
 
 def article_quantize(params: list[np.ndarray]) -> None:
@@ -77,8 +77,11 @@ def training_step_times(model: torch.nn.Module, tokenizer, steps: int = 3, batch
                         warmup: int = 1) -> dict[str, dict]:
     """Time fine-tuning steps (forward, backward, AdamW) in float32 and in mixed precision, interleaved.
 
-    Each precision trains its own copy of `model` on the same real training snippets, step by step in turn, so
-    drift on a busy machine hits both alike. Returns {precision: {median_ms, steps, batch_size, loss}}.
+    The precisions take turns, step by step, on the same real training snippets, so drift on a busy machine hits
+    both alike. They share one copy of `model` and one AdamW: a copy with its gradients and AdamW's two moments is
+    four times the weights, and a step costs the same whatever values the weights hold, so a second copy would
+    only double the memory (a classroom hub gives 1-2 GB). Returns {precision: {median_ms, steps, batch_size,
+    loss}}, the loss being that precision's last step's.
     """
     from . import data
 
@@ -90,16 +93,15 @@ def training_step_times(model: torch.nn.Module, tokenizer, steps: int = 3, batch
     dev = next(model.parameters()).device
     train = data.split("train", limit=batch_size * (steps + warmup))
     batches = [b.to(dev) for b in data.batches(train["text"], train["label"], tokenizer, batch_size, shuffle_seed=0)]
-    runs = {}
-    for name, dtype in _precisions(dev).items():
-        m = model_lib.clone(model).train()
-        scaler = torch.amp.GradScaler(dev.type) if dtype == torch.float16 else None
-        runs[name] = (m, torch.optim.AdamW(m.parameters(), lr=1e-5), dtype, scaler)
+    m = model_lib.clone(model).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
+    runs = {name: (dtype, torch.amp.GradScaler(dev.type) if dtype == torch.float16 else None)
+            for name, dtype in _precisions(dev).items()}
     times: dict[str, list[float]] = {name: [] for name in runs}
     losses: dict[str, float] = {}
     for i in range(warmup + steps):
         batch = batches[i % len(batches)]
-        for name, (m, opt, dtype, scaler) in runs.items():
+        for name, (dtype, scaler) in runs.items():
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
@@ -118,5 +120,8 @@ def training_step_times(model: torch.nn.Module, tokenizer, steps: int = 3, batch
             if i >= warmup:
                 times[name].append((time.perf_counter() - t0) * 1000)
             losses[name] = float(loss.detach())
+            memory.trim()  # untimed: hands back the step's freed activations, so the heap does not grow per step
+    del m, opt, loss  # the copy, its gradients and AdamW's state: freed, and given back to the system
+    memory.release()
     return {name: {"median_ms": statistics.median(ts), "steps": steps, "batch_size": batch_size,
                    "loss": losses[name]} for name, ts in times.items()}

@@ -629,8 +629,9 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None =
     beside `model`. `limit` (test snippets) and `steps` (recovery batches) shrink the work for tests only."""
     steps = (20 if fast_mode() else 60) if steps is None else steps
     t0 = time.perf_counter()
-    sparse = recover(magnitude(model, 0.5, "global"), tokenizer, steps)
-    small = recover(structured(model, heads=1 / 3, ffn=0.7), tokenizer, steps)
+    # Each pruned copy is new here, so it is trained in place: no second copy while it trains.
+    sparse = recover(magnitude(model, 0.5, "global"), tokenizer, steps, inplace=True)
+    small = recover(structured(model, heads=1 / 3, ffn=0.7), tokenizer, steps, inplace=True)
     kept, shape = shape_summary(small).iloc[0], shape_summary(model).iloc[0]
     label = f"{kept['heads']}/{shape['heads']} heads, {kept['ffn_neurons']}/{shape['ffn_neurons']} FFN"
     models = {f"prune: 50% global magnitude +{steps} steps": sparse, f"prune: {label} +{steps} steps": small}
@@ -646,8 +647,9 @@ def recovery_curve(model: nn.Module, tokenizer, sparsities, steps: int | None = 
     rows = []
     for s in sparsities:
         pruned = magnitude(model, float(s), scope)
-        tuned = recover(pruned, tokenizer, steps)
-        before, after = _quick_ci(pruned, tokenizer, limit), _quick_ci(tuned, tokenizer, limit)
+        before = _quick_ci(pruned, tokenizer, limit)
+        tuned = recover(pruned, tokenizer, steps, inplace=True)  # measured before: no second copy to train
+        after = _quick_ci(tuned, tokenizer, limit)
         rows.append({"sparsity": float(s), "before": before["accuracy"], "before_lo": before["lo"],
                      "before_hi": before["hi"], "after": after["accuracy"], "after_lo": after["lo"],
                      "after_hi": after["hi"], "still_sparse": sparsity_of(tuned)["sparsity"]})
@@ -663,10 +665,9 @@ def structured_table(model: nn.Module, tokenizer, settings, steps: int | None = 
     models, rows = {"dense": model}, []
     for heads, ffn in settings:
         small = structured(model, heads=heads, ffn=ffn)
-        tuned = recover(small, tokenizer, steps)
         name = f"-{heads:.0%} heads, -{ffn:.0%} FFN"
-        models[name] = tuned
         rows.append({"model": name, "accuracy_pruned": _quick_accuracy(small, tokenizer, limit)})
+        models[name] = recover(small, tokenizer, steps, inplace=True)  # measured before: no second copy to train
     lat = measure.compare_latency(models, tokenizer, 32)
     out = pd.DataFrame([{"model": "dense", "accuracy_pruned": None}] + rows)
     cis = [_quick_ci(m, tokenizer, limit) for m in models.values()]

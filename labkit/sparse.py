@@ -759,6 +759,7 @@ def dictionary_tradeoff(model: nn.Module, tokenizer, layer: str, settings, limit
                      "pruned_accuracy": cp["accuracy"], "pruned_lo": cp["lo"], "pruned_hi": cp["hi"],
                      "coded_minus_pruned": diff["difference"], "diff_lo": diff["lo"], "diff_hi": diff["hi"],
                      "p_value": diff["p_value"], "n": cc["n"]})
+        del coded, pruned  # two copies of the model: gone before the next setting builds its own
     return pd.DataFrame(rows)
 
 

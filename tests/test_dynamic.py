@@ -353,3 +353,12 @@ def test_choose_keep_ratio_refuses_the_test_split_and_picks_the_smallest_good_ra
     assert dynamic.choose_keep_ratio(sweep, 0.999)["keep_ratio"] == 1.0
     with pytest.raises(ValueError, match="validation"):
         dynamic.choose_keep_ratio(sweep.assign(split="test"))
+
+
+def test_quantization_robustness_rows_every_kind_and_model_in_order(tiny_model, tokenizer):
+    df = dynamic.quantization_robustness(tiny_model, tokenizer, kinds=("normal", "upper"), calibration_size=8,
+                                         limit=12)
+    models = ["fp32", "dynamic int8 (real)", "dynamic int8 (simulated)", "static int8 (simulated)"]
+    assert list(zip(df["inputs"], df["model"])) == [(k, m) for k in ("normal", "upper") for m in models]
+    assert (df[df["model"] == "fp32"]["agreement"] == 1.0).all() and (df["n"] == 12).all()
+    assert ((df["lo"] <= df["accuracy"]) & (df["accuracy"] <= df["hi"])).all()

@@ -1,0 +1,88 @@
+"""Memory for classroom hubs (issue 17): weights read into place, recomputed activations, freed pages returned."""
+
+import pytest
+import torch
+
+from labkit import memory, model, parts, train
+
+TRAIN = (["a fine film", "a dull film", "great acting", "boring plot"] * 4, [1, 0, 1, 0] * 4)
+
+
+@pytest.mark.parametrize("env, want", [({"LABKIT_LEAN": "1"}, True), ({"LABKIT_LEAN": "0", "MEM_LIMIT": "1G"}, False),
+                                       ({"MEM_LIMIT": "2G"}, True), ({"MEM_LIMIT": "2147483648"}, True),
+                                       ({"MEM_LIMIT": "16G"}, False)])
+def test_tight_reads_the_override_then_the_hubs_limit(monkeypatch, env, want):
+    monkeypatch.setattr(memory, "_cgroup_limit", lambda: None)
+    for name in ("LABKIT_LEAN", "MEM_LIMIT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert memory.tight() is want
+
+
+def test_a_small_cgroup_limit_is_tight(monkeypatch):
+    for name in ("LABKIT_LEAN", "MEM_LIMIT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(memory, "_cgroup_limit", lambda: 2 * 2 ** 30)
+    assert memory.tight()
+    monkeypatch.setattr(memory, "_cgroup_limit", lambda: 64 * 2 ** 30)
+    assert not memory.tight()
+
+
+def test_release_and_trim_run_everywhere():
+    assert memory.release() is None and memory.trim() is None  # glibc: malloc_trim; elsewhere nothing to trim
+
+
+@pytest.mark.parametrize("family", [f.name for f in parts.FAMILIES])
+def test_lean_fine_tuning_trains_to_the_same_weights_and_is_undone(family, tokenizer):
+    lean, plain = parts.tiny_classifier(family), parts.tiny_classifier(family)
+    hist = train.fit(lean, tokenizer, *TRAIN, steps=3, lr=1e-2, batch_size=8, lean=True)
+    ref = train.fit(plain, tokenizer, *TRAIN, steps=3, lr=1e-2, batch_size=8, lean=False)
+    # dropout's random state is replayed in the recomputation; the fused AdamW rounds its last bit differently
+    assert [h["loss"] for h in hist] == pytest.approx([h["loss"] for h in ref], abs=1e-5)
+    for (name, a), b in zip(lean.state_dict().items(), plain.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+    assert not lean.is_activation_checkpointing and not getattr(lean, "_require_grads_hooks", [])
+    assert not lean.get_input_embeddings()._forward_hooks  # the embeddings' hook is gone again
+
+
+def test_recomputed_activations_give_the_same_gradients(tiny_model, tokenizer):
+    enc = dict(tokenizer(TRAIN[0][:4], padding=True, return_tensors="pt"))
+    grads = []
+    for on in (True, False):
+        tiny_model.zero_grad()
+        tiny_model.train()
+        torch.manual_seed(0)  # the same dropout masks in both runs
+        with train.recomputed_activations(tiny_model, on):
+            tiny_model(**enc, labels=torch.tensor(TRAIN[1][:4])).loss.backward()
+        grads.append([p.grad.clone() for p in tiny_model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_a_model_already_recomputing_is_left_so(tokenizer):
+    m = parts.tiny_classifier("BERT")
+    m.activation_checkpointing_enable({"use_reentrant": False})
+    train.fit(m, tokenizer, *TRAIN, steps=1, batch_size=8)
+    assert m.is_activation_checkpointing
+
+
+def test_weights_are_read_into_place_all_or_nothing(tmp_path, tiny_model):
+    path = tmp_path / "m.safetensors"
+    model.save_checkpoint(tiny_model, path, {})
+    target = model.clone(tiny_model)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.zero_()
+    storage = next(target.parameters()).data_ptr()
+    assert model.read_weights_into(target, path) is target
+    assert next(target.parameters()).data_ptr() == storage  # the model's own tensors, no second copy
+    for (name, a), b in zip(target.state_dict().items(), tiny_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    other = parts.tiny_classifier("BERT", num_labels=3)  # the head's shape differs
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match="rebuild"):
+        model.read_weights_into(other, path)
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())  # nothing was written
+    with pytest.raises(ValueError, match="does not fit"):
+        model.read_weights_into(parts.tiny_classifier("DistilBERT"), path)
