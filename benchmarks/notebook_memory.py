@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/notebook_memory.py                  # fast mode, every notebook in notebooks/
     LABKIT_FAST=0 .venv/bin/python benchmarks/notebook_memory.py    # full size
     .venv/bin/python benchmarks/notebook_memory.py notebooks/03*.ipynb
+    .venv/bin/python benchmarks/notebook_memory.py --write          # also record the peaks in labkit, where each
+                                                                    # notebook's opening cell reads them
     LABKIT_LEAN=0 .venv/bin/python benchmarks/notebook_memory.py    # as on a machine with memory to spare
 
 Kernels train lean (train.fit: recomputed activations, fused AdamW, freed pages handed back) as they do on a hub or
@@ -50,8 +52,25 @@ def peak_rss(path: Path, timeout: int = 1800) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
+def record(mode: str, peaks: dict[str, int], how: str) -> Path:
+    """Write this mode's peaks into labkit/notebook_memory.json (memory.needs reads it), keeping the other mode's."""
+    import json
+
+    from labkit import memory
+
+    table = memory.measured() or {"fast": {}, "full": {}}
+    table.setdefault(mode, {}).update(peaks)
+    table["how"] = how
+    tmp = memory.MEASURED.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    tmp.replace(memory.MEASURED)  # atomic: a reader never sees half a file
+    return memory.MEASURED
+
+
 def main(argv: list[str]) -> int:
-    """Print a markdown table of peak kernel memory per notebook."""
+    """Print a markdown table of peak kernel memory per notebook (--write also records it in labkit)."""
+    write = "--write" in argv
+    argv = [a for a in argv if a != "--write"]
     paths = [Path(a) for a in argv] or sorted((ROOT / "notebooks").glob("*.ipynb"))
     os.environ.setdefault("LABKIT_FAST", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,10 +79,17 @@ def main(argv: list[str]) -> int:
     lean = "lean training" if os.environ["LABKIT_LEAN"] == "1" else "training not lean"
     print(f"Peak kernel RSS, {mode} mode, {lean}, one fresh kernel per notebook\n")
     print("| notebook | peak kernel RSS | at the end | run time |\n| --- | --- | --- | --- |")
+    peaks = {}
     for path in paths:
         r = peak_rss(path)
+        peaks[path.stem] = r["peak_bytes"]
         print(f"| {path.stem} | {r['peak_bytes'] / GIB:.2f} GiB | {r['final_bytes'] / GIB:.2f} GiB | "
               f"{r['seconds']:.0f} s |", flush=True)
+    if write:
+        from labkit import measure
+
+        how = f"{lean}, {measure.cpu_name()}, {time.strftime('%Y-%m-%d')}"
+        print(f"\nrecorded in {record(mode, peaks, how)}")
     return 0
 
 

@@ -22,9 +22,12 @@ GIB = 1024 ** 3
 _UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}  # JupyterHub's ByteSpecification
 
 # Memory per learner: the Jupyter server and all of the learner's kernels together. From
-# benchmarks/notebook_memory.py (peak kernel RSS of each notebook in a fresh kernel); 2G is a placeholder until
-# that table is measured for every notebook: notebook 00's learner edition peaked at 1.44 GiB in fast mode.
-MEM_LIMIT = "2G"
+# benchmarks/notebook_memory.py --write (labkit/notebook_memory.json, the peak kernel RSS of each notebook in a fresh
+# kernel, lean training as on a hub): the largest fast-mode peak plus SERVER_ALLOWANCE for the Jupyter server,
+# rounded up to a quarter GiB (tests/test_hub.py checks it against the recorded table). One notebook at a time fits;
+# a second open notebook is what the kernels' memory check tells the learner to close.
+SERVER_ALLOWANCE = 0.25 * 1024 ** 3  # an allowance for the single-user Jupyter server, not a measurement
+MEM_LIMIT = "2304M"  # 2.25 GiB: the largest recorded peak plus the allowance, rounded up
 # Kubernetes reserves the guarantee on a node. A class runs the same notebook at the same time, so peaks
 # coincide: reserving less than the limit would let a full node kill kernels mid-lesson.
 MEM_GUARANTEE = MEM_LIMIT

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
+import json
 import os
 from pathlib import Path
 
@@ -49,21 +50,48 @@ def _cgroup_limit() -> int | None:
     return None
 
 
-def _size(text: str) -> int | None:
-    """Bytes from a JupyterHub-style size ("2G", "512M", "1.5G" or a plain number), None if it is not one."""
-    units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
-    text = text.strip().upper()
-    try:
-        return int(float(text[:-1]) * units[text[-1]]) if text[-1:] in units else int(float(text))
-    except ValueError:
-        return None
-
-
 def tight() -> bool:
     """True where this kernel should spend time to save memory: LABKIT_LEAN=1 (or 0 to say no), else a limit under
     4 GiB, read from MEM_LIMIT (set by JupyterHub and Binder) or the cgroup."""
     said = os.environ.get("LABKIT_LEAN", "").strip()
     if said in ("0", "1"):
         return said == "1"
-    limits = [_size(os.environ["MEM_LIMIT"]) if os.environ.get("MEM_LIMIT") else None, _cgroup_limit()]
-    return any(limit is not None and limit < TIGHT_BELOW for limit in limits)
+    return any(limit is not None and limit < TIGHT_BELOW for limit in (_env_limit(), _cgroup_limit()))
+
+
+def _env_limit() -> int | None:
+    """MEM_LIMIT in bytes (JupyterHub and Binder set it), or None when unset or unreadable."""
+    from .hub import parse_bytes  # hub's reader of JupyterHub sizes; imported here, as hub may import this module
+
+    try:
+        return parse_bytes(os.environ["MEM_LIMIT"]) if os.environ.get("MEM_LIMIT") else None
+    except ValueError:
+        return None
+
+
+MEASURED = Path(__file__).with_name("notebook_memory.json")  # written by benchmarks/notebook_memory.py --write
+
+
+def measured() -> dict:
+    """The recorded peak kernel memory per notebook ({"fast"|"full": {stem: bytes}, "how": ...}), {} if none."""
+    try:
+        return json.loads(MEASURED.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def needs(notebook: str) -> str:
+    """One line for a notebook's opening cell: its measured peak kernel memory here, and this kernel's limit."""
+    from . import fast_mode
+
+    mode = "fast" if fast_mode() else "full"
+    table = measured().get(mode, {})
+    stem = next((k for k in table if k == notebook or k.split("_")[0] == notebook), None)
+    if stem is None:
+        return f"memory: {notebook} has no measured peak in {mode} mode yet (benchmarks/notebook_memory.py --write)."
+    text = f"memory: this notebook's kernel peaked at {table[stem] / 2 ** 30:.2f} GiB in {mode} mode " \
+           f"(benchmarks/notebook_memory.py, {measured().get('how', 'measured')})"
+    limit = _env_limit()
+    if limit is not None:
+        text += f"; your limit is {limit / 2 ** 30:.2f} GiB for this kernel, the server and any other open notebook"
+    return text + "."

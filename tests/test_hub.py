@@ -44,6 +44,15 @@ def test_sizes_parse_as_jupyterhub_reads_them():
         classroom.parse_bytes("2 gigs")
 
 
+def test_memory_limit_holds_the_largest_measured_notebook_and_the_server():
+    from labkit import memory
+
+    peak = max(memory.measured()["fast"].values())
+    need = peak + classroom.SERVER_ALLOWANCE
+    limit = classroom.parse_bytes(classroom.MEM_LIMIT)
+    assert need <= limit < need + 0.25 * 1024 ** 3 + 1, "set MEM_LIMIT from labkit/notebook_memory.json"
+
+
 def test_limits_are_consistent():
     assert classroom.parse_bytes(classroom.MEM_GUARANTEE) <= classroom.parse_bytes(classroom.MEM_LIMIT)
     assert 0 < classroom.CPU_GUARANTEE <= classroom.CPU_LIMIT

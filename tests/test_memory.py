@@ -1,5 +1,7 @@
 """Memory for classroom hubs (issue 17): weights read into place, recomputed activations, freed pages returned."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -18,6 +20,24 @@ def test_tight_reads_the_override_then_the_hubs_limit(monkeypatch, env, want):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert memory.tight() is want
+
+
+def test_needs_reads_the_measured_table_and_names_the_limit(monkeypatch, tmp_path):
+    table = tmp_path / "m.json"
+    table.write_text('{"fast": {"02_quantization": 1073741824}, "full": {}, "how": "a test"}')
+    monkeypatch.setattr(memory, "MEASURED", table)
+    monkeypatch.setenv("LABKIT_FAST", "1")
+    monkeypatch.setenv("MEM_LIMIT", "2G")
+    line = memory.needs("02")
+    assert "1.00 GiB in fast mode" in line and "a test" in line and "limit is 2.00 GiB" in line
+    assert "no measured peak" in memory.needs("05")
+    monkeypatch.setattr(memory, "MEASURED", tmp_path / "absent.json")
+    assert "no measured peak" in memory.needs("02")
+
+
+def test_every_notebook_has_a_measured_fast_peak():
+    stems = {p.stem for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")}
+    assert stems <= set(memory.measured()["fast"]), "run benchmarks/notebook_memory.py --write"
 
 
 def test_a_small_cgroup_limit_is_tight(monkeypatch):
