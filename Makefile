@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.labkit-installed
 
 export HF_HUB_OFFLINE = 1
 
-.PHONY: tour tour-fast test install lab workshop browser clean-cache course hub lock test-solutions
+.PHONY: tour tour-fast test install lab lab-zh workshop browser clean-cache course hub lock test-solutions
 
 $(STAMP): requirements-assets.txt pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,12 +24,17 @@ $(STAMP): requirements-assets.txt pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The browser tests drive Debian's Chromium through Playwright; no browser is ever downloaded.
+# The browser tests drive Debian's Chromium through Playwright; no browser is ever downloaded. fonts-noto-cjk draws
+# the Chinese edition (notebooks_zh/) in the browser and in matplotlib; without it the plots keep English labels.
 BROWSER_STAMP := $(VENV)/.labkit-browser
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 $(BROWSER_STAMP): $(STAMP)
 	if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; fi
+	# The fonts are optional (without them the plots keep English labels), so a machine without apt's network
+	# still runs the tests.
+	if ! dpkg -s fonts-noto-cjk >/dev/null 2>&1 && command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get install -y -qq fonts-noto-cjk || echo "fonts-noto-cjk not installed: Chinese plots keep English labels"; fi
 	touch $(BROWSER_STAMP)
 
 browser: $(BROWSER_STAMP)
@@ -41,7 +46,8 @@ tour-fast: $(STAMP)
 	$(PY) -m labkit tour --fast
 
 # Tests and notebooks run in fast mode (smaller data, fewer steps, same code path); LABKIT_FAST=0 for full size.
-# The learner notebooks (notebooks/, in pytest's testpaths) run under nbval; its flags live here, so that
+# The learner notebooks (notebooks/, in pytest's testpaths, with one of the Chinese edition: its other notebooks'
+# code is the English code, tests/test_i18n.py) run under nbval; its flags live here, so that
 # `pytest tests/...` works without nbval too. The solved edition is not run again here: its cells outside the
 # answers are the learner edition's, whose downstream cells run labkit's reference where an answer is missing
 # (checks.use), the same code a correct answer runs; every answer is checked by tests/test_checks.py, and the
@@ -74,6 +80,10 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab $(ALLOW_ROOT) notebooks/
+
+# The Chinese edition (python -m labkit.i18n build): JupyterLab's own menus in Chinese via Settings > Language.
+lab-zh: $(STAMP)
+	$(VENV)/bin/jupyter lab $(ALLOW_ROOT) notebooks_zh/
 
 # The capstone as a page of widgets and plots only (Voila), on http://127.0.0.1:8866
 workshop: $(STAMP)

@@ -413,6 +413,8 @@ def draw_surviving(df: pd.DataFrame, ax=None):
     """The sentence's word pieces, kept ones in bold green, dropped ones grey and struck through (text figure)."""
     import matplotlib.pyplot as plt
 
+    from .plots import tr
+
     if ax is None:
         _, ax = plt.subplots(figsize=(10, 1.2))
     ax.axis("off")
@@ -423,7 +425,8 @@ def draw_surviving(df: pd.DataFrame, ax=None):
         if not kept:
             t.set_text("\u0336".join(token) + "\u0336")  # combining strike-through: dropped
         x += 0.012 * (len(token) + 2)
-    ax.set_title(f"{int(df['kept'].sum())} of {len(df)} word pieces survive", fontsize=10, loc="left")
+    ax.set_title(tr("{kept} of {total} word pieces survive", kept=int(df["kept"].sum()), total=len(df)), fontsize=10,
+                 loc="left")
     return ax
 
 
@@ -431,10 +434,12 @@ def draw_tradeoff(df: pd.DataFrame, baseline_ms: float | None = None, ax=None):
     """Accuracy against batch-32 latency, one line per score, points labelled by keep ratio."""
     import matplotlib.pyplot as plt
 
+    from .plots import tr
+
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4))
     for score, part in df.groupby("score"):
-        line, = ax.plot(part["latency_ms"], part["accuracy"], "o-", label=f"{score} score")
+        line, = ax.plot(part["latency_ms"], part["accuracy"], "o-", label=tr("{score} score", score=score))
         if {"lo", "hi"} <= set(part.columns):  # the 95% interval of each accuracy
             ax.errorbar(part["latency_ms"], part["accuracy"], yerr=[part["accuracy"] - part["lo"],
                         part["hi"] - part["accuracy"]], fmt="none", ecolor=line.get_color(), alpha=0.4, capsize=3)
@@ -442,8 +447,8 @@ def draw_tradeoff(df: pd.DataFrame, baseline_ms: float | None = None, ax=None):
             ax.annotate(f"{r['keep_ratio']:.1f}", (r["latency_ms"], r["accuracy"]), fontsize=8,
                         xytext=(3, 3), textcoords="offset points")
     split = df["split"].iloc[0] if "split" in df.columns and len(df) else "test"
-    ax.set_xlabel("batch-32 latency (ms, median; each point timed on its own)")
-    ax.set_ylabel(f"accuracy, 95% interval (quick {split} subset)")
+    ax.set_xlabel(tr("batch-32 latency (ms, median; each point timed on its own)"))
+    ax.set_ylabel(tr("accuracy, 95% interval (quick {split} subset)", split=split))
     ax.grid(alpha=0.3)
     ax.legend()
     return ax

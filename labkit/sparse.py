@@ -816,13 +816,15 @@ def plot_bytes(curve: pd.DataFrame, breaks: dict[str, float] | None = None, ax=N
     """Bytes per format against sparsity, with computed break-even points marked."""
     import matplotlib.pyplot as plt
 
+    from .plots import tr
+
     ax = ax or plt.subplots(figsize=(7, 4))[1]
     for fmt, g in curve.groupby("format", sort=False):
         line, = ax.plot(g["sparsity"], g["bytes"] / 1e3, label=fmt)
         if breaks and fmt in breaks and 0 < breaks[fmt] < 1:
             ax.axvline(breaks[fmt], color=line.get_color(), ls=":", lw=1)
-    ax.set_xlabel("sparsity")
-    ax.set_ylabel("kB")
+    ax.set_xlabel(tr("sparsity"))
+    ax.set_ylabel(tr("kB"))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return ax
@@ -832,6 +834,8 @@ def plot_matmul(times: dict, ax=None):
     """Matmul ms against density per shape: dense vs torch CSR vs scipy CSR (log scales)."""
     import matplotlib.pyplot as plt
 
+    from .plots import tr
+
     axes = ax if ax is not None else plt.subplots(1, len(times), figsize=(4.2 * len(times), 3.6), sharey=True)[1]
     for a, (shape, df) in zip(np.atleast_1d(axes), times.items()):
         for b in BACKENDS:
@@ -839,9 +843,9 @@ def plot_matmul(times: dict, ax=None):
         a.set_xscale("log")
         a.set_yscale("log")
         a.set_title(f"{shape[0]}x{shape[1]}")
-        a.set_xlabel("density (kept fraction)")
+        a.set_xlabel(tr("density (kept fraction)"))
         a.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].set_ylabel("ms (median)")
+    np.atleast_1d(axes)[0].set_ylabel(tr("ms (median)"))
     np.atleast_1d(axes)[0].legend(fontsize=8)
     return axes
 
@@ -850,17 +854,20 @@ def draw_view(view: dict) -> None:
     """Render a `sparsity_view` point: bytes per format and the three matmul times."""
     import matplotlib.pyplot as plt
 
+    from .plots import tr  # labels in the learner's language (LABKIT_LANG)
+
     sizes = view["sizes"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
     for i, (val, g) in enumerate(sizes.groupby("values", sort=False)):
         a1.barh(np.arange(len(g)) + 0.4 * i, g["bytes"] / 1e3, height=0.4, label=val)
     labels = sizes[sizes["values"] == sizes["values"].iloc[0]]["format"]
     a1.set_yticks(np.arange(len(labels)) + 0.2, labels)
-    a1.set_xlabel("kB")
+    a1.set_xlabel(tr("kB"))
     a1.legend(fontsize=8)
-    a1.set_title(f"{view['shape'][0]}x{view['shape'][1]} at sparsity {view['sparsity']:.2f}")
+    a1.set_title(tr("{rows}x{cols} at sparsity {sparsity}", rows=view["shape"][0], cols=view["shape"][1],
+                    sparsity=f"{view['sparsity']:.2f}"))
     a2.bar(list(BACKENDS), [view["times"][b] for b in BACKENDS], color=["#4c72b0", "#dd8452", "#55a868"])
-    a2.set_ylabel("ms (median), 32 x 30 tokens")
+    a2.set_ylabel(tr("ms (median), 32 x 30 tokens"))
     fig.tight_layout()
     plt.show()
 
@@ -869,16 +876,18 @@ def plot_tradeoff(df: pd.DataFrame, ax=None):
     """Accuracy against bytes: dictionary coding vs magnitude pruning at the same bytes."""
     import matplotlib.pyplot as plt
 
+    from .plots import tr
+
     ax = ax or plt.subplots(figsize=(6, 4))[1]
     for col, marker, label in (("coded", "o", "dictionary codes (k atoms/row)"),
                                ("pruned", "s", "magnitude pruning, same bytes")):
         acc = df[f"{col}_accuracy"]
         err = [acc - df[f"{col}_lo"], df[f"{col}_hi"] - acc] if f"{col}_lo" in df else None
-        ax.errorbar(df["bytes"] / 1e3, acc, yerr=err, marker=marker, capsize=3, label=label)
+        ax.errorbar(df["bytes"] / 1e3, acc, yerr=err, marker=marker, capsize=3, label=tr(label))
     for _, r in df.iterrows():
         ax.annotate(f"{int(r.n_atoms)}/{int(r.k)}", (r.bytes / 1e3, r.coded_accuracy), fontsize=7)
-    ax.set_xlabel("layer kB")
-    ax.set_ylabel("accuracy, 95% interval (validation subset)")
+    ax.set_xlabel(tr("layer kB"))
+    ax.set_ylabel(tr("accuracy, 95% interval (validation subset)"))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return ax

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import data, fast_mode, measure
 from . import model as model_lib
+from .i18n import t
 
 # --- performance optimization: pipelines a learner can reorder -------------------------------------
 
@@ -490,24 +491,30 @@ def readout(point: dict) -> str:
     """One dashboard point in words: accuracy with its 95% interval, and its paired difference from the baseline."""
     ci = {"accuracy": point["accuracy"], "lo": point["accuracy_lo"], "hi": point["accuracy_hi"], "n": point["n"]}
     detectable = measure.detectable_difference(point["n"], max(0.01, 1 - point["agreement"]))
-    verdict = ("a real difference (p < 0.05)" if point["p_value"] < 0.05 else
-               f"no difference shown on this subset (it reliably shows about {100 * detectable:.1f} points or more)")
-    return (f"{point['name']}{' (simulated)' if point['simulated'] else ''}: accuracy {measure.format_accuracy(ci)}; "
-            f"vs baseline {100 * point['delta']:+.1f} points [{100 * point['delta_lo']:+.1f}, "
-            f"{100 * point['delta_hi']:+.1f}], p = {point['p_value']:.2g}: {verdict}." + speed_readout(point))
+    # Templates through labkit.i18n: with LABKIT_LANG=zh the readout is Chinese, the numbers the same.
+    verdict = (t("a real difference (p < 0.05)") if point["p_value"] < 0.05 else
+               t("no difference shown on this subset (it reliably shows about {points} points or more)",
+                 points=f"{100 * detectable:.1f}"))
+    name = t("{name} (simulated)", name=point["name"]) if point["simulated"] else point["name"]
+    return t("{name}: accuracy {accuracy}; vs baseline {delta} points [{lo}, {hi}], p = {p}: {verdict}.",
+             name=name, accuracy=measure.format_accuracy(ci), delta=f"{100 * point['delta']:+.1f}",
+             lo=f"{100 * point['delta_lo']:+.1f}", hi=f"{100 * point['delta_hi']:+.1f}", p=f"{point['p_value']:.2g}",
+             verdict=verdict) + speed_readout(point)
 
 
 def speed_readout(point: dict) -> str:
     """The point's batch-32 time and its speed-up over the baseline timed beside it, with the per-round min-max."""
     if point.get("speedup_b32") is None:
         return ""
-    sim = " (the float model the simulation runs)" if point.get("simulated") else ""
-    native = {True: f" This CPU computes {point.get('precision')} natively.",
-              False: f" This CPU has no native {point.get('precision')} instructions: torch converts to fp32 around "
-                     "each operation, so it can run slower than fp32 here."}.get(point.get("native"), "")
-    return (f" Batch 32: {point['latency_b32_ms']:.0f} ms{sim}, {point['speedup_b32']:.2f}x the baseline's speed "
-            f"{measure.format_range(point['speedup_lo'], point['speedup_hi'])} (min-max per round) over "
-            f"{point['rounds']} rounds timed interleaved with it." + native)
+    sim = t(" (the float model the simulation runs)") if point.get("simulated") else ""
+    native = {True: " This CPU computes {precision} natively.",
+              False: " This CPU has no native {precision} instructions: torch converts to fp32 around each "
+                     "operation, so it can run slower than fp32 here."}.get(point.get("native"))
+    return (t(" Batch 32: {ms} ms{sim}, {speedup}x the baseline's speed {range} (min-max per round) over {rounds} "
+              "rounds timed interleaved with it.", ms=f"{point['latency_b32_ms']:.0f}", sim=sim,
+              speedup=f"{point['speedup_b32']:.2f}", rounds=point["rounds"],
+              range=measure.format_range(point["speedup_lo"], point["speedup_hi"]))
+            + (t(native, precision=point.get("precision")) if native else ""))
 
 
 def dashboard_history() -> pd.DataFrame:

@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from .i18n import language, t
+
 # Changes arriving within this window are merged into one evaluation (a drag, or keys pressed quickly).
 DEBOUNCE_S = 0.1
 
@@ -49,6 +51,20 @@ def _captured(draw: Callable[[], None]) -> tuple[dict, ...]:
     return tuple(outputs)
 
 
+def _translate(control: Any) -> None:
+    """Show a control's description and choices in the learner's language (LABKIT_LANG); its values stay English."""
+    if language() == "en":
+        return
+    if getattr(control, "description", ""):
+        control.description = t(control.description)
+    options = getattr(control, "options", None)
+    # Plain string choices become (label, value) pairs: `fn` still receives the English value it knows.
+    if options and all(isinstance(o, str) for o in options) and any(t(o) != o for o in options):
+        value = control.value
+        control.options = [(t(o), o) for o in options]
+        control.value = value  # setting options selects the first one
+
+
 def live(fn: Callable[..., Any], controls: dict[str, Any], draw: Callable[[Any], None] | None = None,
          cache: bool = True):
     """A panel of `controls` (name -> ipywidget); each change calls `fn(**values)` and shows its result.
@@ -58,6 +74,7 @@ def live(fn: Callable[..., Any], controls: dict[str, Any], draw: Callable[[Any],
     Sliders report only on release, and moves made while an evaluation runs are merged: when it ends,
     only the latest values are evaluated (stale ones are skipped, never queued). In a kernel, a ValueError
     (a combination `fn` refuses) shows its message in the panel; other errors show their traceback.
+    With LABKIT_LANG=zh, the controls' descriptions and string choices are shown in Chinese (labkit.i18n).
     """
     import ipywidgets as W
     from IPython.display import display
@@ -66,6 +83,7 @@ def live(fn: Callable[..., Any], controls: dict[str, Any], draw: Callable[[Any],
     memo: dict[tuple, Any] = {}
     pending: dict[str, Any] = {"handle": None}
     for c in controls.values():
+        _translate(c)
         if hasattr(c, "continuous_update"):  # a drag would otherwise send every intermediate value
             c.continuous_update = False
 
@@ -93,7 +111,7 @@ def live(fn: Callable[..., Any], controls: dict[str, Any], draw: Callable[[Any],
             if _loop() is None:  # no kernel: let the caller see the error
                 raise
             if isinstance(err, ValueError):  # labkit's refusal of a setting says what to do: show just that
-                text = f"Not possible with these settings: {err}\n"
+                text = t("Not possible with these settings: {error}", error=err) + "\n"
             else:  # anything else is a bug: the whole traceback helps whoever reports it
                 import traceback
                 text = traceback.format_exc()

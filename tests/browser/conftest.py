@@ -112,10 +112,14 @@ def lab_argv(root: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def lab_root(tmp_path_factory) -> Path:
-    """A temporary root holding a copy of the notebooks (runs never touch the repository's files)."""
+    """A temporary root holding a copy of the notebooks, the Chinese edition in notebooks_zh/ (runs never touch the
+    repository's files)."""
     root = tmp_path_factory.mktemp("lab")
     for nb in (ROOT / "notebooks").glob("*.ipynb"):
         shutil.copy(nb, root / nb.name)
+    (root / "notebooks_zh").mkdir()
+    for nb in (ROOT / "notebooks_zh").glob("*.ipynb"):
+        shutil.copy(nb, root / "notebooks_zh" / nb.name)
     lab_settings(root)
     return root
 
