@@ -1,6 +1,6 @@
 """Plots shared by the notebooks and the main job; functions only draw what they are given.
 
-Labels follow LABKIT_LANG (labkit.i18n): Chinese where matplotlib finds a CJK font, else English.
+Labels follow LABKIT_LANG (labkit.labels): Chinese where matplotlib finds a CJK font, else English.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import functools
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import i18n
+from . import labels
 
 # Fonts with the Chinese glyphs, in order of preference (Debian's fonts-noto-cjk provides the first two).
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQuanYi Zen Hei", "SimHei",
@@ -38,7 +38,7 @@ def cjk_font() -> str | None:
 
 def chinese() -> bool:
     """True when plots should be labelled in Chinese: LABKIT_LANG=zh and a CJK font; then that font is put first."""
-    if i18n.language() != "zh" or cjk_font() is None:
+    if labels.language() != "zh" or cjk_font() is None:
         return False
     fonts = plt.rcParams["font.sans-serif"]
     if fonts[:1] != [cjk_font()]:  # the CJK font also has Latin glyphs: it draws the whole figure
@@ -49,7 +49,7 @@ def chinese() -> bool:
 
 def tr(text: str, **fields) -> str:
     """A plot's `text` in the learner's language where the figure can show it, English otherwise."""
-    return i18n.t(text, "zh" if chinese() else "en", **fields)
+    return labels.t(text, "zh" if chinese() else "en", **fields)
 
 
 def results_bars(df: pd.DataFrame, path=None):

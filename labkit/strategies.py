@@ -17,7 +17,7 @@ from torch import nn
 
 from . import data, fast_mode, measure
 from . import model as model_lib
-from .i18n import t
+from .labels import t
 
 # --- performance optimization: pipelines a learner can reorder -------------------------------------
 
@@ -491,7 +491,7 @@ def readout(point: dict) -> str:
     """One dashboard point in words: accuracy with its 95% interval, and its paired difference from the baseline."""
     ci = {"accuracy": point["accuracy"], "lo": point["accuracy_lo"], "hi": point["accuracy_hi"], "n": point["n"]}
     detectable = measure.detectable_difference(point["n"], max(0.01, 1 - point["agreement"]))
-    # Templates through labkit.i18n: with LABKIT_LANG=zh the readout is Chinese, the numbers the same.
+    # Templates through labkit.labels: with LABKIT_LANG=zh the readout is Chinese, the numbers the same.
     verdict = (t("a real difference (p < 0.05)") if point["p_value"] < 0.05 else
                t("no difference shown on this subset (it reliably shows about {points} points or more)",
                  points=f"{100 * detectable:.1f}"))

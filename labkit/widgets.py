@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .i18n import language, t
+from .labels import language, t
 
 # Changes arriving within this window are merged into one evaluation (a drag, or keys pressed quickly).
 DEBOUNCE_S = 0.1
@@ -74,7 +74,7 @@ def live(fn: Callable[..., Any], controls: dict[str, Any], draw: Callable[[Any],
     Sliders report only on release, and moves made while an evaluation runs are merged: when it ends,
     only the latest values are evaluated (stale ones are skipped, never queued). In a kernel, a ValueError
     (a combination `fn` refuses) shows its message in the panel; other errors show their traceback.
-    With LABKIT_LANG=zh, the controls' descriptions and string choices are shown in Chinese (labkit.i18n).
+    With LABKIT_LANG=zh, the controls' descriptions and string choices are shown in Chinese (labkit.labels).
     """
     import ipywidgets as W
     from IPython.display import display
