@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
-from labdriver import NB, open_notebook, run_all
+from labdriver import NB, TIMEOUT_S, open_notebook, run_all
 
 NOTEBOOK = "00_baseline_and_myths.ipynb"  # the quickest notebook; its exercises need no trained model of their own
 KEY = "00.float64_bytes"
@@ -23,9 +24,9 @@ def test_run_all_unanswered_then_a_wrong_answer_gets_its_hint(page, lab_url, lab
         run_all(page)  # fails on any error output: nothing may raise with every exercise unanswered
         cell = _cell_of(page, f'checks.check("{KEY}"')
         cell.evaluate("e => e.scrollIntoView({block: 'center'})")
-        out = cell.locator(".jp-OutputArea")
-        page.wait_for_function("el => el.innerText.includes('not attempted yet')", arg=out.element_handle(),
-                               timeout=60_000)  # the output may render a moment after the prompt's number
+        # A locator, re-found at each poll: after run_all reloads a stalled page, the cells may still be running and
+        # their output areas are rendered anew (a handle taken now would go stale).
+        expect(cell.locator(".jp-OutputArea")).to_contain_text("not attempted yet", timeout=TIMEOUT_S * 1000)
         page.screenshot(path=shots / "learner-00-run-all-unanswered.png")
         # the learner types the float32 size, the mistake the article's readers make most
         editor = cell.locator(".cm-content").first
@@ -34,7 +35,7 @@ def test_run_all_unanswered_then_a_wrong_answer_gets_its_hint(page, lab_url, lab
         page.keyboard.insert_text(f'answer_1 = 1536 * 384 * 4\nchecks.check("{KEY}", answer_1)')
         page.keyboard.press("Shift+Enter")
         out = cell.locator(".jp-OutputArea")
-        page.wait_for_function("el => el.innerText.includes('Hint:')", arg=out.element_handle(), timeout=60_000)
+        expect(out).to_contain_text("Hint:", timeout=TIMEOUT_S * 1000)
         text = out.inner_text()
         cell.evaluate("e => e.scrollIntoView({block: 'center'})")
         page.screenshot(path=shots / "learner-00-wrong-answer-hint.png")
