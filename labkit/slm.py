@@ -257,11 +257,13 @@ def stepwise_nll(model: nn.Module, piece: torch.Tensor, cache_factory=None) -> f
 
 
 @torch.inference_mode()
-def chunk_nll(model: nn.Module, ids: torch.Tensor, chunk: int, batch_size: int = 4, cache_factory=None,
+def chunk_nll(model: nn.Module, ids: torch.Tensor, chunk: int, batch_size: int = 1, cache_factory=None,
               stepwise: bool = False) -> np.ndarray:
     """Mean negative log-likelihood (nats per token) of each `chunk`-token piece of `ids`, each read on its own.
 
     `stepwise`: one token per forward through the cache (see stepwise_nll) instead of one pass per piece.
+    One piece per forward by default: the logits of a batch take vocabulary x tokens floats (a batch of 4 x 256
+    tokens: 200 MB, and as much again for the loss), and batching saved no time on a 2-core CPU.
     """
     from .parts import device_of
 
@@ -390,7 +392,7 @@ def tokens_per_second(models: nn.Module | dict[str, nn.Module], tokenizer, promp
     reading every weight each step (memory-bound).
     """
     models = models if isinstance(models, dict) else {"model": models}
-    prompt_tokens = prompt_tokens or (64 if fast_mode() else 128)
+    prompt_tokens = prompt_tokens or (32 if fast_mode() else 128)
     new_tokens = new_tokens or (8 if fast_mode() else 32)
     warmup = (1 if fast_mode() else 2) if warmup is None else warmup
     repeats = (3 if fast_mode() else 7) if repeats is None else repeats
@@ -428,7 +430,7 @@ def dynamic_int8(model: nn.Module) -> nn.Module:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's eager quantization is deprecated in favour of torchao
-        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 # --- KV cache ----------------------------------------------------------------------------------------------------

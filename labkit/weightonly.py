@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -57,16 +57,18 @@ def check_group(in_features: int, group_size, name: str = "this layer") -> int:
 
 # --- the grid: scale and offset per group ----------------------------------------------------------------------
 
-def group_params(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def group_params(w: torch.Tensor, bits: int, group_size: int, half: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and offset of each group of `w` [out, in]: two [out, in // group_size] tensors.
 
     The group's min-max range cut into 2^bits - 1 steps: offset = min, scale = (max - min) / (2^bits - 1), both
-    rounded to float16, as the packed formats store them.
+    rounded to float16 as the packed formats store them (`half=False` keeps them float32, as notebook 08's
+    exercise does).
     """
+    store = (lambda t: t.half().float()) if half else (lambda t: t)
     groups = w.float().reshape(w.shape[0], -1, group_size)
-    lo, hi = groups.amin(dim=-1).half().float(), groups.amax(dim=-1)
+    lo, hi = store(groups.amin(dim=-1)), groups.amax(dim=-1)
     # 2^-24, the smallest float16 above 0, keeps a constant group's scale from rounding to 0
-    scale = ((hi - lo) / (2 ** bits - 1)).clamp(min=2 ** -24).half().float()
+    scale = store(((hi - lo) / (2 ** bits - 1)).clamp(min=2 ** -24))
     return scale, lo
 
 
@@ -86,11 +88,13 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, g
 
 # --- the three methods ------------------------------------------------------------------------------------------
 
-def rtn(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """Round-to-nearest: every group of `group_size` inputs on its own min-max grid of 2^bits levels."""
+def rtn(weight: torch.Tensor, bits: int, group_size: int, half: bool = True) -> torch.Tensor:
+    """Round-to-nearest: every group of `group_size` inputs on its own min-max grid of 2^bits levels.
+
+    `half`: scale and offset stored as float16 (the packed formats), or kept float32 (`half=False`)."""
     bits = check_bits(bits)
     check_group(weight.shape[1], group_size)
-    scale, offset = group_params(weight, bits, group_size)
+    scale, offset = group_params(weight, bits, group_size, half)
     codes = quantize_codes(weight, scale, offset, bits, group_size)
     return dequantize(codes, scale, offset, group_size).to(weight.dtype)
 
@@ -106,11 +110,12 @@ def hessian_factor(H: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
 
 
 def gptq(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp: float = 0.01,
-         factor: torch.Tensor | None = None) -> torch.Tensor:
+         factor: torch.Tensor | None = None, step=None) -> torch.Tensor:
     """GPTQ-style: quantize column by column, spreading each column's error over the remaining columns.
 
     H = X^T X / n of the layer's calibration inputs X [n, in]. A group's grid is chosen when its first column
     comes up, from the weights as updated so far. `factor`: hessian_factor(H, damp), when already computed.
+    `step`: the one-column update to use (gptq_column's signature; a learner's own, in notebook 08).
     """
     bits = check_bits(bits)
     check_group(weight.shape[1], group_size)
@@ -118,6 +123,7 @@ def gptq(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp
         raise ValueError(f"H must be [in, in] = {(weight.shape[1],) * 2} for this weight, got {tuple(H.shape)}.")
     if not 0 <= damp < 1:
         raise ValueError(f"damp must be in [0, 1), got {damp!r}.")
+    step = step or gptq_column
     W = weight.detach().float().clone()
     U = hessian_factor(H, damp) if factor is None else factor
     Q = torch.zeros_like(W)
@@ -126,7 +132,8 @@ def gptq(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp
         scale, offset = group_params(W[:, start:end], bits, group_size)
         errors = torch.zeros(W.shape[0], group_size)
         for i in range(start, end):
-            Q[:, i] = gptq_column(W, U, i, end, scale[:, 0], offset[:, 0], bits, errors[:, i - start])
+            Q[:, i], W[:, i + 1:end] = step(W[:, i], W[:, i + 1:end], U[i, i:end], scale[:, 0], offset[:, 0], bits)
+            errors[:, i - start] = (W[:, i] - Q[:, i]) / U[i, i]
         # The columns after the group get all of its columns' corrections at once, in one matrix product: the
         # same sums as correcting them after every column (up to float rounding), with far less memory traffic
         # (GPTQ's "lazy batch" updates).
@@ -134,19 +141,18 @@ def gptq(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp
     return Q.to(weight.dtype)
 
 
-def gptq_column(W: torch.Tensor, U: torch.Tensor, i: int, end: int, scale: torch.Tensor, offset: torch.Tensor,
-                bits: int, error_out: torch.Tensor) -> torch.Tensor:
-    """One GPTQ step: round column i of W, then correct columns i+1..end-1 for its error (in place).
+def gptq_column(column: torch.Tensor, rest: torch.Tensor, u_row: torch.Tensor, scale: torch.Tensor,
+                offset: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One GPTQ step: the column rounded to its group's grid, and the rest of the group corrected for its error.
 
-    The error, divided by U[i, i], is written to `error_out`; column j moves by -error * U[i, j] (GPTQ, eq. 3:
-    the change of the not-yet-quantized weights that keeps the layer's output on the calibration inputs closest).
-    Returns the quantized column.
+    `column` [out] is column i of the weights as updated so far, `rest` [out, k] the k columns after it in its
+    group, `u_row` = U[i, i:i + k + 1] (U: hessian_factor). The error divided by U[i, i] moves column j by
+    -error * U[i, j] (GPTQ, eq. 3: the change of the not-yet-quantized weights that keeps the layer's output on
+    the calibration inputs closest). Returns (quantized column, corrected rest); the inputs are left unchanged.
     """
-    q = offset + torch.clamp(torch.round((W[:, i] - offset) / scale), 0, 2 ** bits - 1) * scale
-    err = (W[:, i] - q) / U[i, i]
-    W[:, i + 1:end] -= err[:, None] * U[i, i + 1:end][None, :]
-    error_out.copy_(err)
-    return q
+    q = offset + torch.clamp(torch.round((column - offset) / scale), 0, 2 ** bits - 1) * scale
+    err = (column - q) / u_row[0]
+    return q, rest - err[:, None] * u_row[None, 1:]
 
 
 def output_error(weight: torch.Tensor, new_weight: torch.Tensor, x: torch.Tensor) -> float:
@@ -195,13 +201,11 @@ class InputStats:
     absmean: torch.Tensor  # [in]
     sample: torch.Tensor  # [keep, in]: every stride-th token
     tokens: int
-    _factors: dict = field(default_factory=dict, repr=False)
 
     def factor(self, damp: float = 0.01) -> torch.Tensor:
-        """hessian_factor(H, damp), computed once and reused by every layer and setting that reads this input."""
-        if damp not in self._factors:
-            self._factors[damp] = hessian_factor(self.H, damp)
-        return self._factors[damp]
+        """hessian_factor(H, damp). Not kept: for a whole model the factors would double the memory H takes
+        (quantize_model shares one per input among the layers that read it, for the length of one call)."""
+        return hessian_factor(self.H, damp)
 
 
 def calibration_ids(tokenizer, texts: str | Sequence[str] | None, tokens: int | None = None,
@@ -227,6 +231,7 @@ def calibration_stats(model: nn.Module, ids: torch.Tensor, keep: int = 256,
 
     Layers fed the same tensor (q, k, v; gate, up) share one record.
     """
+    from .memory import release
     from .parts import device_of
 
     layers = decoder_linears(model)
@@ -247,7 +252,7 @@ def calibration_stats(model: nn.Module, ids: torch.Tensor, keep: int = 256,
             rec["H"] += x.T @ x
             rec["abs"] += x.abs().sum(dim=0)
             first = (-rec["n"]) % stride  # the next token index that is a multiple of stride
-            rec["sample"].append(x[first::stride])
+            rec["sample"].append(x[first::stride].clone())  # a copy: a strided view would keep all of x alive
             rec["n"] += len(x)
 
         return layer.register_forward_pre_hook(hook)
@@ -256,14 +261,18 @@ def calibration_stats(model: nn.Module, ids: torch.Tensor, keep: int = 256,
     handles = [recorder(name, layers[name]) for name in set(sources.values())]
     try:
         for start in range(0, len(ids), batch_size):
-            model(input_ids=ids[start:start + batch_size].to(device_of(model)))
+            # the hooks see every layer's input; the logits are not needed (logits_to_keep=1 skips most of the head)
+            model(input_ids=ids[start:start + batch_size].to(device_of(model)), logits_to_keep=1)
     finally:
         for h in handles:
             h.remove()
     stats = {}
     for src, rec in acc.items():
         n = rec["n"]
-        stats[src] = InputStats(rec["H"] / n, rec["abs"] / n, torch.cat(rec["sample"])[:keep], n)
+        rec["H"] /= n  # in place: H is the largest thing calibration keeps
+        stats[src] = InputStats(rec["H"], rec["abs"] / n, torch.cat(rec["sample"])[:keep], n)
+    del acc
+    release()  # the forward passes' activations were freed; hand their pages back
     return {name: stats[src] for name, src in sources.items()}
 
 
@@ -291,17 +300,66 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int = 4, group_s
         raise ValueError("stats do not cover every decoder layer of this model: record them on this model with "
                          "calibration_stats(model, ids).")
     out = model if inplace else copy.deepcopy(model)
+    factors: dict[int, torch.Tensor] = {}  # q, k and v read one input: one factor for the three, freed on return
     with torch.no_grad():
         for name, layer in decoder_linears(out).items():
             w = layer.weight
             if method == "rtn":
                 new = rtn(w, bits, group_size)
             elif method == "gptq":
-                new = gptq(w, stats[name].H, bits, group_size, damp, factor=stats[name].factor(damp))
+                key = id(stats[name])
+                if key not in factors:
+                    factors = {key: stats[name].factor(damp)}  # layers sharing an input come one after another
+                new = gptq(w, stats[name].H, bits, group_size, damp, factor=factors[key])
             else:
                 new = awq(w, stats[name].absmean, stats[name].sample, bits, group_size, grid)
             w.copy_(new)
     out.weightonly = {"method": method, "bits": bits, "group_size": group_size}
+    return out
+
+
+def map_weights(model: nn.Module, fn, inplace: bool = False) -> nn.Module:
+    """A copy of a causal LM whose decoder Linear weights are fn(weight) (a function [out, in] -> [out, in]).
+
+    Notebook 08 passes a learner's own rounding through it. The input model is left unchanged unless `inplace`."""
+    check_causal_lm(model)  # before a copy is made
+    out = model if inplace else copy.deepcopy(model)
+    with torch.no_grad():
+        for name, layer in decoder_linears(out).items():
+            new = fn(layer.weight.detach().clone())
+            if not isinstance(new, torch.Tensor) or new.shape != layer.weight.shape:
+                raise ValueError(f"fn must return a tensor of the weight's shape {tuple(layer.weight.shape)} for "
+                                 f"{name}, got {getattr(new, 'shape', type(new).__name__)}.")
+            layer.weight.copy_(new)
+    return out
+
+
+def point(model: nn.Module, tokenizer, method: str = "rtn", bits: int = 4, group_size: int = 32,
+          stats: dict[str, InputStats] | None = None, base: dict | None = None, grid: int | None = None) -> dict:
+    """One setting for a slider: perplexity of the quantized model (95% interval), its paired ratio to `base` (the
+    decoded model's perplexity on the same chunks), the packed bytes of the quantized layers and the seconds taken.
+
+    The quantized copy is freed before returning. GPTQ and AWQ need `stats` (calibration_stats)."""
+    import time
+
+    from .memory import release
+    from .slm import perplexity, ppl_ratio
+
+    if method != "rtn" and stats is None:
+        raise ValueError(f"{method} needs calibration: pass stats=calibration_stats(model, ids) (record them once).")
+    t0 = time.perf_counter()
+    grid = grid or (10 if fast_mode() else 20)
+    q = quantize_model(model, method, bits, group_size, stats=stats, grid=grid)
+    took = time.perf_counter() - t0
+    r = perplexity(q, tokenizer)
+    del q
+    release()  # hand the copy's pages back: a slider visits many points
+    packed = packed_bytes(model, bits, group_size)
+    out = {"method": method, "bits": bits, "group_size": group_size, **r, "packed_bytes": packed,
+           "x_smaller": float_bytes(model) / packed, "quantize_s": took}
+    if base is not None:
+        c = ppl_ratio(r, base)
+        out |= {"ratio": c["ratio"], "ratio_lo": c["lo"], "ratio_hi": c["hi"]}
     return out
 
 
@@ -367,11 +425,12 @@ class Int4Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
-def int4_kernel(model: nn.Module, group_size: int = 32) -> nn.Module:
-    """A copy whose decoder Linear layers are Int4Linear (RTN 4-bit codes, torch's CPU int4 kernel)."""
+def int4_kernel(model: nn.Module, group_size: int = 32, inplace: bool = False) -> nn.Module:
+    """A copy (the model itself with `inplace`) whose decoder Linear layers are Int4Linear (RTN 4-bit codes, torch's
+    CPU int4 kernel)."""
     from .parts import set_module
 
-    out = copy.deepcopy(model)
+    out = model if inplace else copy.deepcopy(model)
     for name, layer in decoder_linears(out).items():
         set_module(out, name, Int4Linear(layer, group_size))
     return out.eval()
@@ -412,3 +471,61 @@ def torchao_int4(model: nn.Module, config: str, group_size: int = 32) -> nn.Modu
         warnings.simplefilter("ignore")
         ao.quantize_(out, makers[config](), filter_fn=lambda m, fqn: fqn in names)
     return out.eval()
+
+
+
+def kernel_makers(model: nn.Module, group_size: int = 32) -> dict:
+    """Every precision labkit can run a causal LM in besides fp32, as builders (name -> function making a copy).
+
+    bf16, torch's dynamic int8, torch's CPU int4 kernel (RTN codes) on fp32 and on bf16 activations, and torchao's
+    int4 configurations where torchao imports (it is not a labkit dependency).
+    """
+    import importlib.metadata
+    import importlib.util
+
+    from .slm import bf16, dynamic_int8
+
+    check_causal_lm(model)
+    makers = {"bf16": lambda: bf16(model), "dynamic int8 (torch.ao)": lambda: dynamic_int8(model),
+              f"int4 g{group_size} torch kernel, fp32 activations": lambda: int4_kernel(model, group_size),
+              f"int4 g{group_size} torch kernel, bf16 activations": lambda: int4_kernel(bf16(model), group_size, inplace=True)}
+    if importlib.util.find_spec("torchao") is not None:
+        version = importlib.metadata.version("torchao")
+        makers |= {f"torchao {version} {cfg} g{group_size}": (lambda cfg=cfg: torchao_int4(model, cfg, group_size))
+                   for cfg in TORCHAO_CONFIGS}
+    return makers
+
+
+def try_kernel(make) -> tuple[nn.Module | None, str]:
+    """(the model `make()` builds, "ran") when it runs one forward here; (None, "failed: <the error>") otherwise."""
+    try:
+        m = make()
+        with torch.inference_mode():
+            m(input_ids=(torch.arange(16)[None] + 100).to(next(m.parameters()).device))
+        return m, "ran"
+    except Exception as err:  # noqa: BLE001 - which precision fails here, and why, is the result
+        return None, f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+
+
+def kernel_speeds(model: nn.Module, tokenizer, makers: dict | None = None, **timing) -> "pd.DataFrame":
+    """Each precision timed beside fp32, in pairs, one copy alive at a time: prefill and decode tokens/s and their
+    ratios to fp32 in the same rounds (slm.tokens_per_second; `timing` goes to it), or the error it failed with."""
+    import pandas as pd
+
+    from .memory import release
+    from .slm import tokens_per_second
+
+    rows = {}
+    for name, make in (makers or kernel_makers(model)).items():
+        m, status = try_kernel(make)
+        row = {"status": status}
+        if m is not None:
+            t = tokens_per_second({"fp32": model, name: m}, tokenizer, **timing)
+            row |= t.loc[name].to_dict() | {
+                "fp32_prefill_tok_s": t.loc["fp32", "prefill_tok_s"], "fp32_decode_tok_s": t.loc["fp32", "decode_tok_s"],
+                "prefill_x": t.loc[name, "prefill_tok_s"] / t.loc["fp32", "prefill_tok_s"],
+                "decode_x": t.loc[name, "decode_tok_s"] / t.loc["fp32", "decode_tok_s"]}
+        del m
+        release()
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")

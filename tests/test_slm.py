@@ -132,12 +132,25 @@ def test_one_gptq_column_step_corrects_the_rest_of_its_group():
     torch.manual_seed(0)
     W, U = torch.randn(4, 8), torch.linalg.cholesky(torch.eye(8) + 0.3, upper=True)
     scale, offset = torch.full((4,), 0.5), torch.full((4,), -2.0)
-    before, err = W.clone(), torch.zeros(4)
-    q = wo.gptq_column(W, U, 0, 4, scale, offset, 3, err)
+    before = W.clone()
+    q, rest = wo.gptq_column(W[:, 0], W[:, 1:4], U[0, 0:4], scale, offset, 3)
     torch.testing.assert_close(q, -2.0 + torch.clamp(torch.round((before[:, 0] + 2.0) / 0.5), 0, 7) * 0.5)
-    torch.testing.assert_close(err, (before[:, 0] - q) / U[0, 0])
-    torch.testing.assert_close(W[:, 1:4], before[:, 1:4] - err[:, None] * U[0, 1:4])
-    assert torch.equal(W[:, 4:], before[:, 4:])  # later groups wait for the group's one batched update
+    err = (before[:, 0] - q) / U[0, 0]
+    torch.testing.assert_close(rest, before[:, 1:4] - err[:, None] * U[0, 1:4])
+    assert torch.equal(W, before)  # the step returns new tensors; gptq writes them back
+
+
+def test_gptq_runs_a_given_column_step():
+    torch.manual_seed(0)
+    w, x = torch.randn(16, 64), torch.randn(256, 64)
+    H = x.T @ x / len(x)
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return wo.gptq_column(*args)
+
+    assert torch.equal(wo.gptq(w, H, 3, 32, step=counted), wo.gptq(w, H, 3, 32)) and len(calls) == 64
 
 
 @pytest.mark.parametrize("bits", [3, 4])
@@ -357,6 +370,53 @@ def test_generation_and_tokens_per_second_run_on_the_tiny_model(tiny):
                                   new_tokens=2, warmup=0, repeats=1)
     assert (table[["prefill_tok_s", "decode_tok_s"]] > 0).all().all() and list(table.index) == ["fp32", "bf16"]
     assert tiny.dtype == torch.float32  # bf16() made a copy
+
+
+def test_map_weights_runs_a_function_on_every_decoder_weight_of_a_copy(tiny):
+    before = {n: l.weight.clone() for n, l in slm.decoder_linears(tiny).items()}
+    out = wo.map_weights(tiny, lambda w: wo.rtn(w, 3, 32, half=False))
+    for name, layer in slm.decoder_linears(out).items():
+        torch.testing.assert_close(layer.weight, wo.rtn(before[name], 3, 32, half=False), rtol=0, atol=0)
+        assert torch.equal(slm.decoder_linears(tiny)[name].weight, before[name])  # the input model is unchanged
+    with pytest.raises(ValueError, match="shape"):
+        wo.map_weights(tiny, lambda w: w[:, :4])
+
+
+def test_rtn_keeps_float32_scales_when_asked():
+    torch.manual_seed(0)
+    w = torch.randn(8, 64) * 0.013 + 0.0007
+    scale16, lo16 = wo.group_params(w, 3, 32)
+    scale32, lo32 = wo.group_params(w, 3, 32, half=False)
+    assert torch.equal(lo16, lo32.half().float()) and torch.equal(scale16, scale16.half().float())
+    assert not torch.equal(scale32, scale32.half().float())  # float32 scales, not rounded to float16
+    torch.testing.assert_close(wo.rtn(w, 3, 32, half=False).reshape(-1, 32).amin(1), w.reshape(-1, 32).amin(1))
+
+
+def test_a_slider_point_scores_a_quantized_copy_against_the_base(tiny, stats):
+    tok = ByteTokenizer()
+    kw = dict(tokens=128, chunk=32)
+    original = slm.perplexity
+    try:  # the tiny model's text is the module's TEXT; point() reads eval_text() by default
+        slm.perplexity = lambda m, t, **k: original(m, t, TEXT, **kw)
+        base = slm.perplexity(tiny, tok)
+        r = wo.point(tiny, tok, "gptq", 3, 32, stats=stats, base=base)
+    finally:
+        slm.perplexity = original
+    assert r["bits"] == 3 and r["packed_bytes"] == wo.packed_bytes(tiny, 3, 32) and r["x_smaller"] > 1
+    assert r["ratio_lo"] <= r["ratio"] <= r["ratio_hi"] and math.isfinite(r["ppl"])
+    with pytest.raises(ValueError, match="calibration"):
+        wo.point(tiny, tok, "awq", 3, 32)
+
+
+def test_kernels_are_tried_one_at_a_time_and_failures_keep_their_error(tiny):
+    makers = wo.kernel_makers(tiny)
+    assert {"bf16", "dynamic int8 (torch.ao)"} <= set(makers)
+    model, status = wo.try_kernel(lambda: (_ for _ in ()).throw(RuntimeError("no kernel for this CPU")))
+    assert model is None and status == "failed: RuntimeError: no kernel for this CPU"
+    chosen = {"bf16": makers["bf16"], "broken": lambda: 1 / 0}
+    table = wo.kernel_speeds(tiny, ByteTokenizer(), chosen, prompt_tokens=16, new_tokens=2, warmup=0, repeats=1)
+    assert table.loc["bf16", "status"] == "ran" and table.loc["bf16", "decode_x"] > 0
+    assert table.loc["broken", "status"].startswith("failed: ZeroDivisionError")
 
 
 # --- the real model (SmolLM2-135M-Instruct), when installed -------------------------------------------------------
