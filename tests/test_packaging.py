@@ -22,7 +22,7 @@ def test_makefile_installs_pinned_torch_before_anything_else():
     make = (ROOT / "Makefile").read_text()
     torch_at = make.index("pip install -q -c constraints.txt torch==2.13.0")
     assets_at = make.index("pip install -q --no-deps -r requirements-assets.txt")
-    assert torch_at < assets_at < make.index('pip install -q -c constraints.txt -e ".[lab,test,runtimes]"')
+    assert torch_at < assets_at < make.index('pip install -q -c constraints.txt -e ".[lab,test,runtimes,slm]"')
     assert "OMP_WAIT_POLICY=PASSIVE" in make and "--nbval-lax --nbval-current-env" in make
 
 
@@ -66,7 +66,7 @@ def test_environment_yml_describes_the_same_environment():
     pip = next(d["pip"] for d in deps if isinstance(d, dict))
     assert pip == ["torch==2.13.0"]
     post = (ROOT / "postBuild").read_text()
-    assert post.index("--no-deps -r requirements-assets.txt") < post.index('pip install -c constraints.txt -e ".[lab,test,runtimes]"')
+    assert post.index("--no-deps -r requirements-assets.txt") < post.index('pip install -c constraints.txt -e ".[lab,test,runtimes,slm]"')
 
 
 def _pyproject() -> dict:
