@@ -125,12 +125,13 @@ def gptq(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp
         raise ValueError(f"damp must be in [0, 1), got {damp!r}.")
     step = step or gptq_column
     W = weight.detach().float().clone()
-    U = hessian_factor(H, damp) if factor is None else factor
+    # calibration statistics live on the CPU; the weights may be on a GPU
+    U = (hessian_factor(H, damp) if factor is None else factor).to(W.device)
     Q = torch.zeros_like(W)
     for start in range(0, W.shape[1], group_size):
         end = start + group_size
         scale, offset = group_params(W[:, start:end], bits, group_size)
-        errors = torch.zeros(W.shape[0], group_size)
+        errors = torch.zeros(W.shape[0], group_size, device=W.device)
         for i in range(start, end):
             Q[:, i], W[:, i + 1:end] = step(W[:, i], W[:, i + 1:end], U[i, i:end], scale[:, 0], offset[:, 0], bits)
             errors[:, i - start] = (W[:, i] - Q[:, i]) / U[i, i]
@@ -157,7 +158,7 @@ def gptq_column(column: torch.Tensor, rest: torch.Tensor, u_row: torch.Tensor, s
 
 def output_error(weight: torch.Tensor, new_weight: torch.Tensor, x: torch.Tensor) -> float:
     """Mean squared change of the layer's output x @ W^T over the inputs `x` [n, in] when W becomes `new_weight`."""
-    return float(((x.float() @ (new_weight.float() - weight.float()).T) ** 2).mean())
+    return float(((x.float().to(weight.device) @ (new_weight.float() - weight.float()).T) ** 2).mean())
 
 
 def awq_scales(weight: torch.Tensor, act_absmean: torch.Tensor, x: torch.Tensor, bits: int, group_size: int,
@@ -171,7 +172,8 @@ def awq_scales(weight: torch.Tensor, act_absmean: torch.Tensor, x: torch.Tensor,
     check_group(weight.shape[1], group_size)
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
         raise ValueError(f"grid must be a positive integer (the number of alpha steps), got {grid!r}.")
-    W, mean = weight.detach().float(), act_absmean.float().clamp(min=1e-5)
+    W = weight.detach().float()
+    mean, x = act_absmean.float().clamp(min=1e-5).to(W.device), x.to(W.device)  # statistics are kept on the CPU
     best = (math.inf, torch.ones_like(mean), 0.0)
     for k in range(grid + 1):
         alpha = k / grid
