@@ -1,7 +1,7 @@
 """JupyterHub for a classroom on one machine: `make hub` (http://127.0.0.1:8000).
 
 Every learner gets a server with JupyterLab, a home of their own under hub/state/users/<name> with a fresh copy of
-notebooks/, and kernels that read the prepared baseline read-only and warn before they run out of memory.
+notebooks/ (and notebooks_zh/, the Chinese edition), and kernels that read the prepared baseline read-only and warn before they run out of memory.
 All learners run as the user who started the hub (SimpleLocalProcessSpawner): no isolation between them, which
 suits a trusted class on one machine, not a public server. For a cluster, see hub/z2jh-config.yaml.
 
@@ -96,12 +96,17 @@ c.Spawner.environment = {
 }
 
 
+EDITIONS = ("notebooks", "notebooks_zh")  # the learner edition and its Chinese edition
+
+
 def copy_notebooks(spawner) -> None:
-    """A learner's first start: a copy of the learner edition (notebooks/) in their home; later starts keep theirs."""
+    """A learner's first start: a copy of each learner edition (notebooks/, notebooks_zh/) in their home; later
+    starts keep theirs (an edition a learner does not have yet, e.g. after an update, is copied then)."""
     home = Path(spawner.home_dir)
-    if not (home / "notebooks").exists():
-        shutil.copytree(ROOT / "notebooks", home / "notebooks",
-                        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    for edition in EDITIONS:
+        if not (home / edition).exists():
+            shutil.copytree(ROOT / edition, home / edition,
+                            ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
 
 
 c.Spawner.pre_spawn_hook = copy_notebooks

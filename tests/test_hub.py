@@ -35,6 +35,19 @@ def _local_config(tmp_path, monkeypatch, **env):
     return c
 
 
+def test_a_learners_first_start_copies_both_editions_and_keeps_their_own(tmp_path, monkeypatch):
+    c = _local_config(tmp_path, monkeypatch, LABKIT_CACHE=str(tmp_path / "cache"))
+    home = tmp_path / "home"
+    spawner = type("Spawner", (), {"home_dir": str(home)})()
+    c.Spawner.pre_spawn_hook(spawner)
+    for edition in ("notebooks", "notebooks_zh"):
+        assert {p.name for p in (home / edition).glob("*.ipynb")} == {p.name for p in (ROOT / edition).glob("*.ipynb")}
+    mine = home / "notebooks" / "02_quantization.ipynb"
+    mine.write_text("{}")  # the learner's own work
+    c.Spawner.pre_spawn_hook(spawner)
+    assert mine.read_text() == "{}"
+
+
 def test_sizes_parse_as_jupyterhub_reads_them():
     assert classroom.parse_bytes("2G") == 2 * 1024 ** 3
     assert classroom.parse_bytes("512M") == 512 * 1024 ** 2
@@ -80,7 +93,8 @@ def test_z2jh_mounts_the_prepared_cache_read_only(z2jh):
     assert env["LABKIT_CACHE_READONLY"] == "1" and env["HF_HUB_OFFLINE"] == "1"
     # the kernels with the memory check, from the repository that repo2docker put in /srv/repo
     assert env["JUPYTER_PATH"] == "/srv/repo/hub/jupyter" and (HUB / "jupyter" / "kernels").is_dir()
-    assert "/srv/repo/notebooks" in " ".join(single["lifecycleHooks"]["postStart"]["exec"]["command"])
+    copy = " ".join(single["lifecycleHooks"]["postStart"]["exec"]["command"])
+    assert "/srv/repo/$d" in copy and "notebooks notebooks_zh" in copy  # both editions
     # the image is built from this repository's Binder files, tagged with this version
     assert all((ROOT / name).exists() for name in ("environment.yml", "postBuild", "start"))
     from labkit import __version__
