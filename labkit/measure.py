@@ -21,7 +21,7 @@ def _logits(out) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, tokenizer, texts, batch_size: int = 64) -> np.ndarray:
+def predict(model: torch.nn.Module, tokenizer, texts, batch_size: int = 32) -> np.ndarray:
     """Predicted labels for a list of texts (length-bucketed batches, no gradients)."""
     texts = list(texts)
     model.eval()

@@ -55,6 +55,17 @@ def test_bucketed_batches_cover_every_row_once_with_little_padding(tokenizer):
     assert pad_bucketed < pad_plain
 
 
+def test_evaluation_buckets_by_word_pieces_and_training_by_characters(tokenizer):
+    # A long word is one snippet of many characters and few word pieces; many short words are the other way round.
+    texts = ["a b c d e f g h", "extraordinarily", "a b c d e f", "unbelievable"]
+    pieces = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    by_pieces = [r for b in data.batches(texts, None, tokenizer, 1) for r in b.rows]
+    assert [pieces[r] for r in by_pieces] == sorted(pieces)
+    by_chars = [r for b in data.batches(texts, None, tokenizer, 4, shuffle_seed=0) for r in b.rows]
+    assert by_chars == sorted(range(4), key=lambda r: len(texts[r]))
+    assert [r for b in data.batches([], None, tokenizer, 4) for r in b.rows] == []
+
+
 def test_shuffled_batches_are_reproducible(tokenizer):
     texts = list(data.split("val", limit=64)["text"])
     a = [b.rows for b in data.batches(texts, None, tokenizer, 8, shuffle_seed=3)]
