@@ -39,6 +39,28 @@ def release() -> None:
     trim()
 
 
+def trim_after_cells() -> bool:
+    """Where memory is tight (`tight`), hand freed pages back after every notebook cell; True if the hook is on.
+
+    A cell that frees a model copy leaves its pages in malloc's heap, and the next cell's peak starts from there.
+    Nothing happens outside an IPython kernel, and calling it twice installs one hook.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    ip = get_ipython()
+    if ip is None or not tight():
+        return False
+    if not any(getattr(fn, "__name__", "") == "_trim_after_cell" for fn in ip.events.callbacks["post_run_cell"]):
+        ip.events.register("post_run_cell", _trim_after_cell)
+    return True
+
+
+def _trim_after_cell(*_) -> None:
+    trim()  # no gc.collect: it would add a tenth of a second to every cell
+
+
 def _cgroup_limit() -> int | None:
     """This process's cgroup memory limit in bytes (v2, then v1), or None where there is none or it is unreadable."""
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):

@@ -106,3 +106,30 @@ def test_weights_are_read_into_place_all_or_nothing(tmp_path, tiny_model):
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())  # nothing was written
     with pytest.raises(ValueError, match="does not fit"):
         model.read_weights_into(parts.tiny_classifier("DistilBERT"), path)
+
+
+def test_trim_after_cells_hooks_once_and_only_where_memory_is_tight(monkeypatch):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    calls = []
+    monkeypatch.setattr(memory, "trim", lambda: calls.append(1))
+    try:
+        monkeypatch.setenv("LABKIT_LEAN", "0")
+        assert memory.trim_after_cells() is False
+        shell.run_cell("x = 1")
+        assert calls == []
+        monkeypatch.setenv("LABKIT_LEAN", "1")
+        assert memory.trim_after_cells() is True and memory.trim_after_cells() is True
+        shell.run_cell("x = 2")
+        assert calls == [1]  # one hook, run once after the cell
+    finally:
+        for fn in list(shell.events.callbacks["post_run_cell"]):
+            if fn is memory._trim_after_cell:
+                shell.events.unregister("post_run_cell", fn)
+        InteractiveShell.clear_instance()
+
+
+def test_trim_after_cells_does_nothing_outside_a_kernel(monkeypatch):
+    monkeypatch.setenv("LABKIT_LEAN", "1")
+    assert memory.trim_after_cells() is False
