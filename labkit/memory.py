@@ -33,6 +33,19 @@ def trim() -> None:
         fn(0)
 
 
+def gives_back(fn):
+    """`fn`, then `trim`: for a slider's point, whose copy of the model is freed when it returns, so that a learner
+    who visits many points does not keep every copy's pages (measured on notebook 07's tour: 1.01 -> 0.89 GiB at its
+    last point)."""
+    @functools.wraps(fn)
+    def after(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            trim()
+    return after
+
+
 def release() -> None:
     """Collect garbage (cycles can hold tensors), then `trim`."""
     gc.collect()

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import data, fast_mode, measure
+from . import data, fast_mode, measure, memory
 from . import model as model_lib
 from .labels import t
 
@@ -408,6 +408,7 @@ def _check_dashboard_precision(quantization: str, precision: str) -> None:
                          f"'none' (or 'simulated') to run in {precision}.")
 
 
+@memory.gives_back
 def dashboard_point(structured: bool = False, sparsity: float = 0.0, keep_ratio: float = 1.0,
                     quantization: str = "none", bits: int = 8, precision: str = "fp32") -> dict:
     """Accuracy (95% interval, paired difference from the baseline), agreement, batch-32 latency and size of one

@@ -133,3 +133,20 @@ def test_trim_after_cells_hooks_once_and_only_where_memory_is_tight(monkeypatch)
 def test_trim_after_cells_does_nothing_outside_a_kernel(monkeypatch):
     monkeypatch.setenv("LABKIT_LEAN", "1")
     assert memory.trim_after_cells() is False
+
+
+def test_gives_back_trims_after_the_point_even_when_it_fails(monkeypatch):
+    calls = []
+    monkeypatch.setattr(memory, "trim", lambda: calls.append(1))
+
+    @memory.gives_back
+    def point(x: int) -> int:
+        """A point."""
+        if x < 0:
+            raise ValueError("negative")
+        return 2 * x
+
+    assert point(3) == 6 and calls == [1] and point.__doc__ == "A point."
+    with pytest.raises(ValueError, match="negative"):
+        point(-1)
+    assert calls == [1, 1]
