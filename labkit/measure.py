@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -296,7 +297,7 @@ def serialized_bytes(model: torch.nn.Module) -> int:
     """Bytes of the model's weights as saved: safetensors where it can hold them, else torch's own format."""
     state = model.state_dict()
     if all(isinstance(v, torch.Tensor) and not v.is_quantized for v in state.values()):
-        from safetensors.torch import save
+        from safetensors.torch import save_file
 
         # safetensors refuses tensors that share memory; the artifact stores each once anyway.
         seen, unique = set(), {}
@@ -305,11 +306,23 @@ def serialized_bytes(model: torch.nn.Module) -> int:
             if key not in seen:
                 seen.add(key)
                 unique[k] = v.detach().cpu().contiguous()
-        return len(save(unique))
+        return _file_bytes(lambda path: save_file(unique, str(path)))
     # Quantized modules keep packed int8 weights that only torch's format holds; this is only measured, never loaded.
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getbuffer().nbytes
+    return _file_bytes(lambda path: _torch_save(state, path))
+
+
+def _torch_save(state: dict, path: Path) -> None:
+    with open(path, "wb") as f:  # a file object, not a name: the archive's inner folder is then named as always
+        torch.save(state, f)
+
+
+def _file_bytes(write) -> int:
+    """The size of the file `write(path)` makes, in a temporary folder. Written to disk, not to a bytes object: an
+    in-memory artifact needs about twice its size while it is built (0.38 GB for the 0.19 GB float64 baseline)."""
+    with tempfile.TemporaryDirectory(prefix="labkit-size-") as folder:
+        path = Path(folder) / "artifact"
+        write(path)
+        return path.stat().st_size
 
 
 @dataclass

@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,20 @@ def test_serialized_bytes_is_the_size_of_the_saved_file(tmp_path, tiny_model):
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items()}, str(path))
     assert measure.serialized_bytes(tiny_model) == path.stat().st_size
+
+
+def test_quantized_modules_are_sized_as_torch_saves_them_and_nothing_is_left(tmp_path, tiny_model, monkeypatch):
+    import tempfile
+
+    from labkit import quantize
+
+    q = quantize.to_int8(tiny_model)
+    buf = io.BytesIO()
+    torch.save(q.state_dict(), buf)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    assert measure.serialized_bytes(q) == buf.getbuffer().nbytes
+    assert list((tmp_path / "scratch").iterdir()) == []  # the temporary artifact is gone
 
 
 def test_float64_copy_doubles_the_bytes(tiny_model):
