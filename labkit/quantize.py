@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import data, fast_mode, measure, memory, parts, precision
+from . import data, fast_mode, measure, parts, precision
 
 SCHEMES = ("asymmetric", "symmetric")
 GRANULARITIES = ("tensor", "channel", "group")
@@ -885,7 +885,6 @@ def _reference(limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     return _BASE[key]
 
 
-@memory.gives_back
 def bits_point(bits: int, scheme: str = "asymmetric", granularity: str = "channel",
                group_size: int | None = DEFAULT_GROUP, limit: int | None = QUICK_LIMIT,
                quantizer: Callable | None = None, qparams_fn: Callable | None = None) -> dict:
