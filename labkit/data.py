@@ -749,7 +749,9 @@ def _lengths(texts: list[str], tokenizer, max_length: int, by_tokens: bool) -> n
     """Each snippet's length in word pieces (what padding costs), or in characters.
 
     Evaluation buckets by word pieces: on the quick subset its batches hold 15% fewer tokens, padding included, than
-    batches bucketed by characters. Training keeps characters, so its batches, and the baselines trained from them, stay as they were."""
+    batches bucketed by characters. Training keeps characters, so its batches, and the baselines trained from them,
+    stay as they were.
+    """
     if not by_tokens:
         return np.array([len(t) for t in texts])
     ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if texts else []
