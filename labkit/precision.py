@@ -383,13 +383,14 @@ def training_speed(model: nn.Module, tokenizer, precisions=None, steps: int = 3,
 
     After `warmup` untimed steps, `steps` timed ones: steps per second (median, min-max over steps), the speed-up
     over fp32 (per-step ratios' min-max beside it), the last loss, and each copy's validation accuracy with its 95%
-    interval on the first `limit` validation snippets. The weights stay fp32 in every run (the master copy)."""
+    interval on the first `limit` validation snippets. The weights stay fp32 in every run (the master copy).
+    Where memory is tight (`memory.tight`), every copy trains lean as `train.fit` does there."""
     import statistics
     import time
 
     import pandas as pd
 
-    from . import data, measure, train
+    from . import data, measure, memory, train
 
     dev = parts.device_of(model)
     if precisions is None:
@@ -399,22 +400,28 @@ def training_speed(model: nn.Module, tokenizer, precisions=None, steps: int = 3,
         raise ValueError(f"need steps >= 1, warmup >= 0, batch_size >= 1; got {steps}, {warmup}, {batch_size}.")
     rows = data.split("train", limit=batch_size * (warmup + steps))
     copies = {name: copy.deepcopy(model) for name in names}
+    # Where memory is tight, every copy trains as train.fit trains there: AdamW fused, the word embeddings frozen
+    # (each copy holds its own optimizer state, and all are alive at once so that the steps can alternate).
+    tight = memory.tight()
     runs = {name: train.fit_steps(copies[name], tokenizer, rows["text"], rows["label"], warmup + steps, lr=lr,
-                                  batch_size=batch_size, decay=False, precision=name) for name in names}
+                                  batch_size=batch_size, decay=False, precision=name, fused=tight) for name in names}
     seconds: dict[str, list[float]] = {name: [] for name in names}
     loss: dict[str, float] = {}
-    for i in range(warmup + steps):
-        for name, run in runs.items():  # the same batch for every precision in a round: same seed, same order
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t0 = time.perf_counter()
-            loss[name] = next(run)["loss"]
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            if i >= warmup:
-                seconds[name].append(time.perf_counter() - t0)
-    for run in runs.values():
-        run.close()  # back to eval mode
+    with contextlib.ExitStack() as frozen:
+        for m in copies.values():
+            frozen.enter_context(train.frozen_embeddings(m, tight))
+        for i in range(warmup + steps):
+            for name, run in runs.items():  # the same batch for every precision in a round: same seed, same order
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                t0 = time.perf_counter()
+                loss[name] = next(run)["loss"]
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                if i >= warmup:
+                    seconds[name].append(time.perf_counter() - t0)
+        for run in runs.values():
+            run.close()  # back to eval mode
     val = data.split(data.QUICK_SPLIT, limit)
     out = []
     for name in names:

@@ -56,7 +56,7 @@ def test_release_and_trim_run_everywhere():
 @pytest.mark.parametrize("family", [f.name for f in parts.FAMILIES])
 def test_lean_fine_tuning_trains_to_the_same_weights_and_is_undone(family, tokenizer):
     lean, plain = parts.tiny_classifier(family), parts.tiny_classifier(family)
-    hist = train.fit(lean, tokenizer, *TRAIN, steps=3, lr=1e-2, batch_size=8, lean=True)
+    hist = train.fit(lean, tokenizer, *TRAIN, steps=3, lr=1e-2, batch_size=8, lean=True, freeze_embeddings=False)
     ref = train.fit(plain, tokenizer, *TRAIN, steps=3, lr=1e-2, batch_size=8, lean=False)
     # dropout's random state is replayed in the recomputation; the fused AdamW rounds its last bit differently
     assert [h["loss"] for h in hist] == pytest.approx([h["loss"] for h in ref], abs=1e-5)
@@ -64,6 +64,31 @@ def test_lean_fine_tuning_trains_to_the_same_weights_and_is_undone(family, token
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
     assert not lean.is_activation_checkpointing and not getattr(lean, "_require_grads_hooks", [])
     assert not lean.get_input_embeddings()._forward_hooks  # the embeddings' hook is gone again
+
+
+@pytest.mark.parametrize("family", [f.name for f in parts.FAMILIES])
+def test_lean_fine_tuning_freezes_the_word_embeddings_and_trains_the_rest(family, tokenizer):
+    lean, start = parts.tiny_classifier(family), parts.tiny_classifier(family)
+    train.fit(lean, tokenizer, *TRAIN, steps=3, lr=1e-2, batch_size=8, lean=True)
+    embed = lean.get_input_embeddings().weight
+    assert torch.equal(embed, start.get_input_embeddings().weight)  # not one bit moved
+    assert embed.requires_grad  # and trainable again afterwards
+    changed = [n for (n, a), b in zip(lean.named_parameters(), start.parameters()) if not torch.equal(a, b)]
+    assert len(changed) == sum(1 for p in lean.parameters()) - 1, changed  # every other weight trained
+
+
+def test_frozen_embeddings_leaves_a_tied_embedding_alone(tokenizer):
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    lm = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64))
+    assert lm.get_output_embeddings().weight is lm.get_input_embeddings().weight  # tied: it is also the LM head
+    with train.frozen_embeddings(lm):
+        assert lm.get_input_embeddings().weight.requires_grad
+    clf = parts.tiny_classifier(parts.FAMILIES[0].name)
+    clf.get_input_embeddings().weight.requires_grad_(False)  # frozen by the caller: still frozen afterwards
+    with train.frozen_embeddings(clf):
+        pass
+    assert not clf.get_input_embeddings().weight.requires_grad
 
 
 def test_recomputed_activations_give_the_same_gradients(tiny_model, tokenizer):

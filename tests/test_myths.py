@@ -46,6 +46,23 @@ def test_training_step_times_runs_both_precisions_on_copies(tiny_model, tokenize
         assert torch.equal(v, before[k]), k
 
 
+def test_training_step_times_freezes_the_word_embeddings_where_memory_is_tight(tiny_model, tokenizer, monkeypatch):
+    trained = []
+    real = torch.optim.AdamW
+
+    def spy(params, **k):
+        params = list(params)
+        trained.append({id(p) for p in params})
+        return real(params, **k)
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    for lean in ("0", "1"):
+        monkeypatch.setenv("LABKIT_LEAN", lean)
+        myths.training_step_times(tiny_model, tokenizer, steps=1, batch_size=4, warmup=0)
+    everything, lean = (len(t) for t in trained)
+    assert lean == everything - 1  # only the word-embedding matrix left out
+    assert tiny_model.get_input_embeddings().weight.requires_grad
+
+
 def test_training_step_times_refuses_bad_sizes(tiny_model, tokenizer):
     import pytest
 

@@ -272,6 +272,21 @@ def test_training_speed_interleaves_fit_steps(tiny_model, tokenizer, monkeypatch
         precision.training_speed(tiny_model, tokenizer, steps=0)
 
 
+def test_training_speed_trains_lean_where_memory_is_tight(tiny_model, tokenizer, monkeypatch):
+    seen = []
+    real = train.fit_steps
+
+    def spy(model, *a, fused=False, **k):
+        for rec in real(model, *a, fused=fused, **k):
+            seen.append((fused, model.get_input_embeddings().weight.requires_grad))
+            yield rec
+    monkeypatch.setattr(train, "fit_steps", spy)
+    monkeypatch.setenv("LABKIT_LEAN", "1")
+    precision.training_speed(tiny_model, tokenizer, precisions=("bf16",), steps=1, warmup=0, batch_size=4, limit=4)
+    assert seen == [(True, False)] * 2  # fused AdamW, the word embeddings frozen, in both copies
+    assert tiny_model.get_input_embeddings().weight.requires_grad  # the caller's model untouched
+
+
 def test_fit_steps_checks_arguments_first_and_ends_in_eval_mode(tiny_model, tokenizer):
     with pytest.raises(ValueError, match="use 'bf16'"):
         train.fit_steps(tiny_model, tokenizer, *TRAIN, steps=1, precision="fp16")  # before any step is taken
