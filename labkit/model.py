@@ -312,6 +312,13 @@ def _load_cached(model_fn, path: Path, expected: dict, what: str) -> torch.nn.Mo
 def load_baseline(device=None, config: TrainConfig | None = None, retrain: bool = False,
                   progress: bool = True) -> tuple[torch.nn.Module, object]:
     """(model, tokenizer): the kit's classifier fine-tuned on the active data, from the cache or trained once."""
+    model, tokenizer = _load_baseline(device, config, retrain, progress)
+    if device is None and (config is None or config == TrainConfig.default()):
+        _lend(model, tokenizer)
+    return model, tokenizer
+
+
+def _load_baseline(device, config: TrainConfig | None, retrain: bool, progress: bool) -> tuple[torch.nn.Module, object]:
     config = config or TrainConfig.default()
     dev = resolve_device(device)
     path = baseline_path(config)
@@ -534,16 +541,53 @@ def cache_writable() -> bool:
 def _shared(config: TrainConfig, data_hash: str) -> tuple[torch.nn.Module, object, "np.ndarray"]:
     from . import measure
 
-    model, tokenizer = load_baseline(config=config, progress=False)
+    model, tokenizer = _load_baseline(None, config, False, False)  # the sliders' own copy: not lent
     return model, tokenizer, measure.predictions(model, tokenizer, data.QUICK_SPLIT, data.QUICK_LIMIT)
 
 
 def shared_baseline() -> tuple[torch.nn.Module, object, "np.ndarray"]:
     """(model, tokenizer, its predictions on the quick validation subset), loaded once per process for sliders.
 
-    Shared by every slider function: never modify it; compression functions work on copies.
+    Shared by every slider function: never modify it; compression functions work on copies. Where the notebook has
+    loaded the baseline itself (`load_baseline()`) and not changed it since, the sliders use that one (`_lent`): a
+    second copy costs 0.09 GB, and a classroom hub gives a kernel and Jupyter 1-2 GB.
     """
-    return _shared(TrainConfig.default(), data.split_hash())  # one per data set: data.use() switches it
+    key = (TrainConfig.default(), data.split_hash())  # one per data set: data.use() switches it
+    return _lent(key) or _shared(*key)
+
+
+_LENT: dict[tuple, dict] = {}  # (config, data hash) -> the model load_baseline last returned, and its fingerprint
+
+
+def _fingerprint(model: torch.nn.Module) -> tuple:
+    """What an in-place change alters: each tensor's identity, version counter and sum (`.data` edits skip the
+    counter), and whether any module is in training mode (dropout on). Milliseconds for the 91 MB baseline."""
+    with torch.no_grad():
+        tensors = tuple((name, id(t), t._version, t.dtype, str(t.device), float(t.sum(dtype=torch.float64)))
+                        for name, t in model.state_dict(keep_vars=True).items() if t.is_floating_point())
+    return tensors, any(m.training for m in model.modules())
+
+
+def _lend(model: torch.nn.Module, tokenizer) -> None:
+    """Offer the baseline `load_baseline` just returned to the sliders, as long as it stays unchanged."""
+    import weakref
+
+    _LENT[(TrainConfig.default(), data.split_hash())] = {"model": weakref.ref(model), "tokenizer": tokenizer,
+                                                         "fingerprint": _fingerprint(model), "predictions": None}
+
+
+def _lent(key: tuple) -> tuple[torch.nn.Module, object, "np.ndarray"] | None:
+    """The lent baseline for `key` if it is still alive and unchanged since it was loaded, else None (for good)."""
+    entry = _LENT.get(key)
+    model = entry["model"]() if entry else None
+    if model is None or _fingerprint(model) != entry["fingerprint"]:
+        _LENT.pop(key, None)  # changed or gone: the sliders load their own copy from now on
+        return None
+    if entry["predictions"] is None:
+        from . import measure
+
+        entry["predictions"] = measure.predictions(model, entry["tokenizer"], data.QUICK_SPLIT, data.QUICK_LIMIT)
+    return model, entry["tokenizer"], entry["predictions"]
 
 
 def baseline_record(config: TrainConfig | None = None) -> dict:

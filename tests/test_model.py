@@ -150,3 +150,40 @@ def test_the_baseline_trains_through_the_one_loop(tmp_path, monkeypatch):
     assert record["steps"] == 1 and record["recipe"] == model.RECIPE >= 2 and record["labels"] == list(data.LABELS)
     assert m.config.id2label == {0: "rotten", 1: "fresh"} and not m.training
     assert record["test_accuracy_lo"] <= record["test_accuracy"] <= record["test_accuracy_hi"]
+
+
+def _fresh_sharing(monkeypatch):
+    """No lent or own shared baseline from earlier tests: each test below starts from nothing."""
+    monkeypatch.setattr(model, "_LENT", {})
+    model._shared.cache_clear()
+
+
+@pytest.mark.parametrize("change", ["no_grad", "data", "train_mode", "replaced"])
+def test_sliders_use_the_notebooks_baseline_until_it_changes(baseline, monkeypatch, change):
+    _fresh_sharing(monkeypatch)
+    base, tok = model.load_baseline(progress=False)
+    shared, shared_tok, preds = model.shared_baseline()
+    assert shared is base and shared_tok is tok  # no second copy
+    assert preds.tolist() == measure.predictions(base, tok, data.QUICK_SPLIT, data.QUICK_LIMIT).tolist()
+    w = base.classifier.weight
+    if change == "no_grad":
+        with torch.no_grad():
+            w.mul_(0.5)
+    elif change == "data":
+        w.data.mul_(0.5)  # skips the version counter: the sum sees it
+    elif change == "train_mode":
+        base.train()
+    else:
+        base.classifier.weight = torch.nn.Parameter(w.detach().clone())  # same values, another tensor
+    own, _, own_preds = model.shared_baseline()
+    assert own is not base and not own.training
+    torch.testing.assert_close(own.classifier.bias, base.classifier.bias)
+    assert model.shared_baseline()[0] is own  # never lent again, even if changed back
+    model._shared.cache_clear()
+
+
+def test_a_baseline_loaded_for_a_device_is_not_lent(baseline, monkeypatch):
+    _fresh_sharing(monkeypatch)
+    base, _ = model.load_baseline(device="cpu", progress=False)
+    assert model.shared_baseline()[0] is not base
+    model._shared.cache_clear()
