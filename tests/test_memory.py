@@ -175,3 +175,25 @@ def test_gives_back_trims_after_the_point_even_when_it_fails(monkeypatch):
     with pytest.raises(ValueError, match="negative"):
         point(-1)
     assert calls == [1, 1]
+
+
+def test_micro_batches_add_up_to_the_whole_batch(tokenizer):
+    import contextlib
+
+    from labkit import data
+
+    model = parts.tiny_classifier(parts.FAMILIES[0].name).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0  # each slice draws its own dropout masks: without dropout the sums must agree
+    batch = next(iter(data.batches(*TRAIN, tokenizer, 8, shuffle_seed=0)))
+    grads, losses = [], []
+    for micro in (None, 3):  # whole, then slices of 3, 3 and 2 rows
+        model.zero_grad(set_to_none=True)
+        losses.append(train._backward(model, batch, None, 2.0, contextlib.nullcontext(), None, micro))
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="micro_batch"):
+        train.fit_steps(model, tokenizer, *TRAIN, steps=1, micro_batch=0)
