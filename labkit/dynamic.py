@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import data, measure, parts, quantize, train
+from . import data, measure, memory, parts, quantize, train
 
 
 # --- finding the parts (through labkit.parts) ------------------------------------------------------------
@@ -715,6 +715,7 @@ def quantization_robustness(model: nn.Module, tokenizer, kinds=("normal", "long"
             rows[kind, name] = {"inputs": kind, "model": name, "accuracy": ci["accuracy"], "lo": ci["lo"],
                                 "hi": ci["hi"], "n": ci["n"], "agreement": measure.agreement(preds, refs[kind])}
         del m
+        memory.release()  # hand this copy's pages back before the next one is built
     return pd.DataFrame([rows[kind, name] for kind in kinds for name in builders])
 
 

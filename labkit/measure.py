@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data, fast_mode, parts
+from . import data, fast_mode, memory, parts
 
 
 def _logits(out) -> torch.Tensor:
@@ -31,6 +31,8 @@ def predict(model: torch.nn.Module, tokenizer, texts, batch_size: int = 32) -> n
     for batch in data.batches(texts, None, tokenizer, batch_size):
         logits = _logits(model(**parts.feed(model, batch.to(dev).inputs)))
         preds[batch.rows] = logits.argmax(-1).cpu().numpy()
+    if memory.tight():
+        memory.trim()  # batches of odd lengths leave holes in the heap that the next model's batches cannot reuse
     return preds
 
 

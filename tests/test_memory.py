@@ -197,3 +197,16 @@ def test_micro_batches_add_up_to_the_whole_batch(tokenizer):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="micro_batch"):
         train.fit_steps(model, tokenizer, *TRAIN, steps=1, micro_batch=0)
+
+
+def test_predict_hands_pages_back_only_where_memory_is_tight(monkeypatch, tiny_model, tokenizer):
+    from labkit import measure
+
+    calls = []
+    monkeypatch.setattr(memory, "trim", lambda: calls.append(1))
+    monkeypatch.setenv("LABKIT_LEAN", "0")
+    plain = measure.predict(tiny_model, tokenizer, ["a good film", "a bad one"])
+    assert calls == []
+    monkeypatch.setenv("LABKIT_LEAN", "1")
+    lean = measure.predict(tiny_model, tokenizer, ["a good film", "a bad one"])
+    assert calls == [1] and (lean == plain).all()
