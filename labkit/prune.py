@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import data, fast_mode, measure, parts
+from . import data, fast_mode, measure, memory, parts
 from . import model as lk_model
 from . import train as lk_train
 
@@ -122,15 +122,16 @@ def masks(model: nn.Module, sparsity: float, scope: str = "layer", method: str =
             raise ValueError("mask_fn prunes each layer on its own: use it with scope='layer', method='magnitude'.")
         return {n: _mask_from_fn(mask_fn, m.weight, sparsity, n) for n, m in layers.items()}
     gen = torch.Generator().manual_seed(seed)
-    scores = {n: _scores(m.weight, method, gen) for n, m in layers.items()}
     if scope == "layer":
-        return {n: _smallest_mask(s, round(sparsity * s.numel())) for n, s in scores.items()}
-    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+        return {n: _smallest_mask(s, round(sparsity * s.numel()))
+                for n, s in ((n, _scores(m.weight, method, gen)) for n, m in layers.items())}
+    # One layer's scores at a time go into the flat vector: no second whole-model copy beside it.
+    flat = torch.cat([_scores(m.weight, method, gen).reshape(-1) for m in layers.values()])
     keep = _smallest_mask(flat, round(sparsity * flat.numel()))
     out, start = {}, 0
-    for n, s in scores.items():
-        out[n] = keep[start:start + s.numel()].view_as(s)
-        start += s.numel()
+    for n, m in layers.items():
+        out[n] = keep[start:start + m.weight.numel()].view_as(m.weight)
+        start += m.weight.numel()
     return out
 
 
@@ -188,13 +189,17 @@ def layer_sparsity(model: nn.Module, include_head: bool = False) -> pd.DataFrame
 
 
 def torch_prune(model: nn.Module, sparsity: float, inplace: bool = False) -> nn.Module:
-    """The same 50%-style global L1 pruning done by torch.nn.utils.prune (mask kept as a buffer, weight recomputed)."""
+    """Global L1 pruning kept the way torch.nn.utils.prune keeps it: weight_orig, a weight_mask buffer, and the
+    weight recomputed before every forward. The masks are torch's global_unstructured ones (tested)."""
     import torch.nn.utils.prune as tprune
 
     sparsity = _check_fraction("sparsity", sparsity)
+    keep = masks(model, sparsity, "global")
     out = _target(model, inplace)
-    params = [(m, "weight") for m in prunable_linears(out).values()]
-    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=sparsity)
+    # Layer by layer: global_unstructured builds several whole-model vectors at once (the fast baseline's call
+    # peaked 0.58 GB above the kernel), where these masks cost one.
+    for name, layer in prunable_linears(out).items():
+        tprune.custom_from_mask(layer, "weight", keep[name].to(layer.weight.device))
     return out
 
 
@@ -559,15 +564,22 @@ def _quick_setup() -> tuple:
     return lk_model.shared_baseline()
 
 
-@lru_cache(maxsize=4)
 def _ranked(base: nn.Module, scope: str, method: str) -> dict[str, torch.Tensor]:
-    """`base`'s prunable weights ranked once, lowest score first (per layer, or all together)."""
+    """`base`'s prunable weights ranked once, lowest score first (per layer, or all together); where memory is tight
+    (`memory.tight`) only the last ranking is kept: each one is as large as the weights."""
+    return (_ranking_last if memory.tight() else _ranking)(base, scope, method)
+
+
+def _rank(base: nn.Module, scope: str, method: str) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)  # the same scores `masks` draws for the random control
     scores = {n: _scores(m.weight, method, gen).reshape(-1) for n, m in prunable_linears(base).items()}
     # int32 positions: half the memory of argsort's int64, and every layer has far fewer than 2**31 weights.
     if scope == "global":
         return {"*": torch.argsort(torch.cat(list(scores.values())), stable=True).to(torch.int32)}
     return {n: torch.argsort(s, stable=True).to(torch.int32) for n, s in scores.items()}
+
+
+_ranking, _ranking_last = lru_cache(maxsize=4)(_rank), lru_cache(maxsize=1)(_rank)
 
 
 @lru_cache(maxsize=1)

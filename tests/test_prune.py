@@ -35,9 +35,16 @@ def test_layer_scope_matches_torch_l1_unstructured(tiny_model, sparsity):
         assert int((ours[name].weight == 0).sum()) == round(sparsity * layer.weight.numel())
 
 
+def _torch_global(model, sparsity):
+    ref = copy.deepcopy(model)
+    params = [(m, "weight") for m in prune.prunable_linears(ref).values()]
+    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=sparsity)
+    return ref
+
+
 def test_global_scope_matches_torch_global_unstructured(tiny_model):
     pruned = prune.magnitude(tiny_model, 0.6, "global")
-    ref = prune.torch_prune(tiny_model, 0.6)
+    ref = _torch_global(tiny_model, 0.6)
     for name, layer in prune.prunable_linears(ref).items():
         assert torch.equal(prune.prunable_linears(pruned)[name].weight != 0, layer.weight_mask.bool()), name
     counts = prune.sparsity_of(pruned)
@@ -151,6 +158,32 @@ def test_models_without_linear_or_attention_layers_are_refused():
         prune.magnitude(nn.Sequential(nn.ReLU()), 0.5)
     with pytest.raises(ValueError, match="attention"):
         prune.structured(nn.Sequential(nn.Linear(4, 4)), heads=0.5)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
+def test_torch_prune_is_torch_global_unstructured_kept_the_same_way(tiny_model, tokenizer, sparsity):
+    before = _state(tiny_model)
+    ours, ref = prune.torch_prune(tiny_model, sparsity), _torch_global(tiny_model, sparsity)
+    assert _same_state(tiny_model.state_dict(), before)  # the caller's model is untouched
+    assert ours.state_dict().keys() == ref.state_dict().keys()  # weight_orig and weight_mask, as torch keeps them
+    for k, v in ref.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v), k
+    with torch.no_grad():
+        assert torch.equal(ours(**_inputs(tokenizer)).logits, ref(**_inputs(tokenizer)).logits)
+
+
+def test_the_sliders_keep_one_ranking_where_memory_is_tight(monkeypatch, tiny_model):
+    prune._ranking.cache_clear(), prune._ranking_last.cache_clear()
+    monkeypatch.setenv("LABKIT_LEAN", "1")
+    first = prune._ranked(tiny_model, "layer", "magnitude")
+    prune._ranked(tiny_model, "global", "magnitude")
+    assert prune._ranking_last.cache_info().currsize == 1 and prune._ranking.cache_info().currsize == 0
+    monkeypatch.setenv("LABKIT_LEAN", "0")
+    again = prune._ranked(tiny_model, "layer", "magnitude")
+    prune._ranked(tiny_model, "global", "magnitude")
+    assert prune._ranking.cache_info().currsize == 2
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    prune._ranking.cache_clear(), prune._ranking_last.cache_clear()
 
 
 def test_zeros_do_not_shrink_the_file_and_torch_prune_adds_a_mask(tiny_model):
