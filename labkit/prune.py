@@ -123,8 +123,8 @@ def masks(model: nn.Module, sparsity: float, scope: str = "layer", method: str =
         return {n: _mask_from_fn(mask_fn, m.weight, sparsity, n) for n, m in layers.items()}
     gen = torch.Generator().manual_seed(seed)
     if scope == "layer":
-        return {n: _smallest_mask(s, round(sparsity * s.numel()))
-                for n, s in ((n, _scores(m.weight, method, gen)) for n, m in layers.items())}
+        return {n: _smallest_mask(_scores(m.weight, method, gen), round(sparsity * m.weight.numel()))
+                for n, m in layers.items()}
     # One layer's scores at a time go into the flat vector: no second whole-model copy beside it.
     flat = torch.cat([_scores(m.weight, method, gen).reshape(-1) for m in layers.values()])
     keep = _smallest_mask(flat, round(sparsity * flat.numel()))
