@@ -240,7 +240,8 @@ def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace
     the raw scores (padding is not pre-filtered, [CLS] not protected) and must return the kept hidden states and
     their positions, in their original order.
     Works on every family in labkit.parts; DeBERTa-v2's blocks get the kept tokens' relative positions (its
-    ranking uses the content attention only).
+    ranking uses the content attention only). The copy only adds hooks, so it shares the input's weights
+    (parts.copy_with): fine-tune a labkit.model.clone of it, not the copy itself.
     """
     if select is not None and not callable(select):
         raise ValueError(f"select must be a function (hidden, scores, mask, keep) -> (kept, indices), got {select!r}.")
@@ -261,7 +262,7 @@ def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace
     impl = getattr(model.config, "_attn_implementation", "sdpa")
     if impl not in (None, "eager", "sdpa"):
         raise ValueError(f"Token pruning supports the 'sdpa' and 'eager' attention implementations, got {impl!r}.")
-    model = _target(model, inplace)
+    model = model if inplace else parts.copy_with(model)  # hooks only: the copy shares every weight
     blocks = _blocks(model)
     state: dict[str, Any] = {}
     first = blocks[start_layer]
@@ -799,7 +800,7 @@ def prune_finetune(model: nn.Module, tokenizer, final_sparsity: float, steps: in
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}.")
     cubic_schedule(0, steps, final_sparsity)  # validates final_sparsity
-    model = _target(model, inplace)
+    model = model if inplace else train.copy_to_fit(model)  # the embedding fit freezes stays shared
     lins = linears(model)
     keep = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in lins.items()}
     ramp_steps = max(1, int(ramp * steps))

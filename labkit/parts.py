@@ -207,6 +207,26 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+def copy_with(model: nn.Module, convert=None) -> nn.Module:
+    """A copy of `model` (new modules, new Parameter objects) whose every parameter and buffer t is convert(t).
+
+    `convert` gets the model's own tensor: returning it shares it. By default every tensor is shared, which costs no
+    memory: for a copy whose layers are then replaced or given new tensors (quantizing, exporting, a dtype cast),
+    never one written in place, which would change the original too. `convert=torch.clone` gives an independent
+    copy; a cast such as `lambda t: t.to(torch.bfloat16)` gives a converted one without a float32 copy in between.
+    Tied weights stay tied.
+    """
+    import copy
+
+    memo: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for p in model.parameters():  # each tensor once, however many modules hold it (tied weights)
+            memo[id(p)] = nn.Parameter((p if convert is None else convert(p)).detach(), requires_grad=p.requires_grad)
+        for b in model.buffers():
+            memo[id(b)] = (b if convert is None else convert(b)).detach()
+    return copy.deepcopy(model, memo)  # deepcopy takes what memo has for each of those tensors
+
+
 def summary(model: nn.Module) -> dict:
     """Family, blocks, heads and feed-forward width per block, and head layer names: what the map found."""
     fam = family_of(model)

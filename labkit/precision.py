@@ -214,7 +214,9 @@ def to_precision(model: nn.Module, precision: str, inplace: bool = False) -> nn.
         if error is not None:
             raise ValueError(f"fp16 cannot run on this {dev.type} with torch {torch.__version__} ({error}). "
                              "Use 'bf16': it has fp32's range and runs on CPUs.")
-    out = model if inplace else copy.deepcopy(model)
+    # a copy made in the new dtype tensor by tensor, without a full float32 copy in between
+    out = model if inplace else parts.copy_with(model, lambda t: t.to(dtype, copy=True) if t.is_floating_point()
+                                                else t.clone())
     return out.to(dtype)  # floating weights and buffers only: token ids and position ids stay integers
 
 
@@ -399,10 +401,11 @@ def training_speed(model: nn.Module, tokenizer, precisions=None, steps: int = 3,
     if steps < 1 or warmup < 0 or batch_size < 1:
         raise ValueError(f"need steps >= 1, warmup >= 0, batch_size >= 1; got {steps}, {warmup}, {batch_size}.")
     rows = data.split("train", limit=batch_size * (warmup + steps))
-    copies = {name: copy.deepcopy(model) for name in names}
     # Where memory is tight, every copy trains as train.fit trains there: AdamW fused, the word embeddings frozen
-    # (each copy holds its own optimizer state, and all are alive at once so that the steps can alternate).
+    # (each copy holds its own optimizer state, and all are alive at once so that the steps can alternate). Frozen,
+    # the embedding is never written, so the copies share the caller's instead of holding one each (copy_to_fit).
     tight = memory.tight()
+    copies = {name: train.copy_to_fit(model, freeze=tight) for name in names}
     runs = {name: train.fit_steps(copies[name], tokenizer, rows["text"], rows["label"], warmup + steps, lr=lr,
                                   batch_size=batch_size, decay=False, precision=name, fused=tight) for name in names}
     seconds: dict[str, list[float]] = {name: [] for name in names}

@@ -434,7 +434,7 @@ def recover(model: nn.Module, tokenizer, steps: int | None = None, lr: float = 1
         raise ValueError(f"The teacher is on {parts.device_of(teacher)} and the model on "
                          f"{parts.device_of(model)}: move the teacher to the model's device first "
                          "(teacher.to(device)).")
-    out = _target(model, inplace)
+    out = model if inplace else lk_train.copy_to_fit(model)  # the embedding fit freezes stays shared
     keep = {n: m.weight != 0 for n, m in prunable_linears(out).items()} if keep_zeros else {}
     split = data.split("train")
     # The optimizer step must not revive a pruned weight: re-apply the zero pattern after every step.

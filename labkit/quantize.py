@@ -265,12 +265,16 @@ def _target(model: nn.Module, inplace: bool) -> nn.Module:
 
 
 def _cpu_target(model: nn.Module, inplace: bool, what: str) -> nn.Module:
-    """The model (or a copy) on the CPU for a CPU-only backend; says so when the caller's model was elsewhere."""
+    """The model (or a copy) on the CPU for a CPU-only backend; says so when the caller's model was elsewhere.
+
+    The copy shares the caller's CPU tensors (parts.copy_with): every backend here exports the model, or replaces
+    its layers with int8 ones built from the float weights, and none writes a float weight.
+    """
     dev = parts.device_of(model)
     if dev.type != "cpu":
         warnings.warn(f"{what} runs on the CPU only: the returned model is on the CPU, not on {dev}. Compare it "
                       "with a CPU copy of the float model (model.cpu()) when timing.", RuntimeWarning, stacklevel=3)
-    return _target(model, inplace).cpu()
+    return (model if inplace else parts.copy_with(model)).cpu()
 
 
 class _ActivationFakeQuant:
@@ -457,7 +461,7 @@ def qat(model: nn.Module, tokenizer, bits: int = 4, scheme: str = "asymmetric", 
 
     fake_quantize(model, bits, scheme, granularity, group_size)  # validates every argument, cheaply enough
     steps = steps or (10 if fast_mode() else 150)
-    out = _target(model, inplace)
+    out = model if inplace else train_lib.copy_to_fit(model)  # the embedding fit freezes stays shared
     layers = _linears(out)
     for _, lin in layers:
         parametrize.register_parametrization(lin, "weight", _STEFakeQuant(bits, scheme, granularity, group_size))

@@ -54,13 +54,18 @@ def _check_classifier(model: nn.Module) -> None:
     parts.check_classifier(model)  # a supported family with a classification head
 
 
-def _cpu_copy(model: nn.Module, what: str) -> nn.Module:
-    """A float32 CPU copy to convert: these runtimes run on the CPU; says so when the model was elsewhere."""
+def _cpu_copy(model: nn.Module, what: str, share: bool = True) -> nn.Module:
+    """A float32 CPU copy to convert: these runtimes run on the CPU; says so when the model was elsewhere.
+
+    With `share`, a float32 CPU model's tensors are shared, not copied (parts.copy_with): tracing and exporting
+    only read them. A converter that may rewrite weights gets `share=False`, an independent copy.
+    """
     dev = next(iter(model.parameters())).device
     if dev.type != "cpu":
         warnings.warn(f"{what} runs on the CPU only: the returned model is on the CPU, not on {dev}.", RuntimeWarning,
                       stacklevel=3)
-    return copy.deepcopy(model).cpu().float().eval()
+    out = parts.copy_with(model) if share else copy.deepcopy(model)
+    return out.cpu().float().eval()  # new tensors in the copy only: its Parameter objects are its own
 
 
 def _example_inputs(model: nn.Module, tokenizer=None) -> dict[str, torch.Tensor]:
@@ -309,7 +314,7 @@ def torchao_int8(model: nn.Module) -> nn.Module:
     ao = _require("torchao", "pip install torchao (not a labkit dependency: measured slower than torch.ao here)")
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
-    out = _cpu_copy(model, "torchao's int8 Linear (CPU here)")
+    out = _cpu_copy(model, "torchao's int8 Linear (CPU here)", share=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_(out, Int8DynamicActivationInt8WeightConfig())

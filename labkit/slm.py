@@ -12,7 +12,6 @@ an int8 KV cache (`Int8KVCache`, labkit's own: transformers' int8 caches need op
 
 from __future__ import annotations
 
-import copy
 import importlib.metadata
 import json
 import math
@@ -419,7 +418,9 @@ def tokens_per_second(models: nn.Module | dict[str, nn.Module], tokenizer, promp
 
 def bf16(model: nn.Module) -> nn.Module:
     """A bfloat16 copy (on a CPU without native bf16, torch converts around each op: it may be slower than fp32)."""
-    return copy.deepcopy(model).to(torch.bfloat16).eval()
+    from .parts import copy_with
+
+    return copy_with(model, lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t).eval()  # no fp32 copy
 
 
 def dynamic_int8(model: nn.Module) -> nn.Module:
@@ -428,9 +429,12 @@ def dynamic_int8(model: nn.Module) -> nn.Module:
 
     from torch.ao.quantization import quantize_dynamic
 
+    from .parts import copy_with
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's eager quantization is deprecated in favour of torchao
-        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8, inplace=True)
+        # a copy sharing the float weights: quantize_dynamic replaces its Linear layers and never writes them
+        return quantize_dynamic(copy_with(model).eval(), {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 # --- KV cache ----------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import data, fast_mode, measure, memory
+from . import data, fast_mode, measure, memory, parts
 from . import model as model_lib
 from .labels import t
 
@@ -62,10 +62,19 @@ def validate(steps: list[tuple[str, dict]]) -> None:
         seen.append(name)
 
 
+# Steps that only replace layers with new ones, cast them or add hooks: none writes into a weight it was given.
+READ_ONLY_STEPS = ("int8", "token_pruning", "precision")
+
+
 def run_pipeline(model: nn.Module, tokenizer, steps: list[tuple[str, dict]]) -> nn.Module:
-    """Apply the steps in order to a copy of `model` and return it; the input model is untouched."""
+    """Apply the steps in order to a copy of `model` and return it; the input model is untouched.
+
+    A pipeline of READ_ONLY_STEPS works on a copy that shares the input's tensors until a step replaces them (a
+    token-pruned model costs no memory for its weights); one that prunes or trains works on a full copy.
+    """
     validate(steps)
-    out = model_lib.clone(model)
+    shared = all(name in READ_ONLY_STEPS for name, _ in steps)
+    out = parts.copy_with(model) if shared else model_lib.clone(model)
     for name, options in steps:
         fn = _step_function(name)
         if name == "recover":

@@ -59,6 +59,24 @@ def recomputed_activations(model: nn.Module, enabled: bool = True) -> Iterator[N
             model.disable_input_require_grads()  # the hook enable added on the embeddings' output
 
 
+def input_embedding(model: nn.Module) -> nn.Parameter | None:
+    """The input (word) embedding matrix `frozen_embeddings` freezes; None where there is none, or it is tied to an
+    output layer (freezing it would freeze that layer too)."""
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embed, "weight", None)
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = out is not None and getattr(out, "weight", None) is weight
+    return weight if isinstance(weight, nn.Parameter) and not tied else None
+
+
+def copy_to_fit(model: nn.Module, freeze: bool | None = None) -> nn.Module:
+    """An independent copy of `model` to fine-tune with `fit`, except the input embedding where `fit` freezes it
+    (`freeze`; None: where memory is tight, as `fit` decides): never written there, it stays shared with `model`
+    (MiniLM's is 47 MB, half the baseline)."""
+    frozen = input_embedding(model) if (memory.tight() if freeze is None else freeze) else None
+    return parts.copy_with(model, lambda t: t if t is frozen else t.clone())
+
+
 @contextlib.contextmanager
 def frozen_embeddings(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Within it, the input (word) embedding matrix is not trained: it gets no gradient and no AdamW moments.
@@ -69,11 +87,8 @@ def frozen_embeddings(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     they lose little. An embedding tied to an output layer, or one already frozen, is left as it is; the setting is
     restored on exit.
     """
-    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    weight = getattr(embed, "weight", None)
-    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    tied = out is not None and getattr(out, "weight", None) is weight
-    on = enabled and isinstance(weight, nn.Parameter) and weight.requires_grad and not tied
+    weight = input_embedding(model)
+    on = enabled and weight is not None and weight.requires_grad
     if on:
         weight.requires_grad_(False)
     try:

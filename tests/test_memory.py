@@ -77,6 +77,20 @@ def test_lean_fine_tuning_freezes_the_word_embeddings_and_trains_the_rest(family
     assert len(changed) == sum(1 for p in lean.parameters()) - 1, changed  # every other weight trained
 
 
+@pytest.mark.parametrize("tight", [True, False])
+def test_a_copy_to_fit_shares_only_the_embedding_fit_freezes(monkeypatch, tokenizer, tight):
+    monkeypatch.setenv("LABKIT_LEAN", "1" if tight else "0")
+    monkeypatch.delenv("MEM_LIMIT", raising=False)
+    start = parts.tiny_classifier("BERT")
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    work = train.copy_to_fit(start)
+    embed = start.get_input_embeddings().weight
+    assert (work.get_input_embeddings().weight.data_ptr() == embed.data_ptr()) is tight
+    train.fit(work, tokenizer, *TRAIN, steps=2, lr=1e-2, batch_size=8)  # lean and frozen exactly where tight
+    assert all(torch.equal(v, before[k]) for k, v in start.state_dict().items())  # the caller's model untouched
+    assert torch.equal(work.get_input_embeddings().weight, embed) is tight  # frozen where shared, trained elsewhere
+
+
 def test_frozen_embeddings_leaves_a_tied_embedding_alone(tokenizer):
     from transformers import AutoModelForCausalLM, GPT2Config
 

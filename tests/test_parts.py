@@ -63,3 +63,50 @@ def test_set_module_replaces_by_dotted_name():
     assert m.get_submodule(name) is new
     with torch.inference_mode():
         m(input_ids=torch.tensor([[101, 2000, 102]]))
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def test_copy_with_shares_storage_but_not_parameter_objects():
+    m = parts.tiny_classifier("BERT")
+    c = parts.copy_with(m)
+    for (name, p), q in zip(m.named_parameters(), c.parameters()):
+        assert q is not p and _storage(q) == _storage(p), name  # no new memory, yet the copy's own Parameter
+    assert all(_storage(a) == _storage(b) for a, b in zip(m.buffers(), c.buffers()))
+    name = next(iter(parts.linears(c, "ffn")))
+    parts.set_module(c, name, nn.Identity())  # replacing a layer in the copy leaves the original's in place
+    assert isinstance(m.get_submodule(name), nn.Linear)
+
+
+def test_copy_with_a_cast_leaves_the_original_in_float32():
+    m = parts.tiny_classifier("BERT")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    c = parts.copy_with(m).to(torch.bfloat16)  # torch's own cast on the shared copy: new tensors in the copy only
+    assert all(p.dtype == torch.bfloat16 for p in c.parameters())
+    assert all(torch.equal(v, before[k]) and v.dtype == before[k].dtype for k, v in m.state_dict().items())
+    d = parts.copy_with(m, lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t)
+    assert all(torch.equal(a, b) for a, b in zip(c.state_dict().values(), d.state_dict().values()))
+
+
+def test_copy_with_clones_all_but_what_convert_returns_as_it_is():
+    m = parts.tiny_classifier("DistilBERT")
+    emb = m.get_input_embeddings().weight
+    c = parts.copy_with(m, lambda t: t if t is emb else t.clone())  # convert sees the model's own tensors
+    assert _storage(c.get_input_embeddings().weight) == _storage(emb)
+    others = [(p, q) for p, q in zip(m.parameters(), c.parameters()) if p is not emb]
+    assert others and all(_storage(p) != _storage(q) and torch.equal(p, q) for p, q in others)
+    with torch.no_grad():
+        for _, q in others:
+            q.add_(1.0)  # training the copy
+    assert all(not torch.equal(p, q) for p, q in others)
+
+
+def test_copy_with_keeps_tied_weights_tied():
+    lm = nn.Module()
+    lm.embed = nn.Embedding(10, 4)
+    lm.head = nn.Linear(4, 10, bias=False)
+    lm.head.weight = lm.embed.weight
+    for c in (parts.copy_with(lm), parts.copy_with(lm, torch.clone)):
+        assert c.head.weight is c.embed.weight and c.embed.weight is not lm.embed.weight

@@ -99,6 +99,17 @@ def test_calibration_records_each_input_once_and_shares_it(tiny, stats):
     s = stats[f"{block}.mlp.down_proj"]
     assert s.H.shape == (128, 128) and s.tokens == 8 * 64 and s.sample.shape == (512, 128)
     torch.testing.assert_close(s.H, s.sample.T @ s.sample / len(s.sample), rtol=1e-4, atol=1e-6)
+    assert torch.equal(s.H, s.H.T) and s.upper.numel() == 128 * 129 // 2  # kept: the upper triangle only
+
+
+def test_input_stats_keep_the_upper_triangle_and_give_h_back():
+    torch.manual_seed(0)
+    x = torch.randn(50, 12)
+    H = x.T @ x / 50
+    H = (H + H.T) / 2  # exactly symmetric, as H is
+    s = wo.InputStats.of(H, x.abs().mean(0), x[:4], 50)
+    assert torch.equal(s.H, H) and s.upper.numel() == 12 * 13 // 2
+    assert torch.equal(s.factor(), wo.hessian_factor(H))
 
 
 @pytest.mark.parametrize("bits", [3, 4])
@@ -181,6 +192,27 @@ def test_quantize_model_returns_a_copy_and_leaves_the_input_unchanged(tiny, stat
                if not torch.equal(layer.weight, tiny.get_submodule(n).weight)]
     assert len(changed) == 14
     assert torch.equal(q.lm_head.weight, tiny.lm_head.weight)  # the head stays float
+
+
+def test_copies_share_what_they_do_not_quantize(tiny, stats):
+    """A quantized copy costs memory for its new decoder weights only: the embeddings and norms stay shared."""
+    def ptr(t):
+        return t.untyped_storage().data_ptr()
+
+    emb = tiny.get_input_embeddings().weight
+    q = wo.quantize_model(tiny, "gptq", 3, 32, stats=stats)
+    assert ptr(q.get_input_embeddings().weight) == ptr(emb) and ptr(q.lm_head.weight) == ptr(tiny.lm_head.weight)
+    assert all(ptr(layer.weight) != ptr(tiny.get_submodule(n).weight) for n, layer in slm.decoder_linears(q).items())
+    for make in (lambda: wo.map_weights(tiny, torch.round), lambda: wo.int4_kernel(tiny), lambda: slm.dynamic_int8(tiny)):
+        assert ptr(make().get_input_embeddings().weight) == ptr(emb)
+
+
+def test_every_kernel_maker_leaves_the_input_unchanged(tiny):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    for name, make in wo.kernel_makers(tiny).items():
+        m, status = wo.try_kernel(make)
+        assert status == "ran" and m is not tiny, name
+        assert all(torch.equal(v, before[k]) and v.dtype == before[k].dtype for k, v in tiny.state_dict().items()), name
 
 
 def test_quantize_model_inplace_changes_the_model():

@@ -37,6 +37,17 @@ def test_pipeline_returns_a_new_model_and_leaves_the_input_alone(tiny_model, tok
     assert out(input_ids=ids).logits.shape == (1, 2)
 
 
+@pytest.mark.parametrize("steps, shared", [([("token_pruning", {"keep_ratio": 0.5, "start_layer": 1})], True),
+                                           ([("precision", {"precision": "bf16"})], False),
+                                           ([("magnitude", {"sparsity": 0.5})], False)])
+def test_read_only_pipelines_share_the_input_weights_and_leave_them_alone(tiny_model, tokenizer, steps, shared):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    out = strategies.run_pipeline(tiny_model, tokenizer, steps)
+    ptrs = {p.data_ptr() for p in tiny_model.parameters()}
+    assert all(p.data_ptr() in ptrs for p in out.parameters()) is shared  # a bf16 cast or pruning: new tensors
+    assert all(torch.equal(v, before[k]) and v.dtype == before[k].dtype for k, v in tiny_model.state_dict().items())
+
+
 def test_distilled_recovery_learns_from_the_input_model(tiny_model, tokenizer, monkeypatch):
     from labkit import prune
 
