@@ -414,10 +414,15 @@ def test_structured_table_reports_smaller_models(tiny_model, tokenizer):
     assert (table["accuracy_lo"] <= table["accuracy"]).all() and (table["accuracy"] <= table["accuracy_hi"]).all()
 
 
-def test_recovery_curve_keeps_sparsity(tiny_model, tokenizer):
+@pytest.mark.parametrize("lean", ["1", "0"])
+def test_recovery_curve_keeps_sparsity_and_the_input(tiny_model, tokenizer, monkeypatch, lean):
+    monkeypatch.setenv("LABKIT_LEAN", lean)  # lean: the copies share the embedding that recovery freezes
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     rec = prune.recovery_curve(tiny_model, tokenizer, [0.5], steps=1, limit=16)
     assert rec.loc[0, "still_sparse"] == pytest.approx(0.5, abs=1e-3)
     assert rec.loc[0, "after_lo"] <= rec.loc[0, "after"] <= rec.loc[0, "after_hi"]
+    prune.structured_table(tiny_model, tokenizer, [(0.5, 0.5)], steps=1, limit=16)
+    assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
 
 
 @pytest.mark.parametrize("scope, method", [("layer", "magnitude"), ("global", "magnitude"), ("global", "random")])
@@ -434,3 +439,14 @@ def test_slider_fast_path_matches_magnitude(baseline, scope, method):
     for n, m in fast_layers.items():  # kept weights hold the baseline's values
         kept = m.weight != 0
         assert torch.equal(m.weight[kept], prune.prunable_linears(base)[n].weight[kept])
+
+
+def test_smallest_mask_drops_exactly_k_as_topk_does():
+    torch.manual_seed(0)
+    for n, k in [(10, 3), (1000, 500), (7, 7), (5, 0)]:
+        scores = torch.randn(n)
+        ref = torch.ones(n, dtype=torch.bool)
+        ref[torch.topk(scores, k, largest=False).indices] = False
+        assert torch.equal(prune._smallest_mask(scores, k), ref), (n, k)
+    ties = torch.tensor([0.0, 0.0, 0.0, 1.0, 2.0, 0.0])  # an already pruned layer: many equal scores at the cut
+    assert prune._smallest_mask(ties, 2).tolist() == [False, False, True, True, True, True]
