@@ -18,7 +18,7 @@ from functools import cache
 import torch
 from torch import nn
 
-from . import parts
+from . import memory, parts
 
 
 @dataclass(frozen=True)
@@ -298,7 +298,9 @@ def tour(model: nn.Module, tokenizer, reference, limit: int | None = None) -> li
 # --- the classifier in each precision: accuracy, bytes, latency (section 3 and the dropdown of notebook 00b) -------
 
 # Per source model (weakly held, so a dropped model frees its copies): its cast copies and their predictions on the
-# validation subset, made once, so the table and the dropdown never cast or predict the same thing twice.
+# validation subset, made once, so the table and the dropdown never cast or predict the same thing twice. Where
+# memory is tight the copies are not kept (casting again takes milliseconds; a kept bf16 copy held 0.1 GB through
+# the rest of notebook 00b), only what they predicted.
 _RUNS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -316,9 +318,16 @@ def _run(model: nn.Module, tokenizer, name: str, limit: int | None) -> dict:
         else:
             val = data.split(data.QUICK_SPLIT, limit)
             m = model if cast is None else cast
-            runs[key] = {"model": cast, "preds": measure.predict(m, tokenizer, val["text"]),
-                         "labels": val["label"].to_numpy(), "bytes": measure.serialized_bytes(m)}
+            runs[key] = {"model": None if memory.tight() else cast, "labels": val["label"].to_numpy(),
+                         "preds": measure.predict(m, tokenizer, val["text"]), "bytes": measure.serialized_bytes(m)}
     return runs[key]
+
+
+def _cast(model: nn.Module, name: str, run: dict) -> nn.Module:
+    """The run's copy in precision `name`: the kept one, or cast again where it was not kept; fp32 is the model."""
+    if name == "fp32":
+        return model
+    return run["model"] if run["model"] is not None else to_precision(model, name)
 
 
 def _accuracy_row(name: str, run: dict, fp32: dict) -> dict:
@@ -345,7 +354,7 @@ def compare(model: nn.Module, tokenizer, precisions=PRECISIONS, limit: int | Non
     names = list(dict.fromkeys(("fp32", *precisions)))
     runs = {name: _run(model, tokenizer, name, limit) for name in names}
     refused = {name: run["refused"] for name, run in runs.items() if "refused" in run}
-    models = {name: run["model"] or model for name, run in runs.items() if name not in refused}
+    models = {name: _cast(model, name, run) for name, run in runs.items() if name not in refused}
     rows = {name: _accuracy_row(name, runs[name], runs["fp32"]) for name in models}
     for b in batch_sizes:
         timing = measure.compare_latency(models, tokenizer, batch_size=b, warmup=warmup, repeats=repeats)
@@ -368,7 +377,7 @@ def point(model: nn.Module, tokenizer, name: str, batch_size: int = 1, limit: in
     run, fp32 = _run(model, tokenizer, name, limit), _run(model, tokenizer, "fp32", limit)
     if "refused" in run:
         return {"precision": name, "refused": run["refused"]}
-    models = {"fp32": model} | ({name: run["model"]} if name != "fp32" else {})
+    models = {"fp32": model} | ({name: _cast(model, name, run)} if name != "fp32" else {})
     timing = measure.compare_latency(models, tokenizer, batch_size=batch_size, warmup=measure.SLIDER_WARMUP,
                                      repeats=measure.SLIDER_REPEATS)
     s = measure.speedups(timing, "fp32")[name]
@@ -392,7 +401,7 @@ def training_speed(model: nn.Module, tokenizer, precisions=None, steps: int = 3,
 
     import pandas as pd
 
-    from . import data, measure, memory, train
+    from . import data, measure, train
 
     dev = parts.device_of(model)
     if precisions is None:
