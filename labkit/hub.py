@@ -27,7 +27,7 @@ _UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}  # JupyterH
 # rounded up to a quarter GiB (tests/test_hub.py checks it against the recorded table). One notebook at a time fits;
 # a second open notebook is what the kernels' memory check tells the learner to close.
 SERVER_ALLOWANCE = 0.25 * 1024 ** 3  # an allowance for the single-user Jupyter server, not a measurement
-MEM_LIMIT = "2304M"  # 2.25 GiB: the largest recorded peak (notebook 08, 1.78 GiB) plus the allowance, rounded up
+MEM_LIMIT = "2304M"  # 2.25 GiB: the largest recorded peak (notebook 08) plus the allowance, rounded up
 # Kubernetes reserves the guarantee on a node. A class runs the same notebook at the same time, so peaks
 # coincide: reserving less than the limit would let a full node kill kernels mid-lesson.
 MEM_GUARANTEE = MEM_LIMIT
