@@ -6,6 +6,8 @@ w ~ offset + scale * q, q in 0..2^bits - 1, with the group's minimum as its offs
 formats use an integer zero point instead (labkit.quantize's grid), which in general misses Q4_1's levels. The
 methods return float weights on the grid (fake quantization: the numbers a packed model computes with);
 `packed_bytes` counts what the packed format stores, and `Int4Linear` runs real 4-bit codes with torch's kernel.
+`GroupLinear` keeps a method's codes (a byte each) and rebuilds its float weight at every call: the same outputs in
+a quarter of the memory, for the slider's copies (`point`).
 
 - `rtn`: round every group to its min-max grid, independently.
 - `gptq`: quantize the columns one at a time; each column's rounding error is spread over the columns not yet
@@ -35,6 +37,7 @@ from .slm import check_causal_lm, decoder_linears, input_source, token_ids
 
 BITS = tuple(range(2, 9))
 METHODS = ("rtn", "gptq", "awq")
+STORES = ("float", "codes")
 
 
 # --- checks ---------------------------------------------------------------------------------------------------------
@@ -94,11 +97,16 @@ def rtn(weight: torch.Tensor, bits: int, group_size: int, half: bool = True) -> 
     """Round-to-nearest: every group of `group_size` inputs on its own min-max grid of 2^bits levels.
 
     `half`: scale and offset stored as float16 (the packed formats), or kept float32 (`half=False`)."""
+    return dequantize(*_rtn_codes(weight, bits, group_size, half), group_size).to(weight.dtype)
+
+
+def _rtn_codes(weight: torch.Tensor, bits: int, group_size: int,
+               half: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, scale, offset) of `rtn`: the weight it returns is dequantize of these."""
     bits = check_bits(bits)
     check_group(weight.shape[1], group_size)
     scale, offset = group_params(weight, bits, group_size, half)
-    codes = quantize_codes(weight, scale, offset, bits, group_size)
-    return dequantize(codes, scale, offset, group_size).to(weight.dtype)
+    return quantize_codes(weight, scale, offset, bits, group_size), scale, offset
 
 
 def hessian_factor(H: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
@@ -125,14 +133,22 @@ def gptq(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp
         raise ValueError(f"H must be [in, in] = {(weight.shape[1],) * 2} for this weight, got {tuple(H.shape)}.")
     if not 0 <= damp < 1:
         raise ValueError(f"damp must be in [0, 1), got {damp!r}.")
-    step = step or gptq_column
+    Q, _, _ = _gptq(weight, H, bits, group_size, damp, factor, step or gptq_column)
+    return Q.to(weight.dtype)
+
+
+def _gptq(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp: float,
+          factor: torch.Tensor | None, step) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """gptq's float32 weight Q, with the scale and offset [out, in // group_size] each group was rounded on."""
     W = weight.detach().float().clone()
     # calibration statistics live on the CPU; the weights may be on a GPU
     U = (hessian_factor(H, damp) if factor is None else factor).to(W.device)
     Q = torch.zeros_like(W)
+    grids = []
     for start in range(0, W.shape[1], group_size):
         end = start + group_size
         scale, offset = group_params(W[:, start:end], bits, group_size)
+        grids.append((scale, offset))
         errors = torch.zeros(W.shape[0], group_size, device=W.device)
         for i in range(start, end):
             Q[:, i], W[:, i + 1:end] = step(W[:, i], W[:, i + 1:end], U[i, i:end], scale[:, 0], offset[:, 0], bits)
@@ -141,7 +157,7 @@ def gptq(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp
         # same sums as correcting them after every column (up to float rounding), with far less memory traffic
         # (GPTQ's "lazy batch" updates).
         W[:, end:] -= errors @ U[start:end, end:]
-    return Q.to(weight.dtype)
+    return Q, torch.cat([g[0] for g in grids], dim=1), torch.cat([g[1] for g in grids], dim=1)
 
 
 def gptq_column(column: torch.Tensor, rest: torch.Tensor, u_row: torch.Tensor, scale: torch.Tensor,
@@ -192,6 +208,52 @@ def awq(weight: torch.Tensor, act_absmean: torch.Tensor, x: torch.Tensor, bits: 
     """AWQ-style weight: rtn(W * s) / s with the searched per-input-channel scales s (see awq_scales)."""
     s, _ = awq_scales(weight, act_absmean, x, bits, group_size, grid)
     return (rtn(weight.float() * s, bits, group_size) / s).to(weight.dtype)
+
+
+# --- a layer that keeps the codes ---------------------------------------------------------------------------------
+
+class GroupLinear(nn.Module):
+    """A Linear layer that stores what a weight-only method produced: integer codes (one byte each), a scale and an
+    offset per group, and optionally AWQ's per-input scales s; it rebuilds the float weight at every call.
+
+    It computes exactly what the method's float weight computes, in about a quarter of its memory: the slider
+    points of notebook 08 keep one of these copies beside the float model. Rebuilding costs time at every call,
+    which is why `quantize_model` returns float weights by default (faster to generate with).
+    """
+
+    def __init__(self, linear: nn.Linear, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+                 group_size: int, in_scale: torch.Tensor | None = None):
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = linear.in_features, linear.out_features, group_size
+        self.dtype = linear.weight.dtype
+        self.register_buffer("codes", codes.to(torch.uint8))  # bits <= 8: every code fits a byte
+        self.register_buffer("scale", scale)
+        self.register_buffer("offset", offset)
+        self.register_buffer("in_scale", in_scale)
+        self.bias = linear.bias
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The float weight, rebuilt from the codes (a new tensor each time)."""
+        w = dequantize(self.codes, self.scale, self.offset, self.group_size)
+        return (w if self.in_scale is None else w / self.in_scale).to(self.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight.to(x.dtype), self.bias)
+
+
+def _group_linear(layer: nn.Linear, method: str, bits: int, group_size: int, stats: InputStats | None,
+                  factor: torch.Tensor | None, grid: int, damp: float) -> GroupLinear:
+    """`layer` quantized by `method`, kept as codes: its weight is what quantize_model's float copy would hold."""
+    w = layer.weight.detach()
+    if method == "rtn":
+        return GroupLinear(layer, *_rtn_codes(w, bits, group_size), group_size)
+    if method == "awq":
+        s, _ = awq_scales(w, stats.absmean, stats.sample, bits, group_size, grid)
+        return GroupLinear(layer, *_rtn_codes(w.float() * s, bits, group_size), group_size, in_scale=s)
+    Q, scale, offset = _gptq(w, stats.H, bits, group_size, damp, factor, gptq_column)
+    # Q's every entry is offset + code * scale, computed as dequantize computes it: the codes give Q back exactly
+    return GroupLinear(layer, quantize_codes(Q, scale, offset, bits, group_size), scale, offset, group_size)
 
 
 # --- calibration ---------------------------------------------------------------------------------------------------
@@ -307,17 +369,22 @@ def calibration_stats(model: nn.Module, ids: torch.Tensor, keep: int = 256,
 def quantize_model(model: nn.Module, method: str = "rtn", bits: int = 4, group_size: int = 32,
                    calib_texts: str | Sequence[str] | None = None, tokenizer=None, *,
                    stats: dict[str, InputStats] | None = None, inplace: bool = False, damp: float = 0.01,
-                   grid: int = 20) -> nn.Module:
+                   grid: int = 20, store: str = "float") -> nn.Module:
     """A copy of a causal LM whose decoder Linear weights are quantized by `method` ('rtn', 'gptq' or 'awq').
 
     GPTQ and AWQ need calibration: `calib_texts` with the `tokenizer`, or `stats` from calibration_stats (reuse
     them across settings). The head and embeddings stay as they are. The input model is left unchanged unless
-    `inplace`.
+    `inplace`. `store="codes"` replaces each layer by a GroupLinear (the same outputs, a quarter of the memory,
+    slower: it rebuilds the weight at every call); "float" writes the quantized float weights.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(map(repr, METHODS))}.")
+    if store not in STORES:
+        raise ValueError(f"store must be one of {', '.join(map(repr, STORES))}, got {store!r}.")
     bits = check_bits(bits)
     layers = decoder_linears(model)  # also checks it is a causal LM of a known family
+    if any(isinstance(m, GroupLinear) for m in model.modules()):
+        raise ValueError("This model's layers are already quantized (GroupLinear): quantize the float model.")
     for name, layer in layers.items():
         check_group(layer.in_features, group_size, name)
     if method != "rtn" and stats is None:
@@ -325,6 +392,8 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int = 4, group_s
     if method != "rtn" and set(layers) - set(stats):
         raise ValueError("stats do not cover every decoder layer of this model: record them on this model with "
                          "calibration_stats(model, ids).")
+    if store == "codes":
+        return _quantize_to_codes(model, method, bits, group_size, stats, inplace, damp, grid)
     out = model if inplace else _copy_for(model)
     factors: dict[int, torch.Tensor] = {}  # q, k and v read one input: one factor for the three, freed on return
     with torch.no_grad():
@@ -340,7 +409,24 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int = 4, group_s
             else:
                 new = awq(w, stats[name].absmean, stats[name].sample, bits, group_size, grid)
             w.copy_(new)
-    out.weightonly = {"method": method, "bits": bits, "group_size": group_size}
+    out.weightonly = {"method": method, "bits": bits, "group_size": group_size, "store": "float"}
+    return out
+
+
+def _quantize_to_codes(model: nn.Module, method: str, bits: int, group_size: int, stats: dict | None, inplace: bool,
+                       damp: float, grid: int) -> nn.Module:
+    """quantize_model with store="codes": each decoder Linear replaced by its GroupLinear."""
+    from .parts import set_module
+
+    out = model if inplace else copy_with(model)  # shared tensors: the layers are replaced, never written
+    factors: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, layer in decoder_linears(out).items():
+            s = None if stats is None else stats[name]
+            if method == "gptq" and id(s) not in factors:
+                factors = {id(s): s.factor(damp)}
+            set_module(out, name, _group_linear(layer, method, bits, group_size, s, factors.get(id(s)), grid, damp))
+    out.weightonly = {"method": method, "bits": bits, "group_size": group_size, "store": "codes"}
     return out
 
 
@@ -386,7 +472,8 @@ def point(model: nn.Module, tokenizer, method: str = "rtn", bits: int = 4, group
         raise ValueError(f"{method} needs calibration: pass stats=calibration_stats(model, ids) (record them once).")
     t0 = time.perf_counter()
     grid = grid or (10 if fast_mode() else 20)
-    q = quantize_model(model, method, bits, group_size, stats=stats, grid=grid)
+    # codes, not float weights: the copy takes a quarter of the memory, beside the float model and the statistics
+    q = quantize_model(model, method, bits, group_size, stats=stats, grid=grid, store="codes")
     took = time.perf_counter() - t0
     r = perplexity(q, tokenizer)
     del q

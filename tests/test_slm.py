@@ -185,13 +185,45 @@ def test_awq_alpha_zero_is_rtn():
 def test_quantize_model_returns_a_copy_and_leaves_the_input_unchanged(tiny, stats, method):
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
     q = wo.quantize_model(tiny, method, 4, 32, stats=stats)
-    assert q is not tiny and q.weightonly == {"method": method, "bits": 4, "group_size": 32}
+    assert q is not tiny and q.weightonly == {"method": method, "bits": 4, "group_size": 32, "store": "float"}
     for k, v in tiny.state_dict().items():
         assert torch.equal(v, before[k]), k
     changed = [n for n, layer in slm.decoder_linears(q).items()
                if not torch.equal(layer.weight, tiny.get_submodule(n).weight)]
     assert len(changed) == 14
     assert torch.equal(q.lm_head.weight, tiny.lm_head.weight)  # the head stays float
+
+
+@pytest.mark.parametrize("method", wo.METHODS)
+def test_codes_compute_exactly_what_the_float_weights_compute(tiny, stats, method):
+    """store="codes" keeps uint8 codes and group grids, and rebuilds the very float weights at every call."""
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    fl = wo.quantize_model(tiny, method, 3, 32, stats=stats, grid=4)
+    co = wo.quantize_model(tiny, method, 3, 32, stats=stats, grid=4, store="codes")
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())  # the input is left unchanged
+    assert co.weightonly["store"] == "codes"
+    for name, layer in slm.decoder_linears(fl).items():
+        kept = co.get_submodule(name)
+        assert isinstance(kept, wo.GroupLinear) and kept.codes.dtype == torch.uint8, name
+        assert int(kept.codes.max()) <= 7 and torch.equal(kept.weight, layer.weight), name
+        assert (kept.in_scale is not None) == (method == "awq"), name
+    x = torch.randint(0, 256, (2, 24))
+    assert torch.equal(co(input_ids=x).logits, fl(input_ids=x).logits)
+
+
+def test_codes_take_a_quarter_of_the_float_weights_memory_and_share_the_rest(tiny, stats):
+    co = wo.quantize_model(tiny, "rtn", 4, 32, store="codes")
+    layers = {n: co.get_submodule(n) for n in slm.decoder_linears(tiny)}
+    held = sum(t.numel() * t.element_size() for m in layers.values() for t in m.buffers())
+    assert held < 0.32 * wo.float_bytes(tiny)  # 1 byte per code + two float32 numbers per 32 codes
+    assert co.lm_head.weight.untyped_storage().data_ptr() == tiny.lm_head.weight.untyped_storage().data_ptr()
+
+
+def test_quantize_model_refuses_a_bad_store_and_a_model_already_kept_as_codes(tiny):
+    with pytest.raises(ValueError, match="store must be one of"):
+        wo.quantize_model(tiny, "rtn", 4, 32, store="int4")
+    with pytest.raises(ValueError, match="already quantized"):
+        wo.quantize_model(wo.quantize_model(tiny, "rtn", 4, 32, store="codes"), "rtn", 4, 32)
 
 
 def test_copies_share_what_they_do_not_quantize(tiny, stats):
