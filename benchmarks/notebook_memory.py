@@ -6,6 +6,8 @@
     .venv/bin/python benchmarks/notebook_memory.py --write          # also record the peaks in labkit, where each
                                                                     # notebook's opening cell reads them
     LABKIT_LEAN=0 .venv/bin/python benchmarks/notebook_memory.py    # as on a machine with memory to spare
+    .venv/bin/python benchmarks/notebook_memory.py --cells          # also each notebook's three hungriest cells
+    .venv/bin/python benchmarks/notebook_memory.py --repeats 3      # each notebook 3 times; the largest peak counts
 
 Kernels train lean (train.fit: recomputed activations, fused AdamW, freed pages handed back) as they do on a hub or
 Binder, which set MEM_LIMIT; LABKIT_LEAN=0 measures the default of a machine without a limit.
@@ -13,6 +15,8 @@ Binder, which set MEM_LIMIT; LABKIT_LEAN=0 measures the default of a machine wit
 A hub or Binder limit counts the kernel and the Jupyter server together; Binder gives 1-2 GB in all. The peak is
 the kernel's own high-water mark (VmHWM in /proc/<pid>/status, kept by Linux), so nothing is missed between
 samples. Each notebook runs in a fresh kernel, one at a time, so one notebook's memory never counts for another.
+The same notebook peaks differently from run to run (08 from 1.55 to 1.90 GiB in twelve runs on one machine: how
+malloc's heap lies when a cell allocates), so a limit should come from the largest of several runs (`--repeats`).
 """
 
 from __future__ import annotations
@@ -34,8 +38,18 @@ def _status_kib(pid: int, field: str) -> int:
     raise ValueError(f"{field} not found for process {pid}: this benchmark needs Linux's /proc.")
 
 
+def _reset_peak(pid: int) -> bool:
+    """Start the kernel's high-water mark again from its current resident set (Linux: clear_refs 5)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss(path: Path, timeout: int = 1800) -> dict:
-    """Run one notebook in a fresh kernel; its peak and final resident memory in bytes, and its wall time."""
+    """Run one notebook in a fresh kernel; its peak and final resident memory in bytes, its wall time, and each code
+    cell's own peak (`cells`: index, peak bytes, first line), where Linux lets the high-water mark be reset."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -43,13 +57,21 @@ def peak_rss(path: Path, timeout: int = 1800) -> dict:
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
                             resources={"metadata": {"path": str(path.parent)}})
     t0 = time.perf_counter()
+    cells, peak = [], 0
     with client.setup_kernel():
         pid = client.km.provisioner.process.pid
         for index, cell in enumerate(nb.cells):
+            # The mark is reset only at a cell's start, where it is the current resident set, so the largest of
+            # the cells' peaks is the whole run's peak
+            peak = max(peak, _status_kib(pid, "VmHWM"))
+            resets = cell.cell_type == "code" and _reset_peak(pid)
             client.execute_cell(cell, index)
-        peak, last = _status_kib(pid, "VmHWM"), _status_kib(pid, "VmRSS")
+            if resets:
+                first = (cell.source.strip().splitlines() or [""])[0][:60]
+                cells.append((index, _status_kib(pid, "VmHWM") * 1024, first))
+        peak, last = max(peak, _status_kib(pid, "VmHWM")), _status_kib(pid, "VmRSS")
     return {"notebook": path.name, "peak_bytes": peak * 1024, "final_bytes": last * 1024,
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "cells": cells}
 
 
 def record(mode: str, peaks: dict[str, int], how: str) -> Path:
@@ -69,8 +91,15 @@ def record(mode: str, peaks: dict[str, int], how: str) -> Path:
 
 def main(argv: list[str]) -> int:
     """Print a markdown table of peak kernel memory per notebook (--write also records it in labkit)."""
-    write = "--write" in argv
-    argv = [a for a in argv if a != "--write"]
+    write, by_cell = "--write" in argv, "--cells" in argv
+    argv = [a for a in argv if a not in ("--write", "--cells")]
+    repeats = 1
+    if "--repeats" in argv:
+        i = argv.index("--repeats")
+        repeats = int(argv[i + 1]) if i + 1 < len(argv) and argv[i + 1].isdigit() else 0
+        if repeats < 1:
+            raise SystemExit("--repeats takes a positive number of runs per notebook, e.g. --repeats 3")
+        del argv[i:i + 2]
     paths = [Path(a) for a in argv] or sorted((ROOT / "notebooks").glob("*.ipynb"))
     os.environ.setdefault("LABKIT_FAST", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -81,14 +110,21 @@ def main(argv: list[str]) -> int:
     print("| notebook | peak kernel RSS | at the end | run time |\n| --- | --- | --- | --- |")
     peaks = {}
     for path in paths:
-        r = peak_rss(path)
+        runs = [peak_rss(path) for _ in range(repeats)]
+        r = max(runs, key=lambda run: run["peak_bytes"])
         peaks[path.stem] = r["peak_bytes"]
-        print(f"| {path.stem} | {r['peak_bytes'] / GIB:.2f} GiB | {r['final_bytes'] / GIB:.2f} GiB | "
+        sizes = ", ".join(f"{run['peak_bytes'] / GIB:.2f}" for run in runs)
+        each = f" (runs: {sizes})" if repeats > 1 else ""
+        print(f"| {path.stem} | {r['peak_bytes'] / GIB:.2f} GiB{each} | {r['final_bytes'] / GIB:.2f} GiB | "
               f"{r['seconds']:.0f} s |", flush=True)
+        if by_cell:
+            for index, size, first in sorted(r["cells"], key=lambda c: -c[1])[:3]:
+                print(f"|   cell {index}: {first} | {size / GIB:.2f} GiB | | |", flush=True)
     if write:
         from labkit import measure
 
         how = f"{lean}, {measure.cpu_name()}, {time.strftime('%Y-%m-%d')}"
+        how += f", largest of {repeats} runs" if repeats > 1 else ""
         print(f"\nrecorded in {record(mode, peaks, how)}")
     return 0
 
