@@ -7,7 +7,7 @@ formats use an integer zero point instead (labkit.quantize's grid), which in gen
 methods return float weights on the grid (fake quantization: the numbers a packed model computes with);
 `packed_bytes` counts what the packed format stores, and `Int4Linear` runs real 4-bit codes with torch's kernel.
 `GroupLinear` keeps a method's codes (a byte each) and rebuilds its float weight at every call: the same outputs in
-a quarter of the memory, for the slider's copies (`point`).
+a third of the memory, for the slider's copies (`point`).
 
 - `rtn`: round every group to its min-max grid, independently.
 - `gptq`: quantize the columns one at a time; each column's rounding error is spread over the columns not yet
@@ -216,9 +216,10 @@ class GroupLinear(nn.Module):
     """A Linear layer that stores what a weight-only method produced: integer codes (one byte each), a scale and an
     offset per group, and optionally AWQ's per-input scales s; it rebuilds the float weight at every call.
 
-    It computes exactly what the method's float weight computes, in about a quarter of its memory: the slider
-    points of notebook 08 keep one of these copies beside the float model. Rebuilding costs time at every call,
-    which is why `quantize_model` returns float weights by default (faster to generate with).
+    It computes exactly what the method's float weight computes, in about a third of its memory (a byte per code
+    and two float32 numbers per group, against four bytes per weight): the slider points of notebook 08 keep one
+    of these copies beside the float model. Rebuilding costs time at every call, which is why `quantize_model`
+    returns float weights by default (faster to generate with).
     """
 
     def __init__(self, linear: nn.Linear, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
@@ -374,7 +375,7 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int = 4, group_s
 
     GPTQ and AWQ need calibration: `calib_texts` with the `tokenizer`, or `stats` from calibration_stats (reuse
     them across settings). The head and embeddings stay as they are. The input model is left unchanged unless
-    `inplace`. `store="codes"` replaces each layer by a GroupLinear (the same outputs, a quarter of the memory,
+    `inplace`. `store="codes"` replaces each layer by a GroupLinear (the same outputs, a third of the memory,
     slower: it rebuilds the weight at every call); "float" writes the quantized float weights.
     """
     if method not in METHODS:
@@ -472,7 +473,7 @@ def point(model: nn.Module, tokenizer, method: str = "rtn", bits: int = 4, group
         raise ValueError(f"{method} needs calibration: pass stats=calibration_stats(model, ids) (record them once).")
     t0 = time.perf_counter()
     grid = grid or (10 if fast_mode() else 20)
-    # codes, not float weights: the copy takes a quarter of the memory, beside the float model and the statistics
+    # codes, not float weights: the copy takes a third of the memory, beside the float model and the statistics
     q = quantize_model(model, method, bits, group_size, stats=stats, grid=grid, store="codes")
     took = time.perf_counter() - t0
     r = perplexity(q, tokenizer)
