@@ -91,16 +91,21 @@ def record(mode: str, peaks: dict[str, int], how: str) -> Path:
 
 def main(argv: list[str]) -> int:
     """Print a markdown table of peak kernel memory per notebook (--write also records it in labkit)."""
-    write, by_cell = "--write" in argv, "--cells" in argv
-    argv = [a for a in argv if a not in ("--write", "--cells")]
-    repeats = 1
-    if "--repeats" in argv:
-        i = argv.index("--repeats")
-        repeats = int(argv[i + 1]) if i + 1 < len(argv) and argv[i + 1].isdigit() else 0
-        if repeats < 1:
-            raise SystemExit("--repeats takes a positive number of runs per notebook, e.g. --repeats 3")
-        del argv[i:i + 2]
-    paths = [Path(a) for a in argv] or sorted((ROOT / "notebooks").glob("*.ipynb"))
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Peak kernel memory of each notebook, run top to bottom.")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to run (default: all in notebooks/)")
+    parser.add_argument("--write", action="store_true", help="record the peaks in labkit/notebook_memory.json")
+    parser.add_argument("--cells", action="store_true", help="also print each notebook's three hungriest cells")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per notebook; the largest peak counts")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats takes a positive number of runs per notebook, e.g. --repeats 3")
+    missing = [str(p) for p in args.notebooks if not p.is_file()]
+    if missing:
+        parser.error(f"no such notebook: {', '.join(missing)} (paths are relative to where you run this)")
+    write, by_cell, repeats = args.write, args.cells, args.repeats
+    paths = args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb"))
     os.environ.setdefault("LABKIT_FAST", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("LABKIT_LEAN", "1")  # what a hub's kernel does (memory.tight reads its MEM_LIMIT)
