@@ -102,6 +102,22 @@ def test_calibration_records_each_input_once_and_shares_it(tiny, stats):
     assert torch.equal(s.H, s.H.T) and s.upper.numel() == 128 * 129 // 2  # kept: the upper triangle only
 
 
+def test_calibration_sample_is_every_stride_th_token_across_passes(tiny, calib_ids):
+    """keep=48 of 512 tokens: stride 10, which does not divide a pass (3 x 64 tokens), so the offsets carry over."""
+    name = "model.layers.1.mlp.down_proj"
+    seen = []
+    handle = tiny.get_submodule(name).register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, 128)))
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(calib_ids), 3):
+                tiny(input_ids=calib_ids[start:start + 3], use_cache=False)
+    finally:
+        handle.remove()
+    s = wo.calibration_stats(tiny, calib_ids, keep=48, batch_size=3)[name]
+    stride = calib_ids.numel() // 48
+    torch.testing.assert_close(s.sample, torch.cat(seen)[::stride][:48], rtol=0, atol=1e-6)
+
+
 def test_input_stats_keep_the_upper_triangle_and_give_h_back():
     torch.manual_seed(0)
     x = torch.randn(50, 12)
