@@ -335,8 +335,8 @@ def calibration_stats(model: nn.Module, ids: torch.Tensor, keep: int = 256,
     def recorder(name: str, layer: nn.Linear):
         mask, n_in = _upper_mask(layer.in_features), layer.in_features
         # What is kept is allocated here, once, before the passes. Records grown between the passes' short-lived
-        # tensors, or a transient copy here (int(mask.sum()) made an int64 one), left up to 0.25 GiB of freed
-        # pages in malloc's heap in some runs and not others (measured in full mode: peaks +0.34 to +0.56 GiB).
+        # tensors, or a transient copy here (int(mask.sum()) made an int64 one), left 0.25-0.3 GiB of freed pages
+        # in malloc's heap in some runs and not others (full mode: +0.34 to +0.57 GiB, once +1.08; now +0.35-0.36).
         acc[name] = {"upper": torch.zeros(n_in * (n_in + 1) // 2), "abs": torch.zeros(n_in),
                      "sample": torch.empty(rows, n_in), "n": 0}
 
