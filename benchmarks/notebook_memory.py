@@ -8,6 +8,8 @@
     LABKIT_LEAN=0 .venv/bin/python benchmarks/notebook_memory.py    # as on a machine with memory to spare
     .venv/bin/python benchmarks/notebook_memory.py --cells          # also each notebook's three hungriest cells
     .venv/bin/python benchmarks/notebook_memory.py --repeats 3      # each notebook 3 times; the largest peak counts
+    .venv/bin/python benchmarks/notebook_memory.py --write --keep-larger   # a second machine: keep the larger of
+                                                                    # its peak and the recorded one, per notebook
 
 Kernels train lean (train.fit: recomputed activations, fused AdamW, freed pages handed back) as they do on a hub or
 Binder, which set MEM_LIMIT; LABKIT_LEAN=0 measures the default of a machine without a limit.
@@ -74,14 +76,23 @@ def peak_rss(path: Path, timeout: int = 1800) -> dict:
             "seconds": time.perf_counter() - t0, "cells": cells}
 
 
-def record(mode: str, peaks: dict[str, int], how: str) -> Path:
-    """Write this mode's peaks into labkit/notebook_memory.json (memory.needs reads it), keeping the other mode's."""
+def record(mode: str, peaks: dict[str, int], how: str, keep_larger: bool = False) -> Path:
+    """Write this mode's peaks into labkit/notebook_memory.json (memory.needs reads it), keeping the other mode's.
+
+    `keep_larger`: each notebook keeps the larger of its recorded peak and this one, and `how` names both
+    measurements. Peaks differ between machines (allocators, the CPU's kernels), and a hub's limit must hold the
+    largest, so a machine that happens to peak lower never lowers it.
+    """
     import json
 
     from labkit import memory
 
     table = memory.measured() or {"fast": {}, "full": {}}
-    table.setdefault(mode, {}).update(peaks)
+    recorded = table.setdefault(mode, {})
+    if keep_larger:
+        peaks = {name: max(peak, recorded.get(name, 0)) for name, peak in peaks.items()}
+        how = f"{table['how']}; the larger kept against {how}" if table.get("how") else how
+    recorded.update(peaks)
     table["how"] = how
     tmp = memory.MEASURED.with_suffix(".tmp")
     tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
@@ -98,9 +109,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--write", action="store_true", help="record the peaks in labkit/notebook_memory.json")
     parser.add_argument("--cells", action="store_true", help="also print each notebook's three hungriest cells")
     parser.add_argument("--repeats", type=int, default=1, help="runs per notebook; the largest peak counts")
+    parser.add_argument("--keep-larger", action="store_true",
+                        help="with --write: keep each notebook's recorded peak where it is larger (another machine's)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats takes a positive number of runs per notebook, e.g. --repeats 3")
+    if args.keep_larger and not args.write:
+        parser.error("--keep-larger says what --write records: pass both, e.g. --write --keep-larger")
     missing = [str(p) for p in args.notebooks if not p.is_file()]
     if missing:
         parser.error(f"no such notebook: {', '.join(missing)} (paths are relative to where you run this)")
@@ -130,7 +145,7 @@ def main(argv: list[str]) -> int:
 
         how = f"{lean}, {measure.cpu_name()}, {time.strftime('%Y-%m-%d')}"
         how += f", largest of {repeats} runs" if repeats > 1 else ""
-        print(f"\nrecorded in {record(mode, peaks, how)}")
+        print(f"\nrecorded in {record(mode, peaks, how, keep_larger=args.keep_larger)}")
     return 0
 
 

@@ -224,3 +224,37 @@ def test_predict_hands_pages_back_only_where_memory_is_tight(monkeypatch, tiny_m
     monkeypatch.setenv("LABKIT_LEAN", "1")
     lean = measure.predict(tiny_model, tokenizer, ["a good film", "a bad one"])
     assert calls == [1] and (lean == plain).all()
+
+
+def _benchmark():
+    """benchmarks/notebook_memory.py as a module (the benchmarks folder is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "notebook_memory.py"
+    spec = importlib.util.spec_from_file_location("notebook_memory", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_recording_peaks_from_a_second_machine_keeps_the_larger_and_names_both(monkeypatch, tmp_path):
+    import json
+
+    bench = _benchmark()
+    table = tmp_path / "m.json"
+    table.write_text(json.dumps({"fast": {"02": 100, "06": 300}, "full": {"02": 7}, "how": "machine A"}))
+    monkeypatch.setattr(memory, "MEASURED", table)
+    bench.record("fast", {"02": 150, "06": 200, "08": 50}, "machine B", keep_larger=True)
+    got = json.loads(table.read_text())
+    assert got["fast"] == {"02": 150, "06": 300, "08": 50} and got["full"] == {"02": 7}
+    assert got["how"] == "machine A; the larger kept against machine B"
+    bench.record("fast", {"06": 200}, "machine C")  # without keep_larger: this run's peak and words replace them
+    got = json.loads(table.read_text())
+    assert got["fast"]["06"] == 200 and got["how"] == "machine C"
+    assert not list(tmp_path.glob("*.tmp"))  # written whole, then moved into place
+
+
+def test_keep_larger_needs_write(capsys):
+    with pytest.raises(SystemExit) as stop:
+        _benchmark().main(["--keep-larger"])
+    assert stop.value.code == 2 and "--write --keep-larger" in capsys.readouterr().err
