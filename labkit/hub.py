@@ -164,7 +164,19 @@ def check_cache() -> str:
         raise ValueError(f"The hub needs the prepared baseline {path}, and it is not ready: run "
                          f"`{fast}LABKIT_CACHE={model.cache_dir()} .venv/bin/python -m labkit prepare` first. "
                          f"({err})") from None
-    return f"learners read the prepared baseline {path} (read-only)"
+    return f"learners read the prepared baseline {path} (read-only)\n{_slm_line()}"
+
+
+def _slm_line() -> str:
+    """Whether notebook 08's decoded model is in the cache; without it every learner's kernel decodes its own."""
+    from . import slm
+
+    folder = slm.decoded_path()
+    if folder is not None:
+        return f"and the decoded small language model {folder}, one copy in memory for every learner of notebook 08"
+    return ("the small language model is not decoded in this cache: each learner's kernel in notebook 08 decodes "
+            "its own (about 0.5 GiB more private memory each). Run `python -m labkit prepare` with labkit[slm] "
+            "installed to decode it once.")
 
 
 def main(argv: list[str]) -> int:

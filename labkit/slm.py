@@ -196,6 +196,31 @@ def load_slm(path: str | Path | None = None, cache: bool = True) -> tuple[nn.Mod
     return model.eval(), tok
 
 
+def decoded_path() -> Path | None:
+    """The cache's decoded model folder if it is there (load_slm reads it instead of decoding), else None."""
+    saved = _decoded_dir()
+    return saved if (saved / "decoded.json").is_file() else None
+
+
+def prepare_decoded() -> Path:
+    """Decode the model into the labkit cache once (e.g. before a class) and return its folder.
+
+    Every kernel then maps the one decoded file, whose pages Linux shares between learners, instead of decoding
+    its own copy (measured, fast mode: 0.35 GiB of private memory after loading and one perplexity instead of
+    0.85). ValueError if the model is not installed or the cache is read-only.
+    """
+    from .model import cache_writable
+
+    if decoded_path() is None:
+        if not cache_writable():
+            raise ValueError(f"The cache {_decoded_dir().parent.parent} is read-only: prepare it where it can be "
+                             "written (python -m labkit prepare, without LABKIT_CACHE_READONLY).")
+        check_gguf(gguf_path())  # before decoding: a missing or wrong file says how to install it
+        model, tok = load_slm()
+        del model, tok
+    return _decoded_dir()
+
+
 def _save_decoded(model: nn.Module, tok, folder: Path) -> None:
     """Save the decoded float32 model and its tokenizer as a plain transformers folder (decoded.json written last)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -223,6 +223,15 @@ def test_a_hub_kernel_over_its_limit_says_so(monkeypatch):
         km.shutdown_kernel(now=True)
 
 
+def test_check_says_whether_the_small_language_model_is_decoded(monkeypatch, tmp_path):
+    from labkit import slm
+
+    monkeypatch.setattr(slm, "decoded_path", lambda: None)
+    assert "not decoded" in classroom._slm_line() and "python -m labkit prepare" in classroom._slm_line()
+    monkeypatch.setattr(slm, "decoded_path", lambda: tmp_path)
+    assert f"decoded small language model {tmp_path}" in classroom._slm_line()
+
+
 def test_check_refuses_a_cache_that_was_not_prepared(tmp_path, monkeypatch):
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
     monkeypatch.setenv("LABKIT_CACHE_READONLY", "1")

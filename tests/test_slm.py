@@ -8,6 +8,7 @@ import importlib.util
 import math
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -383,6 +384,39 @@ def test_a_gguf_that_is_not_the_pinned_one_is_refused(tmp_path):
         slm.load_slm(fake)
     with pytest.raises(ValueError, match="No GGUF file"):
         slm.check_gguf(tmp_path / "absent.gguf")
+
+
+def _fake_decoding(monkeypatch, calls):
+    """load_slm that writes the decoded folder's marker, as a real decode does, and counts its calls."""
+    def fake_load_slm():
+        calls.append(1)
+        slm._decoded_dir().mkdir(parents=True)
+        (slm._decoded_dir() / "decoded.json").write_text("{}")
+        return object(), object()
+
+    monkeypatch.setattr(slm, "load_slm", fake_load_slm)
+    monkeypatch.setattr(slm, "check_gguf", lambda path: path)
+    monkeypatch.setattr(slm, "gguf_path", lambda: Path("model.gguf"))
+
+
+def test_prepare_decodes_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    monkeypatch.delenv("LABKIT_CACHE_READONLY", raising=False)
+    calls = []
+    _fake_decoding(monkeypatch, calls)
+    assert slm.decoded_path() is None
+    assert slm.prepare_decoded() == slm._decoded_dir() == slm.decoded_path()
+    assert slm.prepare_decoded() == slm._decoded_dir() and calls == [1]  # already there: not decoded again
+
+
+def test_prepare_refuses_a_read_only_cache_and_writes_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("LABKIT_CACHE_READONLY", "1")
+    calls = []
+    _fake_decoding(monkeypatch, calls)
+    with pytest.raises(ValueError, match="read-only.*python -m labkit prepare"):
+        slm.prepare_decoded()
+    assert calls == [] and list(tmp_path.iterdir()) == []
 
 
 # --- perplexity, speed and the KV cache ----------------------------------------------------------------------------

