@@ -216,9 +216,12 @@ def prepare_decoded() -> Path:
             raise ValueError(f"The cache {_decoded_dir().parent.parent} is read-only: prepare it where it can be "
                              "written (python -m labkit prepare, without LABKIT_CACHE_READONLY).")
         check_gguf(gguf_path())  # before decoding: a missing or wrong file says how to install it
-        model, tok = load_slm()
-        del model, tok
-    return _decoded_dir()
+        load_slm()  # decodes, then saves into the writable cache
+    folder = decoded_path()
+    if folder is None:
+        raise ValueError(f"The decoded model was not saved in {_decoded_dir()}: check that the folder can be "
+                         "written and has 0.6 GB free, then run python -m labkit prepare again.")
+    return folder
 
 
 def _save_decoded(model: nn.Module, tok, folder: Path) -> None:

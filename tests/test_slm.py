@@ -409,6 +409,15 @@ def test_prepare_decodes_once_into_the_cache(monkeypatch, tmp_path):
     assert slm.prepare_decoded() == slm._decoded_dir() and calls == [1]  # already there: not decoded again
 
 
+def test_prepare_says_when_the_decoded_model_was_not_saved(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    monkeypatch.delenv("LABKIT_CACHE_READONLY", raising=False)
+    _fake_decoding(monkeypatch, [])
+    monkeypatch.setattr(slm, "load_slm", lambda: (object(), object()))  # decodes, saves nothing
+    with pytest.raises(ValueError, match="was not saved.*python -m labkit prepare"):
+        slm.prepare_decoded()
+
+
 def test_prepare_refuses_a_read_only_cache_and_writes_nothing(monkeypatch, tmp_path):
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
     monkeypatch.setenv("LABKIT_CACHE_READONLY", "1")
