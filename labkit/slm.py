@@ -182,8 +182,8 @@ def load_slm(path: str | Path | None = None, cache: bool = True) -> tuple[nn.Mod
 
     _quiet_transformers()
     path = check_gguf(gguf_path() if path is None else path)
-    saved = _decoded_dir()
-    if cache and (saved / "decoded.json").is_file():
+    saved = decoded_path() if cache else None
+    if saved is not None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(saved, local_files_only=True, dtype=torch.float32)
@@ -191,7 +191,7 @@ def load_slm(path: str | Path | None = None, cache: bool = True) -> tuple[nn.Mod
     else:
         model, tok = _load_gguf(path)
         if cache and cache_writable():
-            _save_decoded(model, tok, saved)
+            _save_decoded(model, tok, _decoded_dir())
     check_causal_lm(model)
     return model.eval(), tok
 
@@ -206,8 +206,8 @@ def prepare_decoded() -> Path:
     """Decode the model into the labkit cache once (e.g. before a class) and return its folder.
 
     Every kernel then maps the one decoded file, whose pages Linux shares between learners, instead of decoding
-    its own copy (measured, fast mode: 0.35 GiB of private memory after loading and one perplexity instead of
-    0.85). ValueError if the model is not installed or the cache is read-only.
+    its own copy (benchmarks/slm_memory.py, fast mode: 0.35-0.38 GiB of private memory per kernel after loading
+    and one perplexity, against 0.87-0.89). ValueError if the model is not installed or the cache is read-only.
     """
     from .model import cache_writable
 

@@ -226,12 +226,12 @@ def test_predict_hands_pages_back_only_where_memory_is_tight(monkeypatch, tiny_m
     assert calls == [1] and (lean == plain).all()
 
 
-def _benchmark():
-    """benchmarks/notebook_memory.py as a module (the benchmarks folder is not a package)."""
+def _benchmark(name: str = "notebook_memory"):
+    """benchmarks/<name>.py as a module (the benchmarks folder is not a package)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "notebook_memory.py"
-    spec = importlib.util.spec_from_file_location("notebook_memory", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -258,3 +258,13 @@ def test_keep_larger_needs_write(capsys):
     with pytest.raises(SystemExit) as stop:
         _benchmark().main(["--keep-larger"])
     assert stop.value.code == 2 and "--write --keep-larger" in capsys.readouterr().err
+
+
+def test_slm_memory_reads_proc_fields_in_bytes_and_refuses_no_kernels(capsys):
+    bench = _benchmark("slm_memory")
+    mine = bench._kib(Path("/proc/self/status"), ("VmRSS", "RssAnon"))
+    assert set(mine) == {"VmRSS", "RssAnon"} and 0 < mine["RssAnon"] <= mine["VmRSS"]
+    assert mine["VmRSS"] % 1024 == 0  # kB in the file, bytes out
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--kernels", "0"])
+    assert stop.value.code == 2 and "--kernels 2" in capsys.readouterr().err
