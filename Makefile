@@ -70,7 +70,7 @@ test-solutions: $(STAMP)
 
 # The learner edition (notebooks/) from the solved one (solutions/); make test fails when they are out of step.
 course: $(STAMP)
-	$(PY) -m labkit.course build
+	$(PY) -m labkit.course.build build
 
 clean-cache:
 	rm -rf $${LABKIT_CACHE:-$$HOME/.cache/labkit}
@@ -81,7 +81,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab $(ALLOW_ROOT) notebooks/
 
-# The Chinese edition (python -m labkit.i18n build): JupyterLab's own menus in Chinese via Settings > Language.
+# The Chinese edition (python -m labkit.course.i18n build): JupyterLab's own menus in Chinese via Settings > Language.
 lab-zh: $(STAMP)
 	$(VENV)/bin/jupyter lab $(ALLOW_ROOT) notebooks_zh/
 
@@ -106,7 +106,7 @@ $(HUB_PROXY): hub/package.json hub/package-lock.json
 	touch $(HUB_PROXY)
 
 hub: $(HUB_STAMP) $(HUB_PROXY)
-	$(PY) -m labkit.hub check
+	$(PY) -m labkit.classroom.hub check
 	$(VENV)/bin/jupyterhub -f hub/jupyterhub_config.py
 
 # constraints.txt from this environment (after a deliberate upgrade, and a green `make test`): every installed

@@ -17,19 +17,22 @@ import platform
 import sys
 import time
 
+from labkit.core import data, floor, machine, measure, model, results
+from labkit.prune import prune
+from labkit.quant import quantize
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> int:
     import torch
 
-    from labkit import data, floor, measure, model, prune, quantize
 
     t0 = time.perf_counter()
     data.use("bbc")
     td = data.active()
     print(f"data: {td!r}")
-    print(f"machine: {measure.cpu_name()} ({measure.cpu_features()}), {torch.get_num_threads()} threads, "
+    print(f"machine: {machine.cpu_name()} ({machine.cpu_features()}), {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, Python {platform.python_version()}, fast={os.environ.get('LABKIT_FAST', '0')}")
     low = floor.tfidf_logreg(td)
     print("floor:", floor.describe(low))
@@ -37,7 +40,7 @@ def main() -> int:
     print(f"baseline ready after {time.perf_counter() - t0:.0f} s: {model.baseline_record()['steps']} steps")
     ref = measure.predictions(base, tok, "test")
     small = prune.recover(prune.structured(base, heads=1 / 3, ffn=0.5), tok, teacher=base)
-    rows = measure.evaluate_group({"fp32 (fine-tuned MiniLM)": base, "int8 (torch, labkit)": quantize.to_int8(base),
+    rows = results.evaluate_group({"fp32 (fine-tuned MiniLM)": base, "int8 (torch, labkit)": quantize.to_int8(base),
                                    "structured 1/3 heads, 1/2 FFN + recover": small}, tok, ref, base)
     labels = td.split("test")["label"].to_numpy()
     ci = measure.accuracy_ci(low["predictions"], labels)

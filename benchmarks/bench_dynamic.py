@@ -16,17 +16,19 @@ import time
 import pandas as pd
 import torch
 
-from labkit import data, dynamic, fast_mode, measure, model
+from labkit import fast_mode
+from labkit.core import data, machine, measure, model
+from labkit.dynamic import gradual, int8, tokens
 
 
 def _acc(m, tok, df) -> float:
     return float((measure.predict(m, tok, df["text"]) == df["label"].to_numpy()).mean())
 
 
-def tokens(base, tok, test) -> pd.DataFrame:
+def token_table(base, tok, test) -> pd.DataFrame:
     """Token pruning 50% from layer 2 (two scores) against fp32: accuracy, latency at batch 32 and 1."""
-    models = {"fp32": base, "keep 0.5 from L2 ([CLS] score)": dynamic.token_pruning(base, 0.5, 2),
-              "keep 0.5 from L2 (mean score)": dynamic.token_pruning(base, 0.5, 2, score="mean")}
+    models = {"fp32": base, "keep 0.5 from L2 ([CLS] score)": tokens.token_pruning(base, 0.5, 2),
+              "keep 0.5 from L2 (mean score)": tokens.token_pruning(base, 0.5, 2, score="mean")}
     lat32 = measure.compare_latency(models, tok, 32)
     lat1 = measure.compare_latency(models, tok, 1)
     rows = []
@@ -43,12 +45,12 @@ def tokens(base, tok, test) -> pd.DataFrame:
 
 def lengths(base, tok) -> pd.DataFrame:
     """Where shorter sequences pay: the unpruned model at batch 1 and 32 on 13, 26 and 52 tokens."""
-    return pd.concat([dynamic.length_latency(base, tok, b) for b in (1, 32)], ignore_index=True)
+    return pd.concat([tokens.length_latency(base, tok, b) for b in (1, 32)], ignore_index=True)
 
 
-def int8(base, tok, test) -> pd.DataFrame:
+def int8_table(base, tok, test) -> pd.DataFrame:
     """Real dynamic int8 against fp32: accuracy and latency."""
-    q = dynamic.dynamic_int8(base)
+    q = int8.dynamic_int8(base)
     lat = measure.compare_latency({"fp32": base, "dynamic int8": q}, tok, 32)
     rows = [{"model": n, "accuracy": _acc(m, tok, test), "b32_ms": lat[n]["median_ms"]}
             for n, m in {"fp32": base, "dynamic int8": q}.items()]
@@ -58,16 +60,16 @@ def int8(base, tok, test) -> pd.DataFrame:
     return df
 
 
-def gradual(base, tok, test, steps: int, distill: bool = False, lr: float = 5e-5) -> pd.DataFrame:
+def gradual_table(base, tok, test, steps: int, distill: bool = False, lr: float = 5e-5) -> pd.DataFrame:
     """Gradual (cubic) vs one-shot magnitude pruning to 70%, the same fine-tune steps and batches."""
     rows = [{"model": "fp32 baseline", "accuracy": _acc(base, tok, test), "sparsity": 0.0, "seconds": 0.0}]
     how = "distilled" if distill else "steps"
     for schedule in ("cubic", "oneshot"):
         t0 = time.perf_counter()
-        pruned, _ = dynamic.prune_finetune(base, tok, 0.7, steps, schedule=schedule, lr=lr,
+        pruned, _ = gradual.prune_finetune(base, tok, 0.7, steps, schedule=schedule, lr=lr,
                                            teacher=base if distill else None)
         rows.append({"model": f"{schedule} 70% + {steps} {how}", "accuracy": _acc(pruned, tok, test),
-                     "sparsity": dynamic.weight_sparsity(pruned), "seconds": time.perf_counter() - t0})
+                     "sparsity": gradual.weight_sparsity(pruned), "seconds": time.perf_counter() - t0})
     df = pd.DataFrame(rows)
     df["loss_pts"] = 100 * (df["accuracy"].iloc[0] - df["accuracy"])
     return df
@@ -84,21 +86,21 @@ def main() -> None:
     args = parser.parse_args()
     base, tok = model.load_baseline(progress=False)
     test = data.split("test")
-    print(f"CPU: {measure.cpu_name()} ({measure.cpu_features()}), threads: {torch.get_num_threads()}, "
+    print(f"CPU: {machine.cpu_name()} ({machine.cpu_features()}), threads: {torch.get_num_threads()}, "
           f"fast mode: {fast_mode()}, test snippets: {len(test)}")
     fmt = dict(index=False, float_format=lambda v: f"{v:.3f}")
     if args.part in ("tokens", "all"):
         print("\n## token pruning (target: keep 0.5 from L2 >= 1.3x at b32, <= 2 pts)\n")
-        print(tokens(base, tok, test).to_string(**fmt))
+        print(token_table(base, tok, test).to_string(**fmt))
         print("\n## sequence length vs latency, unpruned model\n")
         print(lengths(base, tok).to_string(**fmt))
     if args.part in ("int8", "all"):
         print("\n## dynamic int8 (target: within 1 pt of fp32)\n")
-        print(int8(base, tok, test).to_string(**fmt))
+        print(int8_table(base, tok, test).to_string(**fmt))
     if args.part in ("gradual", "all"):
         print(f"\n## gradual vs one-shot pruning to 70% ({args.steps} steps, batch 16, lr {args.lr:g}, "
               f"cubic ramp over 70% of them{', distilled' if args.distill else ''})\n")
-        print(gradual(base, tok, test, args.steps, args.distill, args.lr).to_string(**fmt))
+        print(gradual_table(base, tok, test, args.steps, args.distill, args.lr).to_string(**fmt))
 
 
 if __name__ == "__main__":

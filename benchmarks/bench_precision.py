@@ -7,7 +7,7 @@ here) and fp32 weights run under bf16 autocast, timed interleaved run by run at 
 the runs, and the speed-up's min-max per round); test accuracy with its 95% interval and agreement with fp32;
 bytes of the serialized weights. Training: one fine-tuning step (forward, loss, backward, clipping, AdamW, as
 `train.fit` does) in fp32 and under bf16 autocast, timed interleaved. Target (issue 16): bf16 weights >= 1.5x
-fp32's speed at batch 32, judged only where the CPU computes bf16 natively (`measure.native_float_support`);
+fp32's speed at batch 32, judged only where the CPU computes bf16 natively (`machine.native_float_support`);
 elsewhere bf16 is emulated and the numbers are printed without a verdict.
 """
 
@@ -22,27 +22,26 @@ import time
 import torch
 from torch import nn
 
+from labkit import fast_mode
+from labkit.core import data, machine, measure, model, parts, train
+from labkit.quant import floats as precision
+
 TARGET_B32 = 1.5  # bf16 weights vs fp32 at batch 32, on a CPU with native bf16
 
 
 class Autocast(nn.Module):
-    """fp32 weights whose forward runs under `precision.autocast` (matmuls in bf16, weights untouched)."""
-
+    """fp32 weights whose forward runs under `train.autocast` (matmuls in bf16, weights untouched)."""
     def __init__(self, model: nn.Module, precision: str = "bf16"):
         super().__init__()
         self.model, self.precision = model, precision
 
     def forward(self, **inputs):
-        from labkit import parts, precision
-
-        with precision.autocast(self.model, self.precision):
+        with train.autocast(self.model, self.precision):
             return self.model(**parts.feed(self.model, inputs))
 
 
 def candidates(base: nn.Module) -> tuple[dict[str, nn.Module], list[str]]:
     """The models to compare, and a note for each precision this device cannot run."""
-    from labkit import precision
-
     models, skipped = {"fp32 weights": base}, []
     for name in ("bf16", "fp16"):
         try:
@@ -59,8 +58,6 @@ def _spread(times: list[float]) -> str:
 
 def inference_table(models: dict[str, nn.Module], tok, labels, reference) -> dict[str, dict]:
     """Print the markdown table of accuracy, size and interleaved latency; return the batch-32 speed-ups."""
-    from labkit import measure
-
     lat = {b: measure.compare_latency(models, tok, b) for b in (1, 32)}
     speed = measure.speedups(lat[32], "fp32 weights")
     first = lat[32]["fp32 weights"]
@@ -82,10 +79,8 @@ def inference_table(models: dict[str, nn.Module], tok, labels, reference) -> dic
 
 def _train_step(model: nn.Module, opt: torch.optim.Optimizer, batch, precision_name: str) -> float:
     """One step as train.fit takes it: forward and loss under autocast, backward, clip, AdamW; returns ms."""
-    from labkit import parts, precision
-
     t0 = time.perf_counter()
-    with precision.autocast(model, precision_name):
+    with train.autocast(model, precision_name):
         loss = model(**parts.feed(model, batch.inputs), labels=batch.labels).loss
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -96,13 +91,11 @@ def _train_step(model: nn.Module, opt: torch.optim.Optimizer, batch, precision_n
 
 def training_table(base: nn.Module, tok, steps: int, batch_size: int) -> None:
     """Print fine-tuning step times, fp32 vs bf16 autocast, on the same train batch, interleaved step by step."""
-    from labkit import data, model as model_lib, parts
-
     split = data.split("train")
     batch = next(data.batches(split["text"], split["label"], tok, batch_size, shuffle_seed=0)).to(parts.device_of(base))
     runs = {}
     for name in ("fp32", "bf16"):
-        m = model_lib.clone(base).train()
+        m = parts.clone(base).train()
         runs[name] = (m, torch.optim.AdamW(m.parameters(), lr=1e-5), [])
     for i in range(1 + steps):  # step 0 warms up (and allocates AdamW's state): not counted
         for name, (m, opt, times) in runs.items():
@@ -126,14 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=None, help="timed training steps (default 3 fast, 10)")
     parser.add_argument("--train-batch", type=int, default=32, help="training batch size (train.fit's default)")
     args = parser.parse_args(argv)
-    from labkit import data, fast_mode, measure, model
 
     start = time.perf_counter()
     base, tok = model.load_baseline()
     labels = data.split("test")["label"].to_numpy()
     reference = measure.predictions(base, tok, "test")
     print(f"baseline: LABKIT_FAST={os.environ.get('LABKIT_FAST', '0')}, {len(labels)} test snippets; torch "
-          f"{torch.__version__}; CPU: {measure.cpu_name()} ({measure.cpu_features()}); {torch.get_num_threads()} threads")
+          f"{torch.__version__}; CPU: {machine.cpu_name()} ({machine.cpu_features()}); {torch.get_num_threads()} threads")
     models, skipped = candidates(base)
     for line in skipped:
         print(line)
@@ -155,12 +147,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def native_bf16(model: nn.Module) -> bool | None:
     """Whether the device `model` runs on computes bf16 in hardware (None where the CPU flags cannot be read)."""
-    from labkit import measure, parts
-
     dev = parts.device_of(model)
     if dev.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return measure.native_float_support().get("bf16") if dev.type == "cpu" else None
+    return machine.native_float_support().get("bf16") if dev.type == "cpu" else None
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ import time
 
 import pandas as pd
 
+from labkit import fast_mode
+from labkit.core import data, machine, measure, model
+from labkit.prune import prune
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table and the target checks."""
@@ -30,13 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.utils.prune as tprune
 
-    from labkit import data, fast_mode, measure, model, prune
 
     steps = args.steps if args.steps is not None else (20 if fast_mode() else 150)
     start = time.perf_counter()
     base, tok = model.load_baseline()
     print(f"baseline: {'fast (CI)' if fast_mode() else 'full'}; recovery steps: {steps}; "
-          f"CPU: {measure.cpu_name()} ({measure.cpu_features()}), threads: {torch.get_num_threads()}", flush=True)
+          f"CPU: {machine.cpu_name()} ({machine.cpu_features()}), threads: {torch.get_num_threads()}", flush=True)
     torch_pruned = prune.torch_prune(base, 0.5)
     torch_removed = prune.torch_prune(base, 0.5)
     for layer in prune.prunable_linears(torch_removed).values():

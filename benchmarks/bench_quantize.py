@@ -3,7 +3,7 @@
     python benchmarks/bench_quantize.py                 # everything (about 8 minutes on 2 cores)
     python benchmarks/bench_quantize.py --section int8  # real int8 only: size, latency, ratios to torch.ao / ORT
 
-The ORT reference is built with ONNX Runtime's documented tools only (labkit.runtimes.ort_reference), so it does
+The ORT reference is built with ONNX Runtime's documented tools only (labkit.runtimes.openvino.ort_reference), so it does
 not compare labkit against itself; benchmarks/bench_runtimes.py adds OpenVINO and NNCF.
     python benchmarks/bench_quantize.py --section accuracy --qat-steps 150
 """
@@ -19,6 +19,11 @@ import warnings
 
 import torch
 from torch import nn
+
+from labkit.core import data, machine, measure, model, parts
+from labkit.quant import quantize as Q
+from labkit.runtimes import onnx
+from labkit.runtimes import openvino as runtimes
 
 
 def _linear_weight_bytes(model: nn.Module) -> int:
@@ -41,27 +46,22 @@ def _torch_ao_dynamic(model: nn.Module) -> nn.Module:
         warnings.simplefilter("ignore")
         from torch.ao.quantization import quantize_dynamic
 
-        from labkit import model as model_lib
 
-        return quantize_dynamic(model_lib.clone(model), {nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(parts.clone(model), {nn.Linear}, dtype=torch.qint8)
 
 
 def _ort_reference(model: nn.Module) -> nn.Module:
     """ONNX Runtime's own recipe (no labkit ONNX code): torch.onnx.export, ORT's BERT optimizer, quantize_dynamic."""
-    from labkit import runtimes
-
     return runtimes.ort_reference(model, int8=True)
 
 
 def section_int8(base, tok, reference, labels) -> None:
-    from labkit import measure
-    from labkit import quantize as Q
 
     t0 = time.perf_counter()
     models = {"fp32": base,
               "labkit int8 (torch)": Q.to_int8(base),
               "labkit int8 (onnxruntime)": Q.to_int8(base, backend="onnxruntime"),
-              "labkit ORT fused + int8": Q.to_onnx(base, optimize=True, int8=True),
+              "labkit ORT fused + int8": onnx.to_onnx(base, optimize=True, int8=True),
               "torch.ao quantize_dynamic": _torch_ao_dynamic(base),
               "ORT reference (optimizer + quantize_dynamic)": _ort_reference(base)}
     print(f"built int8 models in {time.perf_counter() - t0:.0f} s")
@@ -81,7 +81,7 @@ def section_int8(base, tok, reference, labels) -> None:
     df["size_x_vs_fp32"] = fp["size_mb"] / df["size_mb"]
     df["speedup_b32"] = fp["b32_ms"] / df["b32_ms"]
     df["speedup_b1"] = fp["b1_ms"] / df["b1_ms"]
-    print(f"\nReal int8 on {measure.cpu_name()} ({measure.cpu_features()}), {torch.get_num_threads()} threads; "
+    print(f"\nReal int8 on {machine.cpu_name()} ({machine.cpu_features()}), {torch.get_num_threads()} threads; "
           f"batch 32 = {lat32['fp32']['seq_len']} tokens padded; median of {lat32['fp32']['repeats']} interleaved runs")
     print(df.to_string(float_format=lambda v: f"{v:.3f}"))
     enc_fp32, enc_int8 = _linear_weight_bytes(base), _linear_weight_bytes(models["labkit int8 (torch)"])
@@ -101,8 +101,6 @@ def section_int8(base, tok, reference, labels) -> None:
 def section_accuracy(base, tok, reference, labels, qat_steps: int) -> None:
     import pandas as pd
 
-    from labkit import measure
-    from labkit import quantize as Q
 
     def row(name, m):
         preds = measure.predictions(m, tok, "test")
@@ -129,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--section", choices=["all", "int8", "accuracy"], default="all")
     parser.add_argument("--qat-steps", type=int, default=150)
     args = parser.parse_args(argv)
-    from labkit import data, measure, model
 
     start = time.perf_counter()
     base, tok = model.load_baseline()

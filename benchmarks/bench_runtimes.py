@@ -24,6 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+from labkit.core import data, machine, measure, model
+from labkit.pipelines import strategies
+from labkit.quant import quantize
+from labkit.runtimes import openvino as runtimes
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).parent / "results"
@@ -45,7 +50,6 @@ def _size(model) -> int:
 
     import torch
 
-    from labkit import measure
 
     try:
         return measure.serialized_bytes(model)
@@ -57,8 +61,6 @@ def _size(model) -> int:
 
 def build(base, tok, prune: bool) -> tuple[dict, dict]:
     """Every model to time, and notes (what each one is, what OpenVINO chose)."""
-    from labkit import quantize, runtimes, strategies
-
     models, notes = {"torch fp32": base}, {}
     steps = [
         ("labkit int8 (torch)", lambda: quantize.to_int8(base)),
@@ -85,8 +87,6 @@ def build(base, tok, prune: bool) -> tuple[dict, dict]:
 
 def choose_best(models: dict, tok, timing: dict, max_drop: float = 0.005) -> tuple[str, dict]:
     """labkit's best: the fastest labkit int8 path whose validation accuracy is within `max_drop` of fp32's."""
-    from labkit import data, measure
-
     labels = data.split("val")["label"].to_numpy()
     val = {n: float((measure.predictions(models[n], tok, "val") == labels).mean())
            for n in ("torch fp32",) + LABKIT if n in models}
@@ -100,7 +100,6 @@ def report(models: dict, notes: dict, tok, rounds: int) -> str:
     import numpy as np
     import torch
 
-    from labkit import data, measure
 
     before = _uptime()
     timing = measure.compare_latency(models, tok, 32, warmup=3, repeats=rounds, texts=measure.latency_texts(32))
@@ -108,7 +107,7 @@ def report(models: dict, notes: dict, tok, rounds: int) -> str:
     best, val = choose_best(models, tok, timing)
     labels = data.split("test")["label"].to_numpy()
     base_ms = timing["torch fp32"]["median_ms"]
-    lines = [f"CPU: {measure.cpu_name()} ({measure.cpu_features()}); threads {torch.get_num_threads()}; batch 32 "
+    lines = [f"CPU: {machine.cpu_name()} ({machine.cpu_features()}); threads {torch.get_num_threads()}; batch 32 "
              f"real test snippets ({timing['torch fp32']['seq_len']} tokens padded); {rounds} interleaved rounds "
              f"after 3 warm-up; baseline: full (LABKIT_FAST={os.environ.get('LABKIT_FAST', '0')})",
              f"load before timing: {before}", f"load after timing:  {after}", "",
@@ -147,7 +146,6 @@ def torchao_line(base, int8_torch, tok, rounds: int = 10) -> str:
     """torchao's int8 (dynamic int8 activations, int8 weights) timed beside torch.ao's, in its own short run.
 
     Separate from the main table: eager torchao is several times slower on CPU and would stretch every round."""
-    from labkit import measure, runtimes
 
     try:
         ao = runtimes.torchao_int8(base)
@@ -173,7 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 5:
         parser.error("--rounds must be at least 5")
-    from labkit import model
 
     start = time.perf_counter()
     base, tok = model.load_baseline(progress=False)

@@ -31,6 +31,11 @@ import sys
 import time
 from pathlib import Path
 
+from labkit.core import machine
+from labkit.lm import slm
+from labkit.lm import weightonly as wo
+from labkit.quant import quantize
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,8 +66,6 @@ def ladder(model, tok, base: dict, stats, args, lines: list[str]) -> tuple[dict,
     Returns the results and the models of the setting KEEP (for the generations side by side)."""
     import pandas as pd
 
-    from labkit import slm
-    from labkit import weightonly as wo
 
     rows, results, kept = [], {}, {}
     fp32_bytes = wo.float_bytes(model)
@@ -94,13 +97,12 @@ def ladder(model, tok, base: dict, stats, args, lines: list[str]) -> tuple[dict,
 
 
 def integer_zero_rtn(model, bits: int, group: int):
-    """A copy with RTN on labkit.quantize's grid (integer zero point, range widened to hold 0): GPTQ's and AWQ's
+    """A copy with RTN on labkit.quant.quantize's grid (integer zero point, range widened to hold 0): GPTQ's and AWQ's
     packed formats use that grid; it does not land on the Q4_1 levels the decoded weights sit on."""
     import copy
 
     import torch
 
-    from labkit import quantize, slm
 
     out = copy.deepcopy(model)
     with torch.no_grad():
@@ -112,21 +114,17 @@ def integer_zero_rtn(model, bits: int, group: int):
 
 def grid_row(model, tok, base: dict, results: dict, args, lines: list[str]) -> None:
     """4-bit g32 RTN on an integer-zero-point grid, beside RTN on the Q4_1-style grid."""
-    from labkit import slm
-
     if (4, 32, "rtn") not in results:
         return
     r = slm.perplexity(integer_zero_rtn(model, 4, 32), tok, tokens=args.tokens, chunk=args.chunk)
     offset = results[(4, 32, "rtn")]
-    _say(lines, f"\n4-bit g32 RTN on an integer-zero-point grid (labkit.quantize, GPTQ/AWQ packing): ppl "
+    _say(lines, f"\n4-bit g32 RTN on an integer-zero-point grid (labkit.quant.quantize, GPTQ/AWQ packing): ppl "
                 f"{slm.format_ppl(r)}, x decoded {_ratio(slm.ppl_ratio(r, base))}; on the offset (Q4_1-style) "
                 f"grid: {slm.format_ppl(offset)}, x decoded {_ratio(slm.ppl_ratio(offset, base))}")
 
 
 def kv_section(model, tok, base: dict, args, lines: list[str]) -> None:
     """Perplexity through labkit's int8 KV cache (one pass and token by token) and transformers' own caches."""
-    from labkit import slm
-
     # token by token is one forward per token: the KV rows read at most --kv-tokens tokens, paired with the
     # decoded model on the same tokens
     kw = dict(tokens=min(args.tokens, args.kv_tokens), chunk=args.chunk)
@@ -155,8 +153,6 @@ def kv_section(model, tok, base: dict, args, lines: list[str]) -> None:
 
 def targets(results: dict, base: dict, args, lines: list[str]) -> None:
     """The issue's two perplexity targets, as measured."""
-    from labkit import slm
-
     if 3 in args.bits:
         for group in args.groups:
             rtn = results.get((3, group, "rtn"))
@@ -181,8 +177,6 @@ def bytes_section(model, args, lines: list[str]) -> None:
     """Packed bytes of the quantized layers, the whole model's bytes, and the KV cache against context length."""
     import pandas as pd
 
-    from labkit import slm
-    from labkit import weightonly as wo
 
     layers = wo.float_bytes(model)
     total = sum(p.numel() * 4 for p in model.parameters())  # the tied head counts once
@@ -210,9 +204,8 @@ def bytes_section(model, args, lines: list[str]) -> None:
 
 
 def kernels(model, args, lines: list[str]) -> dict:
-    """Every precision to time (labkit.weightonly.kernel_makers): which ran on this CPU and which failed, with the
+    """Every precision to time (labkit.lm.weightonly.kernel_makers): which ran on this CPU and which failed, with the
     error. All are kept alive, to be timed interleaved in the same rounds."""
-    from labkit import weightonly as wo
 
     built = {"fp32 (decoded)": model}
     _say(lines, "- fp32 (decoded): ran")
@@ -230,9 +223,6 @@ def kernels(model, args, lines: list[str]) -> dict:
 
 def quality(model, tok, base: dict, args, lines: list[str]) -> tuple[dict, dict]:
     """The perplexity ladder (calibrated once), its targets and the bytes; the ladder's results and kept models."""
-    from labkit import weightonly as wo
-    from labkit import slm
-
     _say(lines, "\n## Perplexity ladder\n")
     t0 = time.perf_counter()
     ids = wo.calibration_ids(tok, slm.calibration_texts(2000), tokens=args.calib_tokens)
@@ -288,13 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from labkit import measure, slm
-    from labkit import weightonly as wo
 
     start = time.perf_counter()
     lines: list[str] = []
     _say(lines, f"    {command.strip()}")
-    _say(lines, f"\nCPU: {measure.cpu_name()}; {measure.cpu_features()}; torch threads {torch.get_num_threads()}; "
+    _say(lines, f"\nCPU: {machine.cpu_name()}; {machine.cpu_features()}; torch threads {torch.get_num_threads()}; "
                 f"torch {torch.__version__}, transformers {transformers.__version__}")
     _say(lines, f"load at start: {_uptime()}")
     t0 = time.perf_counter()

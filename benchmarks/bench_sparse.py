@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from labkit import measure, model, sparse
+from labkit.core import machine, measure, model
+from labkit.sparse import sparse
 
 
 def round_trips(w: torch.Tensor) -> pd.DataFrame:
@@ -46,7 +47,7 @@ def main() -> None:
     base, tok = model.load_baseline(progress=False)
     ffn = sparse.linear_layers(base, "ffn")
     w = base.get_submodule(ffn[0]).weight.detach()
-    print(f"CPU: {measure.cpu_name()} ({measure.cpu_features()}), threads: {torch.get_num_threads()}, "
+    print(f"CPU: {machine.cpu_name()} ({machine.cpu_features()}), threads: {torch.get_num_threads()}, "
           f"torch {torch.__version__}\n")
 
     rt = round_trips(w[:256])

@@ -13,6 +13,11 @@ from __future__ import annotations
 import argparse
 import time
 
+from labkit import fast_mode
+from labkit.core import data, machine, measure, model, results
+from labkit.pipelines import strategies
+from labkit.runtimes import onnx
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and print the table, the Pareto front and the target check."""
@@ -22,14 +27,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from labkit import data, fast_mode, measure, model, quantize, strategies
 
     start = time.perf_counter()
     base, tok = model.load_baseline()
     configs = strategies.configurations()
     if args.steps is not None:
         configs = {k: [(n, dict(o, steps=args.steps) if n == "recover" else o) for n, o in v] for k, v in configs.items()}
-    print(f"baseline: {'fast (CI)' if fast_mode() else 'full'}; CPU: {measure.cpu_name()} ({measure.cpu_features()}), "
+    print(f"baseline: {'fast (CI)' if fast_mode() else 'full'}; CPU: {machine.cpu_name()} ({machine.cpu_features()}), "
           f"threads: {torch.get_num_threads()}", flush=True)
     reference = measure.predictions(base, tok, "test")
     labels = data.split("test")["label"].to_numpy()
@@ -44,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, m in models.items():
         preds = measure.predictions(m, tok, "test")
-        rows.append(measure.Result(name, float((preds == labels).mean()),
+        rows.append(results.Result(name, float((preds == labels).mean()),
                                    measure.agreement(preds, reference), measure.serialized_bytes(m),
                                    lat1[name]["median_ms"], lat32[name]["median_ms"]))
-    df = measure.table(rows, baseline="fp32 baseline")
+    df = results.table(rows, baseline="fp32 baseline")
     df["pareto"] = strategies.pareto_front(df)
     df["loss_points"] = 100 * (df.loc[0, "accuracy"] - df["accuracy"])
     cols = ["name", "accuracy", "loss_points", "agreement", "size_mb", "size_ratio", "latency_b1_ms",
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ONNX Runtime beside PyTorch for the best float pipeline without hooks (ONNX cannot carry token pruning).
     # (Fusions are off: ONNX Runtime's BERT optimizer assumes every layer still has all its heads.)
-    ort = quantize.to_onnx(models["structured + recover"], optimize=False, int8=True)
+    ort = onnx.to_onnx(models["structured + recover"], optimize=False, int8=True)
     side = measure.compare_latency({"pytorch int8": models["structured + recover + int8"], "onnxruntime int8": ort},
                                    tok, 32, repeats=15)
     ort_acc = measure.accuracy(ort, tok, "test")

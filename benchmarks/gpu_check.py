@@ -7,8 +7,8 @@ What it runs, and prints as it goes:
 1. the family x technique matrix with the tiny models on CUDA; a CPU-only backend (torch's int8 kernels,
    ONNX Runtime's CPU provider) must hand back a CPU model and say so;
 2. the kit's baseline on CUDA: accuracy of fp32 and fp16 on validation snippets, and the inputs of every
-   calibrating or training function on the model's device (quantize.calibrate, dynamic.calibrate_ranges,
-   prune.recover, dynamic.prune_finetune, sparse.to_sparse);
+   calibrating or training function on the model's device (quantize.calibrate, int8.calibrate_ranges,
+   prune.recover, gradual.prune_finetune, sparse.to_sparse);
 3. latency on CUDA (synchronized, interleaved) for fp32, fp16 and bf16 at batch 32;
 4. 2:4 sparsity against dense fp16 on the same GPU (torch.sparse.to_sparse_semi_structured, compute capability
    >= 8.0), on the baseline's FFN-sized matmul and on the whole model.
@@ -23,6 +23,13 @@ import sys
 import time
 import warnings
 
+from labkit.core import assets, data, measure, model, parts
+from labkit.dynamic import dynamic, gradual, int8
+from labkit.pipelines import matrix
+from labkit.prune import prune
+from labkit.quant import quantize
+from labkit.sparse import sparse
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -31,9 +38,8 @@ def _say(*args) -> None:
 
 
 def matrix_on_cuda() -> None:
-    from labkit import matrix, model
 
-    tok = model.load_tokenizer()
+    tok = assets.load_tokenizer()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cells = matrix.run_all(tok, device="cuda")
@@ -46,20 +52,18 @@ def matrix_on_cuda() -> None:
 def baseline_on_cuda(limit: int) -> None:
     import torch
 
-    from labkit import dynamic, measure, model, parts, prune, quantize, sparse
 
     m, tok = model.load_baseline(device="cuda", progress=False)
     _say(f"  baseline on {parts.device_of(m)}")
     acc = measure.accuracy(m, tok, "val", limit)
-    half = model.clone(m).half()
+    half = parts.clone(m).half()
     _say(f"  val accuracy on {limit}: fp32 {acc:.3f}, fp16 {measure.accuracy(half, tok, 'val', limit):.3f}")
-    from labkit import data
 
     texts = list(data.split("val", 64)["text"])
     steps = {"quantize.calibrate": lambda: quantize.calibrate(m, tok, 8, size=64),
-             "dynamic.calibrate_ranges": lambda: dynamic.calibrate_ranges(m, tok, texts),
+             "int8.calibrate_ranges": lambda: int8.calibrate_ranges(m, tok, texts),
              "prune.recover (2 steps)": lambda: prune.recover(prune.magnitude(m, 0.5), tok, steps=2),
-             "dynamic.prune_finetune (2 steps)": lambda: dynamic.prune_finetune(m, tok, 0.5, steps=2),
+             "gradual.prune_finetune (2 steps)": lambda: gradual.prune_finetune(m, tok, 0.5, steps=2),
              "sparse.to_sparse": lambda: sparse.to_sparse(m, 0.9)}
     for name, fn in steps.items():
         t0 = time.perf_counter()
@@ -70,7 +74,7 @@ def baseline_on_cuda(limit: int) -> None:
             _say(f"  {name}: ok in {time.perf_counter() - t0:.1f} s, result on {where}")
         except Exception as err:  # report and go on: the script's job is to show every step
             _say(f"  {name}: FAILED {type(err).__name__}: {err}")
-    models = {"fp32": m, "fp16": half, "bf16": model.clone(m).to(torch.bfloat16)}
+    models = {"fp32": m, "fp16": half, "bf16": parts.clone(m).to(torch.bfloat16)}
     lat = measure.compare_latency(models, tok, 32)
     for name, rec in lat.items():
         _say(f"  batch 32 {name}: median {rec['median_ms']:.2f} ms, p90 {rec['p90_ms']:.2f} ms on {rec['device']}")
@@ -79,7 +83,6 @@ def baseline_on_cuda(limit: int) -> None:
 def two_four_vs_dense() -> None:
     import torch
 
-    from labkit import model, prune
 
     if not prune.semi_structured_available():
         _say("  this GPU has no sparse tensor cores (compute capability < 8.0): 2:4 not timed")
@@ -99,10 +102,9 @@ def two_four_vs_dense() -> None:
             fn()
         torch.cuda.synchronize()
         _say(f"  4096x384 @ 384x1536 {name}: {(time.perf_counter() - t0) / 200 * 1e6:.1f} us")
-    from labkit import measure
 
     m, tok = model.load_baseline(device="cuda", progress=False)
-    dense = model.clone(m).half()
+    dense = parts.clone(m).half()
     sparse24 = prune.to_semi_structured(prune.two_four(m))
     lat = measure.compare_latency({"dense fp16": dense, "2:4 fp16": sparse24}, tok, 32)
     for name, rec in lat.items():

@@ -10,7 +10,7 @@ does. When every learner's panel is built, all of them at once ask for new point
 function the panel's slider calls (quantize.bits_point with the learner's functions); each new point is timed from
 the request to the kernel's reply. Per N it prints p50 and p90 seconds per new point, the peak of the learners'
 kernels' resident memory summed (psutil, sampled every second over the hub's child processes), failures, memory
-warnings (labkit.hub's check) and kernels that died. At the end it stops the hub and checks that no process it
+warnings (labkit.classroom.hub's check) and kernels that died. At the end it stops the hub and checks that no process it
 started is left. Needs the prepared baseline (as `make hub`) and the hub's installs (`make hub` makes them).
 
 Bounded: at most 32 learners, 21 points each, every request with a timeout, each N with a time budget; loopback only.
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("The hub is not installed: run `make hub` once (it installs JupyterHub and its proxy), then stop it.")
     os.environ.setdefault("LABKIT_FAST", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    check = subprocess.run([sys.executable, "-m", "labkit.hub", "check"], capture_output=True, text=True)
+    check = subprocess.run([sys.executable, "-m", "labkit.classroom.hub", "check"], capture_output=True, text=True)
     if check.returncode:
         sys.exit(check.stderr.strip())
     cells = panel_cells(NOTEBOOK)

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from labkit.core import machine, memory
+
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024 ** 3
 
@@ -85,7 +87,6 @@ def record(mode: str, peaks: dict[str, int], how: str, keep_larger: bool = False
     """
     import json
 
-    from labkit import memory
 
     table = memory.measured() or {"fast": {}, "full": {}}
     recorded = table.setdefault(mode, {})
@@ -141,9 +142,8 @@ def main(argv: list[str]) -> int:
             for index, size, first in sorted(r["cells"], key=lambda c: -c[1])[:3]:
                 print(f"|   cell {index}: {first} | {size / GIB:.2f} GiB | | |", flush=True)
     if write:
-        from labkit import measure
 
-        how = f"{lean}, {measure.cpu_name()}, {time.strftime('%Y-%m-%d')}"
+        how = f"{lean}, {machine.cpu_name()}, {time.strftime('%Y-%m-%d')}"
         how += f", largest of {repeats} runs" if repeats > 1 else ""
         print(f"\nrecorded in {record(mode, peaks, how, keep_larger=args.keep_larger)}")
     return 0

@@ -20,10 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from labkit import fast_mode
+from labkit.lm import slm
+
 GIB = 1024 ** 3
 KERNEL = """
 import sys
-from labkit import slm
+from labkit.lm import slm
 model, tok = slm.load_slm()
 slm.perplexity(model, tok)
 print("ready", flush=True)
@@ -69,7 +72,6 @@ def main(argv: list[str]) -> int:
         parser.error("--kernels takes a positive number, e.g. --kernels 2")
     if not Path("/proc/self/smaps_rollup").is_file():
         parser.error("this benchmark reads Linux's /proc/<pid>/smaps_rollup")
-    from labkit import fast_mode, slm
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print(f"decoded model in the cache: {slm.prepare_decoded()}")

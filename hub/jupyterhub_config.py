@@ -20,14 +20,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from labkit import hub as classroom  # the limits (one source of truth) and the kernels' memory check
+from labkit.classroom import hub as classroom  # the limits (one source of truth) and the kernels' memory check
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 STATE = Path(os.environ.get("LABKIT_HUB_DIR") or HERE / "state").resolve()
 PORT = int(os.environ.get("LABKIT_HUB_PORT", "8000"))
 BIN = Path(sys.executable).parent  # the virtual environment that runs the hub runs every learner too
-CACHE = Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache" / "labkit").resolve()  # as labkit.model
+CACHE = Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache" / "labkit").resolve()  # as labkit.core.model
 STATE.mkdir(parents=True, exist_ok=True)
 
 c = get_config()  # noqa: F821 (JupyterHub provides it)
@@ -76,17 +76,17 @@ if os.geteuid() == 0:
     c.Spawner.args.append("--allow-root")  # Jupyter refuses to run as root unless told (containers, CI)
 
 # JupyterHub hands these to the server as MEM_LIMIT and CPU_LIMIT. This spawner enforces neither: the kernels'
-# memory check (labkit.hub) warns the learner instead, and CPU_LIMIT sets how many threads torch uses.
+# memory check (labkit.classroom.hub) warns the learner instead, and CPU_LIMIT sets how many threads torch uses.
 c.Spawner.mem_limit = classroom.MEM_LIMIT
 c.Spawner.cpu_limit = classroom.CPU_LIMIT
 
 c.Spawner.environment = {
-    # the prepared baseline, shared and read-only: kernels never write or retrain there (labkit.model)
+    # the prepared baseline, shared and read-only: kernels never write or retrain there (labkit.core.model)
     "LABKIT_CACHE": str(CACHE),
     "LABKIT_CACHE_READONLY": "1",
     "LABKIT_FAST": os.environ.get("LABKIT_FAST", "0"),
     "HF_HUB_OFFLINE": "1",
-    # hub/jupyter/kernels: the kit's kernels, started with --ext=labkit.hub (the memory check before each cell)
+    # hub/jupyter/kernels: the kit's kernels, started with --ext=labkit.classroom.hub (the memory check before each cell)
     "JUPYTER_PATH": str(HERE / "jupyter"),
     # One core's worth of threads per learner, so that a class does not oversubscribe the machine; threads that
     # wait sleep instead of spinning (see the Makefile's OMP_WAIT_POLICY note).

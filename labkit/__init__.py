@@ -2,7 +2,7 @@
 
 import os as _os
 
-# Importing labkit changes nothing outside it (no environment variables are set): labkit.model loads its
+# Importing labkit changes nothing outside it (no environment variables are set): labkit.core.model loads its
 # model and tokenizer with local_files_only=True instead, so the kit itself never reaches a model hub.
 
 # The one version: pyproject.toml reads it (`dynamic = ["version"]`).

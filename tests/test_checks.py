@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import checks
-from labkit.exercises import GENERIC_HINTS
+from labkit.course import checks
+from labkit.course.exercises import GENERIC_HINTS, exercise
 
 NOTEBOOKS = sorted({k.split(".")[0] for k in checks.exercises()})
 
@@ -108,8 +108,6 @@ def test_progress_records_solved_exercises():
 
 
 def test_hints_need_a_fallback():
-    from labkit.exercises import exercise
-
     with pytest.raises(ValueError, match="wrong"):
         exercise("99.x", "?", lambda: 1, {"only": "a hint"})
 

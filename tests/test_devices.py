@@ -7,7 +7,8 @@ import warnings
 import pytest
 import torch
 
-from labkit import matrix, measure, parts
+from labkit.core import machine, measure, parts
+from labkit.pipelines import matrix
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 CPU_ONLY = {"real int8", "dynamic int8", "ONNX export", "pipeline"}  # torch int8 kernels, ONNX Runtime's CPU provider
@@ -37,4 +38,4 @@ def test_predict_and_latency_on_cuda(tokenizer):
 def test_cpu_model_reports_the_cpu(tokenizer):
     m = parts.tiny_classifier("DistilBERT")
     rec = measure.latency(m, tokenizer, 2, warmup=1, repeats=2, texts=["a film", "another"])
-    assert rec["device"] == measure.cpu_name() and rec["repeats"] == 2
+    assert rec["device"] == machine.cpu_name() and rec["repeats"] == 2

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch.nn.utils import prune as torch_prune
 
-from labkit import dynamic, measure
+from labkit.core import measure
+from labkit.course import checks
+from labkit.dynamic import gradual, int8, tokens
 
 SENTENCES = ["a good film", "the plot is thin but the actors carry it with charm and wit",
              "bad", "an overlong, dull and lifeless remake of a film nobody asked for"]
@@ -18,7 +20,7 @@ def _enc(tokenizer, texts=SENTENCES):
 
 def _eager_cls_attention(model, enc, layer):
     """Reference: the [CLS] row of layer `layer`'s attention, from transformers' own eager attention."""
-    ref = dynamic._target(model, False)
+    ref = tokens._target(model, False)
     ref.config._attn_implementation = "eager"
     with torch.no_grad():
         att = ref(**enc, output_attentions=True).attentions[layer]  # (batch, heads, n, n)
@@ -28,10 +30,10 @@ def _eager_cls_attention(model, enc, layer):
 @pytest.mark.parametrize("keep_ratio,start_layer", [(0.5, 0), (0.3, 1), (0.75, 1)])
 def test_keeps_exact_count_never_drops_cls_and_follows_attention(tiny_model, tokenizer, keep_ratio, start_layer):
     enc = _enc(tokenizer)
-    pruned = dynamic.token_pruning(tiny_model, keep_ratio, start_layer)
+    pruned = tokens.token_pruning(tiny_model, keep_ratio, start_layer)
     with torch.no_grad():
         out = pruned(**enc, output_hidden_states=True)
-    kept = dynamic.last_kept(pruned)
+    kept = tokens.last_kept(pruned)
     real = enc["attention_mask"].sum(1).tolist()
     want = [math.ceil(keep_ratio * n) for n in real]
     assert [int((row >= 0).sum()) for row in kept] == want
@@ -48,7 +50,7 @@ def test_keeps_exact_count_never_drops_cls_and_follows_attention(tiny_model, tok
 
 def test_keep_ratio_one_equals_the_unpruned_model(tiny_model, tokenizer):
     enc = _enc(tokenizer)
-    pruned = dynamic.token_pruning(tiny_model, 1.0, 0)
+    pruned = tokens.token_pruning(tiny_model, 1.0, 0)
     with torch.no_grad():
         torch.testing.assert_close(pruned(**enc).logits, tiny_model(**enc).logits, atol=1e-5, rtol=1e-5)
 
@@ -57,11 +59,11 @@ def test_pruning_changes_output_and_does_not_mutate_input(tiny_model, tokenizer)
     enc = _enc(tokenizer)
     with torch.no_grad():
         before = tiny_model(**enc).logits.clone()
-        pruned = dynamic.token_pruning(tiny_model, 0.3, 0)
+        pruned = tokens.token_pruning(tiny_model, 0.3, 0)
         assert not torch.allclose(pruned(**enc).logits, before)
         torch.testing.assert_close(tiny_model(**enc).logits, before)
     assert getattr(tiny_model, "token_pruning", None) is None
-    same = dynamic.token_pruning(tiny_model, 0.5, 1, inplace=True)
+    same = tokens.token_pruning(tiny_model, 0.5, 1, inplace=True)
     assert same is tiny_model
 
 
@@ -69,22 +71,22 @@ def test_eager_attention_and_batch_of_one(tiny_model, tokenizer):
     tiny_model.config._attn_implementation = "eager"
     enc = _enc(tokenizer)
     with torch.no_grad():
-        torch.testing.assert_close(dynamic.token_pruning(tiny_model, 1.0, 1)(**enc).logits,
+        torch.testing.assert_close(tokens.token_pruning(tiny_model, 1.0, 1)(**enc).logits,
                                    tiny_model(**enc).logits, atol=1e-5, rtol=1e-5)
-        pruned = dynamic.token_pruning(tiny_model, 0.5, 1)
+        pruned = tokens.token_pruning(tiny_model, 0.5, 1)
         pruned(**_enc(tokenizer, SENTENCES[1:2]))
-    assert dynamic.last_kept(pruned).shape == (1, math.ceil(0.5 * 15))
+    assert tokens.last_kept(pruned).shape == (1, math.ceil(0.5 * 15))
 
 
 @pytest.mark.parametrize("kwargs", [dict(keep_ratio=0, start_layer=0), dict(keep_ratio=1.5, start_layer=0),
                                     dict(keep_ratio=0.5, start_layer=2), dict(keep_ratio=0.5, start_layer=-1)])
 def test_bad_arguments_raise(tiny_model, kwargs):
     with pytest.raises(ValueError, match="keep_ratio|start_layer"):
-        dynamic.token_pruning(tiny_model, **kwargs)
+        tokens.token_pruning(tiny_model, **kwargs)
 
 
 def test_surviving_tokens(tiny_model, tokenizer):
-    df = dynamic.surviving_tokens(tiny_model, tokenizer, SENTENCES[1], 0.5, 1)
+    df = tokens.surviving_tokens(tiny_model, tokenizer, SENTENCES[1], 0.5, 1)
     assert df["token"].iloc[0] == "[CLS]" and df["kept"].iloc[0]
     assert int(df["kept"].sum()) == math.ceil(0.5 * len(df))
     # the survivors are the best-scored tokens: none dropped outranks one kept ([CLS] is kept by rule)
@@ -92,23 +94,23 @@ def test_surviving_tokens(tiny_model, tokenizer):
 
 
 def test_cubic_schedule_hits_its_sparsities():
-    assert dynamic.cubic_schedule(0, 100, 0.7) == 0.0
-    assert dynamic.cubic_schedule(100, 100, 0.7) == pytest.approx(0.7)
-    assert dynamic.cubic_schedule(50, 100, 0.8) == pytest.approx(0.7)
-    assert dynamic.cubic_schedule(0, 10, 0.9, initial=0.2) == pytest.approx(0.2)
-    assert dynamic.cubic_schedule(500, 100, 0.7) == pytest.approx(0.7)
-    s = [dynamic.cubic_schedule(t, 20, 0.7) for t in range(21)]
+    assert gradual.cubic_schedule(0, 100, 0.7) == 0.0
+    assert gradual.cubic_schedule(100, 100, 0.7) == pytest.approx(0.7)
+    assert gradual.cubic_schedule(50, 100, 0.8) == pytest.approx(0.7)
+    assert gradual.cubic_schedule(0, 10, 0.9, initial=0.2) == pytest.approx(0.2)
+    assert gradual.cubic_schedule(500, 100, 0.7) == pytest.approx(0.7)
+    s = [gradual.cubic_schedule(t, 20, 0.7) for t in range(21)]
     assert all(b >= a for a, b in zip(s, s[1:]))
     for bad in (1.0, -0.1, 1.2):
         with pytest.raises(ValueError, match=r"\[0, 1\)"):
-            dynamic.cubic_schedule(1, 10, bad)
+            gradual.cubic_schedule(1, 10, bad)
 
 
 def test_prune_smallest_is_greedy_and_monotone():
     torch.manual_seed(0)
     w = torch.randn(16, 8)
     keep = torch.ones_like(w, dtype=torch.bool)
-    keep = dynamic.prune_smallest(w, keep, 0.25)
+    keep = gradual.prune_smallest(w, keep, 0.25)
     # reference: torch.nn.utils.prune's L1 unstructured on the same weight
     lin = torch.nn.Linear(8, 16)
     lin.weight.data = w.clone()
@@ -116,25 +118,25 @@ def test_prune_smallest_is_greedy_and_monotone():
     assert torch.equal(keep, lin.weight_mask.bool())
     w2 = w.clone()
     w2[~keep] = 100.0  # a pruned weight that grew back must stay pruned
-    keep2 = dynamic.prune_smallest(w2, keep, 0.5)
+    keep2 = gradual.prune_smallest(w2, keep, 0.5)
     assert int((~keep2).sum()) == 64 and not (keep2 & ~keep).any()
 
 
 def test_prune_finetune_reaches_sparsity_and_keeps_mask(tiny_model, tokenizer):
     for schedule in ("cubic", "oneshot"):
-        model, hist = dynamic.prune_finetune(tiny_model, tokenizer, 0.6, steps=3, schedule=schedule, batch_size=4)
-        assert dynamic.weight_sparsity(model) == pytest.approx(0.6, abs=1e-3)
+        model, hist = gradual.prune_finetune(tiny_model, tokenizer, 0.6, steps=3, schedule=schedule, batch_size=4)
+        assert gradual.weight_sparsity(model) == pytest.approx(0.6, abs=1e-3)
         assert hist["sparsity"].iloc[-1] == pytest.approx(0.6)
         assert (hist["sparsity"].iloc[0] == 0.0) == (schedule == "cubic")
-    assert dynamic.weight_sparsity(tiny_model) == 0.0
+    assert gradual.weight_sparsity(tiny_model) == 0.0
     with pytest.raises(ValueError, match="schedule"):
-        dynamic.prune_finetune(tiny_model, tokenizer, 0.5, 2, schedule="linear")
+        gradual.prune_finetune(tiny_model, tokenizer, 0.5, 2, schedule="linear")
 
 
 def test_prune_finetune_with_a_teacher_distils_without_touching_it(tiny_model, tokenizer):
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    model, hist = dynamic.prune_finetune(tiny_model, tokenizer, 0.5, steps=2, batch_size=4, teacher=tiny_model)
-    assert dynamic.weight_sparsity(model) == pytest.approx(0.5, abs=1e-3) and hist["loss"].notna().all()
+    model, hist = gradual.prune_finetune(tiny_model, tokenizer, 0.5, steps=2, batch_size=4, teacher=tiny_model)
+    assert gradual.weight_sparsity(model) == pytest.approx(0.5, abs=1e-3) and hist["loss"].notna().all()
     assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
 
 
@@ -144,8 +146,8 @@ def test_fake_int8_matches_torch_quantize(tiny_model):
     scale = float((hi - lo) / 255)
     zp = int(torch.round(-lo / scale))
     ref = torch.dequantize(torch.quantize_per_tensor(x, scale, zp, torch.quint8))
-    torch.testing.assert_close(dynamic.fake_int8(x, lo, hi), ref, atol=1e-6, rtol=0)
-    clipped = dynamic.fake_int8(torch.tensor([10.0]), -1.0, 1.0)
+    torch.testing.assert_close(int8.fake_int8(x, lo, hi), ref, atol=1e-6, rtol=0)
+    clipped = int8.fake_int8(torch.tensor([10.0]), -1.0, 1.0)
     assert float(clipped) == pytest.approx(1.0, abs=2 / 255)  # clipped to the top of the grid
 
 
@@ -153,85 +155,84 @@ def test_dynamic_int8_is_real_and_quiet(tiny_model, tokenizer):
     enc = _enc(tokenizer)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        q = dynamic.dynamic_int8(tiny_model)
-    names = [m._get_name() for m in dynamic.encoder_layers(q).modules()]
-    assert names.count("DynamicQuantizedLinear") == len(dynamic.linears(tiny_model)) > 0
+        q = int8.dynamic_int8(tiny_model)
+    names = [m._get_name() for m in tokens.encoder_layers(q).modules()]
+    assert names.count("DynamicQuantizedLinear") == len(int8.linears(tiny_model)) > 0
     assert "DynamicQuantizedLinear" not in q.classifier._get_name()
-    assert all(type(m) is torch.nn.Linear for m in dynamic.linears(tiny_model).values())
+    assert all(type(m) is torch.nn.Linear for m in int8.linears(tiny_model).values())
     with torch.no_grad():
         torch.testing.assert_close(q(**enc).logits, tiny_model(**enc).logits, atol=0.05, rtol=0.05)
 
 
 def test_static_vs_dynamic_simulation(tiny_model, tokenizer):
-    ranges = dynamic.calibrate_ranges(tiny_model, tokenizer, ["a b", "c d e"])
-    assert set(ranges) == set(dynamic.linears(tiny_model))
-    static = dynamic.simulated_int8(tiny_model, ranges)
-    dyn = dynamic.simulated_int8(tiny_model)
+    ranges = int8.calibrate_ranges(tiny_model, tokenizer, ["a b", "c d e"])
+    assert set(ranges) == set(int8.linears(tiny_model))
+    static = int8.simulated_int8(tiny_model, ranges)
+    dyn = int8.simulated_int8(tiny_model)
     enc = _enc(tokenizer)
     with torch.no_grad():
         ref = tiny_model(**enc).logits
         assert (dyn(**enc).logits - ref).abs().max() <= (static(**enc).logits - ref).abs().max() + 1e-6
     with pytest.raises(ValueError, match="calibrated range"):
-        dynamic.simulated_int8(tiny_model, {})
+        int8.simulated_int8(tiny_model, {})
 
 
 def test_token_point_on_the_baseline(baseline):
-    full = dynamic.token_point(1.0, 2)
-    half = dynamic.token_point(0.5, 2)
+    full = tokens.token_point(1.0, 2)
+    half = tokens.token_point(0.5, 2)
     assert full["agreement"] == 1.0
     # above the 56% majority label by a margin a broken pruning (about 50%) cannot reach; measured 0.73, 0.87
     assert half["accuracy"] >= 0.65 and 0.75 <= half["agreement"] < 1.0
     assert half["repeats"] == measure.SLIDER_REPEATS  # a cached slider point says how many timed runs its median has
-    assert half["latency_ms"] > 0 and dynamic.token_point(0.5, 2) is half  # cached
+    assert half["latency_ms"] > 0 and tokens.token_point(0.5, 2) is half  # cached
     assert np.isfinite(half["latency_ms"])
     assert half["split"] == "val" and half["lo"] <= half["accuracy"] <= half["hi"] and half["n"] == 200
-    assert dynamic.token_point(1.0, 2, split="test")["agreement"] == 1.0
+    assert tokens.token_point(1.0, 2, split="test")["agreement"] == 1.0
     with pytest.raises(ValueError, match="split"):
-        dynamic.token_point(1.0, 2, split="dev")
+        tokens.token_point(1.0, 2, split="dev")
 
 
 def test_mean_score_follows_attention_received_from_all_tokens(tiny_model, tokenizer):
     enc = _enc(tokenizer)
-    pruned = dynamic.token_pruning(tiny_model, 0.5, 1, score="mean")
+    pruned = tokens.token_pruning(tiny_model, 0.5, 1, score="mean")
     with torch.no_grad():
         pruned(**enc)
-        ref = dynamic._target(tiny_model, False)
+        ref = tokens._target(tiny_model, False)
         ref.config._attn_implementation = "eager"
         att = ref(**enc, output_attentions=True).attentions[1].mean(1)  # (batch, n, n), heads averaged
-    kept = dynamic.last_kept(pruned)
+    kept = tokens.last_kept(pruned)
     for row, n_real in enumerate(enc["attention_mask"].sum(1).tolist()):
         k = math.ceil(0.5 * n_real)
         received = att[row, :n_real, 1:n_real].mean(0)
         top = (torch.topk(received, k - 1).indices + 1).tolist()
         assert set(kept[row][kept[row] >= 0].tolist()) == {0, *top}
     with pytest.raises(ValueError, match="score"):
-        dynamic.token_pruning(tiny_model, 0.5, 1, score="max")
+        tokens.token_pruning(tiny_model, 0.5, 1, score="max")
 
 
 def test_token_pruning_composes_with_dynamic_int8(tiny_model, tokenizer):
     enc = _enc(tokenizer)
-    both = dynamic.token_pruning(dynamic.dynamic_int8(tiny_model), 0.5, 1)
+    both = tokens.token_pruning(int8.dynamic_int8(tiny_model), 0.5, 1)
     with torch.no_grad():
         both(**enc)
-    counts = [int((row >= 0).sum()) for row in dynamic.last_kept(both)]
+    counts = [int((row >= 0).sum()) for row in tokens.last_kept(both)]
     assert counts == [math.ceil(0.5 * n) for n in enc["attention_mask"].sum(1).tolist()]
 
 
 def test_tour_rows_do_not_mutate_the_model(tokenizer):
     from transformers import BertConfig, BertForSequenceClassification
 
-    from labkit import measure
 
     torch.manual_seed(0)  # four layers: the tour prunes from layer 2
     tiny_model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                                                           intermediate_size=64)).eval()
     reference = measure.predictions(tiny_model, tokenizer, "test")  # the tour measures the whole test split
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    rows = dynamic.tour(tiny_model, tokenizer, reference)
+    rows = tokens.tour(tiny_model, tokenizer, reference) + int8.tour(tiny_model, tokenizer, reference)
     assert [r.name for r in rows] == ["token pruning keep 0.5 from layer 2", "token pruning keep 0.5 from layer 2 "
                                       "(mean score)", "dynamic int8 (torch)"]
     assert all(r.snippets == len(reference) for r in rows)  # the whole test split, as the reference
-    assert len({r.baseline_b32_ms for r in rows}) == 1 and all(r.rounds >= 5 for r in rows)  # one interleaved group
+    assert len({r.baseline_b32_ms for r in rows[:2]}) == 1 and all(r.rounds >= 5 for r in rows)  # interleaved groups
     assert getattr(tiny_model, "token_pruning", None) is None
     assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
 
@@ -239,92 +240,86 @@ def test_tour_rows_do_not_mutate_the_model(tokenizer):
 # --- the learner's pieces plugged into the real mechanisms -------------------------------------------------------
 
 def _reference_select():
-    from labkit import checks
-
     return checks.solution("05.keep_top_tokens")
 
 
 @pytest.mark.parametrize("score", ["cls", "mean"])
 def test_select_with_the_reference_choice_equals_labkits_own(tiny_model, tokenizer, score):
     enc = _enc(tokenizer)
-    own = dynamic.token_pruning(tiny_model, 0.5, 1, score=score)
-    mine = dynamic.token_pruning(tiny_model, 0.5, 1, score=score, select=_reference_select())
+    own = tokens.token_pruning(tiny_model, 0.5, 1, score=score)
+    mine = tokens.token_pruning(tiny_model, 0.5, 1, score=score, select=_reference_select())
     with torch.no_grad():
         torch.testing.assert_close(mine(**enc).logits, own(**enc).logits, atol=1e-5, rtol=1e-5)
-    assert torch.equal(dynamic.last_kept(mine), dynamic.last_kept(own))
+    assert torch.equal(tokens.last_kept(mine), tokens.last_kept(own))
 
 
 def test_select_changes_the_tokens_kept(tiny_model, tokenizer):
     def first_tokens(hidden, scores, mask, keep):  # a different choice: the first `keep` positions
         idx = torch.arange(keep).expand(hidden.shape[0], keep)
         return hidden[:, :keep], idx
-    pruned = dynamic.token_pruning(tiny_model, 0.5, 1, select=first_tokens)
+    pruned = tokens.token_pruning(tiny_model, 0.5, 1, select=first_tokens)
     enc = _enc(tokenizer)
     with torch.no_grad():
         pruned(**enc)
-    kept = dynamic.last_kept(pruned)
+    kept = tokens.last_kept(pruned)
     for row, n in enumerate(enc["attention_mask"].sum(1).tolist()):
         assert kept[row][kept[row] >= 0].tolist() == list(range(math.ceil(0.5 * n)))
 
 
 def test_a_select_returning_the_wrong_shape_is_a_clear_error(tiny_model, tokenizer):
-    pruned = dynamic.token_pruning(tiny_model, 0.5, 1, select=lambda h, s, m, k: (h, s))
+    pruned = tokens.token_pruning(tiny_model, 0.5, 1, select=lambda h, s, m, k: (h, s))
     with pytest.raises(ValueError, match="05.keep_top_tokens"), torch.no_grad():
         pruned(**_enc(tokenizer))
     with pytest.raises(ValueError, match="select"):
-        dynamic.token_pruning(tiny_model, 0.5, 1, select="top")
+        tokens.token_pruning(tiny_model, 0.5, 1, select="top")
 
 
 def test_with_linear_runs_the_given_function_on_int8_weights(tiny_model, tokenizer):
-    from labkit import checks
-
     enc = _enc(tokenizer)
     calls = []
 
     def counted(x, w_codes, w_scale, bias):
         calls.append((x.shape, w_codes.dtype))
         return checks.solution("04.dynamic_linear")(x, w_codes, w_scale, bias)
-    mine = dynamic.with_linear(tiny_model, counted)
+    mine = int8.with_linear(tiny_model, counted)
     with torch.no_grad():
         ref, got = tiny_model(**enc).logits, mine(**enc).logits
-    assert len(calls) == len(dynamic.linears(tiny_model)) and all(d == torch.int8 for _, d in calls)
+    assert len(calls) == len(int8.linears(tiny_model)) and all(d == torch.int8 for _, d in calls)
     torch.testing.assert_close(got, ref, atol=0.05, rtol=0.05)
-    assert all(type(m) is torch.nn.Linear for m in dynamic.linears(tiny_model).values())  # the caller's model
+    assert all(type(m) is torch.nn.Linear for m in int8.linears(tiny_model).values())  # the caller's model
     assert type(mine.classifier) is torch.nn.Linear  # the head stays in float
     with pytest.raises(ValueError, match="linear_fn"):
-        dynamic.with_linear(tiny_model, None)
-    bad = dynamic.with_linear(tiny_model, lambda x, w, s, b: x)
+        int8.with_linear(tiny_model, None)
+    bad = int8.with_linear(tiny_model, lambda x, w, s, b: x)
     with pytest.raises(ValueError, match="04.dynamic_linear"), torch.no_grad():
         bad(**enc)
 
 
 def test_int8_weight_is_per_channel_symmetric():
     w = torch.tensor([[0.5, -1.0, 0.25], [10.0, 0.0, -5.0]])
-    codes, scale = dynamic.int8_weight(w)
+    codes, scale = int8.int8_weight(w)
     assert codes.dtype == torch.int8 and codes.abs().max() == 127
     torch.testing.assert_close(scale, torch.tensor([1.0, 10.0]) / 127)
     torch.testing.assert_close(codes.float() * scale[:, None], w, atol=float(scale.max()) / 2, rtol=0)
     with pytest.raises(ValueError, match="2-D"):
-        dynamic.int8_weight(torch.ones(3))
+        int8.int8_weight(torch.ones(3))
 
 
 def test_linear_errors_compare_against_float_and_torch(tiny_model, tokenizer):
-    from labkit import checks
-
-    df = dynamic.linear_errors(tiny_model, tokenizer, checks.solution("04.dynamic_linear"), SENTENCES)
+    df = int8.linear_errors(tiny_model, tokenizer, checks.solution("04.dynamic_linear"), SENTENCES)
     assert len(df) == 2 and (df["relative_error"] < 0.05).all() and (df["rows"] > 0).all()
     with pytest.raises(ValueError, match="No encoder Linear"):
-        dynamic.linear_errors(tiny_model, tokenizer, checks.solution("04.dynamic_linear"), SENTENCES, name="x")
+        int8.linear_errors(tiny_model, tokenizer, checks.solution("04.dynamic_linear"), SENTENCES, name="x")
 
 
 def test_compare_predictions_carries_intervals_and_paired_differences():
     labels = np.array([0, 1] * 50)
     preds = {"fp32": labels.copy(), "worse": np.where(np.arange(100) < 10, 1 - labels, labels)}
-    df = dynamic.compare_predictions(preds, labels, "fp32")
+    df = int8.compare_predictions(preds, labels, "fp32")
     assert df.loc["worse", "agreement"] == 0.9 and df.loc["fp32", "accuracy"] == 1.0
     assert df.loc["worse", "minus fp32"].startswith("-0.100 [") and df.loc["worse", "p (McNemar)"] < 0.01
     with pytest.raises(ValueError, match="baseline"):
-        dynamic.compare_predictions(preds, labels, "int8")
+        int8.compare_predictions(preds, labels, "int8")
 
 
 def test_prune_finetune_takes_a_schedule_function(tiny_model, tokenizer):
@@ -333,14 +328,14 @@ def test_prune_finetune_takes_a_schedule_function(tiny_model, tokenizer):
     def half_then_final(step, total, final):
         seen.append((step, total))
         return final / 2 if step < total else final
-    model, hist = dynamic.prune_finetune(tiny_model, tokenizer, 0.6, steps=3, schedule=half_then_final,
+    model, hist = gradual.prune_finetune(tiny_model, tokenizer, 0.6, steps=3, schedule=half_then_final,
                                          batch_size=4, ramp=0.5)
     assert seen[0] == (0, 1) and hist["sparsity"].tolist() == [0.3, 0.6, 0.6]
-    assert dynamic.weight_sparsity(model) == pytest.approx(0.6, abs=1e-3)
+    assert gradual.weight_sparsity(model) == pytest.approx(0.6, abs=1e-3)
     with pytest.raises(ValueError, match="not a sparsity"):
-        dynamic.prune_finetune(tiny_model, tokenizer, 0.6, steps=2, schedule=lambda s, t, f: 1.5, batch_size=4)
+        gradual.prune_finetune(tiny_model, tokenizer, 0.6, steps=2, schedule=lambda s, t, f: 1.5, batch_size=4)
     with pytest.raises(ValueError, match="not a number"):
-        dynamic.prune_finetune(tiny_model, tokenizer, 0.6, steps=2, schedule=lambda s, t, f: None, batch_size=4)
+        gradual.prune_finetune(tiny_model, tokenizer, 0.6, steps=2, schedule=lambda s, t, f: None, batch_size=4)
 
 
 def test_choose_keep_ratio_refuses_the_test_split_and_picks_the_smallest_good_ratio():
@@ -348,15 +343,15 @@ def test_choose_keep_ratio_refuses_the_test_split_and_picks_the_smallest_good_ra
 
     sweep = pd.DataFrame({"keep_ratio": [1.0, 0.7, 0.5, 0.3, 0.5], "agreement": [1.0, 0.97, 0.96, 0.8, 0.99],
                           "score": ["cls", "cls", "cls", "cls", "mean"], "split": "val"})
-    best = dynamic.choose_keep_ratio(sweep, 0.95)
+    best = tokens.choose_keep_ratio(sweep, 0.95)
     assert best["keep_ratio"] == 0.5 and best["score"] == "mean"
-    assert dynamic.choose_keep_ratio(sweep, 0.999)["keep_ratio"] == 1.0
+    assert tokens.choose_keep_ratio(sweep, 0.999)["keep_ratio"] == 1.0
     with pytest.raises(ValueError, match="validation"):
-        dynamic.choose_keep_ratio(sweep.assign(split="test"))
+        tokens.choose_keep_ratio(sweep.assign(split="test"))
 
 
 def test_quantization_robustness_rows_every_kind_and_model_in_order(tiny_model, tokenizer):
-    df = dynamic.quantization_robustness(tiny_model, tokenizer, kinds=("normal", "upper"), calibration_size=8,
+    df = int8.quantization_robustness(tiny_model, tokenizer, kinds=("normal", "upper"), calibration_size=8,
                                          limit=12)
     models = ["fp32", "dynamic int8 (real)", "dynamic int8 (simulated)", "static int8 (simulated)"]
     assert list(zip(df["inputs"], df["model"])) == [(k, m) for k in ("normal", "upper") for m in models]

@@ -2,7 +2,8 @@
 
 import torch
 
-from labkit import checks
+from labkit.course import checks
+from labkit.course.exercises.nb00 import GOLDEN_W
 
 
 def _flattened(w, sparsity):
@@ -46,8 +47,6 @@ MISTAKES = [
 
 
 def test_magnitude_mask_reference_matches_the_kit_and_the_worked_example():
-    from labkit.exercises.nb00 import GOLDEN_W
-
     mask = checks.solution("00.magnitude_mask")
     assert torch.equal(mask(GOLDEN_W, 0.5), torch.tensor([[0.0, -2.0, 0.0, 3.0], [0.0, 1.0, -4.0, 0.0]]))
     # against torch's own L1 unstructured pruning (random weights: no ties at the threshold)

@@ -2,8 +2,8 @@
 
 import torch
 
-from labkit import checks
-from labkit.exercises.nb00b import GOLDEN
+from labkit.course import checks
+from labkit.course.exercises.nb00b import GOLDEN
 
 
 def _truncated(x):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from labkit import checks
+from labkit.course import checks
+from labkit.course.exercises import GENERIC_HINTS
 
 # --- csr_encode, each with one real mistake ---------------------------------------------------------------
 
@@ -129,8 +130,6 @@ MISTAKES = [
 
 
 def test_mutating_x_gets_the_mutated_hint():
-    from labkit.exercises import GENERIC_HINTS
-
     assert checks.diagnose("01.csr_matvec", mv_in_place) == GENERIC_HINTS["mutated"]
 
 

@@ -2,8 +2,8 @@
 
 import torch
 
-from labkit import checks
-from labkit.exercises import GENERIC_HINTS
+from labkit.course import checks
+from labkit.course.exercises import GENERIC_HINTS, nb02
 
 
 def _scale(w, bits):
@@ -158,8 +158,6 @@ def test_mutating_linear_quantize_gets_the_generic_hint():
 
 def test_mit_golden_codes_are_reproduced():
     """MIT 6.5940 lab 2's 2-bit golden tensor (signed codes -2..1, zero point -1), shifted to our 0..3 grid."""
-    from labkit.exercises import nb02
-
     mine = checks.solution("02.linear_quantize")(nb02._MIT_X, 1 / 3, 1, 2)
     assert mine.dtype == torch.uint8 and torch.equal(mine.long(), nb02._MIT_CODES)
     assert torch.equal(mine.long(), nb02._MIT_CODES)  # and back on the signed grid: theirs

@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-from labkit import checks
-from labkit.exercises.nb03 import (
+from labkit.course import checks
+from labkit.course.exercises.nb03 import (
     EX_WEIGHT,
     MIT_MASK,
     MIT_TENSOR,

@@ -2,7 +2,8 @@
 
 import torch
 
-from labkit import checks
+from labkit.course import checks
+from labkit.dynamic import int8
 
 
 def _range(x, widen=True):
@@ -78,16 +79,14 @@ def test_qparams_mutating_its_input_is_caught():
 
 
 def test_solution_matches_torch_dynamic_int8_and_float_within_tolerance():
-    from labkit import dynamic
-
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 48)
     x = torch.randn(20, 64) * 2 + 0.3
-    codes, scale = dynamic.int8_weight(lin.weight)
+    codes, scale = int8.int8_weight(lin.weight)
     with torch.no_grad():
         ref = lin(x)
         mine = checks.solution("04.dynamic_linear")(x, codes, scale, lin.bias)
-        theirs = dynamic._torch_dynamic_linear(lin)(x)
+        theirs = int8._torch_dynamic_linear(lin)(x)
     rel = lambda y: float((y - ref).norm() / ref.norm())  # noqa: E731
     assert rel(mine) < 0.02 and rel(theirs) < 0.02
     assert float((mine - theirs).norm() / ref.norm()) < 0.03

@@ -2,7 +2,7 @@
 
 import torch
 
-from labkit import checks
+from labkit.course import checks
 
 
 def _keep(cls=True, pad=True, order=True, dim=1, full_shape=True):

@@ -3,7 +3,9 @@
 import numpy as np
 import pandas as pd
 
-from labkit import checks
+from labkit.course import checks
+from labkit.course.exercises.nb06 import GOLDEN_TABLES
+from labkit.pipelines import strategies
 
 
 def _front(df, latency_sign=1.0, ties_dominate=False, measures=3):
@@ -51,9 +53,6 @@ def test_one_measure_keeps_dominated_rows_and_gets_that_hint():
 
 
 def test_reference_front_agrees_with_the_kit_on_every_golden_table():
-    from labkit import strategies
-    from labkit.exercises.nb06 import GOLDEN_TABLES
-
     mine = checks.solution("06.pareto_front")
     for table in GOLDEN_TABLES:
         assert mine(table).tolist() == strategies.pareto_front(table).tolist()

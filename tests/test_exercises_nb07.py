@@ -2,7 +2,7 @@
 
 
 
-from labkit import strategies  # noqa: E402
+from labkit.pipelines import strategies  # noqa: E402
 
 
 def _a_simulated_point() -> str:

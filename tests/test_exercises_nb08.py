@@ -2,9 +2,9 @@
 
 import torch
 
-from labkit import checks
-from labkit import weightonly as wo
-from labkit.exercises.nb08 import _golden_gptq, _golden_rtn
+from labkit.course import checks
+from labkit.course.exercises.nb08 import _golden_gptq, _golden_rtn
+from labkit.lm import weightonly as wo
 
 
 def _grid(w, bits, group, steps=None, rounding=torch.round, codes_only=False):

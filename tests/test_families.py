@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import matrix, parts
+from labkit.core import parts
+from labkit.pipelines import matrix
 
 FAMILIES = [f.name for f in parts.FAMILIES]
 # DeBERTa-v2's relative-position attention shares projections across heads: heads are not removed there.

@@ -1,4 +1,4 @@
-"""The classroom hub: the configs agree with labkit.hub's limits, and the kernels' memory check says what to do.
+"""The classroom hub: the configs agree with labkit.classroom.hub's limits, and the kernels' memory check says what to do.
 
 No hub is started here (too slow for CI); benchmarks/hub_load.py starts one."""
 
@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labkit import hub as classroom
+from labkit import __version__
+from labkit.classroom import hub as classroom
+from labkit.core import memory
+from labkit.lm import slm
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB = ROOT / "hub"
@@ -49,33 +52,31 @@ def test_a_learners_first_start_copies_both_editions_and_keeps_their_own(tmp_pat
 
 
 def test_sizes_parse_as_jupyterhub_reads_them():
-    assert classroom.parse_bytes("2G") == 2 * 1024 ** 3
-    assert classroom.parse_bytes("512M") == 512 * 1024 ** 2
-    assert classroom.parse_bytes("1.5G") == int(1.5 * 1024 ** 3)
-    assert classroom.parse_bytes(str(2 * 1024 ** 3)) == 2 * 1024 ** 3  # MEM_LIMIT as JupyterHub sets it
+    assert memory.parse_bytes("2G") == 2 * 1024 ** 3
+    assert memory.parse_bytes("512M") == 512 * 1024 ** 2
+    assert memory.parse_bytes("1.5G") == int(1.5 * 1024 ** 3)
+    assert memory.parse_bytes(str(2 * 1024 ** 3)) == 2 * 1024 ** 3  # MEM_LIMIT as JupyterHub sets it
     with pytest.raises(ValueError, match="e.g. '2G'"):
-        classroom.parse_bytes("2 gigs")
+        memory.parse_bytes("2 gigs")
 
 
 def test_memory_limit_holds_the_largest_measured_notebook_and_the_server():
-    from labkit import memory
-
     peak = max(memory.measured()["fast"].values())
     need = peak + classroom.SERVER_ALLOWANCE
-    limit = classroom.parse_bytes(classroom.MEM_LIMIT)
+    limit = memory.parse_bytes(classroom.MEM_LIMIT)
     assert need <= limit < need + 0.25 * 1024 ** 3 + 1, "set MEM_LIMIT from labkit/notebook_memory.json"
 
 
 def test_limits_are_consistent():
-    assert classroom.parse_bytes(classroom.MEM_GUARANTEE) <= classroom.parse_bytes(classroom.MEM_LIMIT)
+    assert memory.parse_bytes(classroom.MEM_GUARANTEE) <= memory.parse_bytes(classroom.MEM_LIMIT)
     assert 0 < classroom.CPU_GUARANTEE <= classroom.CPU_LIMIT
     assert 0 < classroom.WARN_AT < 1
 
 
 def test_z2jh_config_uses_the_kits_limits(z2jh):
     single = z2jh["singleuser"]
-    assert classroom.parse_bytes(single["memory"]["limit"]) == classroom.parse_bytes(classroom.MEM_LIMIT)
-    assert classroom.parse_bytes(single["memory"]["guarantee"]) == classroom.parse_bytes(classroom.MEM_GUARANTEE)
+    assert memory.parse_bytes(single["memory"]["limit"]) == memory.parse_bytes(classroom.MEM_LIMIT)
+    assert memory.parse_bytes(single["memory"]["guarantee"]) == memory.parse_bytes(classroom.MEM_GUARANTEE)
     assert float(single["cpu"]["limit"]) == classroom.CPU_LIMIT
     assert float(single["cpu"]["guarantee"]) == classroom.CPU_GUARANTEE
     assert z2jh["cull"]["enabled"] is True and z2jh["cull"]["timeout"] == classroom.CULL_IDLE_SECONDS
@@ -97,7 +98,6 @@ def test_z2jh_mounts_the_prepared_cache_read_only(z2jh):
     assert "/srv/repo/$d" in copy and "notebooks notebooks_zh" in copy  # both editions
     # the image is built from this repository's Binder files, tagged with this version
     assert all((ROOT / name).exists() for name in ("environment.yml", "postBuild", "start"))
-    from labkit import __version__
 
     assert single["image"]["tag"] == __version__
 
@@ -128,7 +128,7 @@ def test_local_hub_password_and_admin_token_come_from_the_environment(tmp_path, 
 def test_the_hubs_kernels_load_the_memory_check():
     for spec in (HUB / "jupyter" / "kernels").glob("*/kernel.json"):
         argv = json.loads(spec.read_text())["argv"]
-        assert argv[0] == "python" and "--ext=labkit.hub" in argv, spec  # "python": the server's own Python
+        assert argv[0] == "python" and "--ext=labkit.classroom.hub" in argv, spec  # "python": the server's own Python
     names = {p.parent.name for p in (HUB / "jupyter" / "kernels").glob("*/kernel.json")}
     assert {"python3", "labkit"} <= names  # the notebooks' kernel, and the kit's
 
@@ -136,7 +136,7 @@ def test_the_hubs_kernels_load_the_memory_check():
 def test_makefile_hub_checks_the_cache_before_starting(tmp_path):
     make = (ROOT / "Makefile").read_text()
     target = make[make.index("\nhub:"):]
-    assert target.index("-m labkit.hub check") < target.index("jupyterhub -f hub/jupyterhub_config.py")
+    assert target.index("-m labkit.classroom.hub check") < target.index("jupyterhub -f hub/jupyterhub_config.py")
     assert "npm ci --prefix hub" in make
     lock = json.loads((HUB / "package-lock.json").read_text())
     pinned = json.loads((HUB / "package.json").read_text())["dependencies"]["configurable-http-proxy"]
@@ -145,7 +145,7 @@ def test_makefile_hub_checks_the_cache_before_starting(tmp_path):
 
 def _use(kernel_gib: float, total_gib: float, kernels: int, limit: str = "2G") -> classroom.Usage:
     return classroom.Usage(int(kernel_gib * classroom.GIB), int(total_gib * classroom.GIB), kernels,
-                           classroom.parse_bytes(limit))
+                           memory.parse_bytes(limit))
 
 
 def test_memory_message_is_quiet_below_the_warning_share():
@@ -224,8 +224,6 @@ def test_a_hub_kernel_over_its_limit_says_so(monkeypatch):
 
 
 def test_check_says_whether_the_small_language_model_is_decoded(monkeypatch, tmp_path):
-    from labkit import slm
-
     monkeypatch.setattr(slm, "decoded_path", lambda: None)
     assert "not decoded" in classroom._slm_line() and "python -m labkit prepare" in classroom._slm_line()
     monkeypatch.setattr(slm, "decoded_path", lambda: tmp_path)

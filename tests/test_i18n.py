@@ -7,7 +7,8 @@ import shutil
 import ipywidgets as W
 import pytest
 
-from labkit import i18n, plots, widgets
+from labkit.course import i18n
+from labkit.lab import plots, widgets
 
 ENGLISH = i18n.english_notebooks()
 IDS = [p.stem.split("_")[0] for p in ENGLISH]
@@ -30,16 +31,16 @@ def test_committed_chinese_notebook_equals_what_the_generator_makes(english):
     if i18n.translation_problems(english):
         pytest.fail(f"{english.name}: its translation is incomplete (see the test above)")
     committed = i18n.ZH_DIR / english.name
-    assert committed.is_file(), f"{committed} is missing: run `python -m labkit.i18n build`"
+    assert committed.is_file(), f"{committed} is missing: run `python -m labkit.course.i18n build`"
     assert committed.read_text(encoding="utf-8") == i18n._render(english, i18n.TRANSLATIONS_DIR), \
-        "run `python -m labkit.i18n build` and commit notebooks_zh/"
+        "run `python -m labkit.course.i18n build` and commit notebooks_zh/"
 
 
 @pytest.mark.parametrize("english", ENGLISH, ids=IDS)
 def test_chinese_code_cells_are_the_english_ones_plus_the_language_cell(english):
     zh = i18n.ZH_DIR / english.name
     if not zh.is_file():
-        pytest.fail(f"{zh} is missing: run `python -m labkit.i18n build`")
+        pytest.fail(f"{zh} is missing: run `python -m labkit.course.i18n build`")
     cells = json.loads(zh.read_text(encoding="utf-8"))["cells"]
     assert cells[0]["id"] == i18n.LANG_CELL_ID and "".join(cells[0]["source"]) == i18n.LANG_CELL_SOURCE
     assert [c["id"] for c in cells if c["id"] == i18n.LANG_CELL_ID] == [i18n.LANG_CELL_ID]  # exactly one

@@ -5,7 +5,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from labkit import measure, myths
+from labkit.core import machine, measure, results
+from labkit.lab import myths
+from labkit.quant import quantize
 
 
 def test_agreement_counts_equal_predictions():
@@ -23,7 +25,6 @@ def test_serialized_bytes_is_the_size_of_the_saved_file(tmp_path, tiny_model):
 def test_quantized_modules_are_sized_as_torch_saves_them_and_nothing_is_left(tmp_path, tiny_model, monkeypatch):
     import tempfile
 
-    from labkit import quantize
 
     q = quantize.to_int8(tiny_model)
     buf = io.BytesIO()
@@ -59,11 +60,11 @@ def test_predict_keeps_input_order(tiny_model, tokenizer):
 
 
 def test_table_ratios_against_the_baseline():
-    rows = [measure.Result("base", 0.8, 1.0, 1000, 10.0, 100.0), measure.Result("small", 0.79, 0.97, 250, 8.0, 50.0)]
-    df = measure.table(rows, baseline="base").set_index("name")
+    rows = [results.Result("base", 0.8, 1.0, 1000, 10.0, 100.0), results.Result("small", 0.79, 0.97, 250, 8.0, 50.0)]
+    df = results.table(rows, baseline="base").set_index("name")
     assert df.loc["small", "size_ratio"] == 4.0 and df.loc["small", "speedup_b32"] == 2.0
     with pytest.raises(ValueError, match="No result named"):
-        measure.table(rows, baseline="nope")
+        results.table(rows, baseline="nope")
 
 
 def test_speedups_come_from_one_interleaved_run():
@@ -78,40 +79,39 @@ def test_speedups_come_from_one_interleaved_run():
 
 def test_timed_group_times_every_row_beside_the_baseline(tiny_model, tokenizer):
     wide = myths.cast_float64(tiny_model)
-    rows = [measure.Result("base", 0.8, 1.0, 10), measure.Result("f64", 0.8, 1.0, 20)]
-    out = measure.timed_group(rows, [tiny_model, wide], tiny_model, tokenizer, warmup=1, repeats=5)
+    rows = [results.Result("base", 0.8, 1.0, 10), results.Result("f64", 0.8, 1.0, 20)]
+    out = results.timed_group(rows, [tiny_model, wide], tiny_model, tokenizer, warmup=1, repeats=5)
     assert [r.name for r in out] == ["base", "f64"] and all(r.rounds == 5 for r in out)
     assert out[0].baseline_b32_ms == out[1].baseline_b32_ms == out[0].latency_b32_ms  # one group, one baseline
     assert out[0].speedup_b32 == out[0].speedup_b32_lo == out[0].speedup_b32_hi == 1.0
     assert out[1].speedup_b32_lo <= out[1].speedup_b32 <= out[1].speedup_b32_hi
     assert out[1].speedup_b32 == pytest.approx(out[1].baseline_b32_ms / out[1].latency_b32_ms)
-    df = measure.table(out + [measure.Result("other", 0.8, 1.0, 5, 1.0, out[0].latency_b32_ms / 3)], baseline="base")
+    df = results.table(out + [results.Result("other", 0.8, 1.0, 5, 1.0, out[0].latency_b32_ms / 3)], baseline="base")
     assert df["speedup_b32_range"].iloc[0] == "[1.00, 1.00]" and df["speedup_b32_range"].iloc[2] == ""
     assert df["speedup_b32"].iloc[2] == pytest.approx(3.0)  # a row timed on its own: divided by the baseline row
     with pytest.raises(ValueError, match="one model per row"):
-        measure.timed_group(rows, [tiny_model], tiny_model, tokenizer)
+        results.timed_group(rows, [tiny_model], tiny_model, tokenizer)
 
 
 def test_cpu_features_reads_the_vnni_flag(monkeypatch, tmp_path):
     fake = tmp_path / "cpuinfo"
-    monkeypatch.setattr(measure, "CPUINFO", str(fake))
+    monkeypatch.setattr(machine, "CPUINFO", str(fake))
     for flags, expected in [("fpu avx2 fma", "no VNNI, no native bf16, no native fp16"),
                             ("fpu avx2 avx512f avx512_vnni", "with VNNI, no native bf16, no native fp16"),
                             ("fpu avx2 avx_vnni", "with VNNI, no native bf16, no native fp16"),
                             ("fpu avx512_vnni avx512_bf16", "with VNNI, native bf16, no native fp16"),
                             ("fpu amx_tile amx_bf16 amx_int8 avx512_fp16", "with VNNI, native bf16, native fp16, AMX")]:
         fake.write_text(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n")
-        text = measure.cpu_features()
+        text = machine.cpu_features()
         assert text == f"{torch.backends.cpu.get_cpu_capability()}, {expected}", text
-    assert measure._cpuinfo("model name") == "Test CPU"  # what cpu_name() reports (cached per process)
+    assert machine.cpuinfo("model name") == "Test CPU"  # what cpu_name() reports (cached per process)
     fake.unlink()  # no cpuinfo at all: only what torch itself reports
-    assert measure.cpu_features() == torch.backends.cpu.get_cpu_capability()
+    assert machine.cpu_features() == torch.backends.cpu.get_cpu_capability()
 
 
 def test_wilson_matches_scipy():
     from scipy.stats import binomtest
 
-    from labkit import measure
 
     for k, n in [(166, 200), (0, 50), (50, 50), (1060, 1276)]:
         ref = binomtest(k, n).proportion_ci(0.95, method="wilson")
@@ -123,7 +123,6 @@ def test_wilson_matches_scipy():
 def test_paired_is_mcnemars_exact_test():
     import numpy as np
 
-    from labkit import measure
 
     labels = np.ones(100, dtype=int)
     a = labels.copy()
@@ -139,8 +138,6 @@ def test_paired_is_mcnemars_exact_test():
 
 
 def test_footprint_finds_embeddings_blocks_and_head(tiny_model):
-    from labkit import measure
-
     fp = measure.footprint(tiny_model, seq_len=10)
     params = sum(p.numel() for p in tiny_model.parameters())
     assert fp["params"].sum() == params and fp["bytes"].sum() == 4 * params

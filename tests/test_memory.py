@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit import memory, model, parts, train
+from labkit.core import checkpoint, data, measure, memory, parts, train
 
 TRAIN = (["a fine film", "a dull film", "great acting", "boring plot"] * 4, [1, 0, 1, 0] * 4)
 
@@ -127,13 +127,13 @@ def test_a_model_already_recomputing_is_left_so(tokenizer):
 
 def test_weights_are_read_into_place_all_or_nothing(tmp_path, tiny_model):
     path = tmp_path / "m.safetensors"
-    model.save_checkpoint(tiny_model, path, {})
-    target = model.clone(tiny_model)
+    checkpoint.save_checkpoint(tiny_model, path, {})
+    target = parts.clone(tiny_model)
     with torch.no_grad():
         for p in target.parameters():
             p.zero_()
     storage = next(target.parameters()).data_ptr()
-    assert model.read_weights_into(target, path) is target
+    assert checkpoint.read_weights_into(target, path) is target
     assert next(target.parameters()).data_ptr() == storage  # the model's own tensors, no second copy
     for (name, a), b in zip(target.state_dict().items(), tiny_model.state_dict().values()):
         assert torch.equal(a, b), name
@@ -141,10 +141,10 @@ def test_weights_are_read_into_place_all_or_nothing(tmp_path, tiny_model):
     other = parts.tiny_classifier("BERT", num_labels=3)  # the head's shape differs
     before = {k: v.clone() for k, v in other.state_dict().items()}
     with pytest.raises(ValueError, match="rebuild"):
-        model.read_weights_into(other, path)
+        checkpoint.read_weights_into(other, path)
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())  # nothing was written
     with pytest.raises(ValueError, match="does not fit"):
-        model.read_weights_into(parts.tiny_classifier("DistilBERT"), path)
+        checkpoint.read_weights_into(parts.tiny_classifier("DistilBERT"), path)
 
 
 def test_trim_after_cells_hooks_once_and_only_where_memory_is_tight(monkeypatch):
@@ -194,7 +194,6 @@ def test_gives_back_trims_after_the_point_even_when_it_fails(monkeypatch):
 def test_micro_batches_add_up_to_the_whole_batch(tokenizer):
     import contextlib
 
-    from labkit import data
 
     model = parts.tiny_classifier(parts.FAMILIES[0].name).train()
     for m in model.modules():
@@ -214,8 +213,6 @@ def test_micro_batches_add_up_to_the_whole_batch(tokenizer):
 
 
 def test_predict_hands_pages_back_only_where_memory_is_tight(monkeypatch, tiny_model, tokenizer):
-    from labkit import measure
-
     calls = []
     monkeypatch.setattr(memory, "trim", lambda: calls.append(1))
     monkeypatch.setenv("LABKIT_LEAN", "0")

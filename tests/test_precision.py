@@ -1,7 +1,10 @@
 import pytest
 import torch
 
-from labkit import measure, parts, precision, train
+from labkit.core import machine, measure, parts, train
+from labkit.prune import prune
+from labkit.quant import floats as precision
+from labkit.quant import quantize
 
 FAMILIES = [f.name for f in parts.FAMILIES]
 
@@ -95,7 +98,7 @@ def test_to_precision_on_every_family(family, tokenizer):
         ref = model(**parts.feed(model, batch)).logits
     for name in ("bf16", "fp16"):
         cast = precision.to_precision(model, name)
-        assert precision.dtype_of(cast) == name and precision.dtype_of(model) == "fp32"
+        assert parts.dtype_of(cast) == name and parts.dtype_of(model) == "fp32"
         assert abs(measure.serialized_bytes(cast) / fp32_bytes - 0.5) < 0.01  # half the bytes, from safetensors
         with torch.inference_mode():
             logits = cast(**parts.feed(cast, batch)).logits  # the same tokenized inputs, ids still integers
@@ -104,8 +107,8 @@ def test_to_precision_on_every_family(family, tokenizer):
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
     same = precision.to_precision(model, "bf16", inplace=True)
-    assert same is model and precision.dtype_of(model) == "bf16"
-    assert precision.dtype_of(precision.to_precision(model, "fp32")) == "fp32"
+    assert same is model and parts.dtype_of(model) == "bf16"
+    assert parts.dtype_of(precision.to_precision(model, "fp32")) == "fp32"
 
 
 def test_to_precision_refusals(tiny_model, monkeypatch):
@@ -117,21 +120,21 @@ def test_to_precision_refusals(tiny_model, monkeypatch):
     int8 = torch.ao.quantization.quantize_dynamic(tiny_model, {torch.nn.Linear}, dtype=torch.qint8)
     with pytest.raises(ValueError, match="starts from the fp32 model"):
         precision.to_precision(int8, "bf16")
-    precision.require_fp32(tiny_model)  # fp32: nothing to say
+    parts.require_fp32(tiny_model)  # fp32: nothing to say
     with pytest.raises(ValueError, match="int8 conversion needs a float32 model, and this one is bf16"):
-        precision.require_fp32(precision.to_precision(tiny_model, "bf16"))
+        parts.require_fp32(precision.to_precision(tiny_model, "bf16"))
 
 
 def test_autocast_contexts():
-    with precision.autocast("cpu", "fp32"):
+    with train.autocast("cpu", "fp32"):
         assert not torch.is_autocast_enabled("cpu")
-    with precision.autocast(torch.nn.Linear(2, 2), "bf16"):
+    with train.autocast(torch.nn.Linear(2, 2), "bf16"):
         assert torch.is_autocast_enabled("cpu")
         assert (torch.nn.Linear(4, 4)(torch.ones(1, 4))).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="use 'bf16'"):
-        precision.autocast("cpu", "fp16")
+        train.autocast("cpu", "fp16")
     with pytest.raises(ValueError, match="Unknown precision"):
-        precision.autocast("cpu", "float16")
+        train.autocast("cpu", "float16")
 
 
 TRAIN = (["a fine film", "a dull film", "great acting", "boring plot"] * 4, [1, 0, 1, 0] * 4)
@@ -166,28 +169,28 @@ def test_fit_refuses_bad_precisions(tokenizer):
 
 def test_native_float_support_reads_fake_cpuinfo(monkeypatch, tmp_path):
     fake = tmp_path / "cpuinfo"
-    monkeypatch.setattr(measure, "CPUINFO", str(fake))
+    monkeypatch.setattr(machine, "CPUINFO", str(fake))
     fake.write_text("processor\t: 0\nflags\t\t: fpu avx2 f16c fma\n")  # an AVX2 laptop: f16c only converts
-    got = measure.native_float_support()
+    got = machine.native_float_support()
     assert (got["bf16"], got["fp16"], got["vnni"], got["amx"]) == (False, False, False, False)
     assert got["capability"] == torch.backends.cpu.get_cpu_capability() and got["found"] == []
     fake.write_text("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")  # the AMD EPYC of issue 16
-    assert measure.native_float_support() | {"capability": None} == {
+    assert machine.native_float_support() | {"capability": None} == {
         "capability": None, "bf16": True, "fp16": False, "vnni": True, "amx": False,
         "found": ["avx512_bf16", "avx512_vnni"]}
     fake.write_text("flags\t\t: fpu avx512_fp16 amx_tile amx_bf16 amx_int8 amx_fp16\n")  # a Sapphire Rapids and up
-    assert all(measure.native_float_support()[k] for k in ("bf16", "fp16", "vnni", "amx"))
+    assert all(machine.native_float_support()[k] for k in ("bf16", "fp16", "vnni", "amx"))
     fake.write_text("processor\t: 0\nFeatures\t: fp asimd fphp asimdhp asimddp bf16 i8mm\n")  # an ARM Neoverse
-    got = measure.native_float_support()
+    got = machine.native_float_support()
     assert (got["bf16"], got["fp16"], got["vnni"], got["amx"]) == (True, True, True, False)
     fake.unlink()  # no cpuinfo: nothing claimed
-    got = measure.native_float_support()
+    got = machine.native_float_support()
     assert (got["bf16"], got["fp16"], got["vnni"], got["amx"], got["found"]) == (None, None, None, None, [])
 
 
 def test_fit_fp16_path_scales_the_loss(tokenizer, monkeypatch):
     # There is no GPU here: let fp16 autocast run on the CPU (torch supports it) to exercise the GradScaler path.
-    monkeypatch.setattr(precision, "autocast", lambda device, name: torch.autocast("cpu", dtype=torch.float16))
+    monkeypatch.setattr(train, "autocast", lambda device, name: torch.autocast("cpu", dtype=torch.float16))
     scaled = []
     real = torch.amp.GradScaler.scale
     monkeypatch.setattr(torch.amp.GradScaler, "scale", lambda self, loss: scaled.append(loss) or real(self, loss))
@@ -200,16 +203,14 @@ def test_fit_fp16_path_scales_the_loss(tokenizer, monkeypatch):
 
 
 def test_recover_and_qat_train_under_bf16_autocast_with_fp32_weights(tokenizer):
-    from labkit import parts, prune, quantize
-
     tiny = parts.tiny_classifier("DistilBERT")
     pruned = prune.magnitude(tiny, 0.5)
     zeros = {n: int((m.weight == 0).sum()) for n, m in prune.prunable_linears(pruned).items()}
     out = prune.recover(pruned, tokenizer, steps=2, precision="bf16")
-    assert precision.dtype_of(out) == "fp32"
+    assert parts.dtype_of(out) == "fp32"
     assert all(int((m.weight == 0).sum()) >= zeros[n] for n, m in prune.prunable_linears(out).items())
     q = quantize.qat(tiny, tokenizer, bits=4, group_size=16, steps=2, batch_size=4, precision="bf16")
-    assert precision.dtype_of(q) == "fp32" and precision.dtype_of(tiny) == "fp32"
+    assert parts.dtype_of(q) == "fp32" and parts.dtype_of(tiny) == "fp32"
     with pytest.raises(ValueError, match="bf16"):
         prune.recover(pruned, tokenizer, steps=1, precision="fp16")  # fp16 autocast is for CUDA
 
@@ -227,7 +228,7 @@ def test_value_table_and_round_weights(tiny_model):
     assert (vt.loc["bf16", "exponent"], vt.loc["bf16", "mantissa"]) == ("01111011", "1001101")
     before = [p.clone() for p in tiny_model.parameters()]
     out = precision.round_weights(tiny_model, lambda w: w.bfloat16().float())
-    assert precision.dtype_of(out) == "fp32"
+    assert parts.dtype_of(out) == "fp32"
     assert all(torch.equal(p, precision.round_trip(p, "bf16")) for p in out.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, tiny_model.parameters()))  # the caller's model untouched
     writes = precision.round_weights(tiny_model, lambda w: w.zero_())  # a function that writes into its input
@@ -302,10 +303,8 @@ def test_fit_steps_checks_arguments_first_and_ends_in_eval_mode(tiny_model, toke
 
 
 def test_is_native_reads_the_cpu_flags(monkeypatch, tmp_path):
-    from labkit import measure
-
     fake = tmp_path / "cpuinfo"
-    monkeypatch.setattr(measure, "CPUINFO", str(fake))
+    monkeypatch.setattr(machine, "CPUINFO", str(fake))
     fake.write_text("processor\t: 0\nflags\t\t: fpu avx2\n")
     assert precision.is_native("fp32") is True
     assert precision.is_native("bf16") is False and precision.is_native("fp16", torch.nn.Linear(2, 2)) is False

@@ -6,7 +6,9 @@ import torch
 import torch.nn.utils.prune as tprune
 from torch import nn
 
-from labkit import checks, measure, parts, prune
+from labkit.core import measure, parts
+from labkit.course import checks
+from labkit.prune import masks, prune
 
 
 def _state(model):
@@ -400,8 +402,6 @@ def test_sparsity_point_on_the_baseline(baseline):
 
 
 def test_sliders_read_the_validation_split_never_the_test_split(baseline):
-    from labkit import measure
-
     base, tok = baseline
     on_val = measure.accuracy(base, tok, "val", prune.QUICK_LIMIT)
     assert prune.sparsity_point(0.0)["accuracy"] == on_val
@@ -447,6 +447,6 @@ def test_smallest_mask_drops_exactly_k_as_topk_does():
         scores = torch.randn(n)
         ref = torch.ones(n, dtype=torch.bool)
         ref[torch.topk(scores, k, largest=False).indices] = False
-        assert torch.equal(prune._smallest_mask(scores, k), ref), (n, k)
+        assert torch.equal(masks.smallest_mask(scores, k), ref), (n, k)
     ties = torch.tensor([0.0, 0.0, 0.0, 1.0, 2.0, 0.0])  # an already pruned layer: many equal scores at the cut
-    assert prune._smallest_mask(ties, 2).tolist() == [False, False, True, True, True, True]
+    assert masks.smallest_mask(ties, 2).tolist() == [False, False, True, True, True, True]

@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from labkit import parts, prune
+from labkit.core import parts
+from labkit.prune import prune
 
 FAMILIES = [f.name for f in parts.FAMILIES]
 STRUCTURED = [f.name for f in parts.FAMILIES if f.structured]

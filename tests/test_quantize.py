@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import quantize as Q
+from labkit.core import measure
+from labkit.course import checks
+from labkit.quant import quantize as Q
 
 
 @pytest.fixture()
@@ -198,7 +200,6 @@ def test_to_int8_torch_is_real_int8_and_quiet(tiny_model):
     assert any("quantized" in type(m).__module__ for m in q.modules())
     assert isinstance(q.bert.embeddings.word_embeddings, Q.Int8Embedding)
     assert q.bert.embeddings.word_embeddings.codes.dtype == torch.int8
-    from labkit import measure
 
     assert measure.serialized_bytes(tiny_model) / measure.serialized_bytes(q) > 3
     x = _inputs()
@@ -215,8 +216,6 @@ def test_int8_embedding_matches_per_row_reference():
 
 
 def test_to_int8_onnxruntime_matches_fp32(tiny_model):
-    from labkit import measure
-
     q = Q.to_int8(tiny_model, backend="onnxruntime")
     x = _inputs()
     with torch.no_grad():
@@ -284,8 +283,6 @@ def test_bits_point_is_cached_and_sweep_streams(baseline, monkeypatch):
 # --- the learner's functions plugged in ---------------------------------------------------------------------
 
 def _solution(key):
-    from labkit import checks
-
     return checks.solution(key)
 
 

@@ -11,8 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import dynamic, parts
-from labkit import quantize as Q
+from labkit.core import parts
+from labkit.dynamic import gradual, int8, tokens
+from labkit.prune import prune
+from labkit.quant import quantize as Q
+from labkit.runtimes import onnx
+from labkit.runtimes import openvino as runtimes
 
 FAMILIES = [f.name for f in parts.FAMILIES]
 TEXTS = ["a quietly moving film that earns its ending", "dull", "neither funny nor sad, just long and loud"]
@@ -112,25 +116,23 @@ def test_calibrate_and_qat_run_on_every_family(family, tokenizer):
 # --- ONNX Runtime ------------------------------------------------------------------------------------------
 
 def test_onnx_export_takes_the_models_own_inputs_and_matches_torch(family, tokenizer):
-    from labkit import runtimes
-
     model = _model(family)
     before = _state(model)
-    if family in Q.ORT_MODEL_TYPES:
+    if family in onnx.ORT_MODEL_TYPES:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # fused without a word
-            onnx = Q.to_onnx(model)
-        assert runtimes.fused_ops(onnx).get("Attention") == len(parts.blocks(model))  # one fused op per block
+            ort = onnx.to_onnx(model)
+        assert runtimes.fused_ops(ort).get("Attention") == len(parts.blocks(model))  # one fused op per block
     else:
         with pytest.warns(RuntimeWarning, match="no fusion"):
-            onnx = Q.to_onnx(model)
+            ort = onnx.to_onnx(model)
     assert _unchanged(model, before)
-    assert set(onnx.input_names) <= set(parts.input_names(model)) and "input_ids" in onnx.input_names
+    assert set(ort.input_names) <= set(parts.input_names(model)) and "input_ids" in ort.input_names
     if family == "DistilBERT":
-        assert "token_type_ids" not in onnx.input_names  # its forward has no such input (its 3rd is head_mask)
+        assert "token_type_ids" not in ort.input_names  # its forward has no such input (its 3rd is head_mask)
     for texts in (TEXTS, TEXTS[1:2]):  # another batch size and length than the trace's
         enc = _enc(tokenizer, texts)
-        assert _rel(_logits(onnx, enc), _logits(model, enc)) < 1e-4
+        assert _rel(_logits(ort, enc), _logits(model, enc)) < 1e-4
 
 
 def test_onnx_int8_runs_on_every_family(family, tokenizer):
@@ -155,40 +157,34 @@ def _drop_first_head(block: parts.Block) -> None:
 
 
 def test_onnx_fusion_takes_the_head_count_from_the_blocks_not_the_config(tokenizer):
-    from labkit import runtimes
-
     model = _model("BERT")
     for block in parts.blocks(model):
         _drop_first_head(block)
-    assert model.config.num_attention_heads == 4 and Q.attention_shape(model) == (3, 24)
+    assert model.config.num_attention_heads == 4 and onnx.attention_shape(model) == (3, 24)
     enc = _enc(tokenizer)
-    onnx = Q.to_onnx(model)  # the config's 4 heads would fuse 24-wide projections into 4 heads of 6
-    assert runtimes.fused_ops(onnx).get("Attention") == 2
-    assert _rel(_logits(onnx, enc), _logits(model, enc)) < 1e-4
+    ort = onnx.to_onnx(model)  # the config's 4 heads would fuse 24-wide projections into 4 heads of 6
+    assert runtimes.fused_ops(ort).get("Attention") == 2
+    assert _rel(_logits(ort, enc), _logits(model, enc)) < 1e-4
     uneven = _model("BERT")
     _drop_first_head(parts.blocks(uneven)[0])
-    assert Q.attention_shape(uneven) == (0, 0)  # one count would be wrong for one of the blocks: left unfused
-    onnx = Q.to_onnx(uneven)
-    assert not runtimes.fused_ops(onnx).get("Attention")
-    assert _rel(_logits(onnx, enc), _logits(uneven, enc)) < 1e-4
+    assert onnx.attention_shape(uneven) == (0, 0)  # one count would be wrong for one of the blocks: left unfused
+    ort = onnx.to_onnx(uneven)
+    assert not runtimes.fused_ops(ort).get("Attention")
+    assert _rel(_logits(ort, enc), _logits(uneven, enc)) < 1e-4
 
 
 @pytest.mark.parametrize("family", ["RoBERTa", "DistilBERT"])
 def test_onnx_of_a_structured_pruned_model_is_fused_with_its_remaining_heads(family, tokenizer):
-    from labkit import prune, runtimes
-
     small = prune.structured(_model(family), heads=0.5, ffn=0.5)
-    assert Q.attention_shape(small) == (2, 16)  # 2 of 4 heads left in every block; the config still says 4
-    onnx = Q.to_onnx(small, int8=False)
-    assert runtimes.fused_ops(onnx).get("Attention") == 2
+    assert onnx.attention_shape(small) == (2, 16)  # 2 of 4 heads left in every block; the config still says 4
+    ort = onnx.to_onnx(small, int8=False)
+    assert runtimes.fused_ops(ort).get("Attention") == 2
     enc = _enc(tokenizer)
-    assert _rel(_logits(onnx, enc), _logits(small, enc)) < 1e-4
+    assert _rel(_logits(ort, enc), _logits(small, enc)) < 1e-4
 
 
 @pytest.mark.parametrize("family", ["RoBERTa", "DistilBERT"])
 def test_independent_ort_reference_takes_the_models_own_inputs(family, tokenizer):
-    from labkit import runtimes
-
     model = _model(family)
     ref = runtimes.ort_reference(model, int8=False)
     assert set(ref.input_names) <= set(parts.input_names(model))
@@ -202,7 +198,7 @@ def test_independent_ort_reference_takes_the_models_own_inputs(family, tokenizer
 def test_dynamic_int8_quantizes_the_block_linears_only(family, tokenizer):
     model = _model(family)
     before = _state(model)
-    q = dynamic.dynamic_int8(model)
+    q = int8.dynamic_int8(model)
     assert _unchanged(model, before)
     kinds = {name: q.get_submodule(name)._get_name() for name in parts.linears(model, "all")}
     blocks = parts.linears(model, "blocks")
@@ -214,27 +210,27 @@ def test_dynamic_int8_quantizes_the_block_linears_only(family, tokenizer):
 
 def test_dynamic_helpers_find_the_blocks_of_every_family(family, tokenizer):
     model = _model(family)
-    lins = dynamic.linears(model)
+    lins = int8.linears(model)
     assert list(lins.values()) == list(parts.linears(model, "blocks").values())
-    assert len(dynamic.encoder_layers(model)) == len(parts.blocks(model)) == 2
-    ranges = dynamic.calibrate_ranges(model, tokenizer, TEXTS)
+    assert len(tokens.encoder_layers(model)) == len(parts.blocks(model)) == 2
+    ranges = int8.calibrate_ranges(model, tokenizer, TEXTS)
     assert set(ranges) == set(lins) and all(lo < hi for lo, hi in ranges.values())
-    mine = dynamic.with_linear(model, lambda x, codes, scale, bias: x @ (codes.float() * scale[:, None]).T + bias)
-    assert sum(isinstance(m, dynamic.FnLinear) for m in mine.modules()) == len(lins)
+    mine = int8.with_linear(model, lambda x, codes, scale, bias: x @ (codes.float() * scale[:, None]).T + bias)
+    assert sum(isinstance(m, int8.FnLinear) for m in mine.modules()) == len(lins)
     enc = _enc(tokenizer)
     assert _rel(_logits(mine, enc), _logits(model, enc)) < 0.1
-    assert all(type(m) is nn.Linear for m in dynamic.linears(model).values())  # the caller's model
+    assert all(type(m) is nn.Linear for m in int8.linears(model).values())  # the caller's model
 
 
 def test_bert_keeps_its_layer_names_for_the_notebooks():
-    assert next(iter(dynamic.linears(parts.tiny_classifier("BERT")))) == "0.attention.self.query"
+    assert next(iter(int8.linears(parts.tiny_classifier("BERT")))) == "0.attention.self.query"
 
 
 def test_prune_finetune_runs_on_every_family(family, tokenizer):
     model = _model(family)
     before = _state(model)
-    pruned, hist = dynamic.prune_finetune(model, tokenizer, 0.5, steps=2, batch_size=4)
-    assert dynamic.weight_sparsity(pruned) == pytest.approx(0.5, abs=1e-3) and len(hist) == 2
+    pruned, hist = gradual.prune_finetune(model, tokenizer, 0.5, steps=2, batch_size=4)
+    assert gradual.weight_sparsity(pruned) == pytest.approx(0.5, abs=1e-3) and len(hist) == 2
     assert _unchanged(model, before)
 
 
@@ -243,10 +239,10 @@ def test_token_pruning_drops_tokens_on_every_family(family, tokenizer):
     before = _state(model)
     enc = _enc(tokenizer)
     real = enc["attention_mask"].sum(1).tolist()
-    pruned = dynamic.token_pruning(model, 0.5, 1)
+    pruned = tokens.token_pruning(model, 0.5, 1)
     with torch.no_grad():
         out = pruned(**parts.feed(pruned, enc), output_hidden_states=True)
-    kept = dynamic.last_kept(pruned)
+    kept = tokens.last_kept(pruned)
     assert [int((row >= 0).sum()) for row in kept] == [math.ceil(0.5 * n) for n in real]
     assert out.hidden_states[-1].shape[1] == kept.shape[1] < enc["input_ids"].shape[1]
     assert (kept[:, 0] == 0).all() and _unchanged(model, before)
@@ -254,7 +250,7 @@ def test_token_pruning_drops_tokens_on_every_family(family, tokenizer):
     alone = torch.cat([_logits(pruned, _enc(tokenizer, [t])) for t in TEXTS])
     torch.testing.assert_close(alone, out.logits, atol=1e-4, rtol=1e-4)
     # Keeping every token is the unpruned model.
-    torch.testing.assert_close(_logits(dynamic.token_pruning(model, 1.0, 0), enc), _logits(model, enc),
+    torch.testing.assert_close(_logits(tokens.token_pruning(model, 1.0, 0), enc), _logits(model, enc),
                                atol=1e-5, rtol=1e-5)
 
 
@@ -263,9 +259,9 @@ def test_token_pruning_gives_deberta_the_kept_tokens_relative_positions(tokenize
 
     model = _model("DeBERTa-v2")
     enc = _enc(tokenizer, TEXTS[:1])
-    pruned = dynamic.token_pruning(model, 0.5, 1)
+    pruned = tokens.token_pruning(model, 0.5, 1)
     got = _logits(pruned, enc)
-    pos = dynamic.last_kept(pruned)[0]
+    pos = tokens.last_kept(pruned)[0]
     assert pos.tolist() != list(range(len(pos)))  # tokens were dropped in between: distances are not 0..w-1
     # Reference, by hand with DeBERTa's own modules: layer 1 on the kept tokens, their original relative positions.
     with torch.no_grad():
@@ -290,18 +286,16 @@ def _other_family() -> nn.Module:
 
 
 @pytest.mark.parametrize("technique", ["fake_quantize", "to_int8", "to_int8 onnxruntime", "to_onnx", "calibrate",
-                                       "dynamic_int8", "token_pruning", "dynamic.linears", "ort_reference"])
+                                       "dynamic_int8", "token_pruning", "int8.linears", "ort_reference"])
 def test_an_unsupported_family_is_refused_naming_the_supported_ones(technique, tokenizer):
-    from labkit import runtimes
-
     model = _other_family()
     before = _state(model)
     run = {"fake_quantize": lambda: Q.fake_quantize(model, 8), "to_int8": lambda: Q.to_int8(model),
            "to_int8 onnxruntime": lambda: Q.to_int8(model, backend="onnxruntime"),
-           "to_onnx": lambda: Q.to_onnx(model), "calibrate": lambda: Q.calibrate(model, tokenizer, 8, size=8),
-           "dynamic_int8": lambda: dynamic.dynamic_int8(model),
-           "token_pruning": lambda: dynamic.token_pruning(model, 0.5, 1),
-           "dynamic.linears": lambda: dynamic.linears(model), "ort_reference": lambda: runtimes.ort_reference(model)}
+           "to_onnx": lambda: onnx.to_onnx(model), "calibrate": lambda: Q.calibrate(model, tokenizer, 8, size=8),
+           "dynamic_int8": lambda: int8.dynamic_int8(model),
+           "token_pruning": lambda: tokens.token_pruning(model, 0.5, 1),
+           "int8.linears": lambda: int8.linears(model), "ort_reference": lambda: runtimes.ort_reference(model)}
     with pytest.raises(ValueError, match=parts.SUPPORTED):
         run[technique]()
     assert _unchanged(model, before)
@@ -309,7 +303,7 @@ def test_an_unsupported_family_is_refused_naming_the_supported_ones(technique, t
 
 def test_export_refuses_a_model_without_a_classification_head():
     with pytest.raises(ValueError, match="sequence-classification head"):
-        Q.to_onnx(parts.tiny_classifier("BERT").bert)
+        onnx.to_onnx(parts.tiny_classifier("BERT").bert)
 
 
 # --- OpenVINO: one tiny conversion per family ------------------------------------------------------------------
@@ -317,7 +311,6 @@ def test_export_refuses_a_model_without_a_classification_head():
 def test_openvino_takes_the_models_own_inputs(family, tokenizer):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    from labkit import runtimes
 
     model = _model(family)
     enc = _enc(tokenizer)
@@ -346,7 +339,7 @@ def test_cpu_only_backends_return_a_cpu_model_and_say_so(tokenizer):
     model = _model("DistilBERT").cuda()
     enc = _enc(tokenizer)
     ref = _logits(model, {k: v.cuda() for k, v in enc.items()}).cpu()
-    for convert in (Q.to_int8, dynamic.dynamic_int8, Q.to_onnx):
+    for convert in (Q.to_int8, int8.dynamic_int8, onnx.to_onnx):
         with pytest.warns(RuntimeWarning, match="CPU"):
             out = convert(model)
         assert _rel(_logits(out, enc), ref) < 0.15
@@ -359,10 +352,10 @@ def test_techniques_run_on_the_models_device(tokenizer):
     enc = {k: v.cuda() for k, v in _enc(tokenizer).items()}
     cal = Q.calibrate(model, tokenizer, 8, size=8)
     assert _logits(cal, enc).is_cuda
-    ranges = dynamic.calibrate_ranges(model, tokenizer, TEXTS)
-    assert ranges and _logits(dynamic.simulated_int8(model, ranges), enc).is_cuda
-    pruned = dynamic.token_pruning(model, 0.5, 1)
-    assert _logits(pruned, enc).is_cuda and dynamic.last_kept(pruned).shape[1] < enc["input_ids"].shape[1]
-    sparse, _ = dynamic.prune_finetune(model, tokenizer, 0.5, steps=2, batch_size=4)
-    assert next(sparse.parameters()).is_cuda and dynamic.weight_sparsity(sparse) == pytest.approx(0.5, abs=1e-3)
+    ranges = int8.calibrate_ranges(model, tokenizer, TEXTS)
+    assert ranges and _logits(int8.simulated_int8(model, ranges), enc).is_cuda
+    pruned = tokens.token_pruning(model, 0.5, 1)
+    assert _logits(pruned, enc).is_cuda and tokens.last_kept(pruned).shape[1] < enc["input_ids"].shape[1]
+    sparse, _ = gradual.prune_finetune(model, tokenizer, 0.5, steps=2, batch_size=4)
+    assert next(sparse.parameters()).is_cuda and gradual.weight_sparsity(sparse) == pytest.approx(0.5, abs=1e-3)
     assert next(Q.qat(model, tokenizer, bits=4, granularity="channel", steps=1, batch_size=4).parameters()).is_cuda

@@ -8,7 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import measure, quantize, runtimes, strategies
+from labkit.core import measure
+from labkit.dynamic import int8
+from labkit.pipelines import strategies
+from labkit.quant import quantize
+from labkit.runtimes import onnx
+from labkit.runtimes import openvino as runtimes
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -82,7 +87,7 @@ def test_independent_ort_reference_matches_torch_and_uses_ort_fusions(baseline, 
         raise AssertionError("the reference must not use labkit's own ONNX code")
 
     for name in ("to_onnx", "export_onnx", "_ort_optimize", "_ort_quantize"):
-        monkeypatch.setattr(quantize, name, forbidden)
+        monkeypatch.setattr(onnx, name, forbidden)
     ref = runtimes.ort_reference(model)
     torch.testing.assert_close(_logits(ref), _logits(model), atol=1e-4, rtol=1e-4)
     ops = runtimes.fused_ops(ref)
@@ -101,22 +106,20 @@ def test_int8_falls_back_to_onnxruntime_without_torch_ao(tiny_model, monkeypatch
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         q = quantize.to_int8(tiny_model)
-    assert isinstance(q, quantize.OnnxClassifier)
+    assert isinstance(q, onnx.OnnxClassifier)
     assert any("torch.ao" in str(w.message) and "ONNX Runtime" in str(w.message) for w in seen)
     torch.testing.assert_close(_logits(q), _logits(tiny_model), atol=5e-3, rtol=0)
 
 
 def test_dynamic_int8_falls_back_too_and_the_layer_comparison_refuses(tiny_model, monkeypatch):
-    from labkit import dynamic
-
-    monkeypatch.setattr(quantize, "_torch_ao_quantize_dynamic", lambda: None)  # a torch that removed torch.ao
+    monkeypatch.setattr(quantize, "torch_ao_quantize_dynamic", lambda: None)  # a torch that removed torch.ao
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        q = dynamic.dynamic_int8(tiny_model)
-    assert isinstance(q, quantize.OnnxClassifier) and any("ONNX Runtime" in str(w.message) for w in seen)
-    assert not isinstance(tiny_model, quantize.OnnxClassifier)  # the caller's model is untouched
+        q = int8.dynamic_int8(tiny_model)
+    assert isinstance(q, onnx.OnnxClassifier) and any("ONNX Runtime" in str(w.message) for w in seen)
+    assert not isinstance(tiny_model, onnx.OnnxClassifier)  # the caller's model is untouched
     with pytest.raises(RuntimeError, match="torch.ao"):
-        dynamic._torch_dynamic_linear(torch.nn.Linear(4, 3))
+        int8._torch_dynamic_linear(torch.nn.Linear(4, 3))
 
 
 def test_pipeline_prunes_then_runs_openvino_int8(tiny_model, tokenizer):

@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import slm
-from labkit import weightonly as wo
+from labkit.core import parts
+from labkit.lm import slm
+from labkit.lm import weightonly as wo
 
 
 class ByteTokenizer:
     """A stand-in tokenizer for the tiny Llama (vocabulary 256): one token per UTF-8 byte."""
-
     eos_token_id = 0
     chat_template = None
 
@@ -343,7 +343,6 @@ def test_unknown_method_and_bad_hessian_are_refused(tiny):
 def test_a_model_that_is_not_a_causal_lm_is_refused(tiny):
     from transformers import LlamaForSequenceClassification
 
-    from labkit import parts
 
     seq = LlamaForSequenceClassification(tiny.config)
     for model in [parts.tiny_classifier("BERT"), seq, nn.Sequential(nn.Linear(4, 4))]:
@@ -354,8 +353,14 @@ def test_a_model_that_is_not_a_causal_lm_is_refused(tiny):
 
 
 def test_other_llama_like_families_are_mapped_and_unknown_ones_refused():
-    from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM, Qwen2Config, \
-        Qwen2ForCausalLM
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=64)

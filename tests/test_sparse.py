@@ -5,7 +5,8 @@ import scipy.sparse as sps
 import torch
 import torch.nn.utils.prune as torch_prune
 
-from labkit import parts, sparse
+from labkit.core import parts
+from labkit.sparse import sparse
 
 
 def _layer(shape=(48, 64), sparsity=0.8, seed=0):

@@ -4,7 +4,11 @@ import pandas as pd
 import pytest
 import torch
 
-from labkit import strategies
+from labkit.core import checkpoint, data, measure, parts
+from labkit.pipelines import strategies
+from labkit.prune import prune
+from labkit.quant import floats as precision
+from labkit.quant import quantize
 
 
 def test_pareto_front_keeps_only_undominated_rows():
@@ -49,8 +53,6 @@ def test_read_only_pipelines_share_the_input_weights_and_leave_them_alone(tiny_m
 
 
 def test_distilled_recovery_learns_from_the_input_model(tiny_model, tokenizer, monkeypatch):
-    from labkit import prune
-
     seen = {}
     real = prune.recover
 
@@ -74,18 +76,18 @@ def test_every_shipped_configuration_is_valid():
 
 def test_safetensors_round_trip_and_tampered_file_is_refused(tmp_path, tiny_model):
     path = tmp_path / "m.safetensors"
-    record = strategies.save_model(tiny_model, path)
-    loaded = strategies.load_model(path, tiny_model)
+    record = checkpoint.save_model(tiny_model, path)
+    loaded = checkpoint.load_model(path, tiny_model)
     for (k, a), b in zip(tiny_model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF  # one flipped byte
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="Refusing to load"):
-        strategies.load_model(path, tiny_model)
+        checkpoint.load_model(path, tiny_model)
     assert len(record["sha256"]) == 64
     with pytest.raises(ValueError, match="safetensors"):
-        strategies.save_model(tiny_model, tmp_path / "m.pt")
+        checkpoint.save_model(tiny_model, tmp_path / "m.pt")
 
 
 def test_pickle_hazard_runs_code_only_without_weights_only(tmp_path):
@@ -93,12 +95,12 @@ def test_pickle_hazard_runs_code_only_without_weights_only(tmp_path):
     assert demo["plain_unpickle_ran_code"] and demo["weights_only_refused"]
     assert not demo["ran_under_weights_only"]
     with pytest.raises(pickle.UnpicklingError):
-        strategies.safe_torch_load(tmp_path / "innocent_looking_checkpoint.pt")
+        checkpoint.safe_torch_load(tmp_path / "innocent_looking_checkpoint.pt")
 
 
 def test_plain_tensors_still_load_with_weights_only(tmp_path):
     torch.save({"w": torch.ones(3)}, tmp_path / "ok.pt")
-    assert torch.equal(strategies.safe_torch_load(tmp_path / "ok.pt")["w"], torch.ones(3))
+    assert torch.equal(checkpoint.safe_torch_load(tmp_path / "ok.pt")["w"], torch.ones(3))
 
 
 def test_every_torch_load_in_labkit_is_weights_only():
@@ -122,8 +124,6 @@ def test_perturbations_are_reproducible_and_keep_words():
 
 
 def test_robustness_table_on_a_small_subset(tiny_model, tokenizer):
-    from labkit import measure
-
     df = strategies.robustness({"tiny": tiny_model}, tokenizer, kinds=("clean", "upper"), limit=16)
     assert list(df["input"]) == ["clean", "upper"]
     # The clean row is the model's ordinary test accuracy; the drop is measured from it, in points.
@@ -174,8 +174,6 @@ def test_unmeasured_rows_are_never_on_the_front():
 
 
 def test_compare_records_intervals_split_and_a_learners_front(tiny_model, tokenizer):
-    from labkit import measure
-
     reference = measure.predictions(tiny_model, tokenizer, "val", 20)
     seen = []
 
@@ -219,12 +217,11 @@ def test_readout_gives_the_interval_and_the_paired_difference():
 def test_pipeline_with_a_precision_step_and_the_orders_it_refuses(tokenizer):
     import torch
 
-    from labkit import parts, precision, quantize
 
     tiny = parts.tiny_classifier("DistilBERT")
     out = strategies.run_pipeline(tiny, tokenizer, [("structured", {"heads": 0.25, "ffn": 0.5}),
                                                     ("precision", {"precision": "bf16"})])
-    assert precision.dtype_of(out) == "bf16" and precision.dtype_of(tiny) == "fp32"
+    assert parts.dtype_of(out) == "bf16" and parts.dtype_of(tiny) == "fp32"
     assert parts.blocks(out)[0].ffn_size == 32  # half of 64 neurons kept, then cast
     with torch.inference_mode():
         out(**parts.feed(out, dict(tokenizer(["a film"], return_tensors="pt"))))
@@ -244,15 +241,13 @@ def _cheap(steps):
 
 
 def test_shipped_precision_pipelines_run_and_give_a_bf16_model(tokenizer):
-    from labkit import parts, precision
-
     tiny = parts.tiny_classifier("BERT")
     configs = {k: v for k, v in strategies.configurations().items() if v[-1][0] == "precision"}
     assert {"bf16", "structured + recover + bf16", "token pruning + bf16"} <= set(configs)
     enc = dict(tokenizer(["a fine, funny and moving film", "dull"], padding=True, return_tensors="pt"))
     for name, steps in configs.items():
         out = strategies.run_pipeline(tiny, tokenizer, _cheap(steps))
-        assert precision.dtype_of(out) == "bf16" and precision.dtype_of(tiny) == "fp32", name
+        assert parts.dtype_of(out) == "bf16" and parts.dtype_of(tiny) == "fp32", name
         with torch.inference_mode():
             assert out(**parts.feed(out, enc)).logits.shape == (2, 2), name
 
@@ -260,8 +255,6 @@ def test_shipped_precision_pipelines_run_and_give_a_bf16_model(tokenizer):
 @pytest.fixture()
 def tiny_dashboard(monkeypatch, tokenizer):
     """The dashboard on a tiny random classifier (its reference: its own quick-subset answers), history emptied."""
-    from labkit import data, measure, parts
-
     tiny = parts.tiny_classifier("BERT")
     reference = measure.predictions(tiny, tokenizer, data.QUICK_SPLIT, strategies.QUICK_LIMIT)
     monkeypatch.setattr(strategies, "_dash_baseline", lambda: (tiny, tokenizer, reference))
@@ -284,8 +277,6 @@ def test_dashboard_point_in_bf16_is_named_cached_and_half_the_size(tiny_dashboar
 
 
 def test_dashboard_refuses_combinations_that_cannot_run(tiny_dashboard, monkeypatch):
-    from labkit import precision
-
     for p in ("bf16", "fp16"):
         with pytest.raises(ValueError, match="Set precision to fp32 to run real int8"):
             strategies.dashboard_point(quantization="real int8", precision=p)

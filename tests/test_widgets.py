@@ -1,10 +1,10 @@
-"""labkit.widgets.live without a browser: set control values in Python, read the Output's outputs."""
+"""labkit.lab.widgets.live without a browser: set control values in Python, read the Output's outputs."""
 
 import ipywidgets as W
 import pandas as pd
 import pytest
 
-from labkit import widgets
+from labkit.lab import widgets
 
 
 def _text(box) -> str:

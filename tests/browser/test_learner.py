@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import expect
-
 from labdriver import NB, TIMEOUT_S, open_notebook, run_all
+from playwright.sync_api import expect
 
 NOTEBOOK = "00_baseline_and_myths.ipynb"  # the quickest notebook; its exercises need no trained model of their own
 KEY = "00.float64_bytes"

@@ -5,10 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from labdriver import (
+    NB,
+    menu,
+    move,
+    open_notebook,
+    panel_cell,
+    panel_output,
+    prompt_number,
+    readout,
+    run_all,
+    slider,
+    wait_output,
+    wait_prompt,
+)
 
-from labdriver import (NB, menu, move, open_notebook, panel_cell, panel_output, prompt_number, readout, run_all, slider,
-                       wait_output, wait_prompt)
-from labkit.labels import t
+from labkit.lab.labels import t
 
 # notebook (under the lab root), slider label, key that moves it one step from its initial value.
 # Each notebook runs from the top through its panel (Run All Above + the cell): the rest (nbval covers it)

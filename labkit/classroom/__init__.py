@@ -1,0 +1,1 @@
+"""A classroom on a hub: each learner's limits and the kernels' memory check."""

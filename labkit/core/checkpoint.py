@@ -1,0 +1,115 @@
+"""Checkpoints: safetensors weights with a JSON record of their sha256 beside them, written atomically.
+
+Loading checks the file against its record first, so a truncated or tampered file is refused, and safetensors
+holds tensors only: nothing runs on load (a pickled checkpoint can run any code, see notebook 06).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from labkit.core import cache, parts
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict) -> dict:
+    """Save weights as safetensors and a JSON metadata file holding their sha256; both written atomically."""
+    from safetensors.torch import save as st_save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = st_save(state)
+    meta = dict(meta, sha256=hashlib.sha256(payload).hexdigest(), bytes=len(payload))
+    cache.atomic_write_bytes(path, payload)
+    # The metadata goes last: a crash between the two leaves weights without a matching record -> retrain.
+    cache.atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True).encode())
+    return meta
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load safetensors weights after checking them against the sha256 in their metadata file."""
+    meta = checked_meta(path)
+    return load_file(str(path)), meta
+
+
+def checked_meta(path: Path) -> dict:
+    """The metadata of the safetensors weights at `path`, after checking the file against its sha256."""
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path} (or its metadata {meta_path.name}).")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_path} is not valid JSON; delete it and rebuild the checkpoint.") from err
+    actual = cache.file_sha256(path)
+    if actual != meta.get("sha256"):
+        raise ValueError(f"{path} does not match the sha256 recorded in {meta_path.name} "
+                         f"(truncated or tampered); delete it and rebuild it.")
+    return meta
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_weights_into(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Fill `model`'s parameters and buffers in place from the safetensors file at `path`; returns `model`.
+
+    load_file + load_state_dict holds a second copy of every weight beside the model's while it loads (a peak
+    twice the model); reading one tensor at a time (safetensors' safe_open) and copying it into the model's own
+    storage adds only the largest tensor, which matters on a classroom hub (1-2 GB for the kernel and Jupyter
+    together). Names, shapes and dtypes are all checked before anything is written.
+    """
+    own = model.state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+        missing, unexpected = sorted(set(own) - names), sorted(names - set(own))
+        if missing or unexpected:
+            raise ValueError(f"{path} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                             "it was saved from another architecture: delete it and rebuild it.")
+        for name in names:
+            info, dst = f.get_slice(name), own[name]
+            if _SAFETENSORS_DTYPES.get(info.get_dtype()) != dst.dtype or list(dst.shape) != list(info.get_shape()):
+                raise ValueError(f"{name} in {path} is {info.get_dtype()} {info.get_shape()}, the model's is "
+                                 f"{dst.dtype} {list(dst.shape)}: delete the file and rebuild it.")
+        with torch.no_grad():
+            for name in names:
+                own[name].copy_(f.get_tensor(name))
+    return model
+
+
+def save_model(model: nn.Module, path: str | Path, meta: dict | None = None) -> dict:
+    """Save weights as safetensors with a sha256 record beside them (atomic); returns the record."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"Checkpoints are saved as .safetensors, got {path.name!r}; pickled formats can run code.")
+    if any(not isinstance(v, torch.Tensor) or v.is_quantized for v in model.state_dict().values()):
+        raise ValueError("This model holds packed int8 weights that safetensors cannot store; save the float model "
+                         "and convert it with quantize.to_int8 after loading.")
+    return save_checkpoint(model, path, dict(meta or {}, labkit="model"))
+
+
+def load_model(path: str | Path, like: nn.Module) -> nn.Module:
+    """Weights from a safetensors checkpoint into a copy of `like`, refused unless their sha256 matches the record."""
+    try:
+        state, _ = read_checkpoint(Path(path))
+    except ValueError as err:
+        raise ValueError(f"Refusing to load {path}: {err}") from err
+    out = parts.clone(like)
+    missing, unexpected = out.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit this architecture (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                         "load it into the model it was saved from.")
+    return out.eval()
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """torch.load restricted to tensors and plain containers (weights_only=True): no code runs on load."""
+    return torch.load(path, weights_only=True, map_location="cpu")

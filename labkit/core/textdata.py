@@ -1,0 +1,287 @@
+"""A labelled text data set and its fixed split: `TextData`, made from a DataFrame, a CSV, a Hugging Face dataset or
+a folder of text files per class. Rows are sorted by text, so the split does not depend on the source's order, and
+identical texts stay in one split."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+
+
+SEED = 1234
+
+
+FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+MIN_PER_CLASS = 3  # one row in each split: the fewest a class can have and still be trained, chosen on and tested
+
+
+def _split_sizes(n: int) -> tuple[int, int]:
+    """(train, val) rows of a class of `n` rows; the rest is test. At least one row per split when n >= 3."""
+    n_train = int(round(FRACTIONS["train"] * n))
+    n_val = int(round(FRACTIONS["val"] * n))
+    if n >= MIN_PER_CLASS:  # rounding can leave a small class out of val or test; take that row from train
+        n_val = max(1, n_val)
+        n_train = min(n_train, n - n_val - 1)
+    return n_train, n_val
+
+
+@dataclass(eq=False)
+class TextData:
+    """A labelled text data set: `frame` (columns `text`, integer `label`), its label names and a fixed split.
+
+    Rows are sorted by text (then label), so the split does not depend on the order of the source file. Make one
+    with from_frame, from_csv, from_dataset or bbc_news; `use(...)` makes it the one the whole kit reads.
+    """
+
+    name: str
+    frame: pd.DataFrame
+    label_names: tuple[str, ...]
+    source: str = ""
+    expected_sha256: str | None = None  # the split hash recorded for a shipped data set (None for your own)
+    _index: dict[str, np.ndarray] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.label_names = tuple(str(n) for n in self.label_names)
+        labels = self.frame["label"].to_numpy()
+        if not (np.issubdtype(labels.dtype, np.integer) and len(labels) and labels.min() >= 0
+                and labels.max() < len(self.label_names)):
+            raise ValueError(f"{self.name}: labels must be integers 0..{len(self.label_names) - 1}, one per label "
+                             "name; build a TextData with data.from_frame(df, text=..., label=...) instead.")
+        self._index = self._split_index()
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n}: {c}" for n, c in zip(self.label_names, self.class_counts()))
+        sizes = ", ".join(f"{s} {len(self._index[s])}" for s in SPLITS)
+        return f"TextData({self.name!r}: {len(self.frame)} texts, {self.num_labels} classes ({counts}); {sizes})"
+
+    @property
+    def num_labels(self) -> int:
+        """How many classes."""
+        return len(self.label_names)
+
+    def class_counts(self) -> list[int]:
+        """Rows per class, in label order."""
+        return np.bincount(self.frame["label"].to_numpy(), minlength=self.num_labels).tolist()
+
+    def _groups(self, label: int) -> list[np.ndarray]:
+        """Row indices of one class, grouped by identical text (in order of first appearance)."""
+        mask = self.frame["label"].to_numpy() == label
+        idx = self.frame.index[mask].to_numpy()
+        codes, _ = pd.factorize(self.frame["text"].to_numpy()[mask])
+        order = np.argsort(codes, kind="stable")
+        return np.split(idx[order], np.cumsum(np.bincount(codes))[:-1]) if len(idx) else []
+
+    def _split_index(self) -> dict[str, np.ndarray]:
+        """Row indices of each split, stratified by label, from a fixed seed (numpy's PCG64 is portable).
+
+        Copies of one text stay together, so no test text is also a training text (BBC News holds 98 articles
+        twice). With every text distinct this is a plain per-class shuffle and cut, as it always was.
+        """
+        groups = [self._groups(k) for k in range(self.num_labels)]
+        small = [(self.label_names[k], len(g)) for k, g in enumerate(groups) if len(g) < MIN_PER_CLASS]
+        if small:
+            listed = ", ".join(f"{n!r} has {c}" for n, c in small)
+            raise ValueError(
+                f"{self.name}: every class needs at least {MIN_PER_CLASS} distinct texts, one for each split "
+                f"(train/val/test, {', '.join(f'{v:.0%}' for v in FRACTIONS.values())}), and far more to be "
+                f"learned and measured; {listed}. Add examples of those classes, or drop them first "
+                f"(e.g. df = df[~df['label'].isin([...])]).")
+        rng = np.random.default_rng(SEED)
+        parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+        for class_groups in groups:
+            perm = rng.permutation(len(class_groups))
+            n_train, n_val = _split_sizes(len(class_groups))
+            cuts = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val], "test": perm[n_train + n_val:]}
+            for s, chosen in cuts.items():
+                parts[s].extend(class_groups[i] for i in chosen)
+        return {s: np.sort(np.concatenate(p)) for s, p in parts.items()}
+
+    def split(self, name: str, limit: int | None = None) -> pd.DataFrame:
+        """One split (`train`, `val` or `test`) as a new DataFrame; `limit` takes a fixed, shuffled head of it."""
+        if name not in SPLITS:
+            raise ValueError(f"Unknown split {name!r}; choose one of {', '.join(SPLITS)}.")
+        df = self.frame.loc[self._index[name]]
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"limit must be a positive number of snippets, got {limit}.")
+            # Shuffle with the fixed seed before cutting, so a small subset still holds every label.
+            df = df.sample(frac=1.0, random_state=SEED).head(limit)
+        return df.reset_index(drop=True)
+
+    @functools.cached_property
+    def split_hash(self) -> str:
+        """sha256 over every split's texts and labels: equal on every machine that has the same data and code."""
+        h = hashlib.sha256()
+        for name in SPLITS:
+            df = self.split(name)
+            h.update(name.encode())
+            for text, label in zip(df["text"], df["label"]):
+                h.update(f"{label}\t{text}\n".encode())
+        return h.hexdigest()
+
+    def describe(self) -> pd.DataFrame:
+        """Rows per class in each split (and in all), one row per class."""
+        out = pd.DataFrame({s: np.bincount(self.frame["label"].to_numpy()[self._index[s]],
+                                           minlength=self.num_labels) for s in SPLITS},
+                           index=pd.Index(self.label_names, name="label"))
+        out["all"] = out.sum(axis=1)
+        return out
+
+
+def _label_column(values: pd.Series, column: str, label_names: Sequence[str] | None) -> tuple[np.ndarray, tuple]:
+    """Integer labels 0..K-1 and the K names: string labels in sorted order, numbers in numeric order."""
+    is_text = values.map(lambda v: isinstance(v, str)).to_numpy()
+    if label_names is not None:
+        names = tuple(str(n) for n in label_names)
+        if is_text.all():  # names given for string labels: map by name, in the order given
+            unknown = sorted(set(values) - set(names))
+            if unknown:
+                raise ValueError(f"Labels {unknown[:5]} in column {column!r} are not among label_names {list(names)}; "
+                                 "add them to label_names or drop those rows.")
+            return values.map({n: i for i, n in enumerate(names)}).to_numpy(np.int64), names
+        ints = _as_ints(values, column)
+        bad = sorted({int(v) for v in ints if not 0 <= v < len(names)})
+        if bad:
+            raise ValueError(f"Labels {bad[:5]} in column {column!r} are not indices into label_names ({len(names)} "
+                             f"names, so 0..{len(names) - 1}); pass one name per class.")
+        return ints, names
+    if is_text.any():
+        # Any text label makes every label text ("1" and 1 are one class); sorted, so the order never depends
+        # on which label the file happens to list first.
+        text = values.map(lambda v: v.strip() if isinstance(v, str) else str(v))
+        names = tuple(sorted(set(text)))
+        return text.map({n: i for i, n in enumerate(names)}).to_numpy(np.int64), names
+    ints = _as_ints(values, column)
+    uniq = np.unique(ints)
+    names = tuple(str(v) for v in uniq)
+    return np.searchsorted(uniq, ints).astype(np.int64), names
+
+
+def _as_ints(values: pd.Series, column: str) -> np.ndarray:
+    try:
+        arr = values.to_numpy(dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"Column {column!r} holds labels labkit cannot read as classes ({values.dtype}); "
+                         "use strings or integers.") from err
+    if not np.all(arr == np.round(arr)):
+        example = next(v for v in arr if v != round(v))
+        raise ValueError(f"Column {column!r} holds non-integer numbers (e.g. {example}): labkit trains classifiers. "
+                         "Pick the column with the class labels, or bin these values into classes first.")
+    return arr.astype(np.int64)
+
+
+def _rows_help(n_missing: int, n_empty: int, total: int, text: str, label: str) -> str:
+    said = []
+    if n_missing:
+        said.append(f"{n_missing} row(s) have no label in column {label!r}")
+    if n_empty:
+        said.append(f"{n_empty} row(s) have an empty text in column {text!r}")
+    return (f"{' and '.join(said)} (of {total}). labkit does not drop rows silently: fix them in the source, or "
+            f"drop them first, e.g. df = df.dropna(subset=[{label!r}]); "
+            f"df = df[df[{text!r}].fillna('').astype(str).str.strip() != ''].")
+
+
+def from_frame(df: pd.DataFrame, text: str = "text", label: str = "label", name: str = "frame",
+               label_names: Sequence[str] | None = None, source: str = "") -> TextData:
+    """A TextData from a DataFrame's `text` and `label` columns; the DataFrame itself is never modified.
+
+    String labels become 0..K-1 in sorted order of their names; integer labels keep their numeric order (with
+    `label_names`, integer labels are indices into it, and string labels take its order).
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"Expected a pandas DataFrame, got {type(df).__name__}; for a file use data.from_csv(path), "
+                         "for a datasets.Dataset data.from_dataset(ds).")
+    columns = [str(c) for c in df.columns]
+    missing = [c for c in (text, label) if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name}: no column(s) {missing}; it has {columns}. Name the text and label columns: "
+                         "text=..., label=... (on the command line --text-column/--label-column; in the "
+                         "environment LABKIT_TEXT_COLUMN/LABKIT_LABEL_COLUMN).")
+    if text == label:
+        raise ValueError(f"text and label name the same column {text!r}; pass two different columns.")
+    texts, labels = df[text], df[label]
+    no_label = labels.isna() | labels.map(lambda v: isinstance(v, str) and not v.strip())
+    no_text = texts.isna() | (texts.astype(str).str.strip() == "")
+    if no_label.any() or no_text.any():
+        raise ValueError(f"{name}: " + _rows_help(int(no_label.sum()), int(no_text.sum()), len(df), text, label))
+    ints, names = _label_column(labels, label, label_names)
+    if len(set(ints.tolist())) < 2:
+        raise ValueError(f"{name}: column {label!r} holds only one class ({names[ints[0]] if len(ints) else 'none'!r}, "
+                         f"{len(df)} rows); a classifier needs at least two. Check that {label!r} is the label "
+                         f"column (columns: {columns}) and that the file holds every class.")
+    frame = pd.DataFrame({"text": texts.astype(str).str.strip().to_numpy(), "label": ints})
+    frame = frame.sort_values(["text", "label"], kind="stable").reset_index(drop=True)
+    return TextData(name, frame, names, source or f"DataFrame columns {text!r}, {label!r}")
+
+
+def from_csv(path: str | Path, text: str = "text", label: str = "label", name: str | None = None,
+             label_names: Sequence[str] | None = None, **read_csv) -> TextData:
+    """A TextData from a CSV (or .tsv) file's text and label columns; the file is only read.
+
+    Extra keyword arguments go to pandas.read_csv (e.g. encoding='latin-1', sep=';').
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"No file {path}; pass the path of a CSV with a text and a label column.")
+    if path.suffix.lower() in {".tsv", ".tab"}:
+        read_csv.setdefault("sep", "\t")
+    try:
+        df = pd.read_csv(path, **read_csv)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); pass its encoding, e.g. "
+                         "data.from_csv(path, ..., encoding='latin-1').") from err
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        raise ValueError(f"{path} could not be read as a CSV ({err}); check the file, or pass sep=... for "
+                         "another delimiter.") from err
+    return from_frame(df, text, label, name=name or path.stem, label_names=label_names, source=str(path))
+
+
+def from_dataset(ds, text: str = "text", label: str = "label", name: str | None = None,
+                 label_names: Sequence[str] | None = None) -> TextData:
+    """A TextData from a Hugging Face `datasets.Dataset` (one split: labkit makes its own); keeps ClassLabel names."""
+    if isinstance(ds, dict) or isinstance(getattr(ds, "column_names", None), dict):
+        raise ValueError("This is a DatasetDict (several splits); labkit makes its own stratified split. Pass one "
+                         "Dataset, e.g. ds['train'], or join them: datasets.concatenate_datasets(list(ds.values())).")
+    if not hasattr(ds, "column_names"):
+        raise ValueError(f"Expected a datasets.Dataset, got {type(ds).__name__}; for a DataFrame use "
+                         "data.from_frame(df), for a file data.from_csv(path).")
+    name = name or getattr(getattr(ds, "info", None), "dataset_name", None) or "dataset"
+    cols = list(ds.column_names)
+    missing = [c for c in (text, label) if c not in cols]
+    if missing:
+        raise ValueError(f"{name}: no column(s) {missing}; it has {cols}. Pass text=..., label=....")
+    feature = getattr(ds, "features", {}).get(label) if hasattr(getattr(ds, "features", None), "get") else None
+    if label_names is None and getattr(feature, "names", None):
+        label_names = list(feature.names)  # a ClassLabel: integers with names, in the dataset's order
+    df = pd.DataFrame({text: list(ds[text]), label: list(ds[label])})
+    return from_frame(df, text, label, name=name, label_names=label_names, source=f"datasets.Dataset {name}")
+
+
+def _decode(payload: bytes) -> str:
+    """UTF-8, else Latin-1: one BBC article (sport/199) was saved in Latin-1 ('\\xa315.8m' is £15.8m)."""
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload.decode("latin-1")
+
+
+def read_folder(folder: Path, name: str | None = None, suffix: str = ".txt") -> TextData:
+    """A TextData from one sub-folder per class of text files; labels are the sub-folder names, sorted."""
+    folder = Path(folder)
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())  # sorted names, never listing order
+    rows = [(_decode(f.read_bytes()).strip(), c) for c in classes for f in sorted((folder / c).glob(f"*{suffix}"))]
+    if not rows:
+        raise ValueError(f"{folder} holds no <class>/*{suffix} files; put each class's texts in a folder named "
+                         "after the class.")
+    df = pd.DataFrame(rows, columns=["text", "label"])
+    return from_frame(df, name=name or folder.name, source=str(folder))

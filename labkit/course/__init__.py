@@ -1,0 +1,1 @@
+"""The course: exercises and their checks, the learner edition, the Chinese edition."""

@@ -1,0 +1,193 @@
+"""Plots shared by the notebooks and the main job; functions only draw what they are given.
+
+Labels follow LABKIT_LANG (labkit.lab.labels): Chinese where matplotlib finds a CJK font, else English.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from labkit.lab import labels
+
+# Fonts with the Chinese glyphs, in order of preference (Debian's fonts-noto-cjk provides the first two).
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQuanYi Zen Hei", "SimHei",
+             "Microsoft YaHei", "PingFang SC")
+
+
+@functools.lru_cache(maxsize=1)
+def cjk_font() -> str | None:
+    """The name of a CJK font matplotlib can use, or None (then Chinese labels would draw as empty boxes)."""
+    from matplotlib import font_manager as fm
+
+    def known() -> str | None:
+        names = {f.name for f in fm.fontManager.ttflist}
+        return next((name for name in CJK_FONTS if name in names), None)
+
+    if known() is None:  # matplotlib's font cache predates a font installed later (apt-get install fonts-noto-cjk)
+        for path in fm.findSystemFonts():
+            if "CJK" in path or "wqy" in path.lower():
+                try:
+                    fm.fontManager.addfont(path)
+                except (OSError, RuntimeError, ValueError):
+                    pass  # a font matplotlib cannot read is simply not used
+    return known()
+
+
+def chinese() -> bool:
+    """True when plots should be labelled in Chinese: LABKIT_LANG=zh and a CJK font; then that font is put first."""
+    if labels.language() != "zh" or cjk_font() is None:
+        return False
+    fonts = plt.rcParams["font.sans-serif"]
+    if fonts[:1] != [cjk_font()]:  # the CJK font also has Latin glyphs: it draws the whole figure
+        plt.rcParams["font.sans-serif"] = [cjk_font()] + [f for f in fonts if f != cjk_font()]
+        plt.rcParams["font.family"] = "sans-serif"
+    return True
+
+
+def tr(text: str, **fields) -> str:
+    """A plot's `text` in the learner's language where the figure can show it, English otherwise."""
+    return labels.t(text, "zh" if chinese() else "en", **fields)
+
+
+def results_bars(df: pd.DataFrame, path=None):
+    """Accuracy, b32 latency and size side by side for each row of a `measure.table`."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(df) + 1.8), sharey=True)
+    for ax, col, text in zip(axes, ["accuracy", "latency_b32_ms", "size_mb"],
+                             ["test accuracy", "batch-32 latency (ms, median)", "serialized size (MB)"]):
+        ax.barh(df["name"], df[col], color="#4c72b0")
+        ax.set_xlabel(tr(text))
+        for y, v in enumerate(df[col]):
+            if pd.notna(v):
+                ax.text(v, y, f" {v:.3f}" if col == "accuracy" else f" {v:.1f}", va="center", fontsize=8)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def pareto(df: pd.DataFrame, x: str = "latency_b32_ms", y: str = "accuracy", path=None):
+    """Accuracy against latency (or size), one point per model, labelled."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(df[x], df[y], color="#dd8452")
+    if "pareto" in df:  # the trade-offs no other model beats on every measure
+        front = df[df["pareto"]].sort_values(x)
+        ax.plot(front[x], front[y], "--", color="gray", label=tr("Pareto front"))
+        ax.legend(fontsize=8)
+    for _, row in df.iterrows():
+        ax.annotate(row["name"], (row[x], row[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(tr(x))
+    ax.set_ylabel(tr(y))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def curves(df: pd.DataFrame, x: str, y: str, by: str, title: str = "", path=None):
+    """One line of `y` against `x` per value of column `by` (e.g. accuracy vs sparsity per pruning method)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for key, part in df.groupby(by, sort=False):
+        ax.plot(part[x], part[y], marker="o", label=tr(str(key)))
+    ax.set_xlabel(tr(x))
+    ax.set_ylabel(tr(y))
+    ax.set_title(tr(title))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def heatmap(df: pd.DataFrame, label: str = "", path=None):
+    """A labelled heat map of a DataFrame (rows x columns), values printed in the cells."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(df.columns) + 4, 0.4 * len(df) + 1.5))
+    im = ax.imshow(df.to_numpy(dtype=float), cmap="Reds", aspect="auto")
+    ax.set_xticks(range(len(df.columns)), [str(c) for c in df.columns])
+    ax.set_yticks(range(len(df)), [str(i) for i in df.index], fontsize=8)
+    for (i, j), v in pd.DataFrame(df.to_numpy(dtype=float)).stack().items():
+        ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label=tr(label))
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def dashboard(history: pd.DataFrame, current: dict, path=None):
+    """The capstone view: every point tried so far (accuracy vs latency, size as dot area), the current one ringed."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
+    colors = history["simulated"].map({True: "#bbbbbb", False: "#4c72b0"})
+    ax.scatter(history["latency_b32_ms"], history["accuracy"], s=history["size_mb"] * 4, c=colors, alpha=0.7)
+    front = history[history["pareto"]].sort_values("latency_b32_ms")
+    ax.plot(front["latency_b32_ms"], front["accuracy"], "--", color="#dd8452", label=tr("Pareto front"))
+    ax.scatter([current["latency_b32_ms"]], [current["accuracy"]], s=current["size_mb"] * 4 + 60,
+               facecolors="none", edgecolors="red", linewidths=2, label=tr("current"))
+    for _, row in history.iterrows():
+        ax.annotate(row["name"], (row["latency_b32_ms"], row["accuracy"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel(tr("batch-32 latency, ms (grey: simulated, runs at float speed)"))
+    ax.set_ylabel(tr("accuracy (quick validation subset)"))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    bars = {tr("accuracy %"): 100 * current["accuracy"], tr("agreement %"): 100 * current["agreement"],
+            tr("latency ms"): current["latency_b32_ms"], tr("size MB"): current["size_mb"]}
+    bx.barh(list(bars), list(bars.values()), color="#55a868")
+    for y, v in enumerate(bars.values()):
+        bx.text(v, y, f" {v:.1f}", va="center", fontsize=9)
+    bx.invert_yaxis()
+    bx.set_title(tr("{name} (simulated)", name=current["name"]) if current["simulated"] else current["name"],
+                 fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+FIELD_COLOURS = {"sign": "#c44e52", "exponent": "#4c72b0", "mantissa": "#55a868"}
+
+
+def float_formats(formats, path=None):
+    """One bar per float format (`precision.Format`s), a cell per bit: sign, exponent (range), mantissa (precision)."""
+    formats = list(formats)
+    fig, ax = plt.subplots(figsize=(11, 0.55 * len(formats) + 1.2))
+    for y, f in enumerate(formats):
+        start = 0
+        for field, width in (("sign", f.sign), ("exponent", f.exponent), ("mantissa", f.mantissa)):
+            ax.barh([y] * width, 1, left=range(start, start + width), color=FIELD_COLOURS[field], edgecolor="white",
+                    linewidth=0.5, label=tr(field) if y == 0 else None)  # one cell per bit
+            if width >= 2:  # the field's width written inside it, where it fits
+                ax.text(start + width / 2, y, str(width), ha="center", va="center", color="white", fontsize=8)
+            start += width
+        ax.text(start + 0.5, y, tr("{bits} bits, max {max}, eps {eps}", bits=f.bits, max=f"{f.max:.3g}",
+                                   eps=f"{f.eps:.2g}"), va="center", fontsize=8)
+    ax.set_yticks(range(len(formats)), [f.name for f in formats])
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(f.bits for f in formats) * 1.3)
+    ax.set_xlabel(tr("bits (sign | exponent: the range | mantissa: the precision)"))
+    ax.legend(ncol=3, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def kv_cache(table: pd.DataFrame, weights_mb: float, weights_label: str, path=None):
+    """KV-cache MB against context length, one line per dtype (`slm.kv_table`), beside a line at the weights' MB."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for dtype in table.columns:
+        ax.plot(table.index, table[dtype], marker="o", label=tr("KV cache, {dtype}", dtype=dtype))
+    ax.axhline(weights_mb, color="grey", linestyle="--", label=weights_label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(tr("context length (tokens, batch 1)"))
+    ax.set_ylabel("MB")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

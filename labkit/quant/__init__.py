@@ -1,0 +1,1 @@
+"""Fewer bits per number: float formats, affine quantization, simulated and real int8."""
