@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from labkit import checks, course
+from labkit.course import build as course
+from labkit.course import checks
 
 LEARNER = sorted(course.LEARNER_DIR.glob("*.ipynb"))
 CODE_KEYS = checks.exercises(kind="code")
@@ -22,7 +23,7 @@ def _code(path) -> str:
 
 
 def test_committed_learner_edition_equals_what_the_generator_makes():
-    assert course.stale() == [], "run `python -m labkit.course build` and commit notebooks/"
+    assert course.stale() == [], "run `python -m labkit.course.build build` and commit notebooks/"
 
 
 def test_every_source_has_a_learner_notebook_and_the_reverse():
@@ -38,9 +39,8 @@ def test_learner_edition_holds_no_solution_and_no_assert_on_a_check(path):
 
 @pytest.mark.parametrize("key", CODE_KEYS)
 def test_no_code_answer_is_visible_in_the_learner_edition(key):
-    import inspect
-
     import ast
+    import inspect
     import textwrap
 
     ref = textwrap.dedent(inspect.getsource(checks.solution(key)))
@@ -116,3 +116,36 @@ def test_every_notebook_asks_for_the_kernel_the_readme_names():
     for path in LEARNER + course.sources():
         spec = json.loads(path.read_text(encoding="utf-8"))["metadata"]["kernelspec"]
         assert spec["name"] == "python3", f"{path.name} asks for kernel {spec['name']!r}; the README says python3"
+
+
+def _saved_cells():
+    """(notebook, cell source) of every solved-edition code cell marked `#@save <module>` on its first line."""
+    for path in course.sources():
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and source.startswith("#@save"):
+                yield path.stem, source
+
+
+SAVED = list(_saved_cells())
+
+
+@pytest.mark.parametrize("notebook, source", SAVED, ids=[f"{n.split('_')[0]}-{i}" for i, (n, _) in enumerate(SAVED)])
+def test_code_saved_from_a_lesson_is_the_packages_own(notebook, source):
+    """A lesson's `#@save labkit.x.y` cell defines functions or classes that labkit.x.y keeps for later lessons:
+    the package's source is the lesson's, character for character, so the lesson shows what the kit runs."""
+    import ast
+    import importlib
+    import inspect
+    import textwrap
+
+    first, _, body = source.partition("\n")
+    module = importlib.import_module(first.removeprefix("#@save").strip())
+    defs = [n for n in ast.parse(body).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    assert defs, f"{notebook}: a #@save cell defines no function or class"
+    lines = body.splitlines()
+    for node in defs:
+        start = min([d.lineno for d in node.decorator_list] + [node.lineno]) - 1
+        shown = "\n".join(lines[start:node.end_lineno])
+        kept = textwrap.dedent(inspect.getsource(getattr(module, node.name))).rstrip()
+        assert shown == kept, f"{notebook}: {node.name} differs from {module.__name__}.{node.name}"
