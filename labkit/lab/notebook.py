@@ -1,0 +1,15 @@
+"""A notebook's first cell: which data it reads, its memory, and what it needs of this machine."""
+
+from __future__ import annotations
+
+from labkit.core import data, memory
+from labkit.core.textdata import TextData
+
+
+def setup(notebook: str) -> TextData:
+    """Point the kit at LABKIT_DATA (the reviews unless set), hand freed pages back after every cell where memory is
+    tight (a hub, Binder), and print this notebook's measured peak memory; returns the data set in use."""
+    td = data.from_env()
+    memory.trim_after_cells()
+    print(memory.needs(notebook))
+    return td
