@@ -26,16 +26,14 @@ def magnitude(model: nn.Module, sparsity: float, scope: str = "layer", method: s
         raise ValueError(f"{type(model).__name__} has no nn.Linear layer for filter_fn={filter_fn!r} to prune; "
                          "pass a transformer classifier such as labkit.core.model.load_baseline()'s.")
     gen = torch.Generator().manual_seed(seed)
-    scores = {name: layer.weight if method == "magnitude" else torch.rand(layer.weight.shape, generator=gen)
-              for name, layer in layers.items()}  # magnitude_mask drops the smallest |score|
-    if scope == "layer":
-        keep = {name: magnitude_mask(s, sparsity) for name, s in scores.items()}
-    else:  # one ranking over every chosen weight: some layers lose more than others
-        flat = magnitude_mask(torch.cat([s.detach().flatten() for s in scores.values()]), sparsity)
-        keep = dict(zip(scores, flat.split([s.numel() for s in scores.values()])))
+    groups = [[name] for name in layers] if scope == "layer" else [list(layers)]  # ranked alone, or all together
     with torch.no_grad():
-        for name, layer in layers.items():
-            layer.weight.mul_(keep[name].view_as(layer.weight).to(layer.weight.device))
+        for group in groups:
+            weights = [layers[name].weight for name in group]
+            scores = weights if method == "magnitude" else [torch.rand(w.shape, generator=gen) for w in weights]
+            keep = magnitude_mask(torch.cat([s.flatten() for s in scores]), sparsity)  # drops the smallest |score|
+            for w, k in zip(weights, keep.split([w.numel() for w in weights])):
+                w.mul_(k.view_as(w).to(w.device))
     return out
 
 

@@ -45,6 +45,10 @@ class SparseLinear(nn.Module):
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def extra_repr(self) -> str:
+        n = self.out_features * self.in_features
+        return f"in={self.in_features}, out={self.out_features}, stored={self.values.numel()} of {n} weights"
+
 
 def torch_csr(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """torch's own CSR arrays of a 2-D tensor: (values, col_indices, row_ptr)."""

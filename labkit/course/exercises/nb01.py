@@ -148,8 +148,8 @@ def _three(out: Any, names: str) -> list[torch.Tensor]:
            "wrong": "values: the nonzeros row by row; col_indices: the column of each; row_ptr: 0, then the running "
                     "count of nonzeros after each row (rows + 1 entries)."},
           kind="code",
-          uses="section 3: encodes a real 90%-sparse FFN weight (bytes compared with labkit's and torch's CSR) and "
-               "builds the CSR layers of the whole classifier through sparse.to_sparse(..., encoder=csr_encode).")
+          uses="section 3: encodes a real 90%-sparse FFN weight (bytes compared with scipy's and torch's CSR); "
+               "section 6: writes the CSR arrays of every FFN layer of the classifier (to_sparse(..., encoder=...)).")
 def _check_csr_encode(answer: Any) -> str | None:
     ref = _csr_encode()
     for dense in _goldens():
@@ -277,7 +277,7 @@ def _as_bytes(x: Any) -> np.ndarray:
            "kept_zeros": "values holds zeros: only the weights whose mask bit is 1 are stored.",
            "wrong": "flatten the matrix row by row, mask = (w != 0) packed 8 bits per byte, values = the nonzeros."},
           kind="code",
-          uses="section 3: encodes the real 90%-sparse FFN weight; its bytes are compared with labkit's bitmask file.")
+          uses="section 3: encodes the real 90%-sparse FFN weight; np.unpackbits decodes it back to the weight exactly.")
 def _check_bitmask_encode(answer: Any) -> str | None:
     ref = _bitmask_encode()
     for dense in (_PAPER, _GAPS[:3], _random_golden()):  # 16, 15 and 42 weights: exact, padded, padded
