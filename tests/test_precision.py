@@ -155,10 +155,10 @@ def test_fit_fp16_path_scales_the_loss(tokenizer, monkeypatch):
 def test_recover_and_qat_train_under_bf16_autocast_with_fp32_weights(tokenizer):
     tiny = parts.tiny_classifier("DistilBERT")
     pruned = prune.magnitude(tiny, 0.5)
-    zeros = {n: int((m.weight == 0).sum()) for n, m in prune.prunable_linears(pruned).items()}
+    zeros = {n: int((m.weight == 0).sum()) for n, m in parts.linears(pruned, "blocks").items()}
     out = prune.recover(pruned, tokenizer, steps=2, precision="bf16")
     assert parts.dtype_of(out) == "fp32"
-    assert all(int((m.weight == 0).sum()) >= zeros[n] for n, m in prune.prunable_linears(out).items())
+    assert all(int((m.weight == 0).sum()) >= zeros[n] for n, m in parts.linears(out, "blocks").items())
     q = quantize.qat(tiny, tokenizer, bits=4, group_size=16, steps=2, batch_size=4, precision="bf16")
     assert parts.dtype_of(q) == "fp32" and parts.dtype_of(tiny) == "fp32"
     with pytest.raises(ValueError, match="bf16"):
