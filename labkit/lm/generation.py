@@ -80,11 +80,9 @@ def _one_run(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[floa
 
     cache = DynamicCache()
     t0 = time.perf_counter()
-    out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+    first = greedy(model, ids, 1, cache)  # prefill: one forward over the prompt, and its next token
     t1 = time.perf_counter()
-    nxt = out.logits[:, -1:].argmax(-1)
-    for _ in range(new_tokens):
-        nxt = model(input_ids=nxt, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+    greedy(model, first, new_tokens, cache)  # decode: new_tokens forwards of one token each, through the cache
     return t1 - t0, time.perf_counter() - t1
 
 
