@@ -76,8 +76,8 @@ def main(argv: list[str]) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print(f"decoded model in the cache: {slm.prepare_decoded()}")
-    print(f"\n| cache | kernel | RssAnon (private) | RssFile | Shared_Clean | Pss | peak RSS |\n"
-          f"| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| cache | kernel | RssAnon (private) | RssFile | Shared_Clean | Pss | peak RSS |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as empty:
         cases = {"with the decoded model": dict(os.environ),
                  "decoding its own": dict(os.environ, LABKIT_CACHE=empty, LABKIT_CACHE_READONLY="1")}
