@@ -34,9 +34,10 @@ import time
 from pathlib import Path
 
 from labkit.core import machine
-from labkit.lm import slm
+from labkit.lm import calibration, generation, kernels, kvcache, quantized, slm
 from labkit.lm import weightonly as wo
-from labkit.quant import quantize
+from labkit.lm.perplexity import perplexity
+from labkit.quant.affine import fake_quantize_affine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -58,11 +59,11 @@ def _say(lines: list[str], text: str = "") -> None:
     lines.append(text)
 
 
-def _ratio(c: dict, digits: int = 3) -> str:
-    return f"{c['ratio']:.{digits}f} [{c['lo']:.{digits}f}, {c['hi']:.{digits}f}]"
+def _ratio(c, digits: int = 3) -> str:
+    return f"{c.ratio:.{digits}f} [{c.lo:.{digits}f}, {c.hi:.{digits}f}]"
 
 
-def ladder(model, tok, base: dict, stats, args, lines: list[str]) -> tuple[dict, dict]:
+def ladder(model, tok, base, stats, args, lines: list[str]) -> tuple[dict, dict]:
     """Perplexity of every (bits, group, method), with paired ratios against the decoded model and RTN.
 
     Returns the results and the models of the setting KEEP (for the generations side by side)."""
@@ -70,90 +71,80 @@ def ladder(model, tok, base: dict, stats, args, lines: list[str]) -> tuple[dict,
 
 
     rows, results, kept = [], {}, {}
-    fp32_bytes = wo.float_bytes(model)
+    fp32_bytes = quantized.float_bytes(model)
     for bits in args.bits:
         for group in args.groups:
             for method in args.methods:
                 t0 = time.perf_counter()
-                q = wo.quantize_model(model, method, bits, group, stats=stats, grid=args.grid)
+                q = quantized.quantize_model(model, method, bits, group, stats=stats, grid=args.grid)
                 took = time.perf_counter() - t0
-                r = slm.perplexity(q, tok, tokens=args.tokens, chunk=args.chunk)
+                r = perplexity(q, tok, tokens=args.tokens, chunk=args.chunk)
                 if (bits, group) == KEEP:
                     kept[f"{method.upper()} {bits}-bit g{group}"] = q
                 del q
                 gc.collect()
                 results[(bits, group, method)] = r
-                vs_base = slm.ppl_ratio(r, base)
+                vs_base = r.ratio(base)
                 rtn = results.get((bits, group, "rtn"))
-                vs_rtn = slm.ppl_ratio(r, rtn) if rtn is not None and method != "rtn" else None
-                packed = wo.packed_bytes(model, bits, group)
-                rows.append({"bits": bits, "group": group, "method": method, "ppl [95% CI]": slm.format_ppl(r),
+                vs_rtn = r.ratio(rtn) if rtn is not None and method != "rtn" else None
+                packed = quantized.packed_bytes(model, bits, group)
+                rows.append({"bits": bits, "group": group, "method": method, "ppl [95% CI]": str(r),
                              "x decoded [95% CI]": _ratio(vs_base),
                              "x RTN [95% CI]": "" if vs_rtn is None else _ratio(vs_rtn),
                              "packed MB": round(packed / 1e6, 2), "x smaller than fp32": round(fp32_bytes / packed, 2),
                              "quantize s": round(took, 1)})
-                print(f"  {bits}-bit g{group} {method}: ppl {slm.format_ppl(r)} ({took:.0f} s to quantize)",
+                print(f"  {bits}-bit g{group} {method}: ppl {r} ({took:.0f} s to quantize)",
                       flush=True)
     _say(lines, pd.DataFrame(rows).to_markdown(index=False))
     return results, kept
 
 
 def integer_zero_rtn(model, bits: int, group: int):
-    """A copy with RTN on labkit.quant.quantize's grid (integer zero point, range widened to hold 0): GPTQ's and AWQ's
-    packed formats use that grid; it does not land on the Q4_1 levels the decoded weights sit on."""
-    import copy
-
-    import torch
+    """A copy with RTN on an integer-zero-point grid (range widened to hold 0): GPTQ's and AWQ's packed formats use
+    that grid; it does not land on the Q4_1 levels the decoded weights sit on."""
+    return quantized.map_weights(model, lambda w: fake_quantize_affine(w, "asymmetric", (1, group), 0, 2 ** bits - 1))
 
 
-    out = copy.deepcopy(model)
-    with torch.no_grad():
-        for layer in slm.decoder_linears(out).values():
-            q = quantize.quantize_tensor(layer.weight, bits, "asymmetric", "group", group)
-            layer.weight.copy_(quantize.dequantize(q).reshape(layer.weight.shape))
-    return out
-
-
-def grid_row(model, tok, base: dict, results: dict, args, lines: list[str]) -> None:
+def grid_row(model, tok, base, results: dict, args, lines: list[str]) -> None:
     """4-bit g32 RTN on an integer-zero-point grid, beside RTN on the Q4_1-style grid."""
     if (4, 32, "rtn") not in results:
         return
-    r = slm.perplexity(integer_zero_rtn(model, 4, 32), tok, tokens=args.tokens, chunk=args.chunk)
+    r = perplexity(integer_zero_rtn(model, 4, 32), tok, tokens=args.tokens, chunk=args.chunk)
     offset = results[(4, 32, "rtn")]
     _say(lines, f"\n4-bit g32 RTN on an integer-zero-point grid (labkit.quant.quantize, GPTQ/AWQ packing): ppl "
-                f"{slm.format_ppl(r)}, x decoded {_ratio(slm.ppl_ratio(r, base))}; on the offset (Q4_1-style) "
-                f"grid: {slm.format_ppl(offset)}, x decoded {_ratio(slm.ppl_ratio(offset, base))}")
+                f"{r}, x decoded {_ratio(r.ratio(base))}; on the offset (Q4_1-style) "
+                f"grid: {offset}, x decoded {_ratio(offset.ratio(base))}")
 
 
-def kv_section(model, tok, base: dict, args, lines: list[str]) -> None:
+def kv_section(model, tok, base, args, lines: list[str]) -> None:
     """Perplexity through labkit's int8 KV cache (one pass and token by token) and transformers' own caches."""
     # token by token is one forward per token: the KV rows read at most --kv-tokens tokens, paired with the
     # decoded model on the same tokens
     kw = dict(tokens=min(args.tokens, args.kv_tokens), chunk=args.chunk)
     if kw["tokens"] != args.tokens:
-        base = slm.perplexity(model, tok, **kw)
-        _say(lines, f"- decoded fp32 on the first {kw['tokens']} tokens: ppl {slm.format_ppl(base)}")
-    rows = [("labkit Int8KVCache (int8 per token per head), one pass", dict(cache_factory=slm.Int8KVCache)),
+        base = perplexity(model, tok, **kw)
+        _say(lines, f"- decoded fp32 on the first {kw['tokens']} tokens: ppl {base}")
+    rows = [("labkit Int8KVCache (int8 per token per head), one pass", dict(cache_factory=kvcache.Int8KVCache)),
             ("fp32 DynamicCache, token by token", dict(stepwise=True)),
-            ("labkit Int8KVCache, token by token", dict(cache_factory=slm.Int8KVCache, stepwise=True))]
+            ("labkit Int8KVCache, token by token", dict(cache_factory=kvcache.Int8KVCache, stepwise=True))]
     for backend in ("quanto", "hqq", "fp8"):
         rows.append((f"transformers QuantizedCache({backend!r}), token by token",
-                     dict(cache_factory=lambda b=backend: slm.transformers_kv_cache(b, model.config), stepwise=True)))
+                     dict(cache_factory=lambda b=backend: kvcache.transformers_kv_cache(b, model.config), stepwise=True)))
     for name, extra in rows:
         t0 = time.perf_counter()
         try:
-            r = slm.perplexity(model, tok, **kw, **extra)
+            r = perplexity(model, tok, **kw, **extra)
         except ImportError as err:
             _say(lines, f"- {name}: did not run ({str(err).splitlines()[0][:120]})")
             continue
-        _say(lines, f"- {name}: ppl {slm.format_ppl(r)}, x decoded {_ratio(slm.ppl_ratio(r, base), 4)} "
+        _say(lines, f"- {name}: ppl {r}, x decoded {_ratio(r.ratio(base), 4)} "
                     f"({time.perf_counter() - t0:.0f} s)")
     _say(lines, "(one pass: each chunk in one forward; token by token: one forward per token, every earlier key and "
                 "value read back from the cache, as in generation. transformers' fp8 cache freezes one per-tensor "
                 "scale at its first update, here a single token; after a real prompt it would come from the prompt)")
 
 
-def targets(results: dict, base: dict, args, lines: list[str]) -> None:
+def targets(results: dict, base, args, lines: list[str]) -> None:
     """The issue's two perplexity targets, as measured."""
     if 3 in args.bits:
         for group in args.groups:
@@ -161,18 +152,18 @@ def targets(results: dict, base: dict, args, lines: list[str]) -> None:
             for method in ("gptq", "awq"):
                 r = results.get((3, group, method))
                 if r and rtn:
-                    c = slm.ppl_ratio(r, rtn)
-                    verdict = "beats RTN" if c["hi"] < 1 else ("lower than RTN (interval touches 1)" if c["ratio"] < 1
-                                                               else "does NOT beat RTN")
-                    _say(lines, f"- 3-bit g{group}: {method} ppl {r['ppl']:.2f} vs RTN {rtn['ppl']:.2f}: ratio "
-                                f"{c['ratio']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] -> {verdict}")
+                    c = r.ratio(rtn)
+                    verdict = "beats RTN" if c.hi < 1 else ("lower than RTN (interval touches 1)" if c.ratio < 1
+                                                            else "does NOT beat RTN")
+                    _say(lines, f"- 3-bit g{group}: {method} ppl {r.ppl:.2f} vs RTN {rtn.ppl:.2f}: ratio {c} -> "
+                                f"{verdict}")
     if 4 in args.bits and 32 in args.groups:
         cands = {m: results[(4, 32, m)] for m in args.methods if (4, 32, m) in results}
-        best = min(cands, key=lambda m: cands[m]["ppl"])
-        c = slm.ppl_ratio(cands[best], base)
-        _say(lines, f"- 4-bit g32: best is {best}, ppl {cands[best]['ppl']:.2f} vs decoded {base['ppl']:.2f}: "
-                    f"{(c['ratio'] - 1) * 100:+.1f}% [{(c['lo'] - 1) * 100:+.1f}%, {(c['hi'] - 1) * 100:+.1f}%] -> "
-                    + ("within 10%" if c["ratio"] <= 1.10 else "NOT within 10%"))
+        best = min(cands, key=lambda m: cands[m].ppl)
+        c = cands[best].ratio(base)
+        _say(lines, f"- 4-bit g32: best is {best}, ppl {cands[best].ppl:.2f} vs decoded {base.ppl:.2f}: "
+                    f"{(c.ratio - 1) * 100:+.1f}% [{(c.lo - 1) * 100:+.1f}%, {(c.hi - 1) * 100:+.1f}%] -> "
+                    + ("within 10%" if c.ratio <= 1.10 else "NOT within 10%"))
 
 
 def bytes_section(model, args, lines: list[str]) -> None:
@@ -180,40 +171,40 @@ def bytes_section(model, args, lines: list[str]) -> None:
     import pandas as pd
 
 
-    layers = wo.float_bytes(model)
+    layers = quantized.float_bytes(model)
     total = sum(p.numel() * 4 for p in model.parameters())  # the tied head counts once
     rows = [{"format": "fp32", "decoder layers MB": round(layers / 1e6, 1), "x smaller": 1.0,
              "whole model MB (rest fp32)": round(total / 1e6, 1)}]
     for bits in sorted(set(args.bits) | {4}, reverse=True):
         for group in args.groups:
-            packed = wo.packed_bytes(model, bits, group)
+            packed = quantized.packed_bytes(model, bits, group)
             rows.append({"format": f"{bits}-bit g{group}", "decoder layers MB": round(packed / 1e6, 1),
                          "x smaller": round(layers / packed, 2),
                          "whole model MB (rest fp32)": round((total - layers + packed) / 1e6, 1)})
     _say(lines, pd.DataFrame(rows).to_markdown(index=False))
-    ratio = layers / wo.packed_bytes(model, 4, 32)
+    ratio = layers / quantized.packed_bytes(model, 4, 32)
     _say(lines, f"\n4-bit g32: {ratio:.2f}x smaller than fp32 for the quantized layers "
                 "(target >= 6x); codes + float16 scale + float16 offset per group. Embeddings/head "
                 f"({model.model.embed_tokens.weight.numel() / 1e6:.1f} M parameters, tied) stay fp32.")
-    layers_n, kv_heads, head_dim = slm.kv_shape(model.config)
+    layers_n, kv_heads, head_dim = kvcache.kv_shape(model.config)
     _say(lines, f"\nKV cache (MB, batch 1; {layers_n} layers x 2 x {kv_heads} KV heads x {head_dim} dims per token; "
                 "int8 = labkit's Int8KVCache, + a float32 scale per token and head):")
-    table = slm.kv_table(model.config, contexts=(256, 1024, 2048, 4096, 8192))
-    table["4-bit g32 weights (all)"] = round((total - layers + wo.packed_bytes(model, 4, 32)) / 1e6, 1)
+    table = kvcache.kv_table(model.config, contexts=(256, 1024, 2048, 4096, 8192))
+    table["4-bit g32 weights (all)"] = round((total - layers + quantized.packed_bytes(model, 4, 32)) / 1e6, 1)
     _say(lines, table.round(2).to_markdown())
     for d in ("float32", "bfloat16", "int8"):
-        _say(lines, f"- {d}: {slm.kv_cache_bytes(model.config, 1, d)} bytes per generated token")
+        _say(lines, f"- {d}: {kvcache.kv_cache_bytes(model.config, 1, d)} bytes per generated token")
 
 
-def kernels(model, args, lines: list[str]) -> dict:
-    """Every precision to time (labkit.lm.weightonly.kernel_makers): which ran on this CPU and which failed, with the
+def kernel_rows(model, args, lines: list[str]) -> dict:
+    """Every precision to time (labkit.lm.kernels.kernel_makers): which ran on this CPU and which failed, with the
     error. All are kept alive, to be timed interleaved in the same rounds."""
 
     built = {"fp32 (decoded)": model}
     _say(lines, "- fp32 (decoded): ran")
-    makers = wo.kernel_makers(model, 32)
+    makers = kernels.kernel_makers(model, 32)
     for name, make in makers.items():
-        m, status = wo.try_kernel(make)
+        m, status = kernels.try_kernel(make)
         if m is not None:
             built[name] = m
         _say(lines, f"- {name}: {status}")
@@ -223,12 +214,12 @@ def kernels(model, args, lines: list[str]) -> dict:
     return built
 
 
-def quality(model, tok, base: dict, args, lines: list[str]) -> tuple[dict, dict]:
+def quality(model, tok, base, args, lines: list[str]) -> tuple[dict, dict]:
     """The perplexity ladder (calibrated once), its targets and the bytes; the ladder's results and kept models."""
     _say(lines, "\n## Perplexity ladder\n")
     t0 = time.perf_counter()
-    ids = wo.calibration_ids(tok, slm.calibration_texts(2000), tokens=args.calib_tokens)
-    stats = wo.calibration_stats(model, ids, keep=args.keep)
+    ids = calibration.calibration_ids(tok, slm.calibration_texts(2000), tokens=args.calib_tokens)
+    stats = calibration.calibration_stats(model, ids, keep=args.keep)
     _say(lines, f"(calibration: {ids.numel()} tokens, {time.perf_counter() - t0:.0f} s)\n")
     results, kept = ladder(model, tok, base, stats, args, lines)
     del stats
@@ -299,31 +290,31 @@ def main(argv: list[str] | None = None) -> int:
                 f"calibration: {args.calib_tokens} tokens of train-split snippets (AWQ searches {args.grid + 1} "
                 f"alphas on {args.keep} of them)")
 
-    base = slm.perplexity(model, tok, tokens=args.tokens, chunk=args.chunk)
+    base = perplexity(model, tok, tokens=args.tokens, chunk=args.chunk)
     results, kept = {}, {}
     if not args.speed_only:
         _say(lines, "\n## Decoded model and quantized KV caches\n")
-        _say(lines, f"- decoded fp32: ppl {slm.format_ppl(base)}")
+        _say(lines, f"- decoded fp32: ppl {base}")
         kv_section(model, tok, base, args, lines)
         if args.kv_only:
             return 0
         results, kept = quality(model, tok, base, args, lines)
     else:
-        _say(lines, f"\ndecoded fp32: ppl {slm.format_ppl(base)}")
+        _say(lines, f"\ndecoded fp32: ppl {base}")
 
     _say(lines, "\n## Low-bit kernels on this CPU\n")
-    built = kernels(model, args, lines)
+    built = kernel_rows(model, args, lines)
     if not args.no_kernel_ppl:
         _say(lines, "\nperplexity of each precision that ran (same text and chunks):")
         for name, m in built.items():
             if name != "fp32 (decoded)":
-                r = slm.perplexity(m, tok, tokens=args.tokens, chunk=args.chunk)
-                _say(lines, f"- {name}: {slm.format_ppl(r)}")
+                r = perplexity(m, tok, tokens=args.tokens, chunk=args.chunk)
+                _say(lines, f"- {name}: {r}")
 
     _say(lines, f"\n## Tokens per second (batch 1, prompt {args.prompt_tokens} tokens, {args.new_tokens} generated, "
                 f"{args.repeats} interleaved rounds after 1 warm-up; median [min-max])\n")
     _say(lines, f"load before timing: {_uptime()}")
-    tps = slm.tokens_per_second(built, tok, args.prompt_tokens, args.new_tokens, warmup=1, repeats=args.repeats)
+    tps = generation.tokens_per_second(built, tok, args.prompt_tokens, args.new_tokens, warmup=1, repeats=args.repeats)
     table = tps.assign(**{"prefill tok/s": [f"{r.prefill_tok_s:.0f} [{r.prefill_min:.0f}-{r.prefill_max:.0f}]"
                                             for r in tps.itertuples()],
                           "decode tok/s": [f"{r.decode_tok_s:.1f} [{r.decode_min:.1f}-{r.decode_max:.1f}]"
@@ -332,13 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     _say(lines, f"load after timing: {_uptime()}")
     if "int4 g32 torch kernel, fp32 activations" in built:
         k = built["int4 g32 torch kernel, fp32 activations"]
-        _say(lines, f"\nthe int4 kernel model's decoder blocks hold {wo.buffer_bytes(k) / 1e6:.1f} MB (packed 4-bit "
-                    f"codes + float32 scale and offset per group) vs {wo.buffer_bytes(model) / 1e6:.1f} MB fp32")
+        _say(lines, f"\nthe int4 kernel model's decoder blocks hold {kernels.buffer_bytes(k) / 1e6:.1f} MB (packed 4-bit "
+                    f"codes + float32 scale and offset per group) vs {kernels.buffer_bytes(model) / 1e6:.1f} MB fp32")
     del built
     gc.collect()
 
     _say(lines, "\n## Greedy generations (24 new tokens, chat template)\n")
-    side = slm.side_by_side({"fp32 (decoded)": model, "int8 KV": (model, slm.Int8KVCache), **kept}, tok, PROMPTS, 24)
+    side = generation.side_by_side({"fp32 (decoded)": model, "int8 KV": (model, kvcache.Int8KVCache), **kept}, tok, PROMPTS, 24)
     _say(lines, side.replace(r"\s*\n\s*", " / ", regex=True).to_markdown(index=False))
     _say(lines, f"\ntotal {time.perf_counter() - start:.0f} s")
     if RESULTS.is_dir() and not args.speed_only and not args.kv_only:

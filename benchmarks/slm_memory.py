@@ -29,8 +29,9 @@ GIB = 1024 ** 3
 KERNEL = """
 import sys
 from labkit.lm import slm
+from labkit.lm.perplexity import perplexity
 model, tok = slm.load_slm()
-slm.perplexity(model, tok)
+perplexity(model, tok)
 print("ready", flush=True)
 sys.stdin.readline()  # stay alive until the parent has read this process's memory
 """
@@ -54,7 +55,7 @@ def kernels_memory(env: dict[str, str], kernels: int) -> list[dict[str, int]]:
         for p in procs:
             if p.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"a kernel exited with code {p.wait()} before loading the model; run "
-                                   f"`{sys.executable} -c 'from labkit import slm; slm.load_slm()'` to see why.")
+                                   f"`{sys.executable} -c 'from labkit.lm import slm; slm.load_slm()'` to see why.")
         return [_kib(Path(f"/proc/{p.pid}/status"), ("VmHWM", "RssAnon", "RssFile"))
                 | _kib(Path(f"/proc/{p.pid}/smaps_rollup"), ("Pss", "Shared_Clean")) for p in procs]
     finally:
@@ -77,8 +78,8 @@ def main(argv: list[str]) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print(f"decoded model in the cache: {slm.prepare_decoded()}")
-    print(f"\n| cache | kernel | RssAnon (private) | RssFile | Shared_Clean | Pss | peak RSS |\n"
-          f"| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| cache | kernel | RssAnon (private) | RssFile | Shared_Clean | Pss | peak RSS |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as empty:
         cases = {"with the decoded model": dict(os.environ),
                  "decoding its own": dict(os.environ, LABKIT_CACHE=empty, LABKIT_CACHE_READONLY="1")}

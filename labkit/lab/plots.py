@@ -178,7 +178,7 @@ def float_formats(formats, path=None):
 
 
 def kv_cache(table: pd.DataFrame, weights_mb: float, weights_label: str, path=None):
-    """KV-cache MB against context length, one line per dtype (`slm.kv_table`), beside a line at the weights' MB."""
+    """KV-cache MB against context length (table: contexts as index, one column per dtype), beside the weights' MB."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for dtype in table.columns:
         ax.plot(table.index, table[dtype], marker="o", label=tr("KV cache, {dtype}", dtype=dtype))

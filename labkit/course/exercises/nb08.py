@@ -112,8 +112,9 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
                     "scale = (hi - lo) / (2^bits - 1); codes = clamp(round((groups - lo) / scale), 0, 2^bits - 1); "
                     "(lo + codes * scale).reshape(w.shape)."},
           kind="code",
-          uses="every decoder Linear weight of SmolLM2 rounded with your function at 4 bits, groups of 32, compared "
-               "with labkit's; then the model's perplexity with your weights")
+          uses="every decoder Linear weight of SmolLM2 read through your function (torch.nn.utils.parametrize) at 4 "
+               "and 3 bits, groups of 32: the model's perplexity and replies with your weights; then inside AWQ's "
+               "scale search")
 def _check_group_rtn(answer: Any) -> str | None:
     for w, bits, group in _golden_rtn():
         got = attempt(answer, w, bits, group)
@@ -187,8 +188,8 @@ def _step(column, rest, u_row, scale, offset, bits, clamp=True, divide=True, sig
            "wrong": "q = offset + clamp(round((column - offset) / scale), 0, 2**bits - 1) * scale; err = (column - q) "
                     "/ u_row[0]; return q, rest - err[:, None] * u_row[None, 1:]."},
           kind="code",
-          uses="GPTQ over every column of one real SmolLM2 layer, with your step in labkit's loop (weightonly.gptq's "
-               "`step`), compared with labkit's result and with RTN's output error")
+          uses="GPTQ over every column of one real SmolLM2 layer, with your step in the notebook's loop "
+               "(gptq_columns), scored by the layer's output error against RTN's")
 def _check_gptq_column(answer: Any) -> str | None:
     args = _golden_gptq()
     got = attempt(answer, *args)

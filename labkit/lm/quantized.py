@@ -1,0 +1,226 @@
+"""A causal LM with weight-only quantized decoder layers: the whole model by one method, its packed bytes, and the
+slider's point (notebook 08).
+
+`quantize_model` rounds every decoder Linear weight by `rtn`, `gptq` or `awq` (labkit.lm.weightonly) and returns a
+model that shares no tensor with its input. With `store="codes"` each layer becomes a `GroupLinear`, which keeps
+the codes (a byte each) and rebuilds the float weight at every call: the same outputs in a third of the memory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from labkit import fast_mode
+from labkit.core import parts
+from labkit.lm.calibration import InputStats, calibration_ids, calibration_stats
+from labkit.lm.perplexity import LMPoint, Perplexity, measure_point
+from labkit.lm.slm import check_causal_lm, decoder_linears
+from labkit.lm.weightonly import (
+    awq_scales,
+    check_bits,
+    check_grid,
+    check_group,
+    dequantize,
+    gptq_column,
+    gptq_columns,
+    hessian_factor,
+    quantize_codes,
+    rtn,
+    rtn_codes,
+)
+
+METHODS = ("rtn", "gptq", "awq")
+STORES = ("float", "codes")
+
+
+class GroupLinear(nn.Module):
+    """A Linear layer that stores what a weight-only method produced: integer codes (one byte each), a scale and an
+    offset per group, and optionally AWQ's per-input scales s; it rebuilds the float weight at every call.
+
+    It computes exactly what the method's float weight computes, in about a third of its memory (a byte per code
+    and two float32 numbers per group, against four bytes per weight). Rebuilding costs time at every call, which
+    is why `quantize_model` returns float weights by default (faster to generate with).
+    """
+
+    def __init__(self, linear: nn.Linear, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+                 group_size: int, in_scale: torch.Tensor | None = None):
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = linear.in_features, linear.out_features, group_size
+        self.dtype = linear.weight.dtype
+        self.register_buffer("codes", codes.to(torch.uint8))  # bits <= 8: every code fits a byte
+        self.register_buffer("scale", scale)
+        self.register_buffer("offset", offset)
+        self.register_buffer("in_scale", in_scale)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The float weight, rebuilt from the codes (a new tensor each time)."""
+        w = dequantize(self.codes, self.scale, self.offset, self.group_size)
+        return (w if self.in_scale is None else w / self.in_scale).to(self.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight.to(x.dtype), self.bias)
+
+
+def _group_linear(layer: nn.Linear, method: str, bits: int, group_size: int, stats: InputStats | None,
+                  factor: torch.Tensor | None, grid: int) -> GroupLinear:
+    """`layer` quantized by `method`, kept as codes: its weight is what quantize_model's float copy would hold."""
+    w = layer.weight.detach()
+    if method == "rtn":
+        return GroupLinear(layer, *rtn_codes(w, bits, group_size), group_size)
+    if method == "awq":
+        s, _ = awq_scales(w, stats.absmean, stats.sample, bits, group_size, rtn, grid)
+        return GroupLinear(layer, *rtn_codes(w.float() * s, bits, group_size), group_size, in_scale=s)
+    Q, scale, offset = gptq_columns(w, factor, bits, group_size, gptq_column)
+    # Q's every entry is offset + code * scale, computed as dequantize computes it: the codes give Q back exactly
+    return GroupLinear(layer, quantize_codes(Q, scale, offset, bits, group_size), scale, offset, group_size)
+
+
+def _float_weight(layer: nn.Linear, method: str, bits: int, group_size: int, stats: InputStats | None,
+                  factor: torch.Tensor | None, grid: int) -> torch.Tensor:
+    """`layer`'s weight quantized by `method`, as floats."""
+    w = layer.weight.detach()
+    if method == "rtn":
+        return rtn(w, bits, group_size)
+    if method == "awq":
+        s, _ = awq_scales(w, stats.absmean, stats.sample, bits, group_size, rtn, grid)
+        return (rtn(w.float() * s, bits, group_size) / s).to(w.dtype)
+    return gptq_columns(w, factor, bits, group_size, gptq_column)[0].to(w.dtype)
+
+
+def quantize_model(model: nn.Module, method: str = "rtn", bits: int = 4, group_size: int = 32,
+                   calib_texts: str | Sequence[str] | None = None, tokenizer=None, *,
+                   stats: dict[str, InputStats] | None = None, inplace: bool = False, damp: float = 0.01,
+                   grid: int = 20, store: str = "float") -> nn.Module:
+    """A copy of a causal LM whose decoder Linear weights are quantized by `method` ('rtn', 'gptq' or 'awq').
+
+    GPTQ and AWQ need calibration: `calib_texts` with the `tokenizer`, or `stats` from calibration_stats (reuse
+    them across settings). The head and embeddings stay as they are. The copy shares no tensor with `model`; the
+    model itself is changed only with `inplace`. `store="codes"` replaces each layer by a GroupLinear (the same
+    outputs, a third of the memory, slower: it rebuilds the weight at every call); "float" writes the quantized
+    float weights.
+    """
+    stats = _checked(model, method, bits, group_size, calib_texts, tokenizer, stats, store, grid)
+    if inplace:
+        return _quantize(model, method, bits, group_size, stats, damp, grid, store)
+    if store == "codes":  # the layers are replaced, never written: share until then, then own the rest
+        out = _quantize(parts.copy_sharing(model), method, bits, group_size, stats, damp, grid, store)
+        return parts.unshare(out, model)
+    # every tensor cloned at once, before any quantizing: new weights allocated one by one between the quantizers'
+    # temporaries leave the heap fragmented
+    return _quantize(parts.clone(model), method, bits, group_size, stats, damp, grid, store)
+
+
+def _checked(model: nn.Module, method: str, bits, group_size, calib_texts, tokenizer,
+             stats: dict[str, InputStats] | None, store: str, grid) -> dict[str, InputStats] | None:
+    """quantize_model's arguments checked (ValueError saying what to pass), and the calibration it needs."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(map(repr, METHODS))}.")
+    if store not in STORES:
+        raise ValueError(f"store must be one of {', '.join(map(repr, STORES))}, got {store!r}.")
+    check_bits(bits)
+    check_grid(grid)
+    layers = decoder_linears(model)  # also checks it is a causal LM of a known family
+    if any(isinstance(m, GroupLinear) for m in model.modules()):
+        raise ValueError("This model's layers are already quantized (GroupLinear): quantize the float model.")
+    for name, layer in layers.items():
+        check_group(layer.in_features, group_size, name)
+    if method != "rtn" and stats is None:
+        if calib_texts is None:
+            raise ValueError(f"{method} needs calibration: pass calib_texts (e.g. labkit.lm.slm.calibration_texts()) "
+                             "with the tokenizer, or stats=calibration_stats(model, ids).")
+        stats = calibration_stats(model, calibration_ids(tokenizer, calib_texts))
+    if method != "rtn" and set(layers) - set(stats):
+        raise ValueError("stats do not cover every decoder layer of this model: record them on this model with "
+                         "calibration_stats(model, ids).")
+    return stats
+
+
+@torch.no_grad()
+def _quantize(out: nn.Module, method: str, bits: int, group_size: int, stats: dict[str, InputStats] | None,
+              damp: float, grid: int, store: str) -> nn.Module:
+    """`out` with its decoder layers quantized in place (written, or replaced by GroupLinear with codes)."""
+    factors: dict[int, torch.Tensor] = {}  # q, k and v read one input: one factor for the three, freed on return
+    for name, layer in decoder_linears(out).items():
+        s = None if stats is None else stats[name]
+        if method == "gptq" and id(s) not in factors:
+            factors = {id(s): hessian_factor(s.H, damp)}  # layers sharing an input come one after another
+        factor = factors.get(id(s))
+        if store == "codes":
+            parts.set_module(out, name, _group_linear(layer, method, bits, group_size, s, factor, grid))
+        else:
+            layer.weight.copy_(_float_weight(layer, method, bits, group_size, s, factor, grid))
+    out.weightonly = {"method": method, "bits": bits, "group_size": group_size, "store": store}
+    return out
+
+
+def map_weights(model: nn.Module, fn, inplace: bool = False) -> nn.Module:
+    """A copy of a causal LM (sharing no tensor with it) whose decoder Linear weights are fn(weight), a function
+    [out, in] -> [out, in]. The input model is changed only with `inplace`."""
+    check_causal_lm(model)  # before a copy is made
+    out = model if inplace else parts.clone(model)
+    with torch.no_grad():
+        for name, layer in decoder_linears(out).items():
+            new = fn(layer.weight.detach().clone())
+            if not isinstance(new, torch.Tensor) or new.shape != layer.weight.shape:
+                raise ValueError(f"fn must return a tensor of the weight's shape {tuple(layer.weight.shape)} for "
+                                 f"{name}, got {getattr(new, 'shape', type(new).__name__)}.")
+            layer.weight.copy_(new)
+    return out
+
+
+def _layers(model_or_layers) -> dict[str, nn.Linear]:
+    if isinstance(model_or_layers, nn.Linear):
+        return {"layer": model_or_layers}
+    if isinstance(model_or_layers, dict):
+        return model_or_layers
+    return decoder_linears(model_or_layers)
+
+
+def packed_bytes(model_or_layers, bits: int, group_size: int, channel_scales: bool = False) -> int:
+    """Bytes of the layers packed: `bits`-bit codes, a float16 scale and a float16 offset per group (+ bias).
+
+    A causal LM counts its decoder Linear layers. AWQ's per-input-channel scales fold into the previous layer in
+    a real deployment (no bytes); `channel_scales=True` counts them as one float16 per input instead.
+    """
+    bits = check_bits(bits)
+    total = 0
+    for name, layer in _layers(model_or_layers).items():
+        out_f, in_f = layer.weight.shape
+        groups = out_f * (in_f // check_group(in_f, group_size, name))
+        total += math.ceil(out_f * in_f * bits / 8) + 2 * groups + 2 * groups
+        total += 2 * in_f if channel_scales else 0
+        total += 0 if layer.bias is None else layer.bias.numel() * layer.bias.element_size()
+    return total
+
+
+def float_bytes(model_or_layers, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of the same layers' weights and biases stored as `dtype` (float32: 4 bytes each)."""
+    size = torch.finfo(dtype).bits // 8
+    return sum(p.numel() * size for layer in _layers(model_or_layers).values() for p in layer.parameters())
+
+
+def point(model: nn.Module, tokenizer, method: str = "rtn", bits: int = 4, group_size: int = 32,
+          stats: dict[str, InputStats] | None = None, base: Perplexity | None = None,
+          grid: int | None = None) -> LMPoint:
+    """One setting for a slider: the quantized model's perplexity (95% interval), its paired ratio to `base` (the
+    decoded model's perplexity on the same chunks), the packed bytes of the quantized layers, the seconds taken.
+
+    The quantized copy keeps codes (a third of the float weights' memory, beside the float model and the
+    statistics), shares the rest with `model` and is freed before returning. GPTQ and AWQ need `stats`."""
+    if method != "rtn" and stats is None:
+        raise ValueError(f"{method} needs calibration: pass stats=calibration_stats(model, ids) (record them once).")
+    grid = grid or (10 if fast_mode() else 20)
+    stats = _checked(model, method, bits, group_size, None, None, stats, "codes", grid)
+    t0 = time.perf_counter()
+    q = _quantize(parts.copy_sharing(model), method, bits, group_size, stats, 0.01, grid, "codes")
+    took = time.perf_counter() - t0
+    settings = {"method": method, "bits": bits, "group_size": group_size}
+    return measure_point(q, tokenizer, settings, base, packed_bytes(model, bits, group_size), float_bytes(model),
+                         **{"seconds to quantize": round(took, 1)})
