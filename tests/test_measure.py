@@ -156,3 +156,9 @@ def test_compare_latency_times_plain_functions_interleaved_without_a_tokenizer()
     assert set(measure.speedups(timing, "a")) == {"a", "b"}
     with pytest.raises(ValueError, match="tokenizer"):
         measure.compare_latency({"model": torch.nn.Linear(2, 2)})
+
+
+def test_an_accuracy_prints_with_its_interval_and_stays_a_dict():
+    ci = measure.accuracy_ci([1, 0, 1, 1], [1, 0, 0, 1])
+    assert ci == {"accuracy": 0.75, "lo": ci["lo"], "hi": ci["hi"], "n": 4} and 0 < ci["lo"] < 0.75 < ci["hi"] < 1
+    assert str(ci) == f"{ci}" == measure.format_accuracy(ci) == f"0.750 [{ci['lo']:.3f}, {ci['hi']:.3f}] (n=4)"
