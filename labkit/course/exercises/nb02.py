@@ -7,11 +7,16 @@ from typing import Any
 import torch
 
 from labkit.course.exercises import Mistake, attempt, close, exercise, given
-from labkit.quant.quantize import qparams, quantize_tensor
+from labkit.quant import affine
+
+
+def _qparams(lo, hi, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The asymmetric `bits`-bit grid of the ranges [lo, hi], by the kit's one primitive."""
+    return affine.choose_qparams_affine_with_min_max(lo, hi, "asymmetric", *affine.qrange(bits))
 
 
 def _scale_zero_point() -> tuple[float, int]:
-    scale, zp = qparams(torch.tensor(-1.0), torch.tensor(3.0), 8, "asymmetric")
+    scale, zp = _qparams(-1.0, 3.0, 8)
     return float(scale), int(zp)
 
 
@@ -50,7 +55,7 @@ _RANGES_HI = torch.tensor([3.0, 0.5, 2.0, -0.5, 0.9, 0.02])
 
 
 def _ranges_want(bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return qparams(_RANGES_LO, _RANGES_HI, bits, "asymmetric")
+    return _qparams(_RANGES_LO, _RANGES_HI, bits)
 
 
 @exercise("02.scale_and_zero_point",
@@ -140,7 +145,7 @@ def _row_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """8 bits, one grid per row (scale and zero point of shape (rows, 1)), as fake_quantize calls it."""
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(6, 40, generator=gen) * torch.tensor([0.1, 0.5, 1.0, 2.0, 0.05, 3.0]).unsqueeze(1)
-    scale, zp = qparams(x.amin(1, keepdim=True), x.amax(1, keepdim=True), 8, "asymmetric")
+    scale, zp = _qparams(x.amin(1, keepdim=True), x.amax(1, keepdim=True), 8)
     return x, scale, zp
 
 
@@ -221,7 +226,9 @@ def _check_symmetric_round(answer: Any) -> str | None:
     for bits in (2, 4, 8):
         w = torch.randn(16, 24, generator=gen)
         got = torch.as_tensor(attempt(answer, w, bits)).to(torch.float64)
-        want = quantize_tensor(w, bits, "symmetric", "tensor").codes.to(torch.float64)
+        qmin, qmax = affine.qrange(bits, "symmetric")
+        scale, zp = affine.choose_qparams_affine(w, "symmetric", w.shape, qmin, qmax)
+        want = affine.quantize_affine(w, w.shape, scale, zp, qmin, qmax).to(torch.float64)
         if got.shape != want.shape:
             return "wrong"
         if not torch.equal(got, got.round()):
@@ -347,7 +354,8 @@ def _ql_why(answer: Any, got: torch.Tensor, case: dict, unclamped: torch.Tensor)
 # --- 02.size_4bit ---------------------------------------------------------------------------------------
 
 def _size_4bit() -> int:
-    return quantize_tensor(torch.zeros(1536, 384), 4, "asymmetric", "group", 64).nbytes()
+    numel = 1536 * 384
+    return affine.packed_bytes(numel, 4, numel // 64, scale_bytes=4, zero_point_bytes=1)
 
 
 @exercise("02.size_4bit",
