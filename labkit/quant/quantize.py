@@ -1,9 +1,9 @@
-"""Weights on a grid (notebook 02): simulated quantization of a model's Linear weights, its packed size,
-quantization-aware training, and the way to real int8 on the CPU.
+"""Weights on a grid (notebook 02): simulated quantization of a model's Linear weights, quantization-aware training,
+the packed size, and real int8 on the CPU for the tour and the pipelines.
 
-`fake_quantize`, `quantized_size_bytes`, `StraightThrough` and `qat` are notebook 02's own code (its `#@save`
-cells). They return *simulated* models: float weights on a grid, for accuracy only, no smaller and no faster.
-`to_int8` returns a model that really stores int8 weights and runs int8 kernels.
+`fake_quantize_weight`, `fake_quantize`, `StraightThrough` and `qat` are notebook 02's own code (its `#@save` cells).
+They give *simulated* models: float weights on a grid, for accuracy only, no smaller and no faster. `to_int8` gives
+a model that really stores int8 weights and runs int8 kernels.
 """
 
 from __future__ import annotations
@@ -72,10 +72,10 @@ class StraightThrough(nn.Module):
 
 def qat(model: nn.Module, tokenizer, bits: int = 4, scheme: str = "asymmetric", granularity: str = "group",
         group_size: int = 64, steps: int | None = None, lr: float = 2e-5, batch_size: int = 32,
-        precision: str = "fp32", inplace: bool = False) -> nn.Module:
+        precision: str = "fp32") -> nn.Module:
     """Quantization-aware fine-tuning of a copy of `model` on training snippets, its rounded weights then kept."""
     steps = steps or (10 if fast_mode() else 150)
-    out = model if inplace else parts.clone(model)
+    out = parts.clone(model)
     layers = parts.linears(out, "all")
     for lin in layers.values():
         parametrize.register_parametrization(lin, "weight", StraightThrough(bits, scheme, granularity, group_size))
