@@ -107,8 +107,7 @@ def integer_zero_rtn(model, bits: int, group: int):
     out = copy.deepcopy(model)
     with torch.no_grad():
         for layer in slm.decoder_linears(out).values():
-            q = quantize.quantize_tensor(layer.weight, bits, "asymmetric", "group", group)
-            layer.weight.copy_(quantize.dequantize(q).reshape(layer.weight.shape))
+            layer.weight.copy_(quantize.fake_quantize_weight(layer.weight, bits, "asymmetric", "group", group))
     return out
 
 
