@@ -162,6 +162,7 @@ def test_calibrate_fixes_grids_on_the_chosen_layers_of_a_copy(tiny_model, tokeni
     assert not blocks.classifier._forward_pre_hooks and blocks.bert.encoder.layer[0].output.dense._forward_pre_hooks
     _write_into(cal)
     assert _unchanged(tiny_model, before)
+    assert C.calibrate(cal, tokenizer, texts, 8, inplace=True) is cal  # the only way to change the input
     with pytest.raises(ValueError, match="minmax"):
         C.calibrate(tiny_model, tokenizer, texts, 8, "histogram")
     with pytest.raises(ValueError, match="bits must be"):

@@ -48,13 +48,13 @@ class FakeQuantInput:
         return (fake_quantize_range(args[0], self.lo, self.hi, self.bits),) + tuple(args[1:])
 
 
-def calibrate(model: nn.Module, tokenizer, texts, bits: int = 8, observer: str = "minmax",
-              filter_fn="all") -> nn.Module:
-    """A copy of `model` whose Linear inputs (picked by `filter_fn`) are rounded to fixed grids, each layer's range
-    chosen by `observer` on what `texts` feed it: static post-training quantization, simulated."""
+def calibrate(model: nn.Module, tokenizer, texts, bits: int = 8, observer: str = "minmax", filter_fn="all",
+              inplace: bool = False) -> nn.Module:
+    """A copy of `model` (or `model` itself, `inplace`) whose Linear inputs picked by `filter_fn` are rounded to fixed
+    grids, each range chosen by `observer` on what `texts` feed the layer: static quantization, simulated."""
     affine.qrange(bits)  # a bad bit width, then an unknown observer, is refused before any work
     observe(torch.zeros(1), bits, observer)
-    out = parts.clone(model)
+    out = model if inplace else parts.clone(model)
     layers = parts.linears(out, filter_fn)
     seen = {name: [] for name in layers}
     gen = torch.Generator().manual_seed(0)
