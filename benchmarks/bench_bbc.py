@@ -8,6 +8,8 @@ the kit's defaults (nothing is chosen on the test split), and the test split (22
 accuracy with its 95% interval, bytes of the serialized weights, and batch-32 latency of the compressed rows
 timed interleaved with fp32. An article is cut to its first 128 word pieces for the transformer; the floor
 reads the whole article.
+
+The latest results, with their machine and date: benchmarks/RESULTS.md#bbc-news.
 """
 
 from __future__ import annotations

@@ -77,40 +77,17 @@ def inference_table(models: dict[str, nn.Module], tok, labels, reference) -> dic
     return speed
 
 
-def _train_step(model: nn.Module, opt: torch.optim.Optimizer, batch, precision_name: str) -> float:
-    """One step as train.fit takes it: forward and loss under autocast, backward, clip, AdamW; returns ms."""
-    t0 = time.perf_counter()
-    with train.autocast(model, precision_name):
-        loss = model(**parts.feed(model, batch.inputs), labels=batch.labels).loss
-    loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return (time.perf_counter() - t0) * 1000
-
-
 def training_table(base: nn.Module, tok, steps: int, batch_size: int) -> None:
-    """Print fine-tuning step times, fp32 vs bf16 autocast, on the same train batch, interleaved step by step."""
-    split = data.split("train")
-    batch = next(data.batches(split["text"], split["label"], tok, batch_size, shuffle_seed=0)).to(parts.device_of(base))
-    runs = {}
-    for name in ("fp32", "bf16"):
-        m = parts.clone(base).train()
-        runs[name] = (m, torch.optim.AdamW(m.parameters(), lr=1e-5), [])
-    for i in range(1 + steps):  # step 0 warms up (and allocates AdamW's state): not counted
-        for name, (m, opt, times) in runs.items():
-            ms = _train_step(m, opt, batch, name)
-            if i:
-                times.append(ms)
-    fp32 = runs["fp32"][2]
-    ratios = [a / b for a, b in zip(fp32, runs["bf16"][2])]
-    print(f"\nFine-tuning step: batch {batch_size} x {batch.inputs['input_ids'].shape[1]} tokens, median (min-max) of "
-          f"{steps} steps after 1 warm-up, fp32 and bf16 autocast interleaved step by step")
-    print("\n| training | step ms | speed-up vs fp32 [min-max per step] |")
+    """Print fine-tuning step times, fp32 vs bf16 autocast, interleaved step by step (`precision.training_speed`)."""
+    speed = precision.training_speed(base, tok, steps=steps, warmup=1, batch_size=batch_size)
+    print(f"\nFine-tuning step (`train.fit_steps`: forward, loss, backward, clipping, AdamW): batch {batch_size}, "
+          f"median of {steps} steps after 1 warm-up, fp32 and bf16 autocast in turn")
+    print("\n| training | step ms | speed-up vs fp32 [min-max per round] |")
     print("|---|---|---|")
-    print(f"| fp32 | {_spread(fp32)} | 1.00x |")
-    print(f"| bf16 autocast (fp32 master weights) | {_spread(runs['bf16'][2])} | "
-          f"{statistics.median(fp32) / statistics.median(runs['bf16'][2]):.2f}x [{min(ratios):.2f}, {max(ratios):.2f}] |")
+    for r in speed.to_dict("records"):
+        name = "fp32" if r["precision"] == "fp32" else f"{r['precision']} autocast (fp32 master weights)"
+        print(f"| {name} | {r['step_ms']:.1f} | {r['speedup']:.2f}x "
+              f"{measure.format_range(r['speedup_lo'], r['speedup_hi'])} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     training_table(base, tok, args.train_steps or (3 if fast_mode() else 10), args.train_batch)
 
     got = speed["bf16 weights"]["speedup"]
-    native = native_bf16(base)
+    native = precision.is_native("bf16", base)
     if native:
         verdict = "PASS" if got >= TARGET_B32 else "FAIL"
         print(f"\ntarget: bf16 weights >= {TARGET_B32}x fp32 at batch 32 where bf16 is native: {got:.2f}x {verdict}")
@@ -143,14 +120,6 @@ def main(argv: list[str] | None = None) -> int:
               f", measured {got:.2f}x")
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
-
-
-def native_bf16(model: nn.Module) -> bool | None:
-    """Whether the device `model` runs on computes bf16 in hardware (None where the CPU flags cannot be read)."""
-    dev = parts.device_of(model)
-    if dev.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return machine.native_float_support().get("bf16") if dev.type == "cpu" else None
 
 
 if __name__ == "__main__":

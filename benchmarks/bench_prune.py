@@ -20,7 +20,7 @@ import time
 import pandas as pd
 
 from labkit import fast_mode
-from labkit.core import data, machine, measure, model
+from labkit.core import data, machine, measure, model, parts
 from labkit.prune import prune
 
 
@@ -40,9 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     base, tok = model.load_baseline()
     print(f"baseline: {'fast (CI)' if fast_mode() else 'full'}; recovery steps: {steps}; "
           f"CPU: {machine.cpu_name()} ({machine.cpu_features()}), threads: {torch.get_num_threads()}", flush=True)
-    torch_pruned = prune.torch_prune(base, 0.5)
-    torch_removed = prune.torch_prune(base, 0.5)
-    for layer in prune.prunable_linears(torch_removed).values():
+    torch_pruned, torch_removed = parts.clone(base), parts.clone(base)
+    for pruned in (torch_pruned, torch_removed):  # torch's own global L1 pruning of the blocks' Linear layers
+        tprune.global_unstructured([(m, "weight") for m in parts.linears(pruned, "blocks").values()],
+                                   pruning_method=tprune.L1Unstructured, amount=0.5)
+    for layer in parts.linears(torch_removed, "blocks").values():
         tprune.remove(layer, "weight")  # mask baked in: a plain dense weight full of zeros
     global50 = prune.magnitude(base, 0.5, "global")
     global50_rec = prune.recover(global50, tok, steps)

@@ -13,6 +13,8 @@ OpenVINO with the precision it picks itself, OpenVINO + NNCF static int8 (calibr
 and torchao's int8 (when installed). labkit's best is chosen among labkit's int8 paths on the VALIDATION
 split (fastest whose validation accuracy is within 0.5 point of fp32's); the test split is reported once.
 Target (issue 14): labkit's best int8 path within 1.1x of OpenVINO + NNCF int8 speed, accuracy within 0.5 point.
+
+The latest results, with their machine and date: benchmarks/RESULTS.md#runtimes.
 """
 
 from __future__ import annotations

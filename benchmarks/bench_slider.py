@@ -5,6 +5,8 @@ each slider step by step to new values (fresh: evaluated) and back over the same
 the median seconds per notebook. Targets: fresh <= 2 s, cached <= 0.5 s (2 cores).
 
     LABKIT_FAST=1 .venv/bin/python benchmarks/bench_slider.py [--moves 5]
+
+The latest results, with their machine and date: benchmarks/RESULTS.md#time.
 """
 
 from __future__ import annotations

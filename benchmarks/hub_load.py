@@ -14,6 +14,8 @@ warnings (labkit.classroom.hub's check) and kernels that died. At the end it sto
 started is left. Needs the prepared baseline (as `make hub`) and the hub's installs (`make hub` makes them).
 
 Bounded: at most 32 learners, 21 points each, every request with a timeout, each N with a time budget; loopback only.
+
+The latest results, with their machine and date: benchmarks/RESULTS.md#a-class-on-one-hub.
 """
 
 from __future__ import annotations

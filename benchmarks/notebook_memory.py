@@ -17,8 +17,10 @@ Binder, which set MEM_LIMIT; LABKIT_LEAN=0 measures the default of a machine wit
 A hub or Binder limit counts the kernel and the Jupyter server together; Binder gives 1-2 GB in all. The peak is
 the kernel's own high-water mark (VmHWM in /proc/<pid>/status, kept by Linux), so nothing is missed between
 samples. Each notebook runs in a fresh kernel, one at a time, so one notebook's memory never counts for another.
-The same notebook peaks differently from run to run (08 from 1.55 to 1.90 GiB in 22 runs on one machine;
-the cause is not pinned down), so a limit should come from the largest of several runs (`--repeats`).
+The same notebook peaks differently from run to run (see RESULTS.md), so a limit should come from the largest of
+several runs (`--repeats`).
+
+The latest results, with their machine and date: benchmarks/RESULTS.md#memory-per-notebook.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/notebook_times.py [path/to/junit.xml]
 
 Teachers use it to plan a session: it sums the cells of each notebook as nbval ran them (fast mode in CI).
+
+The latest results, with their machine and date: benchmarks/RESULTS.md#time.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ perplexity, then waits while this script reads its /proc files (Linux): RssAnon 
 share; Shared_Clean counts file pages another process maps too; Pss splits each shared page between its processes.
 "With the decoded model" reads LABKIT_CACHE (prepared first if it is not); "decoding its own" points the kernels at
 an empty read-only cache, as on a hub whose cache holds only the baseline.
+
+The latest results, with their machine and date: benchmarks/RESULTS.md#memory-per-kernel.
 """
 
 from __future__ import annotations

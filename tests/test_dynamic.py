@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch.nn.utils import prune as torch_prune
 
-from labkit.core import measure
-from labkit.course import checks
+from labkit.core import measure, memory, parts
 from labkit.dynamic import gradual, int8, tokens
 
 SENTENCES = ["a good film", "the plot is thin but the actors carry it with charm and wit",
@@ -20,7 +19,7 @@ def _enc(tokenizer, texts=SENTENCES):
 
 def _eager_cls_attention(model, enc, layer):
     """Reference: the [CLS] row of layer `layer`'s attention, from transformers' own eager attention."""
-    ref = tokens._target(model, False)
+    ref = parts.clone(model)
     ref.config._attn_implementation = "eager"
     with torch.no_grad():
         att = ref(**enc, output_attentions=True).attentions[layer]  # (batch, heads, n, n)
@@ -67,6 +66,25 @@ def test_pruning_changes_output_and_does_not_mutate_input(tiny_model, tokenizer)
     assert same is tiny_model
 
 
+def _writes_into_the_copy_leave_the_input(original, returned):
+    before = {k: v.clone() for k, v in original.state_dict().items()}
+    with torch.no_grad():
+        for p in returned.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(v, before[k]) for k, v in original.state_dict().items())
+
+
+def test_token_pruning_returns_a_model_of_its_own(tiny_model):
+    _writes_into_the_copy_leave_the_input(tiny_model, tokens.token_pruning(tiny_model, 0.5, 1))
+
+
+@pytest.mark.parametrize("tight", [False, True])
+def test_prune_finetune_returns_a_model_of_its_own(tiny_model, tokenizer, monkeypatch, tight):
+    monkeypatch.setattr(memory, "tight", lambda: tight)  # lean training freezes the embedding: still not shared
+    pruned, _ = gradual.prune_finetune(tiny_model, tokenizer, 0.5, steps=1, batch_size=4)
+    _writes_into_the_copy_leave_the_input(tiny_model, pruned)
+
+
 def test_eager_attention_and_batch_of_one(tiny_model, tokenizer):
     tiny_model.config._attn_implementation = "eager"
     enc = _enc(tokenizer)
@@ -85,14 +103,6 @@ def test_bad_arguments_raise(tiny_model, kwargs):
         tokens.token_pruning(tiny_model, **kwargs)
 
 
-def test_surviving_tokens(tiny_model, tokenizer):
-    df = tokens.surviving_tokens(tiny_model, tokenizer, SENTENCES[1], 0.5, 1)
-    assert df["token"].iloc[0] == "[CLS]" and df["kept"].iloc[0]
-    assert int(df["kept"].sum()) == math.ceil(0.5 * len(df))
-    # the survivors are the best-scored tokens: none dropped outranks one kept ([CLS] is kept by rule)
-    assert df["score"].iloc[1:][df["kept"].iloc[1:]].min() >= df["score"][~df["kept"]].max()
-
-
 def test_cubic_schedule_hits_its_sparsities():
     assert gradual.cubic_schedule(0, 100, 0.7) == 0.0
     assert gradual.cubic_schedule(100, 100, 0.7) == pytest.approx(0.7)
@@ -104,6 +114,12 @@ def test_cubic_schedule_hits_its_sparsities():
     for bad in (1.0, -0.1, 1.2):
         with pytest.raises(ValueError, match=r"\[0, 1\)"):
             gradual.cubic_schedule(1, 10, bad)
+
+
+def test_length_latency_times_each_batch_size_and_length(tiny_model, tokenizer):
+    df = tokens.length_latency(tiny_model, tokenizer, batch_sizes=(1, 2), lengths=(5, 9), repeats=1)
+    assert list(zip(df["batch_size"], df["tokens"])) == [(1, 5), (1, 9), (2, 5), (2, 9)]
+    assert (df["median_ms"] > 0).all()
 
 
 def test_prune_smallest_is_greedy_and_monotone():
@@ -120,6 +136,7 @@ def test_prune_smallest_is_greedy_and_monotone():
     w2[~keep] = 100.0  # a pruned weight that grew back must stay pruned
     keep2 = gradual.prune_smallest(w2, keep, 0.5)
     assert int((~keep2).sum()) == 64 and not (keep2 & ~keep).any()
+    assert torch.equal(gradual.prune_smallest(w2, keep2, 0.1), keep2)  # a lower target revives nothing
 
 
 def test_prune_finetune_reaches_sparsity_and_keeps_mask(tiny_model, tokenizer):
@@ -146,9 +163,9 @@ def test_dynamic_int8_is_real_and_quiet(tiny_model, tokenizer):
         warnings.simplefilter("error")
         q = int8.dynamic_int8(tiny_model)
     names = [m._get_name() for m in tokens.encoder_layers(q).modules()]
-    assert names.count("DynamicQuantizedLinear") == len(int8.linears(tiny_model)) > 0
+    assert names.count("DynamicQuantizedLinear") == len(parts.linears(tiny_model, "blocks")) > 0
     assert "DynamicQuantizedLinear" not in q.classifier._get_name()
-    assert all(type(m) is torch.nn.Linear for m in int8.linears(tiny_model).values())
+    assert all(type(m) is torch.nn.Linear for m in parts.linears(tiny_model, "blocks").values())
     with torch.no_grad():
         torch.testing.assert_close(q(**enc).logits, tiny_model(**enc).logits, atol=0.05, rtol=0.05)
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
@@ -159,27 +176,12 @@ def test_dynamic_int8_is_real_and_quiet(tiny_model, tokenizer):
     assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
 
 
-def test_token_point_on_the_baseline(baseline):
-    full = tokens.token_point(1.0, 2)
-    half = tokens.token_point(0.5, 2)
-    assert full["agreement"] == 1.0
-    # above the 56% majority label by a margin a broken pruning (about 50%) cannot reach; measured 0.73, 0.87
-    assert half["accuracy"] >= 0.65 and 0.75 <= half["agreement"] < 1.0
-    assert half["repeats"] == measure.SLIDER_REPEATS  # a cached slider point says how many timed runs its median has
-    assert half["latency_ms"] > 0 and tokens.token_point(0.5, 2) is half  # cached
-    assert np.isfinite(half["latency_ms"])
-    assert half["split"] == "val" and half["lo"] <= half["accuracy"] <= half["hi"] and half["n"] == 200
-    assert tokens.token_point(1.0, 2, split="test")["agreement"] == 1.0
-    with pytest.raises(ValueError, match="split"):
-        tokens.token_point(1.0, 2, split="dev")
-
-
 def test_mean_score_follows_attention_received_from_all_tokens(tiny_model, tokenizer):
     enc = _enc(tokenizer)
     pruned = tokens.token_pruning(tiny_model, 0.5, 1, score="mean")
     with torch.no_grad():
         pruned(**enc)
-        ref = tokens._target(tiny_model, False)
+        ref = parts.clone(tiny_model)
         ref.config._attn_implementation = "eager"
         att = ref(**enc, output_attentions=True).attentions[1].mean(1)  # (batch, n, n), heads averaged
     kept = tokens.last_kept(pruned)
@@ -219,43 +221,6 @@ def test_tour_rows_do_not_mutate_the_model(tokenizer):
     assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
 
 
-# --- the learner's pieces plugged into the real mechanisms -------------------------------------------------------
-
-def _reference_select():
-    return checks.solution("05.keep_top_tokens")
-
-
-@pytest.mark.parametrize("score", ["cls", "mean"])
-def test_select_with_the_reference_choice_equals_labkits_own(tiny_model, tokenizer, score):
-    enc = _enc(tokenizer)
-    own = tokens.token_pruning(tiny_model, 0.5, 1, score=score)
-    mine = tokens.token_pruning(tiny_model, 0.5, 1, score=score, select=_reference_select())
-    with torch.no_grad():
-        torch.testing.assert_close(mine(**enc).logits, own(**enc).logits, atol=1e-5, rtol=1e-5)
-    assert torch.equal(tokens.last_kept(mine), tokens.last_kept(own))
-
-
-def test_select_changes_the_tokens_kept(tiny_model, tokenizer):
-    def first_tokens(hidden, scores, mask, keep):  # a different choice: the first `keep` positions
-        idx = torch.arange(keep).expand(hidden.shape[0], keep)
-        return hidden[:, :keep], idx
-    pruned = tokens.token_pruning(tiny_model, 0.5, 1, select=first_tokens)
-    enc = _enc(tokenizer)
-    with torch.no_grad():
-        pruned(**enc)
-    kept = tokens.last_kept(pruned)
-    for row, n in enumerate(enc["attention_mask"].sum(1).tolist()):
-        assert kept[row][kept[row] >= 0].tolist() == list(range(math.ceil(0.5 * n)))
-
-
-def test_a_select_returning_the_wrong_shape_is_a_clear_error(tiny_model, tokenizer):
-    pruned = tokens.token_pruning(tiny_model, 0.5, 1, select=lambda h, s, m, k: (h, s))
-    with pytest.raises(ValueError, match="05.keep_top_tokens"), torch.no_grad():
-        pruned(**_enc(tokenizer))
-    with pytest.raises(ValueError, match="select"):
-        tokens.token_pruning(tiny_model, 0.5, 1, select="top")
-
-
 def test_compare_predictions_carries_intervals_and_paired_differences():
     labels = np.array([0, 1] * 50)
     preds = {"fp32": labels.copy(), "worse": np.where(np.arange(100) < 10, 1 - labels, labels)}
@@ -280,18 +245,6 @@ def test_prune_finetune_takes_a_schedule_function(tiny_model, tokenizer):
         gradual.prune_finetune(tiny_model, tokenizer, 0.6, steps=2, schedule=lambda s, t, f: 1.5, batch_size=4)
     with pytest.raises(ValueError, match="not a number"):
         gradual.prune_finetune(tiny_model, tokenizer, 0.6, steps=2, schedule=lambda s, t, f: None, batch_size=4)
-
-
-def test_choose_keep_ratio_refuses_the_test_split_and_picks_the_smallest_good_ratio():
-    import pandas as pd
-
-    sweep = pd.DataFrame({"keep_ratio": [1.0, 0.7, 0.5, 0.3, 0.5], "agreement": [1.0, 0.97, 0.96, 0.8, 0.99],
-                          "score": ["cls", "cls", "cls", "cls", "mean"], "split": "val"})
-    best = tokens.choose_keep_ratio(sweep, 0.95)
-    assert best["keep_ratio"] == 0.5 and best["score"] == "mean"
-    assert tokens.choose_keep_ratio(sweep, 0.999)["keep_ratio"] == 1.0
-    with pytest.raises(ValueError, match="validation"):
-        tokens.choose_keep_ratio(sweep.assign(split="test"))
 
 
 def test_shifted_inputs_and_the_narrow_calibration_set():

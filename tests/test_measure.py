@@ -145,3 +145,14 @@ def test_footprint_finds_embeddings_blocks_and_head(tiny_model):
     assert fp.loc["embeddings", "macs_per_snippet"] == 0
     # each block: q, k, v, o (32x32) and the FFN (32x64 twice), every token
     assert fp.loc["block 0", "macs_per_snippet"] == 10 * (4 * 32 * 32 + 2 * 32 * 64)
+
+
+def test_compare_latency_times_plain_functions_interleaved_without_a_tokenizer():
+    calls = []
+    timing = measure.compare_latency({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                     warmup=1, repeats=3)
+    assert calls == ["a", "b"] * 4  # round by round, the warm-up first
+    assert len(timing["a"]["times_ms"]) == 3 and timing["b"]["repeats"] == 3 and "seq_len" not in timing["a"]
+    assert set(measure.speedups(timing, "a")) == {"a", "b"}
+    with pytest.raises(ValueError, match="tokenizer"):
+        measure.compare_latency({"model": torch.nn.Linear(2, 2)})

@@ -36,6 +36,7 @@ def test_cached_points_are_computed_once_per_setting():
         return x + y
 
     assert point(1) == point(1) == 2 and point(1, y=2) == 3
+    assert point(x=1) == point(1, 1) == point(y=2, x=1) - 1  # by name, by position or by default: one point
     assert calls == [(1, 1), (1, 2)]
     point.cache_clear()
     point(1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from labkit.core import parts
-from labkit.prune import prune
+from labkit.prune import recovery, structured, unstructured
 
 FAMILIES = [f.name for f in parts.FAMILIES]
 STRUCTURED = [f.name for f in parts.FAMILIES if f.structured]
@@ -36,14 +36,13 @@ def _logits(model, tokenizer):
 def test_magnitude_zeroes_the_block_layers_and_leaves_head_and_input_alone(family, scope, tokenizer):
     model = parts.tiny_classifier(family, num_labels=3)
     before = _state(model)
-    pruned = prune.magnitude(model, 0.6, scope)
+    pruned = unstructured.magnitude(model, 0.6, scope)
     assert _same_state(before, model.state_dict())  # the input model is unchanged
     layers = parts.linears(pruned, "blocks")
-    assert list(prune.prunable_linears(pruned)) == list(layers)
     if scope == "layer":
         for name, layer in layers.items():
             assert int((layer.weight == 0).sum()) == round(0.6 * layer.weight.numel()), name
-    counts = prune.sparsity_of(pruned)
+    counts = unstructured.sparsity_of(pruned)
     assert counts["total"] == sum(m.weight.numel() for m in layers.values())
     if scope == "global":
         assert counts["zeros"] == round(0.6 * counts["total"])
@@ -53,11 +52,11 @@ def test_magnitude_zeroes_the_block_layers_and_leaves_head_and_input_alone(famil
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_include_head_prunes_the_head_too(family):
+def test_filter_fn_head_prunes_the_head(family):
     model = parts.tiny_classifier(family)
-    pruned = prune.magnitude(model, 0.5, "layer", include_head=True)
+    pruned = unstructured.magnitude(model, 0.5, "layer", filter_fn="head")
     head = parts.head_linears(pruned)
-    assert head and set(head) <= set(prune.prunable_linears(pruned, include_head=True))
+    assert head
     for name, layer in head.items():
         assert int((layer.weight == 0).sum()) == round(0.5 * layer.weight.numel()), name
 
@@ -66,7 +65,7 @@ def test_include_head_prunes_the_head_too(family):
 def test_two_four_pattern_on_every_family(family, tokenizer):
     model = parts.tiny_classifier(family)
     before = _state(model)
-    pruned = prune.two_four(model)
+    pruned = unstructured.two_four(model)
     assert _same_state(before, model.state_dict())
     for name, layer in parts.linears(pruned, "blocks").items():
         groups = layer.weight.detach().reshape(-1, 4)
@@ -75,7 +74,7 @@ def test_two_four_pattern_on_every_family(family, tokenizer):
         assert torch.equal(groups.abs().sort(1, descending=True).values[:, :2], top2), name
     for name, layer in parts.head_linears(pruned).items():
         assert torch.equal(layer.weight, model.get_submodule(name).weight), name
-    assert prune.sparsity_of(pruned)["sparsity"] == 0.5
+    assert unstructured.sparsity_of(pruned)["sparsity"] == 0.5
     assert _logits(pruned, tokenizer).shape == (2, 2)
 
 
@@ -99,9 +98,9 @@ def _zero_units_reference(model, small):
 def test_structured_removes_heads_and_neurons(family, score, tokenizer):
     model = parts.tiny_classifier(family, num_labels=3)
     before = _state(model)
-    small = prune.structured(model, heads=0.5, ffn=0.5, score=score, tokenizer=tokenizer)
+    small = structured.structured(model, heads=0.5, ffn=0.5, score=score, tokenizer=tokenizer)
     assert _same_state(before, model.state_dict())
-    shapes = prune.shape_summary(small)
+    shapes = structured.shape_summary(small)
     assert list(shapes["heads"]) == [2, 2] and list(shapes["ffn_neurons"]) == [32, 32]
     for block in parts.blocks(small):
         assert block.get("q").out_features == block.get("o").in_features == 2 * block.head_size
@@ -114,17 +113,16 @@ def test_structured_removes_heads_and_neurons(family, score, tokenizer):
 
 
 @pytest.mark.parametrize("family", STRUCTURED)
-def test_drop_heads_on_every_structured_family(family, tokenizer):
+def test_cut_heads_on_every_structured_family_equals_zeroing_them(family, tokenizer):
     model = parts.tiny_classifier(family)
-    small = prune.drop_heads(model, {0: [1, 3], 1: [0]})
-    assert list(prune.shape_summary(small)["heads"]) == [2, 3]
-    assert small.config.pruned_heads == {0: [1, 3], 1: [0]}
+    small = copy.deepcopy(model)
+    structured.cut_heads(parts.blocks(small)[0], torch.tensor([0, 2]))  # heads 1 and 3 of 4 go
+    assert list(structured.shape_summary(small)["heads"]) == [2, 4]
     ref = copy.deepcopy(model)
-    for layer, heads in {0: [1, 3], 1: [0]}.items():
-        block = parts.blocks(ref)[layer]
-        with torch.no_grad():
-            for h in heads:
-                block.get("o").weight[:, h * block.head_size:(h + 1) * block.head_size] = 0
+    block = parts.blocks(ref)[0]
+    with torch.no_grad():
+        for h in (1, 3):
+            block.get("o").weight[:, h * block.head_size:(h + 1) * block.head_size] = 0
     torch.testing.assert_close(_logits(small, tokenizer), _logits(ref, tokenizer), atol=1e-5, rtol=1e-4)
 
 
@@ -132,11 +130,9 @@ def test_drop_heads_on_every_structured_family(family, tokenizer):
 def test_structured_refuses_deberta_and_names_the_families_that_work(family):
     model = parts.tiny_classifier(family)
     before = _state(model)
-    with pytest.raises(ValueError, match=prune.STRUCTURED_FAMILIES) as err:
-        prune.structured(model, heads=0.5, ffn=0.5)
+    with pytest.raises(ValueError, match=structured.STRUCTURED_FAMILIES) as err:
+        structured.structured(model, heads=0.5, ffn=0.5)
     assert "prune.magnitude" in str(err.value)
-    with pytest.raises(ValueError, match=prune.STRUCTURED_FAMILIES):
-        prune.drop_heads(model, {0: [0]})
     assert _same_state(before, model.state_dict())
 
 
@@ -146,41 +142,39 @@ def test_structured_families_are_the_ones_the_issue_names():
 
 def test_structured_keeps_the_models_dtype():
     model = parts.tiny_classifier("DistilBERT").half()
-    small = prune.structured(model, heads=0.5, ffn=0.5)
+    small = structured.structured(model, heads=0.5, ffn=0.5)
     assert {p.dtype for p in small.parameters()} == {torch.float16}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_recover_runs_a_few_steps_and_keeps_the_zeros(family, tokenizer):
-    sparse = prune.magnitude(parts.tiny_classifier(family), 0.5)
+    sparse = unstructured.magnitude(parts.tiny_classifier(family), 0.5)
     before = _state(sparse)
-    tuned = prune.recover(sparse, tokenizer, steps=2, batch_size=8, lr=1e-3)
+    tuned = recovery.recover(sparse, tokenizer, steps=2, batch_size=8, lr=1e-3)
     assert _same_state(before, sparse.state_dict())
-    for name, layer in prune.prunable_linears(tuned).items():
-        old = sparse.get_submodule(name).weight
-        assert torch.equal(layer.weight == 0, old == 0), name
+    for name, layer in parts.linears(tuned, "blocks").items():
+        assert torch.equal(layer.weight == 0, sparse.get_submodule(name).weight == 0), name
     assert not _same_state(before, tuned.state_dict())
 
 
 def test_recover_with_a_teacher_on_distilbert(tokenizer):
     teacher = parts.tiny_classifier("DistilBERT")
-    small = prune.structured(teacher, heads=0.5, ffn=0.5)
+    small = structured.structured(teacher, heads=0.5, ffn=0.5)
     teacher_before = _state(teacher)
-    tuned = prune.recover(small, tokenizer, steps=2, batch_size=8, lr=1e-3, teacher=teacher)
+    tuned = recovery.recover(small, tokenizer, steps=2, batch_size=8, lr=1e-3, teacher=teacher)
     assert _same_state(teacher_before, teacher.state_dict())
     assert not _same_state(_state(small), tuned.state_dict())
-    batch = next(iter(prune.data.batches(["a fine film", "dull"], [1, 0], tokenizer, 2)))
-    logits = teacher(**parts.feed(teacher, batch.inputs)).logits
-    assert prune._distill_loss(logits, teacher, batch, 2.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("family", ["BERT", "DistilBERT"])
 def test_pruning_stays_on_the_gpu(family, tokenizer):
     model = parts.tiny_classifier(family).cuda()
-    small = prune.structured(model, heads=0.5, ffn=0.5, score="gradient", tokenizer=tokenizer)
-    tuned = prune.recover(prune.magnitude(small, 0.5), tokenizer, steps=2, batch_size=8, teacher=model)
+    small = structured.structured(model, heads=0.5, ffn=0.5, score="gradient", tokenizer=tokenizer)
+    tuned = recovery.recover(unstructured.magnitude(small, 0.5), tokenizer, steps=2, batch_size=8, teacher=model)
     assert {p.device.type for p in tuned.parameters()} == {"cuda"}
     inputs = {k: v.cuda() for k, v in _inputs(tuned, tokenizer).items()}
     with torch.no_grad():
         assert tuned(**inputs).logits.shape == (2, 2)
+    with pytest.raises(ValueError, match="different devices"):
+        recovery.recover(small, tokenizer, steps=1, teacher=model.cpu())

@@ -208,10 +208,8 @@ def test_dynamic_int8_quantizes_the_block_linears_only(family, tokenizer):
     assert _rel(_logits(q, enc), _logits(model, enc)) < 0.15
 
 
-def test_dynamic_helpers_find_the_blocks_of_every_family(family, tokenizer):
+def test_static_grids_on_the_blocks_of_every_family(family, tokenizer):
     model = _model(family)
-    lins = int8.linears(model)
-    assert list(lins.values()) == list(parts.linears(model, "blocks").values())
     assert len(tokens.encoder_layers(model)) == len(parts.blocks(model)) == 2
     static = C.calibrate(model, tokenizer, TEXTS, 8, filter_fn="blocks")
     hooked = [n for n, m in parts.linears(static, "all").items() if m._forward_pre_hooks]
@@ -224,10 +222,6 @@ def test_fake_quantize_and_calibrate_take_any_family(tokenizer):
     before = _state(model)
     assert _rel(_logits(Q.fake_quantize(model, 8), _enc(tokenizer)), _logits(model, _enc(tokenizer))) < 0.1
     assert C.calibrate(model, tokenizer, TEXTS, 8) is not model and _unchanged(model, before)
-
-
-def test_bert_keeps_its_layer_names_for_the_notebooks():
-    assert next(iter(int8.linears(parts.tiny_classifier("BERT")))) == "0.attention.self.query"
 
 
 def test_prune_finetune_runs_on_every_family(family, tokenizer):
@@ -290,7 +284,7 @@ def _other_family() -> nn.Module:
 
 
 @pytest.mark.parametrize("technique", ["to_int8", "to_int8 onnxruntime", "to_onnx", "dynamic_int8", "blocks int8",
-                                       "token_pruning", "int8.linears", "ort_reference"])
+                                       "token_pruning", "ort_reference"])
 def test_an_unsupported_family_is_refused_naming_the_supported_ones(technique, tokenizer):
     model = _other_family()
     before = _state(model)
@@ -299,7 +293,7 @@ def test_an_unsupported_family_is_refused_naming_the_supported_ones(technique, t
            "to_onnx": lambda: onnx.to_onnx(model), "dynamic_int8": lambda: int8.dynamic_int8(model),
            "blocks int8": lambda: quant_int8.dynamic_int8(model, "blocks"),
            "token_pruning": lambda: tokens.token_pruning(model, 0.5, 1),
-           "int8.linears": lambda: int8.linears(model), "ort_reference": lambda: runtimes.ort_reference(model)}
+           "ort_reference": lambda: runtimes.ort_reference(model)}
     with pytest.raises(ValueError, match=parts.SUPPORTED):
         run[technique]()
     assert _unchanged(model, before)

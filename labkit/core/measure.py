@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import tempfile
 import time
@@ -181,36 +182,46 @@ def latency(model, tokenizer, batch_size: int = 32, warmup: int | None = None, r
     return compare_latency({"model": model}, tokenizer, batch_size, warmup, repeats, texts)["model"]
 
 
-def compare_latency(models: dict, tokenizer, batch_size: int = 32, warmup: int | None = None,
+def compare_latency(models: dict, tokenizer=None, batch_size: int = 32, warmup: int | None = None,
                     repeats: int | None = None, texts: list[str] | None = None) -> dict[str, dict]:
-    """Time several models side by side, interleaved run by run, so drift on the machine hits all equally."""
+    """Time several models side by side, interleaved run by run, so drift on the machine hits all equally.
+
+    Without a tokenizer, `models` holds functions of no arguments (a matmul on the CPU): each call is timed."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     warmup = (2 if fast_mode() else 5) if warmup is None else warmup
     repeats = (5 if fast_mode() else 20) if repeats is None else repeats
-    texts = texts or latency_texts(batch_size)
-    enc = dict(tokenizer(texts, padding=True, truncation=True, max_length=data.MAX_LENGTH, return_tensors="pt"))
+    runs, devices, shape = {}, {}, {}
+    if tokenizer is None:
+        if not all(callable(fn) and not isinstance(fn, torch.nn.Module) for fn in models.values()):
+            raise ValueError("Without a tokenizer, compare_latency times functions of no arguments; pass the "
+                             "tokenizer to time models.")
+        runs = dict(models)
+        devices = {name: torch.device("cpu") for name in models}
+    else:
+        texts = texts or latency_texts(batch_size)
+        enc = dict(tokenizer(texts, padding=True, truncation=True, max_length=data.MAX_LENGTH, return_tensors="pt"))
+        shape = {"batch_size": len(texts), "seq_len": int(enc["input_ids"].shape[1])}
+        for name, m in models.items():
+            m.eval()
+            devices[name] = parts.device_of(m)
+            inputs = parts.feed(m, {k: v.to(devices[name]) for k, v in enc.items()})
+            runs[name] = functools.partial(m, **inputs)
     times: dict[str, list[float]] = {name: [] for name in models}
-    inputs = {}
-    for name, m in models.items():
-        m.eval()
-        inputs[name] = parts.feed(m, {k: v.to(parts.device_of(m)) for k, v in enc.items()})
     with torch.inference_mode():
         for i in range(warmup + repeats):
-            for name, m in models.items():
-                dev = parts.device_of(m)
-                _sync(dev)
+            for name, run in runs.items():
+                _sync(devices[name])
                 t0 = time.perf_counter()
-                m(**inputs[name])
-                _sync(dev)
+                run()
+                _sync(devices[name])
                 if i >= warmup:
                     times[name].append((time.perf_counter() - t0) * 1000)
     out = {}
     for name, ts in times.items():
-        dev = parts.device_of(models[name])
-        out[name] = {"median_ms": statistics.median(ts), "p90_ms": float(np.percentile(ts, 90)),
-                     "batch_size": len(texts), "seq_len": int(enc["input_ids"].shape[1]), "repeats": repeats,
-                     "warmup": warmup, "threads": torch.get_num_threads(), "times_ms": ts,
+        dev = devices[name]
+        out[name] = {"median_ms": statistics.median(ts), "p90_ms": float(np.percentile(ts, 90)), **shape,
+                     "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads(), "times_ms": ts,
                      "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()}
     return out
 

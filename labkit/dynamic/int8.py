@@ -10,19 +10,12 @@ import pandas as pd
 from torch import nn
 
 from labkit.core import data, measure, parts, results
-from labkit.dynamic import tokens
 from labkit.quant import int8 as quant_int8
-
-
-def linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every Linear inside the transformer blocks, named within the block list ('0.attention.self.query')."""
-    start = len(tokens.encoder_layers_name(model)) + 1
-    return {name[start:]: m for name, m in parts.linears(model, "blocks").items()}
 
 
 def dynamic_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
     """`quant.int8.dynamic_int8(model, "blocks")`: the blocks' Linears in torch's dynamic int8, the head in float."""
-    tokens.checked_blocks(model)  # a supported classifier, or a ValueError naming the families
+    parts.blocks(model)  # a supported classifier, or a ValueError naming the families
     return quant_int8.dynamic_int8(model, "blocks", inplace)
 
 

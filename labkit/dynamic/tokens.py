@@ -1,24 +1,21 @@
 """Token pruning: each input drops its least-attended tokens from a chosen layer on, while it runs (notebook 05).
 
-No retraining and real speed: later layers see shorter sequences. `token_pruning(select=...)` runs a learner's own
-token selector.
+No retraining and real speed: later layers see shorter sequences. Notebook 05 writes the hook for BERT; this is the
+general version (every family in labkit.core.parts, sdpa or eager attention, DeBERTa-v2's relative positions) that
+the tour, the dashboard and the family matrix use.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from labkit.core import data, measure, parts, results
-from labkit.core import model as model_mod
-from labkit.lab.plots import tr
+from labkit.core import measure, parts, results
 
 
 def checked_blocks(model: nn.Module) -> list[parts.Block]:
@@ -38,10 +35,6 @@ def encoder_layers_name(model: nn.Module) -> str:
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
     """The encoder's list of transformer blocks (found through labkit.core.parts, for every supported family)."""
     return model.get_submodule(encoder_layers_name(model))
-
-
-def _target(model: nn.Module, inplace: bool) -> nn.Module:
-    return model if inplace else copy.deepcopy(model)
 
 
 def keep_count(real_length: int, keep_ratio: float) -> int:
@@ -80,57 +73,29 @@ def _layer_mask(valid: torch.Tensor, like: torch.Tensor | None) -> torch.Tensor 
     return torch.where(keep, zero, torch.finfo(like.dtype).min)
 
 
-def cls_attention(hidden: torch.Tensor, real: torch.Tensor, query: nn.Linear, key: nn.Linear,
+def cls_attention(hidden: torch.Tensor, real: torch.Tensor, query: nn.Module, key: nn.Module,
                   heads: int) -> torch.Tensor:
     """(batch, length): the attention [CLS] pays to each token in a layer, averaged over heads (0 on padding)."""
     b, n, _ = hidden.shape
     q = query(hidden[:, :1]).view(b, 1, heads, -1).transpose(1, 2)  # (b, heads, 1, d): only the [CLS] query
-    k = key(hidden).view(b, n, heads, -1).transpose(1, 2)  # (b, heads, n, d)
-    logits = (q @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(q.shape[-1])
-    logits = logits.masked_fill(~real[:, None, :], float("-inf"))
+    k = key(hidden).view(b, n, heads, -1).transpose(1, 2)  # (b, heads, n, d): every token's key
+    logits = (q @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(q.shape[-1])  # (b, heads, n)
+    logits = logits.masked_fill(~real[:, None, :], float("-inf"))  # no attention to padding
     return logits.softmax(-1).mean(1)
 
 
-def mean_attention(hidden: torch.Tensor, real: torch.Tensor, query: nn.Linear, key: nn.Linear,
+def mean_attention(hidden: torch.Tensor, real: torch.Tensor, query: nn.Module, key: nn.Module,
                    heads: int) -> torch.Tensor:
     """(batch, length): the attention each token receives from all real tokens in a layer, averaged over heads."""
     b, n, _ = hidden.shape
-    q = query(hidden).view(b, n, heads, -1).transpose(1, 2)
+    q = query(hidden).view(b, n, heads, -1).transpose(1, 2)  # (b, heads, n, d): every query this time
     k = key(hidden).view(b, n, heads, -1).transpose(1, 2)
-    logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (b, heads, n queries, n keys)
     probs = logits.masked_fill(~real[:, None, None, :], float("-inf")).softmax(-1)
-    return (probs * real[:, None, :, None]).sum(2).mean(1) / real.sum(1, keepdim=True)
+    return (probs * real[:, None, :, None]).sum(2).mean(1) / real.sum(1, keepdim=True)  # real queries only
 
 
 SCORES = {"cls": cls_attention, "mean": mean_attention}
-
-
-# select(hidden (b, n, d), scores (b, n), mask (b, n) of 0/1, keep) -> (kept hidden (b, keep, d), indices (b, keep))
-Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _selected(select: Select, hidden: torch.Tensor, score: torch.Tensor, real: torch.Tensor,
-              counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a learner's `select` on each group of rows that keep the same count; pad the groups to one width."""
-    b, n, d = hidden.shape
-    width = int(counts.max())
-    out = hidden.new_zeros(b, width, d)
-    pos = torch.full((b, width), -1, dtype=torch.long, device=hidden.device)
-    for c in sorted(set(counts.tolist())):
-        rows = (counts == c).nonzero().flatten()
-        got = select(hidden[rows], score[rows], real[rows].long(), int(c))
-        kept, idx = got if isinstance(got, tuple) and len(got) == 2 else (None, None)
-        if not isinstance(kept, torch.Tensor) or kept.shape != (len(rows), c, d) \
-                or not isinstance(idx, torch.Tensor) or idx.shape != (len(rows), c):
-            raise ValueError(f"select must return (kept hidden states of shape (rows, keep, dim), kept indices of "
-                             f"shape (rows, keep)) = ({len(rows)}, {c}, {d}) and ({len(rows)}, {c}); check it with "
-                             "checks.check('05.keep_top_tokens', fn) first.")
-        idx = idx.to(torch.long)
-        if bool(((idx < 0) | (idx >= n)).any()):
-            raise ValueError(f"select returned token indices outside 0..{n - 1}; return positions in the sequence.")
-        out[rows, :c] = kept.to(hidden.dtype)
-        pos[rows, :c] = idx
-    return out, pos
 
 
 def _relative_positions(pos: torch.Tensor, attention: nn.Module, heads: int) -> torch.Tensor:
@@ -159,10 +124,10 @@ def _kept_positions(kwargs: dict, state: dict, attention: nn.Module, heads: int)
 
 class _TokenPruner:
     """Forward pre-hook of the first pruned layer: scores tokens, keeps the top ones, shrinks the sequence."""
-    def __init__(self, keep_ratio: float, query: nn.Linear, key: nn.Linear, heads: int, state: dict,
-                 score: str = "cls", select: Select | None = None, attention: nn.Module | None = None):
+    def __init__(self, keep_ratio: float, query: nn.Module, key: nn.Module, heads: int, state: dict,
+                 score: str = "cls", attention: nn.Module | None = None):
         self.keep_ratio, self.query, self.key, self.heads, self.state = keep_ratio, query, key, heads, state
-        self.score, self.select, self.attention = score, select, attention
+        self.score, self.attention = score, attention
 
     def __call__(self, module, args, kwargs):
         hidden, mask, args, kwargs = _split_args(args, kwargs)
@@ -173,20 +138,15 @@ class _TokenPruner:
         width = int(counts.max())
         slot = torch.arange(width, device=hidden.device)
         valid = slot[None, :] < counts[:, None]
-        if self.select is not None:  # the learner's choice of tokens, on the raw scores and the 0/1 mask
-            hidden, pos = _selected(self.select, hidden, raw, real, counts)
-            score = raw
-        else:
-            score = raw.masked_fill(~real, float("-inf"))  # padding goes first
-            score[:, 0] = float("inf")  # [CLS] feeds the classifier: never dropped
-            best = score.argsort(dim=1, descending=True, stable=True)[:, :width]
-            # Kept tokens go back to their original order; empty slots (shorter rows) sort to the end.
-            pos = torch.where(valid, best, n + slot[None, :]).sort(dim=1).values
-            gather = pos.clamp(max=n - 1)
-            hidden = hidden.gather(1, gather[..., None].expand(b, width, d))
+        score = raw.masked_fill(~real, float("-inf"))  # padding goes first
+        score[:, 0] = float("inf")  # [CLS] feeds the classifier: never dropped
+        best = score.argsort(dim=1, descending=True, stable=True)[:, :width]
+        # Kept tokens go back to their original order; empty slots (shorter rows) sort to the end.
+        pos = torch.where(valid, best, n + slot[None, :]).sort(dim=1).values
+        gather = pos.clamp(max=n - 1)
+        hidden = hidden.gather(1, gather[..., None].expand(b, width, d))
         new_mask = _layer_mask(valid, mask)
-        self.state.update(mask=new_mask, kept=torch.where(valid, pos, -1), score=score.detach(),
-                          positions=pos.clamp(max=n - 1))
+        self.state.update(mask=new_mask, kept=torch.where(valid, pos, -1), score=score.detach(), positions=gather)
         return _join_args(hidden, new_mask, args, _kept_positions(kwargs, self.state, self.attention, self.heads))
 
 
@@ -217,23 +177,17 @@ def _join_args(hidden, mask, args, kwargs):
 
 
 def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace: bool = False,
-                  score: str = "cls", select: Select | None = None) -> nn.Module:
-    """A model whose layers from `start_layer` on see only the top ceil(keep_ratio * real length) tokens per input.
+                  score: str = "cls") -> nn.Module:
+    """A copy of `model` whose layers from `start_layer` on see only the top ceil(keep_ratio * real length) tokens.
 
     Tokens are ranked by the attention [CLS] pays them in layer `start_layer` (computed from that layer's own
     query/key projections on the full sequence, averaged over heads); padding is dropped first and [CLS] is never
     dropped. Layers before `start_layer` run unchanged; `start_layer` and later run on the shorter sequence.
     `score="mean"` ranks by the attention received from all tokens instead (better for encoders such as
     MiniLM-L6 here, pretrained for mean pooling, whose early [CLS] query is not yet a summary of the input).
-    `select(hidden, scores, mask, keep)` replaces labkit's choice of tokens (notebook 05's `keep_top_tokens`): it gets
-    the raw scores (padding is not pre-filtered, [CLS] not protected) and must return the kept hidden states and
-    their positions, in their original order.
     Works on every family in labkit.core.parts; DeBERTa-v2's blocks get the kept tokens' relative positions (its
-    ranking uses the content attention only). The copy only adds hooks, so it shares the input's weights
-    (parts.copy_with): fine-tune a labkit.core.model.clone of it, not the copy itself.
+    ranking uses the content attention only). The copy owns its weights; `inplace=True` hooks `model` itself.
     """
-    if select is not None and not callable(select):
-        raise ValueError(f"select must be a function (hidden, scores, mask, keep) -> (kept, indices), got {select!r}.")
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}.")
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
@@ -251,15 +205,15 @@ def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace
     impl = getattr(model.config, "_attn_implementation", "sdpa")
     if impl not in (None, "eager", "sdpa"):
         raise ValueError(f"Token pruning supports the 'sdpa' and 'eager' attention implementations, got {impl!r}.")
-    model = model if inplace else parts.copy_with(model)  # hooks only: the copy shares every weight
+    model = model if inplace else parts.clone(model)
     blocks = checked_blocks(model)
     state: dict[str, Any] = {}
     first = blocks[start_layer]
     # The block's own query/key (any module: an int8 Linear from dynamic_int8 ranks tokens too) and its own head
     # count (structured pruning may have removed some).
     first.module.register_forward_pre_hook(
-        _TokenPruner(float(keep_ratio), first.get("q"), first.get("k"), first.n_heads, state, score, select,
-                     first.attention), with_kwargs=True)
+        _TokenPruner(float(keep_ratio), first.get("q"), first.get("k"), first.n_heads, state, score, first.attention),
+        with_kwargs=True)
     for block in blocks[start_layer + 1:]:
         block.module.register_forward_pre_hook(_MaskSwap(state, block.attention, block.n_heads), with_kwargs=True)
     model.token_pruning = {"keep_ratio": float(keep_ratio), "start_layer": start_layer, "score": score, "state": state}
@@ -274,168 +228,20 @@ def last_kept(model: nn.Module) -> torch.Tensor:
     return info["state"]["kept"]
 
 
-@torch.inference_mode()
-def surviving_tokens(model: nn.Module, tokenizer, sentence: str, keep_ratio: float, start_layer: int,
-                     score: str = "cls") -> pd.DataFrame:
-    """One row per word piece of `sentence`: its [CLS]-attention score and whether it survived token pruning."""
-    if not isinstance(sentence, str) or not sentence.strip():
-        raise ValueError("sentence must be a non-empty string.")
-    pruned = token_pruning(model, keep_ratio, start_layer, score=score)
-    enc = tokenizer([sentence], truncation=True, max_length=data.MAX_LENGTH, return_tensors="pt")
-    pruned.eval()(**parts.feed(pruned, {k: v.to(parts.device_of(pruned)) for k, v in enc.items()}))
-    kept = set(last_kept(pruned)[0].tolist())
-    ranks = pruned.token_pruning["state"]["score"][0].cpu()
-    tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
-    return pd.DataFrame({"token": tokens, "score": [0.0 if i == 0 else float(ranks[i]) for i in range(len(tokens))],
-                         "kept": [i in kept for i in range(len(tokens))]})
-
-
-QUICK_LIMIT = data.QUICK_LIMIT
-
-
-def _baseline() -> tuple[nn.Module, Any]:
-
-    return model_mod.shared_baseline()[:2]
-
-
-def _reference() -> np.ndarray:
-
-    return model_mod.shared_baseline()[2]
-
-
-@lru_cache(maxsize=4)
-def _split_reference(split: str) -> np.ndarray:
-    """The unpruned baseline's predictions on the quick subset of `split` (what agreement is measured against)."""
-    if split == data.QUICK_SPLIT:  # the shared baseline's own reference, computed once per process
-        return _reference()
-    base, tok = _baseline()
-    return measure.predict(base, tok, data.split(split, QUICK_LIMIT)["text"])
-
-
-def token_predictions(keep_ratio: float, start_layer: int, score: str = "cls", split: str = "val",
-                      select: Select | None = None) -> np.ndarray:
-    """Predicted labels of the token-pruned baseline on the quick subset of `split` (cached: paired comparisons)."""
-    return _token_predictions(keep_ratio, start_layer, score, split, select)
-
-
-@lru_cache(maxsize=64)
-def _token_predictions(keep_ratio: float, start_layer: int, score: str, split: str, select: Select | None
-                       ) -> np.ndarray:
-    if split not in data.SPLITS:
-        raise ValueError(f"Unknown split {split!r}; choose 'val' (to choose settings) or 'test' (to report once).")
-    base, tok = _baseline()
-    pruned = token_pruning(base, keep_ratio, start_layer, score=score, select=select)
-    preds = measure.predict(pruned, tok, data.split(split, QUICK_LIMIT)["text"])
-    preds.setflags(write=False)  # shared by every caller of the cache
-    return preds
-
-
-def token_point(keep_ratio: float, start_layer: int, score: str = "cls", split: str = "val",
-                select: Select | None = None) -> dict:
-    """Accuracy (95% interval), agreement with the baseline and batch-32 latency (ms) of token pruning.
-
-    Measured on the quick subset (200 snippets) of `split`: the validation split by default, because the sliders
-    and sweeps that call this are where a keep ratio gets chosen; the test split is for reporting the choice once.
-    Cached per point, however the arguments are passed (a slider passes them by name, a sweep by position).
-    """
-    return _token_point(keep_ratio, start_layer, score, split, select)
-
-
-@lru_cache(maxsize=128)
-def _token_point(keep_ratio: float, start_layer: int, score: str, split: str, select: Select | None) -> dict:
-    preds = _token_predictions(keep_ratio, start_layer, score, split, select)
-    base, tok = _baseline()
-    pruned = token_pruning(base, keep_ratio, start_layer, score=score, select=select)
-    ci = measure.accuracy_ci(preds, data.split(split, QUICK_LIMIT)["label"].to_numpy())
-    lat = measure.latency(pruned, tok, 32, measure.SLIDER_WARMUP, measure.SLIDER_REPEATS)
-    return {"keep_ratio": keep_ratio, "start_layer": start_layer, "score": score, "split": split,
-            "accuracy": ci["accuracy"], "lo": ci["lo"], "hi": ci["hi"], "n": ci["n"],
-            "agreement": measure.agreement(preds, _split_reference(split)), "latency_ms": lat["median_ms"],
-            "repeats": lat["repeats"]}
-
-
-def token_sweep(keep_ratios=(1.0, 0.7, 0.5, 0.3), start_layer: int = 2, scores=("cls", "mean"),
-                split: str = "val") -> pd.DataFrame:
-    """`token_point` for several keep ratios and scores (the latency-vs-accuracy curve), on the validation split."""
-    return pd.DataFrame([token_point(float(r), start_layer, s, split) for s in scores for r in keep_ratios])
-
-
-def choose_keep_ratio(sweep: pd.DataFrame, min_agreement: float = 0.95) -> dict:
-    """The sweep's smallest keep ratio whose agreement with the unpruned model is >= `min_agreement` (val only).
-
-    Ties in keep ratio go to the score with the higher agreement. Refuses a sweep measured on the test split:
-    a setting chosen there would make the test accuracy reported for it optimistic.
-    """
-    if sweep.empty or not {"keep_ratio", "agreement", "split"} <= set(sweep.columns):
-        raise ValueError("Pass the DataFrame returned by token_sweep(..., split='val').")
-    for split in set(sweep["split"]):
-        data.selection_split(split)
-    if not 0 < min_agreement <= 1:
-        raise ValueError(f"min_agreement must be a fraction in (0, 1], got {min_agreement!r}.")
-    ok = sweep[sweep["agreement"] >= min_agreement]
-    if ok.empty:  # nothing is close enough: keep everything rather than invent a choice
-        ok = sweep[sweep["keep_ratio"] == sweep["keep_ratio"].max()]
-    best = ok.sort_values(["keep_ratio", "agreement"], ascending=[True, False], kind="stable").iloc[0]
-    return best.to_dict()
-
-
-def length_latency(model: nn.Module, tokenizer, batch_size: int, lengths=(13, 26, 52), repeats: int | None = None
-                   ) -> pd.DataFrame:
-    """Median latency of `model` on `batch_size` inputs cut to each token length: where shorter sequences pay."""
-    texts = measure.latency_texts(32)
-    words = " ".join(texts).split()
+def length_latency(model: nn.Module, tokenizer, batch_sizes=(1, 32), lengths=(13, 26, 52),
+                   repeats: int | None = None) -> pd.DataFrame:
+    """Median latency of `model` at each batch size on inputs cut to each token length: where shorter sequences pay."""
+    words = " ".join(measure.latency_texts(32)).split()
+    # n word pieces exactly: [CLS] + (n - 2) pieces + [SEP], the same ones in every row of the batch.
+    ids = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
     rows = []
-    for n in lengths:
-        # n word pieces exactly: [CLS] + (n - 2) pieces + [SEP], the same ones in every row of the batch.
-        ids = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"][: n - 2]
-        text = tokenizer.decode(ids)
-        batch = [text] * batch_size
-        lat = measure.latency(model, tokenizer, batch_size, repeats=repeats, texts=batch)
-        rows.append({"batch_size": batch_size, "tokens": lat["seq_len"], "median_ms": lat["median_ms"]})
+    for size in batch_sizes:
+        for n in lengths:
+            text = tokenizer.decode(ids[: n - 2])
+            lat = measure.latency(model, tokenizer, size, repeats=repeats, texts=[text] * size)
+            rows.append({"batch_size": size, "tokens": lat["seq_len"], "median_ms": lat["median_ms"],
+                         "repeats": lat["repeats"]})
     return pd.DataFrame(rows)
-
-
-def draw_surviving(df: pd.DataFrame, ax=None):
-    """The sentence's word pieces, kept ones in bold green, dropped ones grey and struck through (text figure)."""
-    import matplotlib.pyplot as plt
-
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(10, 1.2))
-    ax.axis("off")
-    x = 0.0
-    for token, kept in zip(df["token"], df["kept"]):
-        t = ax.text(x, 0.5, token, fontsize=12, va="center", color="#2a9d3f" if kept else "#999999",
-                    fontweight="bold" if kept else "normal", transform=ax.transAxes)
-        if not kept:
-            t.set_text("\u0336".join(token) + "\u0336")  # combining strike-through: dropped
-        x += 0.012 * (len(token) + 2)
-    ax.set_title(tr("{kept} of {total} word pieces survive", kept=int(df["kept"].sum()), total=len(df)), fontsize=10,
-                 loc="left")
-    return ax
-
-
-def draw_tradeoff(df: pd.DataFrame, baseline_ms: float | None = None, ax=None):
-    """Accuracy against batch-32 latency, one line per score, points labelled by keep ratio."""
-    import matplotlib.pyplot as plt
-
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 4))
-    for score, part in df.groupby("score"):
-        line, = ax.plot(part["latency_ms"], part["accuracy"], "o-", label=tr("{score} score", score=score))
-        if {"lo", "hi"} <= set(part.columns):  # the 95% interval of each accuracy
-            ax.errorbar(part["latency_ms"], part["accuracy"], yerr=[part["accuracy"] - part["lo"],
-                        part["hi"] - part["accuracy"]], fmt="none", ecolor=line.get_color(), alpha=0.4, capsize=3)
-        for _, r in part.iterrows():
-            ax.annotate(f"{r['keep_ratio']:.1f}", (r["latency_ms"], r["accuracy"]), fontsize=8,
-                        xytext=(3, 3), textcoords="offset points")
-    split = df["split"].iloc[0] if "split" in df.columns and len(df) else "test"
-    ax.set_xlabel(tr("batch-32 latency (ms, median; each point timed on its own)"))
-    ax.set_ylabel(tr("accuracy, 95% interval (quick {split} subset)", split=split))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return ax
 
 
 def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None = None) -> list[results.Result]:
@@ -443,8 +249,11 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None =
 
     `limit` measures accuracy on the first `limit` test snippets only (tests); the code path is the same."""
     start = min(2, len(parts.blocks(model)) - 1)  # layer 2, or the last one of a shallower model
-    models = {f"token pruning keep 0.5 from layer {start}": token_pruning(model, 0.5, start),
-              f"token pruning keep 0.5 from layer {start} (mean score)": token_pruning(model, 0.5, start, score="mean")}
+    # Hooks on copies that share `model`'s weights: they are only measured here, never handed back.
+    models = {f"token pruning keep 0.5 from layer {start}": token_pruning(parts.copy_sharing(model), 0.5, start,
+                                                                          inplace=True),
+              f"token pruning keep 0.5 from layer {start} (mean score)": token_pruning(
+                  parts.copy_sharing(model), 0.5, start, inplace=True, score="mean")}
     notes = dict(zip(models, ["dynamic: tokens ranked by [CLS] attention, dropped at run time",
                               "tokens ranked by attention received from all tokens"]))
     return results.evaluate_group(models, tokenizer, results.reference_on(model, tokenizer, reference, limit), model,

@@ -8,6 +8,7 @@ timed interleaved beside the baseline, bytes on disk); `@cached` computes each s
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -101,10 +102,18 @@ data.on_change(_CACHE.clear)  # another data set: another baseline, other points
 
 
 def cached(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` computed once per set of arguments (and data set); its freed pages handed back after each new point."""
+    """`fn` computed once per set of arguments (and data set); its freed pages handed back after each new point.
+
+    A slider passes arguments by name and a sweep by position: both find the same point."""
+    signature = inspect.signature(fn)
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        key = (fn.__module__, fn.__qualname__, args, tuple(sorted(kwargs.items())))
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        key = (fn.__module__, fn.__qualname__, tuple(
+            (name, tuple(sorted(value.items())) if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD
+             else value) for name, value in bound.arguments.items()))
         if key not in _CACHE:
             try:
                 _CACHE[key] = fn(*args, **kwargs)

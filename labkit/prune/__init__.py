@@ -1,1 +1,1 @@
-"""Pruning: masks that zero weights, structured pruning that removes heads and neurons, recovery."""
+"""Pruning: the one magnitude mask, unstructured zeros, structured cuts of heads and neurons, recovery, plans."""

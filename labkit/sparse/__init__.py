@@ -1,1 +1,1 @@
-"""Sparse storage and kernels: formats and their bytes, CSR layers, dictionary coding."""
+"""Sparse storage and kernels: formats and their bytes, CSR layers."""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
 from labkit.course.exercises import Mistake, attempt, close, exercise, given
-from labkit.sparse.sparse import quiet_sparse
 
 
 def _csr_bytes() -> int:
@@ -148,8 +148,8 @@ def _three(out: Any, names: str) -> list[torch.Tensor]:
            "wrong": "values: the nonzeros row by row; col_indices: the column of each; row_ptr: 0, then the running "
                     "count of nonzeros after each row (rows + 1 entries)."},
           kind="code",
-          uses="section 3: encodes a real 90%-sparse FFN weight (bytes compared with labkit's and torch's CSR) and "
-               "builds the CSR layers of the whole classifier through sparse.to_sparse(..., encoder=csr_encode).")
+          uses="section 3: encodes a real 90%-sparse FFN weight (bytes compared with scipy's and torch's CSR); "
+               "section 6: writes the CSR arrays of every FFN layer of the classifier (to_sparse(..., encoder=...)).")
 def _check_csr_encode(answer: Any) -> str | None:
     ref = _csr_encode()
     for dense in _goldens():
@@ -227,7 +227,8 @@ def _check_csr_matvec(answer: Any) -> str | None:
     for dense in _goldens():
         values, cols, ptr = _csr_encode()(dense)
         x = torch.randint(-3, 4, (dense.shape[1],), generator=g).float()
-        with quiet_sparse():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note that CSR support is in beta
             want = torch.sparse_csr_tensor(ptr, cols, values, tuple(dense.shape)) @ x  # torch's own CSR kernel
         got = _as_tensor(attempt(answer, values.clone(), cols.clone(), ptr.clone(), x.clone()))
         if got.reshape(-1).numel() != dense.shape[0]:
@@ -276,7 +277,7 @@ def _as_bytes(x: Any) -> np.ndarray:
            "kept_zeros": "values holds zeros: only the weights whose mask bit is 1 are stored.",
            "wrong": "flatten the matrix row by row, mask = (w != 0) packed 8 bits per byte, values = the nonzeros."},
           kind="code",
-          uses="section 3: encodes the real 90%-sparse FFN weight; its bytes are compared with labkit's bitmask file.")
+          uses="section 3: encodes the real 90%-sparse FFN weight; np.unpackbits decodes it back to the weight exactly.")
 def _check_bitmask_encode(answer: Any) -> str | None:
     ref = _bitmask_encode()
     for dense in (_PAPER, _GAPS[:3], _random_golden()):  # 16, 15 and 42 weights: exact, padded, padded

@@ -138,7 +138,7 @@ def _fine_grained_mistake(got: Any, w: torch.Tensor, s: float) -> str | None:
                         "int), threshold = the num_zeros-th smallest |w| (torch.kthvalue(..., k=num_zeros)), "
                         "keep |w| strictly greater than it.",
            "mutated": "your function changed the weight it was given (MIT's lab version ends with "
-                      "tensor.mul_(mask)). Here only return the mask: labkit applies it to a copy of the model.",
+                      "tensor.mul_(mask)). Here only return the mask: the notebook applies it to a copy of the model.",
            "shape": "the mask must have the weight's shape, so it can multiply it: compare w.abs() (same shape "
                     "as w) with the threshold; flatten only inside torch.kthvalue.",
            "not_mask": "return the keep-mask alone (True or 1 = keep, False or 0 = prune), not the pruned "
@@ -146,8 +146,8 @@ def _fine_grained_mistake(got: Any, w: torch.Tensor, s: float) -> str | None:
            "wrong": "importance = w.abs(); num_zeros = round(sparsity * w.numel()); the threshold is the "
                     "num_zeros-th smallest importance (torch.kthvalue); keep importance > threshold."},
           kind="code",
-          uses="prune.magnitude(base, s, 'layer', mask_fn=...) and prune.prune_plan(base, plan, mask_fn=...) "
-               "prune the real baseline with it (section 1 and the plan against uniform in section 5).")
+          uses="section 1 prunes every block layer of a copy of the baseline with it; section 5 prunes the plan "
+               "and the uniform model with it for the one comparison on the test split.")
 def _check_fine_grained_prune(answer: Any) -> str | None:
     found = []
     for w, s in _golden_cases():
@@ -261,8 +261,8 @@ def _remove_head_mistake(answer: Any, head: int) -> str | None:
            "wrong": "keep = every index whose i // head_size is not head; query/key/value: new Linear with "
                     "weight[keep] and bias[keep]; output: new Linear with weight[:, keep] and the whole bias."},
           kind="code",
-          uses="prune.drop_heads(base, {layer: [head]}, remove_fn=...) cuts a head out of a real MiniLM layer "
-               "with it; the logits equal those of the model with that head's output zeroed (section 6).")
+          uses="section 6 cuts a head out of a real MiniLM layer with it; the logits equal those of the model with "
+               "that head's output zeroed, the weights those transformers' prune_linear_layer cuts.")
 def _check_remove_head(answer: Any) -> str | None:
     for head in (2, 0, 3):  # a middle head first: offset mistakes show there
         mistake = _remove_head_mistake(answer, head)

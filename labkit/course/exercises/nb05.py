@@ -18,8 +18,8 @@ def _keep_count() -> int:
           "A snippet of 26 real tokens ([CLS] and [SEP] included) goes through token pruning with keep_ratio=0.3. "
           "How many tokens do the later layers see?",
           _keep_count,
-          {"round_down": "rounding down could leave a short snippet with no token at all; labkit rounds UP.",
-           "wrong": "labkit keeps ceil(keep_ratio * real length) tokens: multiply, then round UP."})
+          {"round_down": "rounding down could leave a short snippet with no token at all; keep_count rounds UP.",
+           "wrong": "keep_count keeps ceil(keep_ratio * real length) tokens: multiply, then round UP."})
 def _check_keep_count(answer: Any) -> str | None:
     answer = float(given(answer))
     if answer in (math.floor(0.3 * 26), 7.8):
@@ -96,8 +96,8 @@ def _want_indices(scores: torch.Tensor, mask: torch.Tensor, keep: int) -> list[l
                     "`keep` tokens in every row.",
            "wrong": "per row: padding to -inf, [CLS] to +inf, the top `keep` indices by score, sorted; then gather "
                     "those positions of hidden along dim 1."},
-          kind="code", uses="dynamic.token_pruning(base, keep_ratio, start_layer, select=fn): the tokens every "
-                            "layer from start_layer on sees")
+          kind="code", uses="notebook 05's pruned_tokens hook calls it in block start_layer of every forward pass: "
+                            "the tokens every later block sees")
 def _check_keep_top_tokens(answer: Any) -> str | None:
     for hidden, scores, mask, keep, want in _tokens_golden():
         want = want or _want_indices(scores, mask, keep)
@@ -147,7 +147,7 @@ def _cubic_schedule():
            "past_total": "past step = total the value must stay at `final`: (1 - t/T) turns negative, and cubed it "
                          "overshoots. Clamp the step first, t = min(step, total).",
            "wrong": "s = final * (1 - (1 - min(step, total) / total) ** 3)."},
-          kind="code", uses="dynamic.prune_finetune(base, tok, 0.7, steps, schedule=fn): the sparsity of every "
+          kind="code", uses="prune_while_training(model, tok, 0.7, steps, fn): the target sparsity of every "
                             "fine-tuning step")
 def _check_cubic_schedule(answer: Any) -> str | None:
     def s(step: int, total: int, final: float) -> float:
