@@ -18,7 +18,8 @@ import torch
 
 from labkit import fast_mode
 from labkit.core import data, machine, measure, model
-from labkit.dynamic import gradual, int8, tokens
+from labkit.dynamic import gradual, tokens
+from labkit.quant import int8 as quant_int8
 
 
 def _acc(m, tok, df) -> float:
@@ -50,7 +51,7 @@ def lengths(base, tok) -> pd.DataFrame:
 
 def int8_table(base, tok, test) -> pd.DataFrame:
     """Real dynamic int8 against fp32: accuracy and latency."""
-    q = int8.dynamic_int8(base)
+    q = quant_int8.dynamic_int8(base, "blocks")  # the blocks' Linears, as notebook 04; the head stays float
     lat = measure.compare_latency({"fp32": base, "dynamic int8": q}, tok, 32)
     rows = [{"model": n, "accuracy": _acc(m, tok, test), "b32_ms": lat[n]["median_ms"]}
             for n, m in {"fp32": base, "dynamic int8": q}.items()]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from labkit.core import data, machine, measure, model, parts
+from labkit.quant import calibrate as C
 from labkit.quant import quantize as Q
 from labkit.runtimes import onnx
 from labkit.runtimes import openvino as runtimes
@@ -110,11 +111,13 @@ def section_accuracy(base, tok, reference, labels, qat_steps: int) -> None:
     for bits, gran in [(8, "tensor"), (8, "channel"), (4, "channel"), (4, "group")]:
         rows.append(row(f"{bits}-bit {gran} weights (PTQ)", Q.fake_quantize(base, bits, granularity=gran)))
     t0 = time.perf_counter()
-    qat = Q.qat(base, tok, bits=4, granularity="group", group_size=64, steps=qat_steps, progress=True)
+    qat = Q.qat(base, tok, bits=4, granularity="group", group_size=64, steps=qat_steps)
     rows.append(row(f"4-bit group-64 weights (QAT, {qat_steps} steps, {time.perf_counter() - t0:.0f} s)", qat))
+    w8 = Q.fake_quantize(base, 8, "symmetric", "channel")
+    calibration = data.split("val", limit=256)["text"]
     for bits in (8, 4):
-        for obs in Q.OBSERVERS:
-            rows.append(row(f"W8 A{bits} static, {obs} observer", Q.calibrate(base, tok, bits, obs, weight_bits=8)))
+        for obs in ("minmax", "percentile", "mse"):
+            rows.append(row(f"W8 A{bits} static, {obs} observer", C.calibrate(w8, tok, calibration, bits, obs)))
     df = pd.DataFrame(rows).set_index("model")
     df["points_vs_fp32"] = 100 * (df["accuracy"] - df.loc["fp32", "accuracy"])
     print(f"\nSimulated quantization (accuracy only), test split of {len(labels)} snippets")

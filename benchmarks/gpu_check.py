@@ -7,7 +7,7 @@ What it runs, and prints as it goes:
 1. the family x technique matrix with the tiny models on CUDA; a CPU-only backend (torch's int8 kernels,
    ONNX Runtime's CPU provider) must hand back a CPU model and say so;
 2. the kit's baseline on CUDA: accuracy of fp32 and fp16 on validation snippets, and the inputs of every
-   calibrating or training function on the model's device (quantize.calibrate, int8.calibrate_ranges,
+   calibrating or training function on the model's device (calibrate.calibrate, quantize.qat,
    prune.recover, gradual.prune_finetune, sparse.to_sparse);
 3. latency on CUDA (synchronized, interleaved) for fp32, fp16 and bf16 at batch 32;
 4. 2:4 sparsity against dense fp16 on the same GPU (torch.sparse.to_sparse_semi_structured, compute capability
@@ -24,10 +24,10 @@ import time
 import warnings
 
 from labkit.core import assets, data, measure, model, parts
-from labkit.dynamic import dynamic, gradual, int8
+from labkit.dynamic import gradual
 from labkit.pipelines import matrix
 from labkit.prune import prune
-from labkit.quant import quantize
+from labkit.quant import calibrate, quantize
 from labkit.sparse import sparse
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,8 +60,8 @@ def baseline_on_cuda(limit: int) -> None:
     _say(f"  val accuracy on {limit}: fp32 {acc:.3f}, fp16 {measure.accuracy(half, tok, 'val', limit):.3f}")
 
     texts = list(data.split("val", 64)["text"])
-    steps = {"quantize.calibrate": lambda: quantize.calibrate(m, tok, 8, size=64),
-             "int8.calibrate_ranges": lambda: int8.calibrate_ranges(m, tok, texts),
+    steps = {"calibrate.calibrate": lambda: calibrate.calibrate(m, tok, texts, 8),
+             "quantize.qat (2 steps)": lambda: quantize.qat(m, tok, steps=2, batch_size=8),
              "prune.recover (2 steps)": lambda: prune.recover(prune.magnitude(m, 0.5), tok, steps=2),
              "gradual.prune_finetune (2 steps)": lambda: gradual.prune_finetune(m, tok, 0.5, steps=2),
              "sparse.to_sparse": lambda: sparse.to_sparse(m, 0.9)}

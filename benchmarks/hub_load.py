@@ -6,8 +6,8 @@
 It starts `make hub`'s JupyterHub itself (hub/jupyterhub_config.py, on a free loopback port, its state in a
 temporary folder), creates the learners through the hub's REST API with an admin token, starts their servers, and
 in each server opens notebook 02 (Jupyter's REST API) and runs its cells over the kernel's websocket, as JupyterLab
-does. When every learner's panel is built, all of them at once ask for new points through `point(...)`, the
-function the panel's slider calls (quantize.bits_point with the learner's functions); each new point is timed from
+does. When every learner's panel is built, all of them at once ask for new points through `bits_point(...)`, the
+function the panel's slider calls (the notebook's own, cached by labkit.lab.points); each new point is timed from
 the request to the kernel's reply. Per N it prints p50 and p90 seconds per new point, the peak of the learners'
 kernels' resident memory summed (psutil, sampled every second over the hub's child processes), failures, memory
 warnings (labkit.classroom.hub's check) and kernels that died. At the end it stops the hub and checks that no process it
@@ -246,7 +246,7 @@ def learner(hub: Hub, user: str, cells: list[str], points: list, ready: threadin
     try:
         ready.wait()
         for bits, scheme, granularity in points:
-            seconds, error = kernel.run(f"_ = point({bits}, {scheme!r}, {granularity!r})")
+            seconds, error = kernel.run(f"_ = bits_point({bits}, {scheme!r}, {granularity!r})")
             if error:
                 out["errors"].append(f"point {bits} {scheme} {granularity}: {error}")
             else:

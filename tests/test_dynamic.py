@@ -7,7 +7,6 @@ import torch
 from torch.nn.utils import prune as torch_prune
 
 from labkit.core import measure, memory, parts
-from labkit.course import checks
 from labkit.dynamic import gradual, int8, tokens
 
 SENTENCES = ["a good film", "the plot is thin but the actors carry it with charm and wit",
@@ -158,41 +157,23 @@ def test_prune_finetune_with_a_teacher_distils_without_touching_it(tiny_model, t
     assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
 
 
-def test_fake_int8_matches_torch_quantize(tiny_model):
-    x = torch.randn(64) * 3
-    lo, hi = x.min(), x.max()
-    scale = float((hi - lo) / 255)
-    zp = int(torch.round(-lo / scale))
-    ref = torch.dequantize(torch.quantize_per_tensor(x, scale, zp, torch.quint8))
-    torch.testing.assert_close(int8.fake_int8(x, lo, hi), ref, atol=1e-6, rtol=0)
-    clipped = int8.fake_int8(torch.tensor([10.0]), -1.0, 1.0)
-    assert float(clipped) == pytest.approx(1.0, abs=2 / 255)  # clipped to the top of the grid
-
-
 def test_dynamic_int8_is_real_and_quiet(tiny_model, tokenizer):
     enc = _enc(tokenizer)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         q = int8.dynamic_int8(tiny_model)
     names = [m._get_name() for m in tokens.encoder_layers(q).modules()]
-    assert names.count("DynamicQuantizedLinear") == len(int8.linears(tiny_model)) > 0
+    assert names.count("DynamicQuantizedLinear") == len(parts.linears(tiny_model, "blocks")) > 0
     assert "DynamicQuantizedLinear" not in q.classifier._get_name()
-    assert all(type(m) is torch.nn.Linear for m in int8.linears(tiny_model).values())
+    assert all(type(m) is torch.nn.Linear for m in parts.linears(tiny_model, "blocks").values())
     with torch.no_grad():
         torch.testing.assert_close(q(**enc).logits, tiny_model(**enc).logits, atol=0.05, rtol=0.05)
-
-
-def test_static_vs_dynamic_simulation(tiny_model, tokenizer):
-    ranges = int8.calibrate_ranges(tiny_model, tokenizer, ["a b", "c d e"])
-    assert set(ranges) == set(int8.linears(tiny_model))
-    static = int8.simulated_int8(tiny_model, ranges)
-    dyn = int8.simulated_int8(tiny_model)
-    enc = _enc(tokenizer)
-    with torch.no_grad():
-        ref = tiny_model(**enc).logits
-        assert (dyn(**enc).logits - ref).abs().max() <= (static(**enc).logits - ref).abs().max() + 1e-6
-    with pytest.raises(ValueError, match="calibrated range"):
-        int8.simulated_int8(tiny_model, {})
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    with torch.no_grad():  # the result is the caller's to change: its float parts are its own
+        for t in list(q.parameters()) + list(q.buffers()):
+            if t.is_floating_point():
+                t.add_(1.0)
+    assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
 
 
 def test_mean_score_follows_attention_received_from_all_tokens(tiny_model, tokenizer):
@@ -240,44 +221,6 @@ def test_tour_rows_do_not_mutate_the_model(tokenizer):
     assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
 
 
-def test_with_linear_runs_the_given_function_on_int8_weights(tiny_model, tokenizer):
-    enc = _enc(tokenizer)
-    calls = []
-
-    def counted(x, w_codes, w_scale, bias):
-        calls.append((x.shape, w_codes.dtype))
-        return checks.solution("04.dynamic_linear")(x, w_codes, w_scale, bias)
-    mine = int8.with_linear(tiny_model, counted)
-    with torch.no_grad():
-        ref, got = tiny_model(**enc).logits, mine(**enc).logits
-    assert len(calls) == len(int8.linears(tiny_model)) and all(d == torch.int8 for _, d in calls)
-    torch.testing.assert_close(got, ref, atol=0.05, rtol=0.05)
-    assert all(type(m) is torch.nn.Linear for m in int8.linears(tiny_model).values())  # the caller's model
-    assert type(mine.classifier) is torch.nn.Linear  # the head stays in float
-    with pytest.raises(ValueError, match="linear_fn"):
-        int8.with_linear(tiny_model, None)
-    bad = int8.with_linear(tiny_model, lambda x, w, s, b: x)
-    with pytest.raises(ValueError, match="04.dynamic_linear"), torch.no_grad():
-        bad(**enc)
-
-
-def test_int8_weight_is_per_channel_symmetric():
-    w = torch.tensor([[0.5, -1.0, 0.25], [10.0, 0.0, -5.0]])
-    codes, scale = int8.int8_weight(w)
-    assert codes.dtype == torch.int8 and codes.abs().max() == 127
-    torch.testing.assert_close(scale, torch.tensor([1.0, 10.0]) / 127)
-    torch.testing.assert_close(codes.float() * scale[:, None], w, atol=float(scale.max()) / 2, rtol=0)
-    with pytest.raises(ValueError, match="2-D"):
-        int8.int8_weight(torch.ones(3))
-
-
-def test_linear_errors_compare_against_float_and_torch(tiny_model, tokenizer):
-    df = int8.linear_errors(tiny_model, tokenizer, checks.solution("04.dynamic_linear"), SENTENCES)
-    assert len(df) == 2 and (df["relative_error"] < 0.05).all() and (df["rows"] > 0).all()
-    with pytest.raises(ValueError, match="No encoder Linear"):
-        int8.linear_errors(tiny_model, tokenizer, checks.solution("04.dynamic_linear"), SENTENCES, name="x")
-
-
 def test_compare_predictions_carries_intervals_and_paired_differences():
     labels = np.array([0, 1] * 50)
     preds = {"fp32": labels.copy(), "worse": np.where(np.arange(100) < 10, 1 - labels, labels)}
@@ -304,10 +247,14 @@ def test_prune_finetune_takes_a_schedule_function(tiny_model, tokenizer):
         gradual.prune_finetune(tiny_model, tokenizer, 0.6, steps=2, schedule=lambda s, t, f: None, batch_size=4)
 
 
-def test_quantization_robustness_rows_every_kind_and_model_in_order(tiny_model, tokenizer):
-    df = int8.quantization_robustness(tiny_model, tokenizer, kinds=("normal", "upper"), calibration_size=8,
-                                         limit=12)
-    models = ["fp32", "dynamic int8 (real)", "dynamic int8 (simulated)", "static int8 (simulated)"]
-    assert list(zip(df["inputs"], df["model"])) == [(k, m) for k in ("normal", "upper") for m in models]
-    assert (df[df["model"] == "fp32"]["agreement"] == 1.0).all() and (df["n"] == 12).all()
-    assert ((df["lo"] <= df["accuracy"]) & (df["accuracy"] <= df["hi"])).all()
+def test_shifted_inputs_and_the_narrow_calibration_set():
+    normal, long = int8.shifted_test("normal", 12), int8.shifted_test("long", 12)
+    assert len(normal) == len(long) == 12 and long["text"].str.len().min() >= normal["text"].str.len().median()
+    rep = int8.shifted_test("repeated", 12)
+    assert (rep["text"] == (normal["text"] + " ") * 2 + normal["text"]).all()
+    assert (int8.shifted_test("upper", 12)["text"] == normal["text"].str.upper()).all()
+    assert (rep["label"] == normal["label"]).all()
+    with pytest.raises(ValueError, match="repeated"):
+        int8.shifted_test("noisy")
+    short = int8.calibration_texts(8)
+    assert len(short) == 8 and max(map(len, short)) <= normal["text"].str.len().min()

@@ -1,5 +1,8 @@
 """Each targeted hint of notebook 02's exercises, reached by the mistake it names (tests/test_checks.py runs the table)."""
 
+import warnings
+
+import pytest
 import torch
 
 from labkit.course import checks
@@ -162,3 +165,56 @@ def test_mit_golden_codes_are_reproduced():
     assert mine.dtype == torch.uint8 and torch.equal(mine.long(), nb02._MIT_CODES)
     assert torch.equal(mine.long(), nb02._MIT_CODES)  # and back on the signed grid: theirs
     assert torch.equal(mine.long() - 2, nb02._MIT_CODES - 2)
+
+
+# --- the reference kernel against torch's own int8 Linear ------------------------------------------------------
+
+# The float input, weight and bias of MIT 6.5940 lab 2's `test_quantized_fc` (mit-han-lab/efficientml.ai); they
+# test a 2-bit version, here the same tensors go through 8-bit integer kernels and torch's int8 Linear.
+MIT_X = torch.tensor([[0.6118, 0.7288, 0.8511, 0.2849, 0.8427, 0.7435, 0.4014, 0.2794],
+                      [0.3676, 0.2426, 0.1612, 0.7684, 0.6038, 0.0400, 0.2240, 0.4237],
+                      [0.6565, 0.6878, 0.4670, 0.3470, 0.2281, 0.8074, 0.0178, 0.3999],
+                      [0.1863, 0.3567, 0.6104, 0.0497, 0.0577, 0.2990, 0.6687, 0.8626]])
+MIT_W = torch.tensor([[1.2626e-01, -1.4752e-01, 8.1910e-02, 2.4982e-01, -1.0495e-01, -1.9227e-01, -1.8550e-01, -1.5700e-01],
+                      [2.7624e-01, -4.3835e-01, 5.1010e-02, -1.2020e-01, -2.0344e-01, 1.0202e-01, -2.0799e-01, 2.4112e-01],
+                      [-3.8216e-01, -2.8047e-01, 8.5238e-02, -4.2504e-01, -2.0952e-01, 3.2018e-01, -3.3619e-01, 2.0219e-01],
+                      [8.9233e-02, -1.0124e-01, 1.1467e-01, 2.0091e-01, 1.1438e-01, -4.2427e-01, 1.0178e-01, -3.0941e-04],
+                      [-1.8837e-02, -2.1256e-01, -4.5285e-01, 2.0949e-01, -3.8684e-01, -1.7100e-01, -4.5331e-01, -2.0433e-01],
+                      [-2.0038e-01, -5.3757e-02, 1.8997e-01, -3.6866e-01, 5.5484e-02, 1.5643e-01, -2.3538e-01, 2.1103e-01],
+                      [-2.6875e-01, 2.4984e-01, -2.3514e-01, 2.5527e-01, 2.0322e-01, 3.7675e-01, 6.1563e-02, 1.7201e-01],
+                      [3.3541e-01, -3.3555e-01, -4.3349e-01, 4.3043e-01, -2.0498e-01, -1.8366e-01, -9.1553e-02, -4.1168e-01]])
+MIT_B = torch.tensor([0.1954, -0.2756, 0.3113, 0.1149, 0.4274, 0.2429, -0.1721, -0.2502])
+
+
+def _random_layer(seed, n=64, k=384, m=96):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, k, generator=gen) * 2, torch.randn(m, k, generator=gen) * 0.05,
+            torch.randn(m, generator=gen) * 0.1)
+
+
+@pytest.mark.parametrize("case", ["mit", "random"])
+def test_reference_kernel_agrees_with_torch_int8_linear_within_one_code(case):
+    """The notebook's integer layer, by hand: 7-bit input codes, int8 weights per channel, an 8-bit output grid."""
+    x, w, b = (MIT_X, MIT_W, MIT_B) if case == "mit" else _random_layer(0)
+    y = torch.nn.functional.linear(x, w, b)
+    sz = checks.solution("02.scale_and_zero_point")
+    (x_scale, x_zp), (y_scale, y_zp) = sz(x.min(), x.max(), 7), sz(y.min(), y.max(), 8)
+    x_scale, x_zp, y_scale, y_zp = float(x_scale), int(x_zp), float(y_scale), int(y_zp)
+    w_scale = w.abs().amax(dim=1) / 127
+    w_codes = torch.clamp(torch.round(w / w_scale[:, None]), -127, 127).to(torch.int8)
+    x_codes = torch.clamp(torch.round(x / x_scale) + x_zp, 0, 127).to(torch.uint8)
+    mine = checks.solution("02.quantized_linear")(x_codes, x_scale, x_zp, w_codes, w_scale, b, y_scale, y_zp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation
+        from torch.ao.nn.quantized import Linear as QuantizedLinear
+
+        ref = QuantizedLinear(w.shape[1], w.shape[0], dtype=torch.qint8)
+        ref.set_weight_bias(torch.quantize_per_channel(w_codes * w_scale[:, None], w_scale.double(),
+                                                       torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8), b)
+        ref.scale, ref.zero_point = y_scale, y_zp
+        x_q = torch.quantize_per_tensor((x_codes.float() - x_zp) * x_scale, x_scale, x_zp, torch.quint8)
+        theirs = ref(x_q).int_repr()
+    assert mine.dtype == theirs.dtype == torch.uint8
+    assert int((mine.int() - theirs.int()).abs().max()) <= 1
+    back = (mine.float() - y_zp) * y_scale  # and the floats it stands for are the fp32 Linear's, within a step
+    assert float((back - y).abs().mean()) <= y_scale

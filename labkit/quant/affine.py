@@ -49,6 +49,11 @@ def block_size_for(x: torch.Tensor, granularity: str, group_size: int | None = N
     if granularity == "group":
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"group_size must be a positive integer, got {group_size!r}.")
+        n = x.shape[-1]
+        if n % group_size:
+            divisors = [d for d in (16, 32, 64, 128, 256) if n % d == 0] or [n]
+            raise ValueError(f"group_size {group_size} does not divide the {n} inputs of this weight; use a divisor "
+                             f"of {n} such as {divisors}.")
         return (1,) * (x.dim() - 1) + (group_size,)
     raise ValueError(f"Unknown granularity {granularity!r}; choose one of 'tensor', 'channel', 'group'.")
 
@@ -64,13 +69,22 @@ def choose_qparams_affine(x: torch.Tensor, mapping: str, block_size: tuple[int, 
     symmetric: zero_point = 0 and scale = max(|lo|, |hi|) / ((qmax - qmin) / 2).
     `scale_dtype` rounds the scale (and a float offset) to the dtype they are stored in, e.g. torch.float16.
     """
+    blocks = _blocked(x.detach().float(), block_size)
+    dims = tuple(range(1, blocks.dim(), 2))
+    return choose_qparams_affine_with_min_max(blocks.amin(dim=dims), blocks.amax(dim=dims), mapping, qmin, qmax, eps,
+                                              scale_dtype, zero_point_domain)
+
+
+def choose_qparams_affine_with_min_max(lo: torch.Tensor | float, hi: torch.Tensor | float, mapping: str, qmin: int,
+                                       qmax: int, eps: float = EPS, scale_dtype: torch.dtype | None = None,
+                                       zero_point_domain: str = "int") -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of ranges already known (an observer's [lo, hi]), by the formulas of
+    `choose_qparams_affine`: one pair per element of `lo` and `hi`."""
     _check(mapping, MAPPINGS, "mapping")
     _check(zero_point_domain, ZERO_POINT_DOMAINS, "zero_point_domain")
     if qmin >= qmax:
         raise ValueError(f"qmin must be below qmax, got {qmin} and {qmax}.")
-    blocks = _blocked(x.detach().float(), block_size)
-    dims = tuple(range(1, blocks.dim(), 2))
-    lo, hi = blocks.amin(dim=dims), blocks.amax(dim=dims)
+    lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
     store = (lambda t: t) if scale_dtype is None else (lambda t: t.to(scale_dtype).float())
     if zero_point_domain == "float":
         if mapping != "asymmetric":

@@ -7,11 +7,16 @@ from typing import Any
 import torch
 
 from labkit.course.exercises import Mistake, attempt, close, exercise, given
-from labkit.quant.quantize import qparams, quantize_tensor
+from labkit.quant import affine
+
+
+def _qparams(lo, hi, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The asymmetric `bits`-bit grid of the ranges [lo, hi], by the kit's one primitive."""
+    return affine.choose_qparams_affine_with_min_max(lo, hi, "asymmetric", *affine.qrange(bits))
 
 
 def _scale_zero_point() -> tuple[float, int]:
-    scale, zp = qparams(torch.tensor(-1.0), torch.tensor(3.0), 8, "asymmetric")
+    scale, zp = _qparams(-1.0, 3.0, 8)
     return float(scale), int(zp)
 
 
@@ -50,7 +55,7 @@ _RANGES_HI = torch.tensor([3.0, 0.5, 2.0, -0.5, 0.9, 0.02])
 
 
 def _ranges_want(bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return qparams(_RANGES_LO, _RANGES_HI, bits, "asymmetric")
+    return _qparams(_RANGES_LO, _RANGES_HI, bits)
 
 
 @exercise("02.scale_and_zero_point",
@@ -68,8 +73,8 @@ def _ranges_want(bits: int) -> tuple[torch.Tensor, torch.Tensor]:
                           "torch.round, which work element by element, not Python's min, max or round.",
            "wrong": "widen [lo, hi] to include 0, scale = (hi - lo) / (2**bits - 1), zero_point = torch.round(-lo / scale)."},
           kind="code",
-          uses="section 3: quantize.fake_quantize(base, bits, qparams_fn=...) takes every weight row's grid from "
-               "it, and the bit-width sweep of section 4 runs with it.")
+          uses="section 3: fake_quantize_rows gives every weight row of the real baseline its grid with it; "
+               "section 7's IntegerLinear makes its input and output grids with it.")
 def _check_scale_and_zero_point(answer: Any) -> str | None:
     # 1. One range, as 0-d tensors: the worked example (-1.0 .. 3.0, 8 bits).
     out = attempt(answer, torch.tensor(-1.0), torch.tensor(3.0), 8)
@@ -140,7 +145,7 @@ def _row_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """8 bits, one grid per row (scale and zero point of shape (rows, 1)), as fake_quantize calls it."""
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(6, 40, generator=gen) * torch.tensor([0.1, 0.5, 1.0, 2.0, 0.05, 3.0]).unsqueeze(1)
-    scale, zp = qparams(x.amin(1, keepdim=True), x.amax(1, keepdim=True), 8, "asymmetric")
+    scale, zp = _qparams(x.amin(1, keepdim=True), x.amax(1, keepdim=True), 8)
     return x, scale, zp
 
 
@@ -163,8 +168,8 @@ def _row_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
                            "the unsigned grid 0..255 needs torch.uint8 (or a wider integer type).",
            "wrong": "codes = torch.clamp(torch.round(x / scale) + zero_point, 0, 2**bits - 1).to(torch.uint8)."},
           kind="code",
-          uses="section 3: quantize.fake_quantize(base, bits, quantizer=...) rounds every Linear weight of the "
-               "real baseline with it, and the bit-width sweep of section 4 runs with it.")
+          uses="section 3: fake_quantize_rows rounds every Linear weight of the real baseline with it, then "
+               "compared weight for weight with the kit's fake_quantize.")
 def _check_linear_quantize(answer: Any) -> str | None:
     x_row, scale_row, zp_row = _row_case()
     cases = [(_PAPER_X, 0.5, 1, 2, _PAPER_CODES), (_MIT_X, 1 / 3, 1, 2, _MIT_CODES),
@@ -215,13 +220,16 @@ def _symmetric_round():
           {"no_clamp": "some codes fall outside [-2^(bits-1), 2^(bits-1) - 1]: clamp after rounding.",
            "no_round": "codes must be whole numbers: round w / scale to the nearest integer before clamping.",
            "wrong": "divide by the scale, round to the nearest integer, then clamp to [-2^(bits-1), 2^(bits-1) - 1]."},
-          kind="code", uses="section 2: the codes of a real FFN weight at 3 bits, compared with labkit's.")
+          kind="code", uses="section 2: the codes of a real FFN weight at 3 bits, compared with torch's "
+                            "fake_quantize_per_tensor_affine.")
 def _check_symmetric_round(answer: Any) -> str | None:
     gen = torch.Generator().manual_seed(7)
     for bits in (2, 4, 8):
         w = torch.randn(16, 24, generator=gen)
         got = torch.as_tensor(attempt(answer, w, bits)).to(torch.float64)
-        want = quantize_tensor(w, bits, "symmetric", "tensor").codes.to(torch.float64)
+        qmin, qmax = affine.qrange(bits, "symmetric")
+        scale, zp = affine.choose_qparams_affine(w, "symmetric", w.shape, qmin, qmax)
+        want = affine.quantize_affine(w, w.shape, scale, zp, qmin, qmax).to(torch.float64)
         if got.shape != want.shape:
             return "wrong"
         if not torch.equal(got, got.round()):
@@ -309,8 +317,8 @@ def _within_one(got: torch.Tensor, want: torch.Tensor) -> bool:
            "wrong": "acc = (x_codes.to(int32) - x_zp) @ w_codes.to(int32).T + round(bias / (x_scale * w_scale)); "
                     "codes = clamp(round(acc * x_scale * w_scale / out_scale) + out_zp, 0, 255) as uint8."},
           kind="code",
-          uses="section 6: quantize.swap_integer_linear(base, tok, name, kernel=...) runs a real MiniLM Linear "
-               "through it; its codes are compared with torch's int8 Linear and its outputs with fp32.")
+          uses="section 7: IntegerLinear runs a real MiniLM Linear through it; its codes are compared with "
+               "torch's int8 Linear and its outputs with fp32.")
 def _check_quantized_linear(answer: Any) -> str | None:
     case = _ql_case()
     got = _ql_run(answer, case)
@@ -347,7 +355,8 @@ def _ql_why(answer: Any, got: torch.Tensor, case: dict, unclamped: torch.Tensor)
 # --- 02.size_4bit ---------------------------------------------------------------------------------------
 
 def _size_4bit() -> int:
-    return quantize_tensor(torch.zeros(1536, 384), 4, "asymmetric", "group", 64).nbytes()
+    numel = 1536 * 384
+    return affine.packed_bytes(numel, 4, numel // 64, scale_bytes=4, zero_point_bytes=1)
 
 
 @exercise("02.size_4bit",

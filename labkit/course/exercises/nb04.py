@@ -72,8 +72,9 @@ def _rowwise(t: Any, rows: int) -> torch.Tensor | None:
                     "x / scale divides every row by its own scale.",
            "wrong": "per row: lo = min(min, 0), hi = max(max, 0), scale = (hi - lo) / 255, zero_point = "
                     "round(-lo / scale)."},
-          kind="code", uses="inside your dynamic_linear (04.dynamic_linear), which then runs every encoder Linear "
-                            "of the baseline through dynamic.with_linear")
+          kind="code", uses="inside your dynamic_linear (04.dynamic_linear), which then runs every Linear of the "
+                            "baseline's blocks through the notebook's DynamicInt8Linear; section 5's "
+                            "per_batch_grid hook makes each batch's grid with it")
 def _check_dynamic_qparams(answer: Any) -> str | None:
     for x in _qparams_golden():
         out = attempt(answer, x.clone())
@@ -191,7 +192,8 @@ def _near(got: torch.Tensor, want: torch.Tensor) -> bool:
            "shape": "the output must be (rows, out_features): multiply by the TRANSPOSED weight codes, x @ W.T.",
            "wrong": "x_scale, x_zero = qparams(x); codes = clamp(round(x / x_scale) + x_zero, 0, 255); acc = "
                     "(codes - x_zero) as int32 @ w_codes.T as int32; y = acc * x_scale * w_scale + bias."},
-          kind="code", uses="every encoder Linear of the baseline, through dynamic.with_linear(base, fn)")
+          kind="code", uses="every Linear of the baseline's blocks, through the notebook's "
+                            "DynamicInt8Linear (section 3)")
 def _check_dynamic_linear(answer: Any) -> str | None:
     for rows, out, seed, with_bias in ((6, 5, 0, True), (7, 7, 1, True), (4, 3, 2, False)):
         x, w_codes, w_scale, bias = _linear_golden(rows, out, seed)
