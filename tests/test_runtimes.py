@@ -124,9 +124,14 @@ def test_dynamic_int8_falls_back_too_and_the_layer_comparison_refuses(tiny_model
 
 def test_pipeline_prunes_then_runs_openvino_int8(tiny_model, tokenizer):
     steps = [("structured", {"heads": 0.5, "ffn": 0.5}), ("int8", {"backend": "openvino"})]
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     out = pipeline.run_pipeline(tiny_model, tokenizer, steps)
     pruned = pipeline.run_pipeline(tiny_model, tokenizer, steps[:1])
     assert isinstance(out, runtimes.OpenVinoClassifier) and out.int8 and _logits(out).shape == (2, 2)
+    with torch.no_grad():  # the model it returns is the caller's to change: the input stays as it was
+        for t in list(out.buffers()) + list(pruned.parameters()):
+            t.add_(1)
+    assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
     # Layers now hold fewer heads than config.num_attention_heads says; the conversion must follow the weights.
     torch.testing.assert_close(_logits(runtimes.to_openvino(pruned, "f32", tokenizer=tokenizer)), _logits(pruned),
                                atol=1e-5, rtol=1e-4)
