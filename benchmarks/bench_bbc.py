@@ -17,6 +17,8 @@ import platform
 import sys
 import time
 
+import torch
+
 from labkit.core import data, floor, machine, measure, model, results
 from labkit.prune import prune
 from labkit.quant import quantize
@@ -25,9 +27,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> int:
-    import torch
-
-
     t0 = time.perf_counter()
     data.use("bbc")
     td = data.active()
