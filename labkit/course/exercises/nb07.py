@@ -35,8 +35,8 @@ def _variant(kept: pd.Series, slowest: bool = False) -> str:
           "Write fastest_within(history, baseline_accuracy): the name of the fastest real (not simulated) point whose "
           "accuracy is within 2 points of the baseline's.",
           _fastest_within,
-          {"simulated": "that point is simulated (fake-quantized): its accuracy is real, but it runs the float model, so "
-                        "its latency says nothing about int8 speed. Keep only the rows with simulated == False.",
+          {"simulated": "that point is simulated (fake-quantized): its accuracy is real, but it runs the float model, "
+                        "so its latency says nothing about int8 speed. Keep only the rows with simulated == False.",
            "threshold": "that point lost more than 2 points: keep only the rows with accuracy >= baseline_accuracy - "
                         "0.02 before you look for the fastest.",
            "slowest": "the fastest point has the *smallest* latency_ms: sort ascending (or take idxmin).",
