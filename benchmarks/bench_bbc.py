@@ -19,6 +19,8 @@ import platform
 import sys
 import time
 
+import torch
+
 from labkit.core import data, floor, machine, measure, model, results
 from labkit.prune import prune
 from labkit.quant import quantize
@@ -27,9 +29,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> int:
-    import torch
-
-
     t0 = time.perf_counter()
     data.use("bbc")
     td = data.active()

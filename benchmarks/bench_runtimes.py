@@ -20,15 +20,21 @@ The latest results, with their machine and date: benchmarks/RESULTS.md#runtimes.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from labkit.core import data, machine, measure, model
-from labkit.pipelines import strategies
+import numpy as np
+import torch
+
+from labkit.core import data, machine, measure, model, parts
+from labkit.pipelines import pipeline
 from labkit.quant import quantize
+from labkit.runtimes import onnx
 from labkit.runtimes import openvino as runtimes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,11 +54,6 @@ def _uptime() -> str:
 
 def _size(model) -> int:
     """Serialized bytes (measure.serialized_bytes), or torch.save's where safetensors cannot take the tensors."""
-    import io
-
-    import torch
-
-
     try:
         return measure.serialized_bytes(model)
     except RuntimeError:  # tensor subclasses (torchao) have no plain storage for safetensors
@@ -66,8 +67,8 @@ def build(base, tok, prune: bool) -> tuple[dict, dict]:
     models, notes = {"torch fp32": base}, {}
     steps = [
         ("labkit int8 (torch)", lambda: quantize.to_int8(base)),
-        ("labkit int8 (onnxruntime)", lambda: quantize.to_int8(base, backend="onnxruntime")),
-        ("labkit int8 (openvino)", lambda: quantize.to_int8(base, backend="openvino")),
+        ("labkit int8 (onnxruntime)", lambda: onnx.to_onnx(base, optimize=False, int8=True)),
+        ("labkit int8 (openvino)", lambda: runtimes.to_openvino(base, int8=True, tokenizer=tok)),
         ("ORT fp32 (reference)", lambda: runtimes.ort_reference(base)),
         ("ORT int8 (reference)", lambda: runtimes.ort_reference(base, int8=True)),
         ("OpenVINO f32", lambda: runtimes.to_openvino(base, "f32", tokenizer=tok)),
@@ -75,9 +76,9 @@ def build(base, tok, prune: bool) -> tuple[dict, dict]:
         ("OpenVINO + NNCF int8", lambda: runtimes.to_openvino(base, int8=True, tokenizer=tok, calibration="val")),
     ]
     if prune:
-        pipe = strategies.configurations()["structured + recover"] + [("int8", {"backend": "openvino"})]
+        pipe = pipeline.configurations()["structured + recover"] + [("int8", {"backend": "openvino"})]
         steps.append(("labkit structured + recover + openvino int8",
-                      lambda: strategies.run_pipeline(base, tok, pipe)))
+                      lambda: pipeline.run_pipeline(base, tok, pipe)))
     for name, make in steps:
         t0 = time.perf_counter()
         models[name] = make()
@@ -99,10 +100,6 @@ def choose_best(models: dict, tok, timing: dict, max_drop: float = 0.005) -> tup
 
 def report(models: dict, notes: dict, tok, rounds: int) -> str:
     """Time everything interleaved, choose labkit's best on validation, report test accuracy once; the table text."""
-    import numpy as np
-    import torch
-
-
     before = _uptime()
     timing = measure.compare_latency(models, tok, 32, warmup=3, repeats=rounds, texts=measure.latency_texts(32))
     after = _uptime()
@@ -144,14 +141,26 @@ def report(models: dict, notes: dict, tok, rounds: int) -> str:
     return "\n".join(lines)
 
 
+def torchao_int8(base):
+    """torchao's int8 dynamic-activation, int8-weight Linear (the successor of torch.ao's) on a copy of `base`."""
+    import torchao
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    out = parts.clone(base).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_(out, Int8DynamicActivationInt8WeightConfig())
+    out.torchao_version = torchao.__version__
+    return out
+
+
 def torchao_line(base, int8_torch, tok, rounds: int = 10) -> str:
     """torchao's int8 (dynamic int8 activations, int8 weights) timed beside torch.ao's, in its own short run.
 
     Separate from the main table: eager torchao is several times slower on CPU and would stretch every round."""
-
     try:
-        ao = runtimes.torchao_int8(base)
-    except ValueError:
+        ao = torchao_int8(base)
+    except ImportError:
         return "torchao: not installed, not measured"
     t = measure.compare_latency({"torch.ao": int8_torch, "torchao": ao}, tok, 32, warmup=3, repeats=rounds)
     a, b = t["torchao"]["times_ms"], t["torch.ao"]["times_ms"]

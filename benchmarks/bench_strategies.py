@@ -2,7 +2,7 @@
 
     flock /tmp/labkit-cpu.lock .venv/bin/python benchmarks/bench_strategies.py [--steps N]
 
-Every configuration of `strategies.configurations()` is built from the cached baseline; latency is batch 32
+Every configuration of `pipeline.configurations()` is built from the cached baseline; latency is batch 32
 (and 1) of real snippets with all models' runs interleaved; size is the serialized artifact; accuracy is the
 test split. Target (issue): best combined configuration >= 2.5x batch-32 speed-up and >= 4x smaller with
 <= 2 points accuracy loss. The best model is also exported to ONNX and timed in ONNX Runtime beside PyTorch.
@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import time
 
+import torch
+
 from labkit import fast_mode
 from labkit.core import data, machine, measure, model, results
-from labkit.pipelines import strategies
+from labkit.pipelines import pareto, pipeline
 from labkit.runtimes import onnx
 
 
@@ -24,13 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=None, help="recovery steps (default: prune.recover's)")
     args = parser.parse_args(argv)
-
-    import torch
-
-
     start = time.perf_counter()
     base, tok = model.load_baseline()
-    configs = strategies.configurations()
+    configs = pipeline.configurations()
     if args.steps is not None:
         configs = {k: [(n, dict(o, steps=args.steps) if n == "recover" else o) for n, o in v] for k, v in configs.items()}
     print(f"baseline: {'fast (CI)' if fast_mode() else 'full'}; CPU: {machine.cpu_name()} ({machine.cpu_features()}), "
@@ -40,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     models = {"fp32 baseline": base}
     for name, steps in configs.items():
         t0 = time.perf_counter()
-        models[name] = strategies.run_pipeline(base, tok, steps)
-        print(f"built {name}: {strategies.describe(steps)} in {time.perf_counter() - t0:.0f} s", flush=True)
+        models[name] = pipeline.run_pipeline(base, tok, steps)
+        print(f"built {name}: {pipeline.describe(steps)} in {time.perf_counter() - t0:.0f} s", flush=True)
 
     lat32 = measure.compare_latency(models, tok, 32, repeats=15)
     lat1 = measure.compare_latency(models, tok, 1, repeats=15)
@@ -52,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                                    measure.agreement(preds, reference), measure.serialized_bytes(m),
                                    lat1[name]["median_ms"], lat32[name]["median_ms"]))
     df = results.table(rows, baseline="fp32 baseline")
-    df["pareto"] = strategies.pareto_front(df)
+    df["pareto"] = pareto.pareto_front(df)
     df["loss_points"] = 100 * (df.loc[0, "accuracy"] - df["accuracy"])
     cols = ["name", "accuracy", "loss_points", "agreement", "size_mb", "size_ratio", "latency_b1_ms",
             "latency_b32_ms", "speedup_b32", "pareto"]

@@ -17,12 +17,19 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib
+import pandas as pd
+from tqdm.auto import tqdm
+
 from labkit.core import assets, checkpoint, data, floor, machine, measure, model, parts, results
+from labkit.core.textdata import TextData
 from labkit.lab import myths, plots
 from labkit.lm import slm
-from labkit.pipelines import matrix, strategies
+from labkit.pipelines import matrix, pareto
 
-TECHNIQUES = ("quant.floats", "sparse.sparse", "quant.quantize", "prune.prune", "dynamic.tokens", "dynamic.int8", "pipelines.strategies")  # each may define tour(model, tokenizer, reference)
+# Each module's tour(model, tokenizer, reference) gives its rows of the table.
+TECHNIQUES = ("quant.floats", "sparse.sparse", "quant.quantize", "prune.prune", "dynamic.tokens", "dynamic.int8",
+              "pipelines.pipeline")
 
 
 def _technique_modules():
@@ -52,18 +59,12 @@ def _baseline_for_tour(model_dir: str | Path | None):
 
 
 def tour(out_dir: Path = Path("reports"), limit: int | None = None, model_dir: str | Path | None = None
-         ) -> "pd.DataFrame":
+         ) -> pd.DataFrame:
     """Run every technique on the cached baseline (for the active data); print and write the comparison table.
 
     `limit` measures accuracy on the first `limit` test snippets only (for tests); the code path is the same.
     `model_dir`: a classifier folder (save_pretrained, with its tokenizer) fine-tuned on the data instead of MiniLM."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-
+    matplotlib.use("Agg")  # files only: no window
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     td = data.active()
@@ -81,12 +82,12 @@ def tour(out_dir: Path = Path("reports"), limit: int | None = None, model_dir: s
     for name, mod in tqdm(mods, desc="techniques"):
         rows.extend(mod.tour(base, tok, reference, limit=limit))
     df = results.table(rows, baseline="fp32 baseline")
-    df["pareto"] = strategies.pareto_front(df)
+    df["pareto"] = pareto.pareto_front(df)
     df.to_csv(out_dir / "summary.csv", index=False)
     df.insert(2, "accuracy_95ci", [f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "not measured"
                                    for lo, hi in zip(df["accuracy_lo"], df["accuracy_hi"])])
-    cols = ["name", "accuracy", "accuracy_95ci", "agreement", "size_mb", "size_ratio", "latency_b1_ms", "latency_b32_ms",
-            "speedup_b32", "speedup_b32_range", "rounds", "pareto", "notes"]
+    cols = ["name", "accuracy", "accuracy_95ci", "agreement", "size_mb", "size_ratio", "latency_b1_ms",
+            "latency_b32_ms", "speedup_b32", "speedup_b32_range", "rounds", "pareto", "notes"]
     first = rows[0]
     header = (f"# labkit tour\n\nData: {td.name}, {td.num_labels} classes ({', '.join(td.label_names)}), "
               f"split sha256 {td.split_hash[:12]}. Floor: {floor.describe(low)}; the fp32 baseline minus the floor: "
@@ -114,7 +115,6 @@ def tour(out_dir: Path = Path("reports"), limit: int | None = None, model_dir: s
 def prepare() -> dict:
     """Train or verify the cached baseline once (e.g. for a whole class), decode the small language model into the
     cache, and say what was done."""
-
     path = model.baseline_path()
     try:
         checkpoint.read_checkpoint(path)
@@ -133,7 +133,6 @@ def prepare() -> dict:
 def _prepare_slm() -> str | None:
     """The decoded small language model's folder in the cache (decoded now if missing), or None with the reason
     printed: notebook 08 then decodes it in each kernel, and says how to install it where it is missing."""
-
     try:
         folder = slm.prepare_decoded()
     except ValueError as err:
@@ -152,7 +151,7 @@ def _data_options(p: argparse.ArgumentParser) -> None:
                    help="the CSV's label column (default: label, or LABKIT_LABEL_COLUMN)")
 
 
-def use_data(args: argparse.Namespace) -> "labkit.core.data.TextData":
+def use_data(args: argparse.Namespace) -> TextData:
     """Point the kit at --data (with its column flags), else at LABKIT_DATA if set; the data now in use."""
     if args.data is None:
         if args.text_column or args.label_column:
@@ -192,14 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
     if args.command == "matrix":
-
         cells = matrix.run_all()
         print(matrix.markdown(cells))
         for c in cells:
             print(f"{c.family:11s} {c.technique:24s} {c.status:8s} {c.effect}")
         return 0
     if args.command == "assets":
-
         assets.assets(("reviews", "bbc") if args.data == "all" else (args.data,))
         return 0
     if args.fast:

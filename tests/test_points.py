@@ -53,3 +53,28 @@ def test_points_make_one_table():
 def test_a_bad_size_is_refused(baseline):
     with pytest.raises((TypeError, ValueError)):
         points.measure_point(baseline[0], {}, baseline[1], time=False, size="big")
+
+
+def test_a_point_carries_its_paired_difference_from_the_baseline(baseline):
+    base, tok = baseline
+    rows = data.split(data.QUICK_SPLIT, data.QUICK_LIMIT)
+    flipped = 1 - measure.predict(base, tok, rows["text"])  # a reference that disagrees everywhere (two labels)
+    p = points.measure_point(base, {}, tok, time=False, size=False, reference=flipped)
+    want = measure.paired(measure.predict(base, tok, rows["text"]), flipped, rows["label"].to_numpy())
+    assert (p.delta, p.delta_lo, p.delta_hi, p.p_value) == (want["difference"], want["lo"], want["hi"],
+                                                             want["p_value"])
+    assert "vs baseline" in p.readout() and "vs baseline" not in points.measure_point(base, {}, tok, time=False,
+                                                                                        size=False).readout()
+
+
+def test_calls_binding_the_same_arguments_share_one_cache_entry():
+    calls = []
+
+    @points.cached
+    def point(bits=8, scheme="asymmetric", **extra):
+        calls.append(bits)
+        return bits
+
+    assert point() == point(8) == point(bits=8) == point(8, "asymmetric") == 8
+    assert point(extra=1) == point(extra=1) == 8
+    assert calls == [8, 8]

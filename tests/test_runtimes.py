@@ -10,7 +10,7 @@ from torch import nn
 
 from labkit.core import measure
 from labkit.dynamic import int8
-from labkit.pipelines import strategies
+from labkit.pipelines import pipeline
 from labkit.quant import int8 as quant_int8
 from labkit.quant import quantize
 from labkit.runtimes import onnx
@@ -30,7 +30,7 @@ def ov_f32(baseline):
 
 @pytest.fixture(scope="module")
 def ov_int8(baseline):
-    return quantize.to_int8(baseline[0], backend="openvino")
+    return runtimes.to_openvino(baseline[0], int8=True, tokenizer=baseline[1])
 
 
 def _logits(model, ids=IDS, mask=MASK):
@@ -123,11 +123,38 @@ def test_dynamic_int8_falls_back_too(tiny_model, monkeypatch):
 
 def test_pipeline_prunes_then_runs_openvino_int8(tiny_model, tokenizer):
     steps = [("structured", {"heads": 0.5, "ffn": 0.5}), ("int8", {"backend": "openvino"})]
-    out = strategies.run_pipeline(tiny_model, tokenizer, steps)
-    pruned = strategies.run_pipeline(tiny_model, tokenizer, steps[:1])
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    out = pipeline.run_pipeline(tiny_model, tokenizer, steps)
+    pruned = pipeline.run_pipeline(tiny_model, tokenizer, steps[:1])
     assert isinstance(out, runtimes.OpenVinoClassifier) and out.int8 and _logits(out).shape == (2, 2)
+    with torch.no_grad():  # the model it returns is the caller's to change: the input stays as it was
+        for t in list(out.buffers()) + list(pruned.parameters()):
+            t.add_(1)
+    assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
     # Layers now hold fewer heads than config.num_attention_heads says; the conversion must follow the weights.
     torch.testing.assert_close(_logits(runtimes.to_openvino(pruned, "f32", tokenizer=tokenizer)), _logits(pruned),
                                atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="OpenVINO"):
-        strategies.validate([("token_pruning", {}), ("int8", {"backend": "openvino"})])
+        pipeline.validate([("token_pruning", {}), ("int8", {"backend": "openvino"})])
+
+
+def test_the_adapters_make_a_libraries_own_models_callable_like_the_torch_one(tiny_model, tokenizer, tmp_path):
+    """What a notebook builds with torch.onnx / ONNX Runtime and OpenVINO's own calls, measured through the adapters."""
+    import openvino as ov
+
+    enc = tokenizer(["a fine, funny and moving film", "dull"], padding=True, return_tensors="pt")
+    inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}  # BERT's forward order
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(tiny_model, (), tmp_path / "m.onnx", kwargs=inputs, input_names=list(inputs),
+                          output_names=["logits"], dynamic_axes={k: {0: "batch", 1: "seq"} for k in inputs},
+                          opset_version=17, dynamo=False)
+        compiled = ov.compile_model(ov.convert_model(tiny_model, example_input=inputs), "CPU",
+                                    {"INFERENCE_PRECISION_HINT": "f32"})
+    want = _logits(tiny_model, IDS, MASK)
+    ort_model = onnx.OnnxClassifier(onnx.session(tmp_path / "m.onnx"))
+    torch.testing.assert_close(_logits(ort_model), want, atol=1e-4, rtol=1e-4)
+    ov_model = runtimes.OpenVinoClassifier(compiled)
+    torch.testing.assert_close(_logits(ov_model), want, atol=1e-4, rtol=1e-4)
+    assert ov_model.inference_precision == "f32" and not ov_model.int8
+    assert measure.predict(ov_model, tokenizer, ["a fine film", "dull", "long and loud"]).shape == (3,)

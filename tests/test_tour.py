@@ -7,7 +7,7 @@ from labkit import __main__ as cli
 from labkit.core import data, measure
 from labkit.dynamic import int8, tokens
 from labkit.lm import slm
-from labkit.pipelines import strategies
+from labkit.pipelines import pipeline
 from labkit.prune import prune
 from labkit.quant import floats as precision
 from labkit.quant import quantize
@@ -157,9 +157,9 @@ def test_dynamic_tour(baseline, subset, short_batches):
     _one_group(rows)
 
 
-def test_strategies_tour(baseline, subset, short_batches):
-    # the one combined pipeline without training steps (those are test_strategies' and the full tour's)
-    rows = strategies.tour(*baseline, subset["reference"], limit=LIMIT, keep=("token pruning + int8",))
+def test_pipeline_tour(baseline, subset, short_batches):
+    # the one combined pipeline without training steps (those are test_pipelines' and the full tour's)
+    rows = pipeline.tour(*baseline, subset["reference"], limit=LIMIT, keep=("token pruning + int8",))
     assert [r.name for r in rows] == ["combined: token pruning + int8"]
     assert rows[0].size_bytes < subset["bytes"] / 3  # int8 weights and embeddings
     _measured_on_the_subset(rows, subset, near=set())  # half the tokens dropped: answers change

@@ -9,14 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from torch import nn
 
-from labkit.core import cache, parts
+from labkit.core import cache
 
 
 def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict) -> dict:
@@ -83,33 +81,3 @@ def read_weights_into(model: torch.nn.Module, path: Path) -> torch.nn.Module:
             for name in names:
                 own[name].copy_(f.get_tensor(name))
     return model
-
-
-def save_model(model: nn.Module, path: str | Path, meta: dict | None = None) -> dict:
-    """Save weights as safetensors with a sha256 record beside them (atomic); returns the record."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"Checkpoints are saved as .safetensors, got {path.name!r}; pickled formats can run code.")
-    if any(not isinstance(v, torch.Tensor) or v.is_quantized for v in model.state_dict().values()):
-        raise ValueError("This model holds packed int8 weights that safetensors cannot store; save the float model "
-                         "and convert it with quantize.to_int8 after loading.")
-    return save_checkpoint(model, path, dict(meta or {}, labkit="model"))
-
-
-def load_model(path: str | Path, like: nn.Module) -> nn.Module:
-    """Weights from a safetensors checkpoint into a copy of `like`, refused unless their sha256 matches the record."""
-    try:
-        state, _ = read_checkpoint(Path(path))
-    except ValueError as err:
-        raise ValueError(f"Refusing to load {path}: {err}") from err
-    out = parts.clone(like)
-    missing, unexpected = out.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path} does not fit this architecture (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-                         "load it into the model it was saved from.")
-    return out.eval()
-
-
-def safe_torch_load(path: str | Path) -> Any:
-    """torch.load restricted to tensors and plain containers (weights_only=True): no code runs on load."""
-    return torch.load(path, weights_only=True, map_location="cpu")

@@ -78,20 +78,6 @@ STRINGS: dict[str, str] = {
     "{score} score": "{score} 得分",
     "batch-32 latency (ms, median; each point timed on its own)": "批大小 32 的延迟（毫秒，中位数；每个点单独计时）",
     "accuracy, 95% interval (quick {split} subset)": "准确率，95% 置信区间（{split} 快速子集）",
-    # the capstone's readout (strategies.readout); Chinese puts no space after a full stop
-    "a real difference (p < 0.05)": "差异真实存在（p < 0.05）",
-    "no difference shown on this subset (it reliably shows about {points} points or more)":
-        "在这个子集上未显示出差异（它能可靠检测约 {points} 个百分点及以上的差异）",
-    "{name}: accuracy {accuracy}; vs baseline {delta} points [{lo}, {hi}], p = {p}: {verdict}.":
-        "{name}：准确率 {accuracy}；相对基线 {delta} 个百分点 [{lo}, {hi}]，p = {p}：{verdict}。",
-    " (the float model the simulation runs)": "（模拟量化所运行的浮点模型）",
-    " This CPU computes {precision} natively.": "这颗 CPU 原生支持 {precision} 计算。",
-    " This CPU has no native {precision} instructions: torch converts to fp32 around each operation, so it can "
-    "run slower than fp32 here.": "这颗 CPU 没有原生 {precision} 指令：torch 在每次运算前后与 fp32 互相转换，"
-                                  "因此在这里可能比 fp32 更慢。",
-    " Batch 32: {ms} ms{sim}, {speedup}x the baseline's speed {range} (min-max per round) over {rounds} rounds "
-    "timed interleaved with it.": "批大小 32：{ms} 毫秒{sim}，速度为基线的 {speedup} 倍 {range}（每轮最小–最大），"
-                                  "与基线交替计时 {rounds} 轮。",
     # notebook 08's KV-cache plot (plots.kv_cache)
     "KV cache, {dtype}": "KV 缓存，{dtype}",
     "context length (tokens, batch 1)": "上下文长度（词元数，批大小 1）",

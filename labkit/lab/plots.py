@@ -119,30 +119,34 @@ def heatmap(df: pd.DataFrame, label: str = "", path=None):
     return fig
 
 
-def dashboard(history: pd.DataFrame, current: dict, path=None):
-    """The capstone view: every point tried so far (accuracy vs latency, size as dot area), the current one ringed."""
+def dashboard(history: pd.DataFrame, current, path=None):
+    """The capstone view: every point tried so far (accuracy vs latency, size as dot area), the current one ringed.
+
+    `history` is a `points.table` whose points carry `name` and `simulated` extras (and optionally a `pareto`
+    column); `current` is the Point just measured."""
+    now = current.row()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
     colors = history["simulated"].map({True: "#bbbbbb", False: "#4c72b0"})
-    ax.scatter(history["latency_b32_ms"], history["accuracy"], s=history["size_mb"] * 4, c=colors, alpha=0.7)
-    front = history[history["pareto"]].sort_values("latency_b32_ms")
-    ax.plot(front["latency_b32_ms"], front["accuracy"], "--", color="#dd8452", label=tr("Pareto front"))
-    ax.scatter([current["latency_b32_ms"]], [current["accuracy"]], s=current["size_mb"] * 4 + 60,
-               facecolors="none", edgecolors="red", linewidths=2, label=tr("current"))
+    ax.scatter(history["latency_ms"], history["accuracy"], s=history["size_bytes"] / 250e3, c=colors, alpha=0.7)
+    if "pareto" in history:
+        front = history[history["pareto"]].sort_values("latency_ms")
+        ax.plot(front["latency_ms"], front["accuracy"], "--", color="#dd8452", label=tr("Pareto front"))
+    ax.scatter([now["latency_ms"]], [now["accuracy"]], s=now["size_bytes"] / 250e3 + 60, facecolors="none",
+               edgecolors="red", linewidths=2, label=tr("current"))
     for _, row in history.iterrows():
-        ax.annotate(row["name"], (row["latency_b32_ms"], row["accuracy"]), fontsize=7, xytext=(3, 3),
+        ax.annotate(row["name"], (row["latency_ms"], row["accuracy"]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
     ax.set_xlabel(tr("batch-32 latency, ms (grey: simulated, runs at float speed)"))
     ax.set_ylabel(tr("accuracy (quick validation subset)"))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    bars = {tr("accuracy %"): 100 * current["accuracy"], tr("agreement %"): 100 * current["agreement"],
-            tr("latency ms"): current["latency_b32_ms"], tr("size MB"): current["size_mb"]}
+    bars = {tr("accuracy %"): 100 * now["accuracy"], tr("agreement %"): 100 * now["agreement"],
+            tr("latency ms"): now["latency_ms"], tr("size MB"): now["size_bytes"] / 1e6}
     bx.barh(list(bars), list(bars.values()), color="#55a868")
     for y, v in enumerate(bars.values()):
         bx.text(v, y, f" {v:.1f}", va="center", fontsize=9)
     bx.invert_yaxis()
-    bx.set_title(tr("{name} (simulated)", name=current["name"]) if current["simulated"] else current["name"],
-                 fontsize=10)
+    bx.set_title(tr("{name} (simulated)", name=now["name"]) if now["simulated"] else now["name"], fontsize=10)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

@@ -31,6 +31,12 @@ class Point:
     hi: float
     n: int
     agreement: float | None = None  # share of snippets where the point predicts what the baseline predicts
+    # The paired difference from the baseline on the same snippets (accuracy minus the baseline's), its 95% interval
+    # and McNemar's exact p: only the snippets where the two disagree count.
+    delta: float | None = None
+    delta_lo: float | None = None
+    delta_hi: float | None = None
+    p_value: float | None = None
     latency_ms: float | None = None
     baseline_ms: float | None = None
     speedup: float | None = None
@@ -50,6 +56,9 @@ class Point:
         text = f"accuracy {measure.format_accuracy({'accuracy': self.accuracy, 'lo': self.lo, 'hi': self.hi, 'n': self.n})}"
         if self.agreement is not None:
             text += f" · agreement {self.agreement:.3f}"
+        if self.p_value is not None and self.agreement != 1:
+            text += (f" · vs baseline {100 * self.delta:+.1f} points [{100 * self.delta_lo:+.1f}, "
+                     f"{100 * self.delta_hi:+.1f}], p = {self.p_value:.2g}")
         if self.latency_ms is not None:
             text += f" · {self.latency_ms:.1f} ms at batch 32"
             if self.speedup is not None:
@@ -80,7 +89,9 @@ def measure_point(model: nn.Module, settings: dict, tokenizer=None, *, time: boo
     if reference is None:
         reference = shared_preds if baseline is shared and (split, limit) == (data.QUICK_SPLIT, data.QUICK_LIMIT) \
             else measure.predict(baseline, tokenizer, rows["text"])
-    ci = measure.accuracy_ci(preds, rows["label"].to_numpy())
+    labels = rows["label"].to_numpy()
+    ci = measure.accuracy_ci(preds, labels)
+    vs = measure.paired(preds, reference, labels)
     timing: dict = {}
     if time:
         models = {"baseline": baseline} if model is baseline else {"baseline": baseline, "point": model}
@@ -94,7 +105,8 @@ def measure_point(model: nn.Module, settings: dict, tokenizer=None, *, time: boo
         sizes = dict(size_bytes=measure.serialized_bytes(model) if size is True else int(size),
                      baseline_bytes=measure.serialized_bytes(baseline))
     return Point(dict(settings), ci["accuracy"], ci["lo"], ci["hi"], ci["n"], measure.agreement(preds, reference),
-                 **timing, **sizes, extra=dict(extra))
+                 delta=vs["difference"], delta_lo=vs["lo"], delta_hi=vs["hi"], p_value=vs["p_value"], **timing, **sizes,
+                 extra=dict(extra))
 
 
 _CACHE: dict[tuple, Any] = {}

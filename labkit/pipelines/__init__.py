@@ -1,1 +1,1 @@
-"""Techniques combined: pipelines, the Pareto front, scaling, security, the dashboard, the family matrix."""
+"""Techniques combined for the tour and the benchmarks: named pipelines, the Pareto front, the family matrix."""

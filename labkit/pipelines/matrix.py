@@ -9,6 +9,7 @@ them equal.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from labkit.core import assets, parts
 from labkit.dynamic import int8, tokens
-from labkit.pipelines import strategies
+from labkit.pipelines import pipeline
 from labkit.prune import prune
 from labkit.quant import quantize
 from labkit.runtimes import onnx
@@ -147,7 +148,7 @@ def _onnx(model, tok):
 
 
 def _pipeline(model, tok):
-    out = strategies.run_pipeline(model, tok, [("structured", {"heads": 0.25, "ffn": 0.5}), ("int8", {})])
+    out = pipeline.run_pipeline(model, tok, [("structured", {"heads": 0.25, "ffn": 0.5}), ("int8", {})])
     assert _int8_modules(out) > 0, "no int8 module"
     return out, "structured -> int8"
 
@@ -185,9 +186,6 @@ def run_cell(family: str, technique: str, tokenizer, device: str = "cpu") -> Cel
 
 def run_all(tokenizer=None, device: str = "cpu") -> list[Cell]:
     """Every cell of the matrix, with the tiny models on `device`."""
-    import warnings
-
-
     tokenizer = tokenizer or assets.load_tokenizer()
     cells = []
     with warnings.catch_warnings():

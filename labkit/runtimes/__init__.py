@@ -1,1 +1,1 @@
-"""Other inference runtimes behind a Hugging Face model's call: ONNX Runtime and OpenVINO."""
+"""ONNX Runtime and OpenVINO: adapters callable like a Hugging Face model, and the tour's builders."""

@@ -17,26 +17,33 @@ from torch import nn
 from labkit.core import machine, parts
 
 
-class OnnxClassifier(nn.Module):
-    """An ONNX Runtime session behind the same call as a Hugging Face model: `model(**inputs).logits`.
+def session(model_file: bytes | str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session: this process's thread count, every graph optimization, no spinning workers."""
+    import onnxruntime as ort
 
-    The serialized ONNX model is kept as a uint8 buffer, so `measure.serialized_bytes` counts the real file.
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ORT's worker threads otherwise spin for a while after each run, taking the cores from whatever runs
+    # next: timed side by side, a torch model after an ORT session measured 2.4x slower at batch 1.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model_file) if isinstance(model_file, Path) else model_file, opts,
+                                providers=["CPUExecutionProvider"])
+
+
+class OnnxClassifier(nn.Module):
+    """An ONNX Runtime session behind a Hugging Face model's call, `model(**inputs).logits`, so the kit can measure it.
+
+    `artifact`, the model file's bytes, is kept as a uint8 buffer so that `measure.serialized_bytes` counts it.
     """
 
-    def __init__(self, onnx_bytes: bytes, threads: int | None = None):
+    def __init__(self, session, artifact: bytes | None = None):
         super().__init__()
-        import onnxruntime as ort
-
-        self.register_buffer("onnx_model", torch.frombuffer(bytearray(onnx_bytes), dtype=torch.uint8))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ORT's worker threads otherwise spin for a while after each run, taking the cores from whatever runs
-        # next: timed side by side, a torch model after an ORT session measured 2.4x slower at batch 1.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        if artifact is not None:
+            self.register_buffer("onnx_model", torch.frombuffer(bytearray(artifact), dtype=torch.uint8))
+        self.session = session
+        self.input_names = [i.name for i in session.get_inputs()]
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_):
         # The graph takes the exported model's own inputs (a DistilBERT's has no token_type_ids): feed those only.
@@ -185,4 +192,4 @@ def to_onnx(model: nn.Module, optimize: bool = True, int8: bool = False) -> Onnx
         if int8:
             path = _ort_quantize(path, os.path.join(tmp, "int8.onnx"))
         payload = Path(path).read_bytes()
-    return OnnxClassifier(payload)
+    return OnnxClassifier(session(payload), payload)

@@ -1,27 +1,33 @@
-"""Other runtimes behind the same call as a Hugging Face model: OpenVINO (optionally NNCF int8) and an
-independent ONNX Runtime reference built only with ONNX Runtime's own documented tools.
+"""OpenVINO (optionally NNCF's static int8) behind a Hugging Face model's call, and an independent ONNX Runtime
+reference built only with ONNX Runtime's own documented tools, for the tour, the benchmarks and the tests.
 
-Both are references labkit did not tune: `to_openvino` is OpenVINO's and NNCF's recipe for transformers,
+A notebook calls `openvino.convert_model`, `nncf.quantize` and `openvino.compile_model` itself; `OpenVinoClassifier`
+only makes the compiled model callable like the Hugging Face one, so the kit's measurements run on it. Both
+builders here are references labkit did not tune: `to_openvino` is OpenVINO's and NNCF's recipe for transformers,
 `ort_reference` is torch.onnx.export + ONNX Runtime's BERT optimizer + `quantize_dynamic` with its defaults.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import importlib
+import importlib.util
 import io
+import logging
 import os
 import tempfile
 import warnings
 from types import SimpleNamespace
-from typing import Any, Iterable
+from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
 from torch import nn
 
 from labkit import fast_mode
-from labkit.core import assets, data, measure, parts
-from labkit.runtimes.onnx import ORT_MODEL_TYPES, OnnxClassifier, attention_shape, onnx_inputs
+from labkit.core import assets, data, parts
+from labkit.runtimes.onnx import ORT_MODEL_TYPES, OnnxClassifier, attention_shape, onnx_inputs, session
 
 PRECISIONS = ("f32", "default")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what a tokenizer may give; a model takes its own
@@ -30,15 +36,11 @@ INSTALL = "pip install 'labkit[runtimes]' (or pip install 'openvino>=2026.0' 'nn
 
 def available() -> bool:
     """True where the optional OpenVINO and NNCF packages are installed (pip install 'labkit[runtimes]')."""
-    import importlib.util
-
     return all(importlib.util.find_spec(m) is not None for m in ("openvino", "nncf"))
 
 
 def _require(module: str, install: str = INSTALL) -> Any:
     """Import an optional runtime, or say how to install it."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -58,25 +60,14 @@ def _check_classifier(model: nn.Module) -> None:
     parts.check_classifier(model)  # a supported family with a classification head
 
 
-def _cpu_copy(model: nn.Module, what: str, share: bool = True) -> nn.Module:
-    """A float32 CPU copy to convert: these runtimes run on the CPU; says so when the model was elsewhere.
-
-    With `share`, a float32 CPU model's tensors are shared, not copied (parts.copy_with): tracing and exporting
-    only read them. A converter that may rewrite weights gets `share=False`, an independent copy.
-    """
-    dev = next(iter(model.parameters())).device
-    if dev.type != "cpu":
-        warnings.warn(f"{what} runs on the CPU only: the returned model is on the CPU, not on {dev}.", RuntimeWarning,
-                      stacklevel=3)
-    out = parts.copy_with(model) if share else copy.deepcopy(model)
-    return out.cpu().float().eval()  # new tensors in the copy only: its Parameter objects are its own
+def _cpu_copy(model: nn.Module, what: str) -> nn.Module:
+    """A float32 CPU copy sharing `model`'s tensors, to trace or export (both only read them); never handed out."""
+    return parts.cpu_target(model, False, what).float().eval()  # .float() makes new tensors in the copy only
 
 
 def _example_inputs(model: nn.Module, tokenizer=None) -> dict[str, torch.Tensor]:
     """Two real, differently long snippets, tokenized and padded: the model's own inputs, as a trace should see."""
-    if tokenizer is None:
-
-        tokenizer = assets.load_tokenizer()
+    tokenizer = tokenizer or assets.load_tokenizer()
     texts = list(data.split("train", 2)["text"])
     enc = tokenizer(texts, padding=True, truncation=True, max_length=data.MAX_LENGTH, return_tensors="pt")
     return {name: enc[name] for name in parts.input_names(model, tokenizer)}
@@ -104,29 +95,34 @@ def _ov_config(precision: str, threads: int | None) -> dict[str, Any]:
 
 
 class OpenVinoClassifier(nn.Module):
-    """An OpenVINO compiled model behind the same call as a Hugging Face model: `model(**inputs).logits`.
+    """An OpenVINO compiled model behind a Hugging Face model's call, `model(**inputs).logits`, so the kit can
+    measure it. `int8` only labels it (NNCF's static int8 inside)."""
 
-    The serialized IR (xml + bin) is kept in uint8 buffers, so `measure.serialized_bytes` counts the real
-    artifact, and what runs is compiled from exactly those bytes.
-    """
-
-    def __init__(self, xml: bytes, weights: bytes, precision: str = "default", threads: int | None = None,
-                 int8: bool = False):
+    def __init__(self, compiled: Any, int8: bool = False):
         super().__init__()
+        self.compiled, self.int8 = compiled, int8
+        self.request = compiled.create_infer_request()
+        self.names = {i.get_any_name() for i in compiled.inputs}
+
+    @classmethod
+    def from_ir(cls, xml: bytes, weights: bytes, precision: str = "default", threads: int | None = None,
+                int8: bool = False) -> "OpenVinoClassifier":
+        """Compiled from the IR's bytes (xml + bin), kept as uint8 buffers: `measure.serialized_bytes` counts the
+        artifact, and what runs is compiled from exactly those bytes."""
         ov = _require("openvino")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
-        self.register_buffer("ir_xml", torch.frombuffer(bytearray(xml), dtype=torch.uint8))
-        self.register_buffer("ir_bin", torch.frombuffer(bytearray(weights), dtype=torch.uint8))
-        core = ov.Core()
-        # OpenVINO reads the weights in place from the buffer kept above (no third copy); the array is kept too, so
-        # that memory outlives anything the compiled model still points into, whatever happens to the buffer
-        self._ir_weights = self.ir_bin.numpy()
-        ir = core.read_model(model=xml.decode(), weights=ov.Tensor(self._ir_weights, shared_memory=True))
-        self.compiled = core.compile_model(ir, "CPU", _ov_config(precision, threads))
-        self.request = self.compiled.create_infer_request()
-        self.precision, self.int8 = precision, int8
-        self.names = {i.get_any_name() for i in self.compiled.inputs}
+        xml_buffer = torch.frombuffer(bytearray(xml), dtype=torch.uint8)
+        bin_buffer = torch.frombuffer(bytearray(weights), dtype=torch.uint8)
+        # OpenVINO reads the weights in place from the buffer (no third copy); the array is kept too, so that memory
+        # outlives anything the compiled model still points into, whatever happens to the buffer.
+        array = bin_buffer.numpy()
+        ir = ov.Core().read_model(model=xml.decode(), weights=ov.Tensor(array, shared_memory=True))
+        out = cls(ov.Core().compile_model(ir, "CPU", _ov_config(precision, threads)), int8)
+        out.register_buffer("ir_xml", xml_buffer)
+        out.register_buffer("ir_bin", bin_buffer)
+        out.ir_weights = array
+        return out
 
     @property
     def inference_precision(self) -> str:
@@ -172,10 +168,6 @@ def calibration_batches(tokenizer, split: str = "train", size: int | None = None
 def _nncf_int8(ov_model: Any, calibration: list[dict[str, np.ndarray]]) -> Any:
     """NNCF static post-training int8 with its transformer scheme (activations get fixed, calibrated grids)."""
     nncf = _require("nncf")
-    import contextlib
-    import logging
-    from unittest import mock
-
     level = logging.getLogger("nncf").level
     logging.getLogger("nncf").setLevel(logging.ERROR)  # its INFO lines and progress bars are not the learner's
     try:
@@ -214,9 +206,7 @@ def to_openvino(model: nn.Module, precision: str = "default", int8: bool = False
     _require("openvino")
     if int8:
         _require("nncf")
-    if tokenizer is None:
-
-        tokenizer = assets.load_tokenizer()
+    tokenizer = tokenizer or assets.load_tokenizer()
     ov_model = _ov_convert(model, _example_inputs(model, tokenizer))
     if int8:
         if calibration is None or isinstance(calibration, str):
@@ -224,7 +214,7 @@ def to_openvino(model: nn.Module, precision: str = "default", int8: bool = False
         names = {port.get_any_name() for port in ov_model.inputs}  # the IR takes the model's own inputs only
         ov_model = _nncf_int8(ov_model, [{k: v for k, v in b.items() if k in names} for b in calibration])
     xml, weights = _ov_serialize(ov_model, compress_to_fp16=precision == "default")
-    return OpenVinoClassifier(xml, weights, precision, threads, int8)
+    return OpenVinoClassifier.from_ir(xml, weights, precision, threads, int8)
 
 
 # --- an independent ONNX Runtime reference -------------------------------------------------------------
@@ -234,7 +224,6 @@ def _reference_export(model: nn.Module) -> bytes:
 
     The model's own inputs, passed by name in its forward's order (the order the tracer gives the graph's inputs).
     """
-
     m = _cpu_copy(model, "ONNX Runtime (CPU provider)")
     if hasattr(m, "set_attn_implementation"):
         m.set_attn_implementation("eager")  # the optimizer fuses the eager attention pattern, not SDPA
@@ -256,7 +245,6 @@ def _reference_optimize(onnx_bytes: bytes, model: nn.Module) -> bytes:
     import onnx
     from onnxruntime.transformers.optimizer import optimize_model
 
-
     family = parts.family_of(model)
     if family.name not in ORT_MODEL_TYPES:
         warnings.warn(f"ONNX Runtime's transformer optimizer has no fusion for {family.name}'s attention (it fuses "
@@ -273,8 +261,6 @@ def _reference_optimize(onnx_bytes: bytes, model: nn.Module) -> bytes:
 
 def _reference_quantize(onnx_bytes: bytes) -> bytes:
     """onnxruntime.quantization.quantize_dynamic with its documented settings: QInt8 weights, per_channel=False."""
-    import logging
-
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -303,29 +289,13 @@ def ort_reference(model: nn.Module, int8: bool = False, optimize: bool = True) -
 
     Runs on the CPU: a CUDA model is exported from a CPU copy, with a warning.
     """
-
     _check_classifier(model)
     payload = _reference_export(model)
     if optimize:
         payload = _reference_optimize(payload, model)
     if int8:
         payload = _reference_quantize(payload)
-    return OnnxClassifier(payload)
-
-
-# --- torchao (measured, not a dependency) -------------------------------------------------------------
-
-def torchao_int8(model: nn.Module) -> nn.Module:
-    """torchao's int8 dynamic-activation, int8-weight Linear (the successor of torch.ao's), when installed."""
-    ao = _require("torchao", "pip install torchao (not a labkit dependency: measured slower than torch.ao here)")
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-
-    out = _cpu_copy(model, "torchao's int8 Linear (CPU here)", share=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_(out, Int8DynamicActivationInt8WeightConfig())
-    out.torchao_version = ao.__version__
-    return out
+    return OnnxClassifier(session(payload), payload)
 
 
 def fused_ops(model: nn.Module) -> dict[str, int]:
@@ -337,9 +307,3 @@ def fused_ops(model: nn.Module) -> dict[str, int]:
     for node in graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
-
-
-def agreement_on(models: Iterable[nn.Module], tokenizer, split: str = "val", limit: int | None = 64) -> float:
-    """Share of snippets of a selection split on which all the models predict the same label."""
-    preds = [measure.predictions(m, tokenizer, data.selection_split(split), limit) for m in models]
-    return float(np.mean(np.all([p == preds[0] for p in preds], axis=0)))

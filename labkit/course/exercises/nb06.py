@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from labkit.course.exercises import Mistake, NotAttempted, close, exercise, given, unanswered
-from labkit.pipelines.strategies import EXERCISE_TABLE, pareto_front, validate
+from labkit.pipelines.pareto import EXERCISE_TABLE, pareto_front
+from labkit.pipelines.pipeline import validate
 
 
 def _pareto() -> list[str]:
@@ -90,7 +91,7 @@ def _variant(df: pd.DataFrame, latency_sign: float = 1.0, ties_dominate: bool = 
                              "once (accuracy, latency AND size), not on one, and not 'strictly better on all'.",
            "wrong": "for each row, look for another row that is >= on accuracy, <= on latency and size, and "
                     "strictly better on one of them; the row is on the front when there is none."},
-          kind="code", uses="the measured table of pipelines and its Pareto plot (strategies.compare(front=...))")
+          kind="code", uses="the measured table of pipelines, its Pareto plot and the choice made on it")
 def _check_pareto_front(answer: Any) -> str | None:
     if unanswered(answer):
         raise NotAttempted()
@@ -123,7 +124,7 @@ def _order() -> list[str]:
     return ["structured", "recover", "int8"]
 
 
-@exercise("06.order", "Order int8, structured and recover so that labkit accepts the pipeline (a list of names).",
+@exercise("06.order", "Order int8, structured and recover into a pipeline that works (a list of names).",
           _order,
           {"int8_first": "pruning and fine-tuning need float weights: int8 comes last.",
            "recover_first": "recovering only makes sense after something was removed.",
