@@ -4,7 +4,6 @@ of other modules, small modules; and the learner notebooks calling torch more th
 from __future__ import annotations
 
 import ast
-import json
 import re
 from pathlib import Path
 

@@ -1,7 +1,6 @@
 """labkit.lab.points: one slider-point type, measured the kit's way, computed once per setting."""
 
 import pytest
-import torch
 
 from labkit.core import data, measure
 from labkit.lab import points
