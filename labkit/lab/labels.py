@@ -78,6 +78,14 @@ STRINGS: dict[str, str] = {
     "{score} score": "{score} 得分",
     "batch-32 latency (ms, median; each point timed on its own)": "批大小 32 的延迟（毫秒，中位数；每个点单独计时）",
     "accuracy, 95% interval (quick {split} subset)": "准确率，95% 置信区间（{split} 快速子集）",
+    # a slider point's readout (lab.points.Point.readout)
+    "accuracy {ci}": "准确率 {ci}",
+    "agreement {value}": "与基线一致率 {value}",
+    "vs baseline {delta} points [{lo}, {hi}], p = {p}": "相对基线 {delta} 个百分点 [{lo}, {hi}]，p = {p}",
+    "{ms} ms at batch 32": "批大小 32 时 {ms} 毫秒",
+    "{speedup}x {spread}": "{speedup} 倍 {spread}",
+    "{mb} MB": "{mb} MB",
+    "({ratio}x smaller)": "（缩小 {ratio} 倍）",
     # notebook 08's KV-cache plot (plots.kv_cache)
     "KV cache, {dtype}": "KV 缓存，{dtype}",
     "context length (tokens, batch 1)": "上下文长度（词元数，批大小 1）",

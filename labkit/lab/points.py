@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from labkit.core import data, measure, memory
 from labkit.core import model as model_lib
+from labkit.lab.labels import t
 
 
 @dataclass(frozen=True)
@@ -52,22 +54,26 @@ class Point:
         return {**self.settings, **numbers, **self.extra}
 
     def readout(self) -> str:
-        """The point in one line, as every slider shows it."""
-        text = f"accuracy {measure.format_accuracy({'accuracy': self.accuracy, 'lo': self.lo, 'hi': self.hi, 'n': self.n})}"
+        """The point in one line, as every slider shows it (in the learner's language: labkit.lab.labels)."""
+        ci = measure.format_accuracy({"accuracy": self.accuracy, "lo": self.lo, "hi": self.hi, "n": self.n})
+        parts = [t("accuracy {ci}", ci=ci)]
         if self.agreement is not None:
-            text += f" · agreement {self.agreement:.3f}"
+            parts.append(t("agreement {value}", value=f"{self.agreement:.3f}"))
         if self.p_value is not None and self.agreement != 1:
-            text += (f" · vs baseline {100 * self.delta:+.1f} points [{100 * self.delta_lo:+.1f}, "
-                     f"{100 * self.delta_hi:+.1f}], p = {self.p_value:.2g}")
+            parts.append(t("vs baseline {delta} points [{lo}, {hi}], p = {p}", delta=f"{100 * self.delta:+.1f}",
+                           lo=f"{100 * self.delta_lo:+.1f}", hi=f"{100 * self.delta_hi:+.1f}", p=f"{self.p_value:.2g}"))
         if self.latency_ms is not None:
-            text += f" · {self.latency_ms:.1f} ms at batch 32"
+            timed = t("{ms} ms at batch 32", ms=f"{self.latency_ms:.1f}")
             if self.speedup is not None:
-                text += f", {self.speedup:.2f}x {measure.format_range(self.speedup_lo, self.speedup_hi)}"
+                timed += ", " + t("{speedup}x {spread}", speedup=f"{self.speedup:.2f}",
+                                  spread=measure.format_range(self.speedup_lo, self.speedup_hi))
+            parts.append(timed)
         if self.size_bytes is not None:
-            text += f" · {self.size_bytes / 1e6:.1f} MB"
+            sized = t("{mb} MB", mb=f"{self.size_bytes / 1e6:.1f}")
             if self.baseline_bytes:
-                text += f" ({self.baseline_bytes / self.size_bytes:.1f}x smaller)"
-        return text
+                sized += " " + t("({ratio}x smaller)", ratio=f"{self.baseline_bytes / self.size_bytes:.1f}")
+            parts.append(sized)
+        return " · ".join(parts)
 
     def __str__(self) -> str:
         return self.readout()
@@ -103,10 +109,23 @@ def measure_point(model: nn.Module, settings: dict, tokenizer=None, *, time: boo
     sizes: dict = {}
     if size is not False:
         sizes = dict(size_bytes=measure.serialized_bytes(model) if size is True else int(size),
-                     baseline_bytes=measure.serialized_bytes(baseline))
+                     baseline_bytes=_baseline_bytes(baseline))
     return Point(dict(settings), ci["accuracy"], ci["lo"], ci["hi"], ci["n"], measure.agreement(preds, reference),
                  delta=vs["difference"], delta_lo=vs["lo"], delta_hi=vs["hi"], p_value=vs["p_value"], **timing, **sizes,
                  extra=dict(extra))
+
+
+_BASELINE_BYTES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _baseline_bytes(baseline: nn.Module) -> int:
+    """The baseline's saved bytes, written once per baseline (and again only if its tensors changed): every new point
+    would otherwise serialize the baseline again (91 MB written, and its time, per slider move)."""
+    versions = tuple(t._version for t in baseline.state_dict().values())
+    known = _BASELINE_BYTES.get(baseline)
+    if known is None or known[0] != versions:
+        known = _BASELINE_BYTES[baseline] = (versions, measure.serialized_bytes(baseline))
+    return known[1]
 
 
 _CACHE: dict[tuple, Any] = {}
