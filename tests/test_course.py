@@ -141,7 +141,8 @@ def test_code_saved_from_a_lesson_is_the_packages_own(notebook, source):
 
     first, _, body = source.partition("\n")
     module = importlib.import_module(first.removeprefix("#@save").strip())
-    defs = [n for n in ast.parse(body).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    tree = ast.parse(body)
+    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
     assert defs, f"{notebook}: a #@save cell defines no function or class"
     lines = body.splitlines()
     for node in defs:
@@ -149,3 +150,8 @@ def test_code_saved_from_a_lesson_is_the_packages_own(notebook, source):
         shown = "\n".join(lines[start:node.end_lineno])
         kept = textwrap.dedent(inspect.getsource(getattr(module, node.name))).rstrip()
         assert shown == kept, f"{notebook}: {node.name} differs from {module.__name__}.{node.name}"
+    module_source = inspect.getsource(module)
+    for node in tree.body:  # a constant the cell sets is the module's, line for line
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            shown = "\n".join(lines[node.lineno - 1:node.end_lineno])
+            assert shown in module_source, f"{notebook}: {shown!r} is not in {module.__name__}"
