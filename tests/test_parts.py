@@ -69,9 +69,9 @@ def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
-def test_copy_with_shares_storage_but_not_parameter_objects():
+def test_copy_sharing_shares_storage_but_not_parameter_objects():
     m = parts.tiny_classifier("BERT")
-    c = parts.copy_with(m)
+    c = parts.copy_sharing(m)
     for (name, p), q in zip(m.named_parameters(), c.parameters()):
         assert q is not p and _storage(q) == _storage(p), name  # no new memory, yet the copy's own Parameter
     assert all(_storage(a) == _storage(b) for a, b in zip(m.buffers(), c.buffers()))
@@ -80,20 +80,20 @@ def test_copy_with_shares_storage_but_not_parameter_objects():
     assert isinstance(m.get_submodule(name), nn.Linear)
 
 
-def test_copy_with_a_cast_leaves_the_original_in_float32():
+def test_a_cast_copy_leaves_the_original_in_float32():
     m = parts.tiny_classifier("BERT")
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    c = parts.copy_with(m).to(torch.bfloat16)  # torch's own cast on the shared copy: new tensors in the copy only
+    c = parts.copy_sharing(m).to(torch.bfloat16)  # torch's own cast on the shared copy: new tensors in the copy only
     assert all(p.dtype == torch.bfloat16 for p in c.parameters())
     assert all(torch.equal(v, before[k]) and v.dtype == before[k].dtype for k, v in m.state_dict().items())
-    d = parts.copy_with(m, lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t)
+    d = parts.clone(m, lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t)
     assert all(torch.equal(a, b) for a, b in zip(c.state_dict().values(), d.state_dict().values()))
 
 
-def test_copy_with_clones_all_but_what_convert_returns_as_it_is():
+def test_copy_sharing_clones_all_but_what_convert_returns_as_it_is():
     m = parts.tiny_classifier("DistilBERT")
     emb = m.get_input_embeddings().weight
-    c = parts.copy_with(m, lambda t: t if t is emb else t.clone())  # convert sees the model's own tensors
+    c = parts.copy_sharing(m, lambda t: t if t is emb else t.clone())  # convert sees the model's own tensors
     assert _storage(c.get_input_embeddings().weight) == _storage(emb)
     others = [(p, q) for p, q in zip(m.parameters(), c.parameters()) if p is not emb]
     assert others and all(_storage(p) != _storage(q) and torch.equal(p, q) for p, q in others)
@@ -103,10 +103,10 @@ def test_copy_with_clones_all_but_what_convert_returns_as_it_is():
     assert all(not torch.equal(p, q) for p, q in others)
 
 
-def test_copy_with_keeps_tied_weights_tied():
+def test_copies_keep_tied_weights_tied():
     lm = nn.Module()
     lm.embed = nn.Embedding(10, 4)
     lm.head = nn.Linear(4, 10, bias=False)
     lm.head.weight = lm.embed.weight
-    for c in (parts.copy_with(lm), parts.copy_with(lm, torch.clone)):
+    for c in (parts.copy_sharing(lm), parts.clone(lm)):
         assert c.head.weight is c.embed.weight and c.embed.weight is not lm.embed.weight

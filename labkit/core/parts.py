@@ -235,13 +235,14 @@ def clone(model: nn.Module, convert=None) -> nn.Module:
     return _copy(model, own)
 
 
-def copy_sharing(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose tensors are `model`'s own (new modules, no new memory).
+def copy_sharing(model: nn.Module, convert=None) -> nn.Module:
+    """A copy of `model` whose tensors are `model`'s own (new modules, no new memory), or `convert(t)` of each.
 
-    Only for code that replaces the layers it changes or exports the copy, and never hands the copy to a caller:
-    writing into it in place would change `model` too. Public functions return `clone`s.
+    Only for code that replaces the layers it changes, exports the copy, or writes only the tensors `convert` made
+    new, and never hands the copy to a caller: writing into a shared tensor would change `model` too. Public
+    functions return `clone`s.
     """
-    return _copy(model, lambda t: t)
+    return _copy(model, (lambda t: t) if convert is None else convert)
 
 
 def unshare(copy_: nn.Module, original: nn.Module) -> nn.Module:
@@ -276,11 +277,6 @@ def _copy(model: nn.Module, make) -> nn.Module:
         for b in model.buffers():
             memo[id(b)] = make(b).detach()
     return copy.deepcopy(model, memo)  # deepcopy takes what memo has for each of those tensors
-
-
-def copy_with(model: nn.Module, convert=None) -> nn.Module:
-    """Deprecated spelling: `copy_sharing(model)` without `convert`, else `clone(model, convert)`."""
-    return copy_sharing(model) if convert is None else _copy(model, convert)
 
 
 def summary(model: nn.Module) -> dict:

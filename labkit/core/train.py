@@ -72,7 +72,7 @@ def copy_to_fit(model: nn.Module, freeze: bool | None = None) -> nn.Module:
     (`freeze`; None: where memory is tight, as `fit` decides): never written there, it stays shared with `model`
     (MiniLM's is 47 MB, half the baseline)."""
     frozen = input_embedding(model) if (memory.tight() if freeze is None else freeze) else None
-    return parts.copy_with(model, lambda t: t if t is frozen else t.clone())
+    return parts.copy_sharing(model, lambda t: t if t is frozen else t.clone())
 
 
 @contextlib.contextmanager
