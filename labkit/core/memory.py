@@ -1,8 +1,8 @@
 """Giving freed memory back: a notebook kernel on a classroom hub or Binder has 1-2 GB with Jupyter included.
 
 glibc's malloc keeps the memory of freed tensors in its heap for reuse instead of returning it to the system, so
-after a fine-tune a kernel stays near its peak (measured: about 0.8 GB still held after a 16-step pruning
-recovery of the 91 MB baseline, though every tensor of it was freed). `release()` hands those pages back.
+after a fine-tune a kernel stays near its peak (about 0.8 GB still held after a 16-step pruning recovery of the
+91 MB baseline, though every tensor of it was freed). `release()` hands those pages back.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ def trim() -> None:
 
 def gives_back(fn):
     """`fn`, then `trim`: for a slider's point, whose copy of the model is freed when it returns, so that a learner
-    who visits many points does not keep every copy's pages (measured on notebook 07's tour: 1.01 -> 0.89 GiB at its
-    last point)."""
+    who visits many points does not keep every copy's pages."""
     @functools.wraps(fn)
     def after(*args, **kwargs):
         try:

@@ -79,9 +79,8 @@ def copy_to_fit(model: nn.Module, freeze: bool | None = None) -> nn.Module:
 def frozen_embeddings(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """Within it, the input (word) embedding matrix is not trained: it gets no gradient and no AdamW moments.
 
-    It is half of MiniLM's weights (30,522 x 384), so a fine-tune holds about 0.13 GB less at its peak (measured on
-    the fast baseline's pruning fine-tune: 1.12 -> 0.99 GiB), a trade a classroom hub (1-2 GB for a kernel and
-    Jupyter together) needs. Recovery and quantization-aware training change the encoder, not the vocabulary, so
+    It is half of MiniLM's weights (30,522 x 384), so a fine-tune holds about 0.13 GB less at its peak, a trade a
+    classroom hub (1-2 GB for a kernel and Jupyter together) needs. Recovery and quantization-aware training change the encoder, not the vocabulary, so
     they lose little. An embedding tied to an output layer, or one already frozen, is left as it is; the setting is
     restored on exit.
     """

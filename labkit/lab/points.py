@@ -145,11 +145,8 @@ def cached(fn: Callable[..., Any]) -> Callable[..., Any]:
         key = (fn.__module__, fn.__qualname__, tuple(
             (name, tuple(sorted(value.items())) if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD
              else value) for name, value in bound.arguments.items()))
-        if key not in _CACHE:
-            try:
-                _CACHE[key] = fn(*args, **kwargs)
-            finally:
-                memory.trim()  # the point's model copy is freed now: give its pages back (a hub's kernel is small)
+        if key not in _CACHE:  # the point's model copy is freed when it returns: its pages go back (a hub is small)
+            _CACHE[key] = memory.gives_back(fn)(*args, **kwargs)
         return _CACHE[key]
     wrapper.cache_clear = lambda: [_CACHE.pop(k) for k in list(_CACHE) if k[:2] == (fn.__module__, fn.__qualname__)]
     return wrapper

@@ -88,8 +88,8 @@ def export_onnx(model: nn.Module) -> bytes:
 
 
 def _export_to(model: nn.Module, path: str) -> None:
-    """`export_onnx` into the file at `path`, so `to_onnx` never holds a serialized copy beside the next step's
-    (measured: `to_int8(backend="onnxruntime")` of the fast baseline peaked 0.53 -> 0.44 GB above the kernel)."""
+    """`export_onnx` into the file at `path`, so `to_onnx` never holds a serialized copy beside the next step's (on
+    the fast baseline, about 0.1 GB less at the int8 conversion's peak)."""
     parts.check_classifier(model)
     m = parts.cpu_target(model, False, "ONNX Runtime (CPU provider)").float().eval()
     if hasattr(m, "set_attn_implementation"):
