@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.labkit-installed
 
 export HF_HUB_OFFLINE = 1
 
-.PHONY: tour tour-fast test install lab lab-zh workshop browser clean-cache course hub lock test-solutions
+.PHONY: tour tour-fast test test-fast install lab lab-zh workshop browser clean-cache course hub lock test-solutions
 
 $(STAMP): requirements-assets.txt pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ test: $(STAMP) $(BROWSER_STAMP)
 	LABKIT_FAST=$${LABKIT_FAST:-1} $(PY) -m labkit prepare
 	LABKIT_FAST=$${LABKIT_FAST:-1} OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --nbval-lax --nbval-current-env \
 		-n $(TEST_WORKERS) --dist loadfile
+
+# The fast tier for everyday work (under 3 minutes on 2 cores): no notebooks, no browser, no test on the trained
+# models (conftest.py marks those slow). make test runs everything.
+test-fast: $(STAMP)
+	LABKIT_FAST=$${LABKIT_FAST:-1} OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) tests
 
 test-solutions: $(STAMP)
 	LABKIT_FAST=$${LABKIT_FAST:-1} $(PY) -m labkit prepare
