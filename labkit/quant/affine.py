@@ -1,4 +1,5 @@
-"""Affine quantization, the one set of primitives under every technique in the kit (notebook 02 teaches it).
+"""Affine quantization, the one set of primitives under every technique in the kit (notebook 02 teaches it, and
+shows this module's code in its `#@save` cells).
 
 A float x becomes an integer code q and back through a scale and a zero point:
     q = clamp(round(x / scale) + zero_point, qmin, qmax)        x ~ (q - zero_point) * scale
@@ -36,6 +37,12 @@ def qrange(bits: int, mapping: str = "asymmetric", restricted: bool = False) -> 
     return (-top if restricted else -top - 1), top
 
 
+def _check(value: str, allowed: tuple[str, ...], name: str) -> None:
+    """A ValueError naming the choices, when `value` is not one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}.")
+
+
 def block_size_for(x: torch.Tensor, granularity: str, group_size: int | None = None) -> tuple[int, ...]:
     """The block size of a granularity: 'tensor' (one block), 'channel' (one per row) or 'group' (`group_size`
     consecutive values along each row)."""
@@ -58,6 +65,21 @@ def block_size_for(x: torch.Tensor, granularity: str, group_size: int | None = N
     raise ValueError(f"Unknown granularity {granularity!r}; choose one of 'tensor', 'channel', 'group'.")
 
 
+def _blocked(x: torch.Tensor, block_size: tuple[int, ...]) -> torch.Tensor:
+    """`x` viewed as [n0 / b0, b0, n1 / b1, b1, ...]: block i of dimension d is index i on axis 2d. A (1536, 384)
+    weight in blocks of (1, 64) becomes (1536, 1, 6, 64): reducing over axes 1 and 3 gives one value per group."""
+    block_size = tuple(block_size)
+    if len(block_size) != x.dim():
+        raise ValueError(f"block_size {block_size} needs one entry per dimension of the tensor {tuple(x.shape)}.")
+    shape = []
+    for n, b in zip(x.shape, block_size):
+        if b < 1 or n % b:
+            raise ValueError(f"block size {b} does not divide the dimension {n} of {tuple(x.shape)}; use a "
+                             f"divisor of {n}.")
+        shape += [n // b, b]
+    return x.reshape(shape)
+
+
 def choose_qparams_affine(x: torch.Tensor, mapping: str, block_size: tuple[int, ...], qmin: int, qmax: int,
                           eps: float = EPS, scale_dtype: torch.dtype | None = None,
                           zero_point_domain: str = "int") -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +92,7 @@ def choose_qparams_affine(x: torch.Tensor, mapping: str, block_size: tuple[int, 
     `scale_dtype` rounds the scale (and a float offset) to the dtype they are stored in, e.g. torch.float16.
     """
     blocks = _blocked(x.detach().float(), block_size)
-    dims = tuple(range(1, blocks.dim(), 2))
+    dims = tuple(range(1, blocks.dim(), 2))  # the axes inside a block
     return choose_qparams_affine_with_min_max(blocks.amin(dim=dims), blocks.amax(dim=dims), mapping, qmin, qmax, eps,
                                               scale_dtype, zero_point_domain)
 
@@ -98,6 +120,26 @@ def choose_qparams_affine_with_min_max(lo: torch.Tensor | float, hi: torch.Tenso
     scale = store(torch.clamp((hi - lo) / (qmax - qmin), min=eps))
     zero_point = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int64)
     return scale, zero_point
+
+
+def code_dtype(qmin: int, qmax: int) -> torch.dtype:
+    """The smallest integer dtype holding qmin..qmax: uint8, int8, else int32."""
+    if qmin >= 0 and qmax <= 255:
+        return torch.uint8
+    if qmin >= -128 and qmax <= 127:
+        return torch.int8
+    return torch.int32
+
+
+def _spread(t: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """A per-block tensor shaped to broadcast over the blocked view: [n0 / b0, 1, n1 / b1, 1, ...]."""
+    t = torch.as_tensor(t)
+    counts = blocks.shape[0::2]
+    if t.numel() != math.prod(counts):
+        raise ValueError(f"{t.numel()} scales or zero points for {math.prod(counts)} blocks; make them with "
+                         "choose_qparams_affine and the same block_size.")
+    shape = [d for n in counts for d in (n, 1)]
+    return t.reshape(shape).to(blocks.device)
 
 
 def quantize_affine(x: torch.Tensor, block_size: tuple[int, ...], scale: torch.Tensor, zero_point: torch.Tensor,
@@ -134,45 +176,6 @@ def fake_quantize_affine(x: torch.Tensor, mapping: str, block_size: tuple[int, .
     return dequantize_affine(codes, block_size, scale, zp, zero_point_domain, x.dtype)
 
 
-def code_dtype(qmin: int, qmax: int) -> torch.dtype:
-    """The smallest integer dtype holding qmin..qmax: uint8, int8, else int32."""
-    if qmin >= 0 and qmax <= 255:
-        return torch.uint8
-    if qmin >= -128 and qmax <= 127:
-        return torch.int8
-    return torch.int32
-
-
 def packed_bytes(numel: int, bits: int, blocks: int, scale_bytes: int = 4, zero_point_bytes: int = 0) -> int:
     """Bytes of `numel` codes packed at `bits` bits each, plus a scale (and zero point) per block."""
     return math.ceil(numel * bits / 8) + blocks * (scale_bytes + zero_point_bytes)
-
-
-def _check(value: str, allowed: tuple[str, ...], name: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(map(repr, allowed))}.")
-
-
-def _blocked(x: torch.Tensor, block_size: tuple[int, ...]) -> torch.Tensor:
-    """`x` viewed as [n0 / b0, b0, n1 / b1, b1, ...]: block i of dimension d is index i on axis 2d."""
-    block_size = tuple(block_size)
-    if len(block_size) != x.dim():
-        raise ValueError(f"block_size {block_size} needs one entry per dimension of the tensor {tuple(x.shape)}.")
-    shape = []
-    for n, b in zip(x.shape, block_size):
-        if b < 1 or n % b:
-            raise ValueError(f"block size {b} does not divide the dimension {n} of {tuple(x.shape)}; use a "
-                             f"divisor of {n}.")
-        shape += [n // b, b]
-    return x.reshape(shape)
-
-
-def _spread(t: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """A per-block tensor shaped to broadcast over the blocked view: [n0 / b0, 1, n1 / b1, 1, ...]."""
-    t = torch.as_tensor(t)
-    counts = blocks.shape[0::2]
-    if t.numel() != math.prod(counts):
-        raise ValueError(f"{t.numel()} scales or zero points for {math.prod(counts)} blocks; make them with "
-                         "choose_qparams_affine and the same block_size.")
-    shape = [d for n in counts for d in (n, 1)]
-    return t.reshape(shape).to(blocks.device)

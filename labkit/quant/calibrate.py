@@ -4,19 +4,21 @@ Notebook 04 sets this decision, made once ahead of time, against a grid made for
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from labkit.core import measure, parts
-from labkit.quant import affine
+from labkit.quant.affine import choose_qparams_affine_with_min_max, dequantize_affine, qrange, quantize_affine
 
 
 def fake_quantize_range(x: torch.Tensor, lo: float, hi: float, bits: int = 8) -> torch.Tensor:
     """`x` rounded to the asymmetric `bits`-bit grid of the range [lo, hi] (widened to hold 0), clipped outside it."""
-    qmin, qmax = affine.qrange(bits)
-    scale, zero_point = affine.choose_qparams_affine_with_min_max(lo, hi, "asymmetric", qmin, qmax)
-    codes = affine.quantize_affine(x, x.shape, scale, zero_point, qmin, qmax)
-    return affine.dequantize_affine(codes, x.shape, scale, zero_point, dtype=x.dtype)
+    qmin, qmax = qrange(bits)
+    scale, zero_point = choose_qparams_affine_with_min_max(lo, hi, "asymmetric", qmin, qmax)
+    codes = quantize_affine(x, x.shape, scale, zero_point, qmin, qmax)
+    return dequantize_affine(codes, x.shape, scale, zero_point, dtype=x.dtype)
 
 
 def observe(x: torch.Tensor, bits: int, observer: str = "minmax", percentile: float = 99.99) -> tuple[float, float]:
@@ -52,9 +54,9 @@ def calibrate(model: nn.Module, tokenizer, texts, bits: int = 8, observer: str =
               inplace: bool = False) -> nn.Module:
     """A copy of `model` (or `model` itself, `inplace`) whose Linear inputs picked by `filter_fn` are rounded to fixed
     grids, each range chosen by `observer` on what `texts` feed the layer: static quantization, simulated."""
-    affine.qrange(bits)  # a bad bit width, then an unknown observer, is refused before any work
+    qrange(bits)  # a bad bit width, then an unknown observer, is refused before any work
     observe(torch.zeros(1), bits, observer)
-    out = model if inplace else parts.clone(model)
+    out = model if inplace else copy.deepcopy(model)
     layers = parts.linears(out, filter_fn)
     seen = {name: [] for name in layers}
     gen = torch.Generator().manual_seed(0)

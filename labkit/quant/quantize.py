@@ -8,6 +8,7 @@ a model that really stores int8 weights and runs int8 kernels.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -17,7 +18,8 @@ from torch.nn.utils import parametrize
 
 from labkit import fast_mode
 from labkit.core import data, parts, results, train
-from labkit.quant import affine, int8
+from labkit.quant import int8
+from labkit.quant.affine import block_size_for, fake_quantize_affine, packed_bytes, qrange
 from labkit.runtimes import onnx, openvino
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -26,14 +28,14 @@ BACKENDS = ("torch", "onnxruntime", "openvino")
 def fake_quantize_weight(w: torch.Tensor, bits: int, scheme: str = "asymmetric", granularity: str = "channel",
                          group_size: int = 64) -> torch.Tensor:
     """`w` on a `bits`-bit grid per tensor, per channel (row) or per group of `group_size`: quantized, dequantized."""
-    qmin, qmax = affine.qrange(bits, scheme)
-    return affine.fake_quantize_affine(w, scheme, affine.block_size_for(w, granularity, group_size), qmin, qmax)
+    qmin, qmax = qrange(bits, scheme)
+    return fake_quantize_affine(w, scheme, block_size_for(w, granularity, group_size), qmin, qmax)
 
 
 def fake_quantize(model: nn.Module, bits: int, scheme: str = "asymmetric", granularity: str = "channel",
                   group_size: int = 64, filter_fn="all") -> nn.Module:
     """A copy of `model` whose Linear weights (picked by `filter_fn`) sit on a `bits`-bit grid, still in float32."""
-    out = parts.clone(model)
+    out = copy.deepcopy(model)
     layers = parts.linears(out, filter_fn)
     if not layers:
         raise ValueError(f"filter_fn {filter_fn!r} picks no nn.Linear of {type(model).__name__}: nothing to quantize.")
@@ -51,8 +53,8 @@ def quantized_size_bytes(model: nn.Module, bits: int, scheme: str = "asymmetric"
     packed = {}
     for lin in parts.linears(model, filter_fn).values():
         w = lin.weight
-        blocks = w.numel() // math.prod(affine.block_size_for(w, granularity, group_size))
-        packed[id(w)] = affine.packed_bytes(w.numel(), bits, blocks, 4, zero_point_bytes)
+        blocks = w.numel() // math.prod(block_size_for(w, granularity, group_size))
+        packed[id(w)] = packed_bytes(w.numel(), bits, blocks, 4, zero_point_bytes)
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     return sum(packed.get(i, t.numel() * t.element_size()) for i, t in tensors.items())
 
@@ -75,7 +77,7 @@ def qat(model: nn.Module, tokenizer, bits: int = 4, scheme: str = "asymmetric", 
         precision: str = "fp32") -> nn.Module:
     """Quantization-aware fine-tuning of a copy of `model` on training snippets, its rounded weights then kept."""
     steps = steps or (10 if fast_mode() else 150)
-    out = parts.clone(model)
+    out = copy.deepcopy(model)
     layers = parts.linears(out, "all")
     for lin in layers.values():
         parametrize.register_parametrization(lin, "weight", StraightThrough(bits, scheme, granularity, group_size))
