@@ -75,7 +75,7 @@ class Accuracy(dict):
     shows it, '0.830 [0.806, 0.852] (n=1276)'."""
 
     def __str__(self) -> str:
-        return format_accuracy(self)
+        return f"{self['accuracy']:.3f} [{self['lo']:.3f}, {self['hi']:.3f}] (n={self['n']})"
 
 
 def accuracy_ci(preds, labels) -> Accuracy:
@@ -91,15 +91,16 @@ def accuracy_ci(preds, labels) -> Accuracy:
 def paired(preds_a, preds_b, labels) -> dict:
     """Is model A more accurate than B on the same snippets? Difference, its 95% interval, McNemar's exact p.
 
-    Only the snippets where exactly one model is right carry information (b: only A right, c: only B right);
-    McNemar's exact test is a binomial test on them. The interval is Wald's for paired proportions."""
-    a, b_, y = np.asarray(preds_a) == np.asarray(labels), np.asarray(preds_b) == np.asarray(labels), np.asarray(labels)
-    if a.shape != b_.shape:
+    Only the snippets where exactly one model is right carry information; McNemar's exact test asks whether they
+    could have split between A and B like a fair coin's tosses. The interval is Wald's for paired proportions."""
+    labels = np.asarray(labels)
+    a_right, b_right = np.asarray(preds_a) == labels, np.asarray(preds_b) == labels
+    if a_right.shape != b_right.shape:
         raise ValueError("paired() needs both models' predictions on the same snippets.")
     from scipy.stats import binomtest
 
-    n = len(y)
-    only_a, only_b = int((a & ~b_).sum()), int((~a & b_).sum())
+    n = len(labels)
+    only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
     diff = (only_a - only_b) / n
     se = np.sqrt(max(only_a + only_b - n * diff * diff, 0.0)) / n
     p = 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
@@ -119,7 +120,7 @@ def detectable_difference(n: int, discordant: float = 0.1) -> float:
 
 def format_accuracy(ci: dict) -> str:
     """'0.830 [0.806, 0.852] (n=1276)': an accuracy as every table and readout in the kit shows it."""
-    return f"{ci['accuracy']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}] (n={ci['n']})"
+    return str(Accuracy(ci))
 
 
 def footprint(model: torch.nn.Module, seq_len: int | None = None) -> pd.DataFrame:
