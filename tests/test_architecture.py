@@ -154,3 +154,51 @@ def test_no_module_uses_another_modules_private_names():
 def test_no_module_is_over_500_lines(module):
     lines = len(MODULES[module].read_text().splitlines())
     assert lines <= MAX_LINES, f"{MODULES[module].relative_to(ROOT)} has {lines} lines; split it by idea"
+
+
+# --- learners write torch ---------------------------------------------------------------------------------------
+
+LIBRARIES = ("torch", "numpy", "transformers", "openvino", "nncf", "onnxruntime", "sklearn", "matplotlib", "pandas",
+             "labkit")
+MAX_LABKIT_SHARE = 0.40  # of the library call sites in the learner edition
+MAX_LABKIT_FUNCTIONS = 80  # distinct labkit functions the learner edition calls
+
+
+def _library_calls(path: Path) -> list[tuple[str, str]]:
+    """(library, dotted call) for every call in a notebook's code cells whose root name was imported from one of
+    LIBRARIES: `quantize.fake_quantize(...)` after `from labkit.quant import quantize` is ("labkit", ...)."""
+    names: dict[str, str] = {}
+    calls = []
+    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "\n".join("pass" if line.lstrip().startswith(("%", "!")) else line
+                           for line in "".join(cell["source"]).splitlines())
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.split(".")[0] in LIBRARIES:
+                        names[a.asname or a.name.split(".")[0]] = a.name.split(".")[0]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in LIBRARIES:
+                for a in node.names:
+                    names[a.asname or a.name] = node.module.split(".")[0]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                f, dotted = node.func, []
+                while isinstance(f, ast.Attribute):
+                    dotted.append(f.attr)
+                    f = f.value
+                if isinstance(f, ast.Name) and f.id in names:
+                    calls.append((names[f.id], ".".join([f.id] + dotted[::-1])))
+    return calls
+
+
+def test_learners_call_torch_more_than_labkit():
+    """The learner edition calls labkit for plumbing only: at most 40% of its library call sites, at most 80
+    distinct functions (issue 33's measure)."""
+    calls = [c for path in sorted((ROOT / "notebooks").glob("*.ipynb")) for c in _library_calls(path)]
+    ours = [name for lib, name in calls if lib == "labkit"]
+    share = len(ours) / len(calls)
+    assert share <= MAX_LABKIT_SHARE, f"labkit is {share:.0%} of {len(calls)} library calls in notebooks/"
+    assert len(set(ours)) <= MAX_LABKIT_FUNCTIONS, f"{len(set(ours))} distinct labkit functions: {sorted(set(ours))}"
