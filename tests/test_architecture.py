@@ -4,6 +4,7 @@ of other modules, small modules; and the learner notebooks calling torch more th
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -166,9 +167,26 @@ MAX_LABKIT_FUNCTIONS = 80  # distinct labkit functions the learner edition calls
 
 def _library_calls(path: Path) -> list[tuple[str, str]]:
     """(library, dotted call) for every call in a notebook's code cells whose root name was imported from one of
-    LIBRARIES: `quantize.fake_quantize(...)` after `from labkit.quant import quantize` is ("labkit", ...)."""
+    LIBRARIES: `quantize.fake_quantize(...)` after `from labkit.quant import quantize` is ("labkit", ...). Inside a
+    function, a parameter of the same name (`model` in `def recover(model, ...)`) is the parameter, not the import."""
     names: dict[str, str] = {}
-    calls = []
+    calls: list[tuple[str, str]] = []
+
+    def visit(node: ast.AST, shadowed: frozenset) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = node.args
+            params = {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg] if x}
+            shadowed = shadowed | params
+        if isinstance(node, ast.Call):
+            f, dotted = node.func, []
+            while isinstance(f, ast.Attribute):
+                dotted.append(f.attr)
+                f = f.value
+            if isinstance(f, ast.Name) and f.id in names and f.id not in shadowed:
+                calls.append((names[f.id], ".".join([f.id] + dotted[::-1])))
+        for child in ast.iter_child_nodes(node):
+            visit(child, shadowed)
+
     for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
         if cell["cell_type"] != "code":
             continue
@@ -183,14 +201,7 @@ def _library_calls(path: Path) -> list[tuple[str, str]]:
             elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in LIBRARIES:
                 for a in node.names:
                     names[a.asname or a.name] = node.module.split(".")[0]
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                f, dotted = node.func, []
-                while isinstance(f, ast.Attribute):
-                    dotted.append(f.attr)
-                    f = f.value
-                if isinstance(f, ast.Name) and f.id in names:
-                    calls.append((names[f.id], ".".join([f.id] + dotted[::-1])))
+        visit(tree, frozenset())
     return calls
 
 
