@@ -21,8 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
-import conftest as lab  # noqa: E402  (server and browser settings shared with the browser tests)
 from labdriver import move, open_notebook, panel_cell, panel_output, run_all, slider, wait_output  # noqa: E402
+
+import conftest as lab  # noqa: E402  (server and browser settings shared with the browser tests)
 
 # notebook, slider label, key towards new values, key back (the panel's cell is found in the notebook)
 NOTEBOOKS = [("02_quantization.ipynb", "bits", "ArrowLeft", "ArrowRight"),
