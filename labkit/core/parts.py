@@ -192,13 +192,24 @@ def linears(model: nn.Module, filter_fn="blocks") -> dict[str, nn.Linear]:
     Linear), 'blocks' (every Linear inside a transformer block), 'attention' (q, k, v, o), 'ffn' (up, down) or
     'head' (the classification head, with its pooler or pre-classifier). A plain nn.Module (a learner's toy
     network) has no blocks or head: 'all' and 'blocks' give every Linear, the other names none.
+
+    A model already quantized or compressed is refused (`require_float_layers`), and so is a picked weight that is
+    not finite floating point (`check_weight`): no technique works on those.
     """
+    if not callable(filter_fn) and filter_fn not in FILTERS:
+        raise ValueError(f"filter_fn must be a function (module, fqn) -> bool or one of {', '.join(FILTERS)}; "
+                         f"got {filter_fn!r}.")
+    require_float_layers(model)
+    found = _select(model, filter_fn)
+    for name, layer in found.items():  # every technique reads the weights it picks: none may be NaN or integer
+        check_weight(layer.weight, f"{name}.weight")
+    return found
+
+
+def _select(model: nn.Module, filter_fn) -> dict[str, nn.Linear]:
     if callable(filter_fn):
         return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and filter_fn(m, n)}
     kinds = {"blocks": ATTENTION + FFN, "attention": ATTENTION, "ffn": FFN}
-    if filter_fn not in FILTERS:
-        raise ValueError(f"filter_fn must be a function (module, fqn) -> bool or one of {', '.join(FILTERS)}; "
-                         f"got {filter_fn!r}.")
     if not is_hf(model):
         found = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         return found if filter_fn in ("blocks", "all") else {}
@@ -378,3 +389,71 @@ def cpu_target(model: nn.Module, inplace: bool, what: str) -> nn.Module:
         warnings.warn(f"{what} runs on the CPU only: the returned model is on the CPU, not on {dev}. Compare it "
                       "with a CPU copy of the float model (model.cpu()) when timing.", RuntimeWarning, stacklevel=3)
     return (model if inplace else copy_sharing(model)).cpu()
+
+
+# --- weights a technique can work on: floating point, finite, and not already quantized -----------------------
+
+RELOAD = ("Reload the model, or retrain it with a lower learning rate if its training diverged; torch.nan_to_num(w) "
+          "replaces them if you know why they are there")
+
+
+def check_weight(w, name: str = "the weight", dim: int | None = None, fix: str = RELOAD) -> torch.Tensor:
+    """`w`, after checking it is a finite floating-point tensor (of `dim` dimensions); a TypeError or ValueError
+    that names the fix otherwise (`fix`: what to do about NaN or infinite values)."""
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}: pass torch.as_tensor(w).float().")
+    if not w.is_floating_point():
+        fix = "pass w.float()" if name == "the weight" else "convert the model with model.float()"
+        raise TypeError(f"{name} is {w.dtype}: weights must be floating point ({fix}); integer values would be "
+                        "rounded onto a grid of their own and come back changed.")
+    if dim is not None and w.dim() != dim:
+        raise ValueError(f"{name} must be a {dim}-D weight ([out, in] for a Linear layer's), got shape "
+                         f"{tuple(w.shape)}: pass a layer's weight, or reshape it (w.reshape(1, -1) for one row).")
+    if w.device.type == "meta":
+        raise ValueError(f"{name} has no values (meta device): load the model with from_pretrained(...), or "
+                         ".to_empty(...) it and load a state dict.")
+    finite = torch.isfinite(w)
+    if not bool(finite.all()):
+        nans = int(torch.isnan(w).sum())
+        infs = w.numel() - int(finite.sum()) - nans
+        raise ValueError(f"{name} has {nans} NaN and {infs} infinite values (of {w.numel()}): every technique would "
+                         f"spread them (over a quantization group, through a ranking). {fix}.")
+    return w
+
+
+def _quantized_by_torch(m: nn.Module) -> bool:
+    return type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
+
+
+def _compressed(m: nn.Module) -> bool:
+    """torch.ao's quantized modules, and leaf layers that keep integer codes or indices instead of a float weight
+    (labkit's int8 embedding, weight-only, int4, CSR layers, an exported runtime's bytes)."""
+    if _quantized_by_torch(m):
+        return True
+    if next(m.children(), None) is not None or "weight" in dict(m.named_parameters(recurse=False)):
+        return False
+    return any(b.dim() >= 1 and not (b.is_floating_point() or b.dtype == torch.bool) for b in m.buffers(recurse=False))
+
+
+def compressed_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers of `model` that hold quantized or compressed weights instead of float ones, by full name."""
+    found: dict[str, nn.Module] = {}
+    for n, m in model.named_modules():
+        if _compressed(m) and not any(n.startswith(f"{f}.") for f in found):  # not torch.ao's packed parameters
+            found[n] = m
+    return found
+
+
+def require_float_layers(model: nn.Module) -> None:
+    """A ValueError when `model` is already quantized or compressed: techniques start from its float weights."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}: pass the model itself "
+                        "(e.g. labkit.core.model.load_baseline()[0]).")
+    found = compressed_layers(model)
+    if found:
+        by_torch = [n for n, m in found.items() if _quantized_by_torch(m)]
+        name = (by_torch or list(found))[0]
+        kinds = ", ".join(sorted({m._get_name() for m in found.values()}))
+        what = "int8-quantized" if by_torch else "quantized or compressed"
+        raise ValueError(f"This model is already {what} ({kinds} layers found, e.g. {name or 'the model'}): pass "
+                         "the float model it was made from; quantizing, pruning and casting start from float weights.")

@@ -171,6 +171,7 @@ def map_weights(model: nn.Module, fn, inplace: bool = False) -> nn.Module:
             if not isinstance(new, torch.Tensor) or new.shape != layer.weight.shape:
                 raise ValueError(f"fn must return a tensor of the weight's shape {tuple(layer.weight.shape)} for "
                                  f"{name}, got {getattr(new, 'shape', type(new).__name__)}.")
+            parts.check_weight(new, f"fn's result for {name}.weight", fix="Make fn return finite floats")
             layer.weight.copy_(new)
     return out
 

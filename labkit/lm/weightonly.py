@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from labkit.core.parts import check_weight
 from labkit.quant.affine import choose_qparams_affine, dequantize_affine, quantize_affine
 
 BITS = tuple(range(2, 9))
@@ -75,6 +76,7 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, g
 def rtn_codes(weight: torch.Tensor, bits: int, group_size: int,
               half: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, scale, offset) of round-to-nearest: `rtn` returns dequantize of these."""
+    check_weight(weight, dim=2)
     bits = check_bits(bits)
     check_group(weight.shape[1], group_size)
     scale, offset = group_params(weight, bits, group_size, half)
@@ -147,6 +149,7 @@ def gptq(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp
     comes up, from the weights as updated so far. `factor`: hessian_factor(H, damp), when already computed.
     `step`: the one-column update to use (gptq_column's signature; a learner's own, in notebook 08).
     """
+    check_weight(weight, dim=2)
     bits = check_bits(bits)
     check_group(weight.shape[1], group_size)
     if H.shape != (weight.shape[1], weight.shape[1]):
@@ -191,6 +194,7 @@ def check_grid(grid) -> int:
 def awq(weight: torch.Tensor, act_absmean: torch.Tensor, x: torch.Tensor, bits: int, group_size: int,
         grid: int = 20) -> torch.Tensor:
     """AWQ-style weight: rtn(W * s) / s with the searched per-input-channel scales s (see awq_scales)."""
+    check_weight(weight, dim=2)
     bits, grid = check_bits(bits), check_grid(grid)
     check_group(weight.shape[1], group_size)
     s, _ = awq_scales(weight, act_absmean, x, bits, group_size, rtn, grid)

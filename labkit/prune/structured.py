@@ -26,6 +26,7 @@ def structured_blocks(model: nn.Module) -> list[parts.Block]:
         raise ValueError(f"Structured pruning does not support {fam.name}: its relative-position attention reuses "
                          f"projections across heads, so heads cannot simply be cut out. It works on "
                          f"{STRUCTURED_FAMILIES}; on {fam.name}, use prune.magnitude or prune.two_four instead.")
+    parts.linears(model, "blocks")  # refuses a quantized model, and NaN or integer weights (they rank as garbage)
     return parts.blocks(model)
 
 

@@ -74,19 +74,10 @@ def _fp16_error(device: str) -> str | None:
     return None
 
 
-def _is_int8(model: nn.Module) -> bool:
-    # torch.ao's quantized modules keep packed int8 weights that a dtype cast cannot reach
-    return any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
-               for m in model.modules())
-
-
 def to_precision(model: nn.Module, precision: str, inplace: bool = False) -> nn.Module:
     """A copy of `model` with its weights in fp32, bf16 or fp16; it takes the same tokenized inputs as before."""
     dtype = parts.precision_dtype(precision)
-    if _is_int8(model):
-        raise ValueError("This model has int8 (torch.ao) layers, which a float cast cannot reach. The order that "
-                         "works starts from the fp32 model: convert it to int8, or cast it to bf16/fp16 with "
-                         "to_precision; torch.ao's int8 layers need float32 around them, so not both.")
+    parts.require_float_layers(model)  # int8 codes are out of a cast's reach: int8 and bf16 are alternatives
     dev = parts.device_of(model)
     if dtype == torch.float16:
         error = _fp16_error(str(dev))
