@@ -83,7 +83,7 @@ def test_a_copy_to_fit_shares_only_the_embedding_fit_freezes(monkeypatch, tokeni
     monkeypatch.delenv("MEM_LIMIT", raising=False)
     start = parts.tiny_classifier("BERT")
     before = {k: v.clone() for k, v in start.state_dict().items()}
-    work = train.copy_to_fit(start)
+    work = train.copy_sharing_embedding(start)
     embed = start.get_input_embeddings().weight
     assert (work.get_input_embeddings().weight.data_ptr() == embed.data_ptr()) is tight
     train.fit(work, tokenizer, *TRAIN, steps=2, lr=1e-2, batch_size=8)  # lean and frozen exactly where tight

@@ -6,11 +6,13 @@ import torch
 
 from labkit.core import parts
 from labkit.dynamic import gradual, tokens
+from labkit.dynamic import int8 as dynamic_int8
 from labkit.lab import myths
-from labkit.lm import generation, kernels, quantized, slm
+from labkit.lm import calibration, generation, kernels, quantized, slm
 from labkit.pipelines import pipeline
 from labkit.prune import recovery, structured, unstructured
 from labkit.quant import calibrate, floats, int8, quantize
+from labkit.runtimes import onnx, openvino
 from labkit.sparse import layers
 
 TEXTS = ["a fine film", "a dull film", "great acting", "boring plot"] * 2
@@ -35,7 +37,18 @@ CLASSIFIER = {
     "gradual.prune_finetune": lambda m, tok: gradual.prune_finetune(m, tok, 0.5, 2, batch_size=4)[0],
     "pipeline.run_pipeline": lambda m, tok: pipeline.run_pipeline(
         m, tok, [("structured", {"heads": 0.5, "ffn": 0.5}), ("recover", {"steps": 1}), ("int8", {})]),
+    "dynamic.int8.dynamic_int8": lambda m, tok: dynamic_int8.dynamic_int8(m),
+    "quantize.to_int8 onnxruntime": lambda m, tok: quantize.to_int8(m, backend="onnxruntime"),
+    "onnx.to_onnx": lambda m, tok: onnx.to_onnx(m),
 }
+# Every named pipeline, on the tiny model's 2 layers and with one training step: what is copied does not depend on
+# how long it trains.
+FIT = {"recover": {"steps": 1}, "token_pruning": {"start_layer": 1}}
+CLASSIFIER |= {f"pipeline {name}": (lambda m, tok, steps=steps: pipeline.run_pipeline(
+    m, tok, [(s, dict(o, **FIT.get(s, {}))) for s, o in steps]))
+    for name, steps in pipeline.configurations().items() if "openvino" not in name}
+if openvino.available():
+    CLASSIFIER["openvino.to_openvino"] = lambda m, tok: openvino.to_openvino(m, "f32")
 
 LANGUAGE_MODEL = {
     "quantized.quantize_model float": lambda m: quantized.quantize_model(m, "rtn", 4, 32),
@@ -45,7 +58,16 @@ LANGUAGE_MODEL = {
     "generation.bf16": lambda m: generation.bf16(m),
     "generation.bf16 of a bf16 model": lambda m: generation.bf16(m),  # the input is cast to bf16 first, below
     "int8.dynamic_int8 (a causal LM)": lambda m: int8.dynamic_int8(m, "all"),
+    "quantized.quantize_model gptq float": lambda m: quantized.quantize_model(m, "gptq", 4, 32, stats=_stats(m)),
+    "quantized.quantize_model awq codes": lambda m: quantized.quantize_model(m, "awq", 4, 32, stats=_stats(m),
+                                                                             grid=2, store="codes"),
+    "floats.to_precision bf16 (a causal LM)": lambda m: floats.to_precision(m, "bf16"),
 }
+
+
+def _stats(lm):
+    torch.manual_seed(1)
+    return calibration.calibration_stats(lm, torch.randint(0, 64, (4, 32)), keep=64)
 
 
 def _state(m):

@@ -229,13 +229,14 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def clone(model: nn.Module, convert=None) -> nn.Module:
+def clone(model: nn.Module, convert=None, buffers: bool = True) -> nn.Module:
     """An independent copy of `model`: new modules and new tensors, so writing into it never changes `model`.
 
     `convert(t)` makes each parameter and buffer's new tensor (default: `t.clone()`); a cast such as
     `lambda t: t.to(torch.bfloat16)` gives a converted copy without a float32 copy in between. A tensor `convert`
     hands back unchanged, or as a view of the original, is cloned, so the copy never shares memory with `model`.
-    Tied weights stay tied.
+    `buffers=False` converts the parameters only and clones the buffers as they are (RoPE's `inv_freq` is computed
+    with in float32 whatever the weights' dtype). Tied weights stay tied.
     """
     def own(t: torch.Tensor) -> torch.Tensor:
         new = t.clone() if convert is None else convert(t)
@@ -243,7 +244,7 @@ def clone(model: nn.Module, convert=None) -> nn.Module:
             new = new.clone()
         return new
 
-    return _copy(model, own)
+    return _copy(model, own, own if buffers else torch.Tensor.clone)
 
 
 def copy_sharing(model: nn.Module, convert=None) -> nn.Module:
@@ -280,13 +281,13 @@ def unshare(copy_: nn.Module, original: nn.Module) -> nn.Module:
     return copy_
 
 
-def _copy(model: nn.Module, make) -> nn.Module:
+def _copy(model: nn.Module, make, make_buffer=None) -> nn.Module:
     memo: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for p in model.parameters():  # each tensor once, however many modules hold it (tied weights)
             memo[id(p)] = nn.Parameter(make(p).detach(), requires_grad=p.requires_grad)
         for b in model.buffers():
-            memo[id(b)] = make(b).detach()
+            memo[id(b)] = (make_buffer or make)(b).detach()
     return copy.deepcopy(model, memo)  # deepcopy takes what memo has for each of those tensors
 
 
@@ -378,11 +379,13 @@ def require_fp32(model: nn.Module, step: str = "int8 conversion") -> None:
                          "bf16/fp16 cast are two alternatives, not steps to stack.")
 
 
-def cpu_target(model: nn.Module, inplace: bool, what: str) -> nn.Module:
-    """The model (or a copy) on the CPU for a CPU-only backend; says so when the caller's model was elsewhere.
+def cpu_view(model: nn.Module, inplace: bool, what: str) -> nn.Module:
+    """A view of the model on the CPU for a CPU-only backend (the model itself with `inplace`); says so when the
+    caller's model was elsewhere.
 
-    The copy shares the caller's CPU tensors (copy_sharing): every backend here exports the model, or replaces
-    its layers with int8 ones built from the float weights, and none writes a float weight.
+    The view shares the caller's CPU tensors (copy_sharing): every backend here exports the model, or replaces
+    its layers with int8 ones built from the float weights, and none writes a float weight. Never hand it to a
+    caller as it is: `unshare` it first.
     """
     dev = device_of(model)
     if dev.type != "cpu":

@@ -67,10 +67,10 @@ def input_embedding(model: nn.Module) -> nn.Parameter | None:
     return weight if isinstance(weight, nn.Parameter) and not tied else None
 
 
-def copy_to_fit(model: nn.Module, freeze: bool | None = None) -> nn.Module:
-    """An independent copy of `model` to fine-tune with `fit`, except the input embedding where `fit` freezes it
-    (`freeze`; None: where memory is tight, as `fit` decides): never written there, it stays shared with `model`
-    (MiniLM's is 47 MB, half the baseline)."""
+def copy_sharing_embedding(model: nn.Module, freeze: bool | None = None) -> nn.Module:
+    """A copy of `model` to fine-tune with `fit` that shares the input embedding with `model` where `fit` freezes it
+    (`freeze`; None: where memory is tight, as `fit` decides): never written there, it stays shared (MiniLM's is
+    47 MB, half the baseline). Everything else is new; never hand the copy to a caller with the embedding shared."""
     frozen = input_embedding(model) if (memory.tight() if freeze is None else freeze) else None
     return parts.copy_sharing(model, lambda t: t if t is frozen else t.clone())
 

@@ -122,6 +122,8 @@ def tokens_per_second(models: nn.Module | dict[str, nn.Module], tokenizer, promp
 
 
 def bf16(model: nn.Module) -> nn.Module:
-    """A bfloat16 copy, sharing no tensor with `model` (on a CPU without native bf16, torch converts around each op:
-    it may be slower than fp32)."""
-    return parts.clone(model, lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t).eval()
+    """A new model with bfloat16 weights; the input is unchanged, and so are the buffers' dtypes (RoPE's inv_freq
+    stays float32, as transformers computes it). On a CPU without native bf16, torch converts around each op: it
+    may be slower than fp32."""
+    parts.require_float_layers(model)  # codes and packed layers have no float weights to cast
+    return parts.clone(model, lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t, buffers=False).eval()

@@ -145,7 +145,7 @@ def training_speed(model: nn.Module, tokenizer, precisions=None, steps: int = 3,
         raise ValueError(f"need steps >= 1, warmup >= 0, batch_size >= 1; got {steps}, {warmup}, {batch_size}.")
     rows = data.split("train", limit=batch_size * (warmup + steps))
     tight = memory.tight()
-    copy_ = train.copy_to_fit(model, freeze=tight)  # frozen, the embedding is never written: shared, not copied
+    copy_ = train.copy_sharing_embedding(model, freeze=tight)  # frozen, the embedding is never written
     # Bad precisions raise here, before any step: every run is made before the first is started.
     runs = {name: train.fit_steps(copy_, tokenizer, rows["text"], rows["label"], warmup + steps, lr=lr,
                                   batch_size=batch_size, decay=False, precision=name, fused=tight) for name in names}

@@ -72,7 +72,7 @@ def dynamic_int8(model: nn.Module, filter_fn="all", inplace: bool = False, embed
         warnings.warn(f"torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic: int8 runs in ONNX "
                       "Runtime instead (all Linear layers and the embedding lookups).", RuntimeWarning, stacklevel=2)
         return onnx.to_onnx(model, optimize=False, int8=True)
-    out = parts.cpu_target(model, inplace, "torch's dynamic int8 Linear").eval()
+    out = parts.cpu_view(model, inplace, "torch's dynamic int8 Linear").eval()
     if embeddings:
         for name, emb in input_embeddings(out).items():
             parts.set_module(out, name, Int8Embedding(emb))

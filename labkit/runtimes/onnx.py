@@ -91,7 +91,7 @@ def _export_to(model: nn.Module, path: str) -> None:
     """`export_onnx` into the file at `path`, so `to_onnx` never holds a serialized copy beside the next step's (on
     the fast baseline, about 0.1 GB less at the int8 conversion's peak)."""
     parts.check_classifier(model)
-    m = parts.cpu_target(model, False, "ONNX Runtime (CPU provider)").float().eval()
+    m = parts.cpu_view(model, False, "ONNX Runtime (CPU provider)").float().eval()
     if hasattr(m, "set_attn_implementation"):
         m.set_attn_implementation("eager")
     inputs = _example_batch(m)

@@ -62,7 +62,7 @@ def _check_classifier(model: nn.Module) -> None:
 
 def _cpu_copy(model: nn.Module, what: str) -> nn.Module:
     """A float32 CPU copy sharing `model`'s tensors, to trace or export (both only read them); never handed out."""
-    return parts.cpu_target(model, False, what).float().eval()  # .float() makes new tensors in the copy only
+    return parts.cpu_view(model, False, what).float().eval()  # .float() makes new tensors in the copy only
 
 
 def _example_inputs(model: nn.Module, tokenizer=None) -> dict[str, torch.Tensor]:
