@@ -282,6 +282,7 @@ def unshare(copy_: nn.Module, original: nn.Module) -> nn.Module:
 
 
 def _copy(model: nn.Module, make, make_buffer=None) -> nn.Module:
+    require_module(model)
     memo: dict[int, torch.Tensor] = {}
     with torch.no_grad():
         for p in model.parameters():  # each tensor once, however many modules hold it (tied weights)
@@ -396,8 +397,9 @@ def cpu_view(model: nn.Module, inplace: bool, what: str) -> nn.Module:
 
 # --- weights a technique can work on: floating point, finite, and not already quantized -----------------------
 
-RELOAD = ("Reload the model, or retrain it with a lower learning rate if its training diverged; torch.nan_to_num(w) "
-          "replaces them if you know why they are there")
+RELOAD = ("A technique would spread them (over a quantization group, through a ranking): reload the model, or "
+          "retrain it with a lower learning rate if its training diverged; torch.nan_to_num(w) replaces them if you "
+          "know why they are there")
 
 
 def check_weight(w, name: str = "the weight", dim: int | None = None, fix: str = RELOAD) -> torch.Tensor:
@@ -406,7 +408,8 @@ def check_weight(w, name: str = "the weight", dim: int | None = None, fix: str =
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}: pass torch.as_tensor(w).float().")
     if not w.is_floating_point():
-        fix = "pass w.float()" if name == "the weight" else "convert the model with model.float()"
+        fix = ("pass w.float()" if name == "the weight" else "convert the model with model.float()" if "." in name
+               else f"pass {name}.float()")
         raise TypeError(f"{name} is {w.dtype}: weights must be floating point ({fix}); integer values would be "
                         "rounded onto a grid of their own and come back changed.")
     if dim is not None and w.dim() != dim:
@@ -419,8 +422,7 @@ def check_weight(w, name: str = "the weight", dim: int | None = None, fix: str =
     if not bool(finite.all()):
         nans = int(torch.isnan(w).sum())
         infs = w.numel() - int(finite.sum()) - nans
-        raise ValueError(f"{name} has {nans} NaN and {infs} infinite values (of {w.numel()}): every technique would "
-                         f"spread them (over a quantization group, through a ranking). {fix}.")
+        raise ValueError(f"{name} has {nans} NaN and {infs} infinite values (of {w.numel()}). {fix}.")
     return w
 
 
@@ -447,11 +449,17 @@ def compressed_layers(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-def require_float_layers(model: nn.Module) -> None:
-    """A ValueError when `model` is already quantized or compressed: techniques start from its float weights."""
+def require_module(model) -> nn.Module:
+    """`model`, after checking it is a torch nn.Module; a TypeError saying what to pass otherwise."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}: pass the model itself "
                         "(e.g. labkit.core.model.load_baseline()[0]).")
+    return model
+
+
+def require_float_layers(model: nn.Module) -> None:
+    """A ValueError when `model` is already quantized or compressed: techniques start from its float weights."""
+    require_module(model)
     found = compressed_layers(model)
     if found:
         by_torch = [n for n, m in found.items() if _quantized_by_torch(m)]

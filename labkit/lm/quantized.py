@@ -23,6 +23,7 @@ from labkit.lm.slm import check_causal_lm, decoder_linears
 from labkit.lm.weightonly import (
     awq_scales,
     check_bits,
+    check_damp,
     check_grid,
     check_group,
     dequantize,
@@ -106,7 +107,7 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int = 4, group_s
     outputs, a third of the memory, slower: it rebuilds the weight at every call); "float" writes the quantized
     float weights.
     """
-    stats = _checked(model, method, bits, group_size, calib_texts, tokenizer, stats, store, grid)
+    stats = _checked(model, method, bits, group_size, calib_texts, tokenizer, stats, store, grid, damp)
     if inplace:
         return _quantize(model, method, bits, group_size, stats, damp, grid, store)
     if store == "codes":  # the layers are replaced, never written: share until then, then own the rest
@@ -118,7 +119,7 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int = 4, group_s
 
 
 def _checked(model: nn.Module, method: str, bits, group_size, calib_texts, tokenizer,
-             stats: dict[str, InputStats] | None, store: str, grid) -> dict[str, InputStats] | None:
+             stats: dict[str, InputStats] | None, store: str, grid, damp=0.01) -> dict[str, InputStats] | None:
     """quantize_model's arguments checked (ValueError saying what to pass), and the calibration it needs."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(map(repr, METHODS))}.")
@@ -126,6 +127,7 @@ def _checked(model: nn.Module, method: str, bits, group_size, calib_texts, token
         raise ValueError(f"store must be one of {', '.join(map(repr, STORES))}, got {store!r}.")
     check_bits(bits)
     check_grid(grid)
+    check_damp(damp)
     layers = decoder_linears(model)  # also checks it is a causal LM of a known family
     if any(isinstance(m, GroupLinear) for m in model.modules()):
         raise ValueError("This model's layers are already quantized (GroupLinear): quantize the float model.")
@@ -164,6 +166,9 @@ def map_weights(model: nn.Module, fn, inplace: bool = False) -> nn.Module:
     """A copy of a causal LM (sharing no tensor with it) whose decoder Linear weights are fn(weight), a function
     [out, in] -> [out, in]. The input model is changed only with `inplace`."""
     check_causal_lm(model)  # before a copy is made
+    if not callable(fn):
+        raise TypeError(f"fn must be a function weight -> new weight of the same shape (e.g. lambda w: w * 0.5), "
+                        f"got {type(fn).__name__}.")
     out = model if inplace else parts.clone(model)
     with torch.no_grad():
         for name, layer in decoder_linears(out).items():

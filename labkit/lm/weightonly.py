@@ -49,6 +49,24 @@ def check_group(in_features: int, group_size, name: str = "this layer") -> int:
     return group_size
 
 
+def check_damp(damp) -> float:
+    """GPTQ's `damp` (the share of the mean curvature added to H's diagonal), after checking it is in [0, 1)."""
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 <= damp < 1:
+        raise ValueError(f"damp must be a number in [0, 1) (0.01 is GPTQ's default), got {damp!r}.")
+    return float(damp)
+
+
+def check_calibration(weight: torch.Tensor, absmean: torch.Tensor, x: torch.Tensor) -> None:
+    """A ValueError unless AWQ's `absmean` [in] and inputs `x` [n, in] fit `weight` [out, in] and are finite."""
+    n_in = weight.shape[1]
+    for name, t, shape in (("act_absmean", absmean, (n_in,)), ("x", x, (None, n_in))):
+        check_weight(t, name, fix="Record them with calibration_stats on a model whose weights are finite")
+        if t.dim() != len(shape) or t.shape[-1] != n_in:
+            want = "[in]" if len(shape) == 1 else "[n, in]"
+            raise ValueError(f"{name} must be {want} with in = {n_in} (this weight's inputs), got shape "
+                             f"{tuple(t.shape)}: record it on the inputs of this very layer (calibration_stats).")
+
+
 # --- the grid: scale and offset per group, through labkit.quant.affine ---------------------------------------------
 
 def group_params(w: torch.Tensor, bits: int, group_size: int, half: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,10 +170,10 @@ def gptq(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp
     check_weight(weight, dim=2)
     bits = check_bits(bits)
     check_group(weight.shape[1], group_size)
+    check_weight(H, "H", fix="Record H with calibration_stats on a model whose weights are finite")
     if H.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"H must be [in, in] = {(weight.shape[1],) * 2} for this weight, got {tuple(H.shape)}.")
-    if not 0 <= damp < 1:
-        raise ValueError(f"damp must be in [0, 1), got {damp!r}.")
+    check_damp(damp)
     U = hessian_factor(H, damp) if factor is None else factor
     return gptq_columns(weight, U, bits, group_size, step or gptq_column)[0].to(weight.dtype)
 
@@ -197,5 +215,6 @@ def awq(weight: torch.Tensor, act_absmean: torch.Tensor, x: torch.Tensor, bits: 
     check_weight(weight, dim=2)
     bits, grid = check_bits(bits), check_grid(grid)
     check_group(weight.shape[1], group_size)
+    check_calibration(weight, act_absmean, x)
     s, _ = awq_scales(weight, act_absmean, x, bits, group_size, rtn, grid)
     return (rtn(weight.float() * s, bits, group_size) / s).to(weight.dtype)
