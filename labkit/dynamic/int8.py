@@ -14,7 +14,8 @@ from labkit.quant import int8 as quant_int8
 
 
 def dynamic_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """`quant.int8.dynamic_int8(model, "blocks")`: the blocks' Linears in torch's dynamic int8, the head in float."""
+    """`quant.int8.dynamic_int8(model, "blocks")`: the blocks' Linears in torch's dynamic int8, the head in float.
+    Returns a new model; the input is unchanged unless inplace=True."""
     parts.blocks(model)  # a supported classifier, or a ValueError naming the families
     return quant_int8.dynamic_int8(model, "blocks", inplace)
 

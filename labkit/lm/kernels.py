@@ -73,6 +73,7 @@ def torchao_int4(model: nn.Module, config: str, group_size: int = 32) -> nn.Modu
     """A copy with torchao's `config` (one of TORCHAO_CONFIGS) on the decoder Linear layers; torchao's error if not.
 
     torchao is not a labkit dependency (it is measured where it imports); ImportError when it is not installed.
+    Returns a new model; the input is unchanged.
     """
     import torchao.quantization as ao
     from torchao.quantization.granularity import PerGroup

@@ -109,6 +109,7 @@ def structured(model: nn.Module, heads: float = 0.3, ffn: float = 0.3, score: st
 
     score="norm" ranks units by the L2 norm of their weights; score="gradient" by |w * grad| over a few training
     batches (needs `tokenizer`). Works on BERT, RoBERTa, ELECTRA and DistilBERT; DeBERTa-v2 is refused.
+    Returns a new model; the input is unchanged unless inplace=True.
     """
     heads, ffn = _fraction("heads", heads), _fraction("ffn", ffn)
     if score not in SCORES:

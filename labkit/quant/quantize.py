@@ -104,6 +104,7 @@ def to_int8(model: nn.Module, embeddings: bool = True, backend: str = "torch", i
     "torch": `int8.dynamic_int8` on every Linear, with int8 input embedding tables when `embeddings`.
     "onnxruntime": `onnx.to_onnx(model, optimize=False, int8=True)`, ONNX Runtime's `quantize_dynamic` (MatMuls and
     embedding lookups). "openvino": `openvino.to_openvino(model, int8=True)`, NNCF's static int8.
+    Returns a new model; the input is unchanged unless inplace=True (the runtimes' models are always new).
     """
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; choose one of {', '.join(map(repr, BACKENDS))}.")

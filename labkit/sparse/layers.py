@@ -113,6 +113,7 @@ def to_sparse(model: nn.Module, sparsity: float, filter_fn="ffn", values: str = 
     values="int8" keeps each weight's per-row int8 round trip (what an 8-bit sparse file decodes to). `encoder`:
     your own csr_encode(dense) -> (values, col_indices, row_ptr), checked to decode back exactly; None: torch's.
     Where torch has no CSR matmul for the model's device and dtype, the model is moved to the CPU, with a warning.
+    Returns a new model; the input is unchanged unless inplace=True.
     """
     if values not in ("f32", "int8"):
         raise ValueError(f"values must be 'f32' or 'int8', got {values!r}.")
