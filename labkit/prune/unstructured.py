@@ -39,7 +39,8 @@ def magnitude(model: nn.Module, sparsity: float, scope: str = "layer", method: s
 
 def two_four(model: nn.Module, filter_fn="blocks", inplace: bool = False) -> nn.Module:
     """A copy of `model` where every 4 consecutive weights of a row of the chosen Linear layers keep their 2
-    largest |w| (2:4 sparsity: on a CPU, the same bytes and the same time as dense). Returns a new model; the input is unchanged unless inplace=True."""
+    largest |w| (2:4 sparsity: on a CPU, the same bytes and the same time as dense).
+    Returns a new model; the input is unchanged unless inplace=True."""
     out = model if inplace else parts.clone(model)
     with torch.no_grad():
         for name, layer in parts.linears(out, filter_fn).items():

@@ -181,7 +181,8 @@ def to_onnx(model: nn.Module, optimize: bool = True, int8: bool = False) -> Onnx
     """The classifier running in ONNX Runtime (CPU; optionally with transformer fusions and dynamic int8).
 
     `optimize` applies ONNX Runtime's transformer fusions where it has them (BERT, RoBERTa, ELECTRA, DistilBERT);
-    a DeBERTa-v2 graph is left unfused, with a warning. Returns a new model (the runtime holds its own copy of the weights); the input is unchanged.
+    a DeBERTa-v2 graph is left unfused, with a warning.
+    Returns a new model (the runtime holds its own copy of the weights); the input is unchanged.
     """
     # File to file: each step reads the last one's file, so no serialized copy stays in memory beside the next.
     with tempfile.TemporaryDirectory() as tmp:

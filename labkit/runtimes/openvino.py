@@ -197,7 +197,8 @@ def to_openvino(model: nn.Module, precision: str = "default", int8: bool = False
 
     `calibration`: a list of input dicts (see `calibration_batches`), a split name ("train" or "val"), or None
     for a small train subset. precision="default" also keeps OpenVINO's default IR storage (float weights in
-    fp16); "f32" keeps them f32. Returns a new model (the runtime holds its own copy of the weights); the input is unchanged.
+    fp16); "f32" keeps them f32.
+    Returns a new model (the runtime holds its own copy of the weights); the input is unchanged.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}: 'f32' forces float32, 'default' lets OpenVINO "
@@ -287,7 +288,8 @@ def _reference_quantize(onnx_bytes: bytes) -> bytes:
 def ort_reference(model: nn.Module, int8: bool = False, optimize: bool = True) -> nn.Module:
     """ONNX Runtime as its own docs build it (none of labkit's ONNX code): export, BERT fusions, dynamic int8.
 
-    Runs on the CPU: a CUDA model is exported from a CPU copy, with a warning. Returns a new model (the runtime holds its own copy of the weights); the input is unchanged.
+    Runs on the CPU: a CUDA model is exported from a CPU copy, with a warning.
+    Returns a new model (the runtime holds its own copy of the weights); the input is unchanged.
     """
     _check_classifier(model)
     payload = _reference_export(model)
