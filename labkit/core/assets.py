@@ -324,10 +324,35 @@ def load_tokenizer(path: str | Path | None = None):
     return AutoTokenizer.from_pretrained(base_model_path(), local_files_only=not hub_allowed())
 
 
+# The files a saved tokenizer keeps its vocabulary in (a fast tokenizer, WordPiece, BPE, SentencePiece). From a
+# folder with none of them, transformers builds a placeholder tokenizer that turns every word into [UNK].
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def check_tokenizer_folder(folder: str | Path) -> Path:
+    """`folder` as a Path if it holds a saved tokenizer's vocabulary; else an error that says what to pass."""
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"No tokenizer folder at {folder}: pass the folder a tokenizer was saved to "
+                                "(tokenizer.save_pretrained(folder)) or the tokenizer object; a Hugging Face Hub id "
+                                "is downloaded only with HF_HUB_OFFLINE=0.")
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a tokenizer folder: pass the folder that "
+                         f"tokenizer.save_pretrained(folder) wrote (e.g. {folder.parent}), or the tokenizer object.")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"{folder} holds no tokenizer files (none of {', '.join(TOKENIZER_FILES[:3])}, ...), so "
+                         "every word would become [UNK]. Save the model's tokenizer there with "
+                         "tokenizer.save_pretrained(folder), or pass the tokenizer object.")
+    return folder
+
+
 def tokenizer_from(where) -> object:
     """A tokenizer object as it is, or one loaded from a local folder (offline unless the hub is allowed)."""
     if not isinstance(where, (str, Path)):
         return where
+    if Path(where).expanduser().exists() or not hub_allowed():
+        where = check_tokenizer_folder(where)
     quiet_transformers()
     from transformers import AutoTokenizer
 

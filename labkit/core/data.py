@@ -166,14 +166,18 @@ def use(dataset: TextData | str | None) -> _Use:
     return _Use(previous, active())
 
 
-def load(spec: str, text: str = "text", label: str = "label") -> TextData:
-    """A data set by name or path: 'reviews', 'bbc', or a CSV/TSV file with `text` and `label` columns."""
+def load(spec: str, text: str = "text", label: str = "label", **read_csv) -> TextData:
+    """A data set by name or path: 'reviews', 'bbc', or a CSV/TSV file with `text` and `label` columns (extra
+    keywords, e.g. sep or encoding, go to pandas.read_csv)."""
     key = spec.strip().lower()
+    if key in {"reviews", "default", "bbc", "bbc-news", "bbcnews"} and read_csv:
+        raise ValueError(f"{', '.join(read_csv)} go(es) with a CSV file, not the shipped data set {spec.strip()!r}; "
+                         "leave it out, or pass the path of your CSV.")
     if key in {"reviews", "default"}:
         return reviews()
     if key in {"bbc", "bbc-news", "bbcnews"}:
         return bbc_news()
-    return from_csv(spec.strip(), text=text, label=label)
+    return from_csv(spec.strip(), text=text, label=label, **read_csv)
 
 
 def from_env(environ: dict | None = None) -> TextData:

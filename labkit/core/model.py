@@ -72,6 +72,17 @@ class TrainConfig:
     seed: int = 0
     eval_limit: int | None = None  # None: the whole test split
 
+    def __post_init__(self) -> None:
+        counts = {k: getattr(self, k) for k in ("train_size", "epochs", "batch_size", "eval_limit")}
+        bad = [f"{k}={v!r}" for k, v in counts.items() if not (v is None and k in ("train_size", "eval_limit")) and
+               (isinstance(v, bool) or not isinstance(v, int) or v < 1)]
+        bad += [f"{k}={v!r}" for k, v, hi in (("lr", self.lr, 1), ("warmup", self.warmup, 1))
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < hi and (v > 0 or k != "lr"))]
+        if bad:
+            raise ValueError(f"TrainConfig: {', '.join(bad)}. train_size, epochs, batch_size and eval_limit are whole "
+                             "numbers >= 1 (train_size and eval_limit may be None: all of the split), 0 < lr < 1, "
+                             "0 <= warmup < 1.")
+
     @staticmethod
     def default() -> "TrainConfig":
         """The full recipe, or the CI-sized one when LABKIT_FAST=1."""
@@ -240,17 +251,47 @@ def _check_family_of_config(cfg, where) -> None:
                          f"add an entry to labkit.core.parts.FAMILIES.")
 
 
-def _from_folder(where: str, num_labels: int, new_head: bool, seed: int) -> tuple[torch.nn.Module, str]:
+# What save_pretrained writes a model's weights as (one file, or an index of shards).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_model_folder(folder: str | Path, tokenizer: bool = True) -> Path:
+    """`folder` as a Path if it holds a saved model (config.json, weights and, with `tokenizer`, tokenizer files);
+    else a FileNotFoundError or ValueError that names what is missing and how to save it."""
+    folder = Path(folder).expanduser()
+    holds = "config.json, model weights, tokenizer files" if tokenizer else "config.json and model weights"
+    if not folder.exists():
+        raise FileNotFoundError(f"No model folder at {folder}: pass a folder saved with save_pretrained ({holds}), "
+                                "or a model object; a Hugging Face Hub id is downloaded only with HF_HUB_OFFLINE=0.")
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a model folder: pass the folder save_pretrained wrote ({holds}), "
+                         f"e.g. {folder.parent}.")
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} has no config.json, so it is not a saved model: save the model there with "
+                         "model.save_pretrained(folder) (and its tokenizer with tokenizer.save_pretrained(folder)).")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ValueError(f"{folder} has a config.json but no model weights (none of {', '.join(WEIGHT_FILES)}), "
+                         "so the model would start from random weights: save it with model.save_pretrained(folder).")
+    if tokenizer:
+        assets.check_tokenizer_folder(folder)
+    return folder
+
+
+def _is_local(where: str | Path) -> bool:
+    """Offline, every name is a local folder (it must be there); online, a name that is not one is a Hub id."""
+    return Path(where).expanduser().exists() or not assets.hub_allowed()
+
+
+def _from_folder(where: str | Path, num_labels: int, new_head: bool, seed: int) -> tuple[torch.nn.Module, str]:
     """A classifier loaded from a local folder (or the hub, when allowed), and the key of what was loaded."""
     assets.quiet_transformers()
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     folder = Path(where).expanduser()
-    local = folder.is_dir()
-    if not local and not assets.hub_allowed():
-        raise FileNotFoundError(f"No model folder {folder}. Pass a folder saved with save_pretrained() (config.json "
-                                f"and weights), a model object, or set HF_HUB_OFFLINE=0 to let transformers "
-                                f"download {where!s} from the Hugging Face Hub.")
+    local = _is_local(where)
+    if local:
+        check_model_folder(folder, tokenizer=False)  # the tokenizer may be passed apart
     src = str(folder) if local else str(where)
     try:
         cfg = AutoConfig.from_pretrained(src, local_files_only=not assets.hub_allowed())
@@ -282,8 +323,27 @@ def _with_new_head(model: torch.nn.Module, num_labels: int, seed: int) -> torch.
     return new.to(next(model.parameters()).device)
 
 
-def check_pair(model: torch.nn.Module, tokenizer) -> None:
-    """A ValueError unless `tokenizer` can feed `model`: ids inside its embedding table, and a pad token."""
+MAX_UNKNOWN = 0.5  # a tokenizer that knows fewer than half of the data's word pieces is not this model's
+
+
+def check_vocabulary(tokenizer, texts, n: int = 256) -> float:
+    """The share of the first `n` texts' word pieces that `tokenizer` makes [UNK]; a ValueError over MAX_UNKNOWN."""
+    unk, texts = getattr(tokenizer, "unk_token_id", None), [str(t) for t in list(texts)[:n]]
+    if unk is None or not texts:
+        return 0.0  # byte-level tokenizers have no unknown token: every text can be spelled
+    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=data_mod.MAX_LENGTH)["input_ids"]
+    share = sum(i.count(unk) for i in ids) / max(1, sum(len(i) for i in ids))
+    if share > MAX_UNKNOWN:
+        raise ValueError(f"The tokenizer turns {share:.0%} of the training texts' word pieces into "
+                         f"{tokenizer.unk_token} ({len(tokenizer)} tokens in its vocabulary): a model would train on "
+                         "noise. Pass the tokenizer the model was pretrained with (saved beside it with "
+                         "tokenizer.save_pretrained(folder)), not a placeholder or another language's.")
+    return share
+
+
+def check_pair(model: torch.nn.Module, tokenizer, texts=None) -> None:
+    """A ValueError unless `tokenizer` can feed `model`: ids inside its embedding table, and a pad token; with
+    `texts`, also one that knows most of their word pieces (at most MAX_UNKNOWN of them [UNK])."""
     table = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > table:
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's embedding table has {table} rows: "
@@ -293,6 +353,8 @@ def check_pair(model: torch.nn.Module, tokenizer) -> None:
     if tokenizer.pad_token is None:
         raise ValueError("The tokenizer has no pad token, so texts of different lengths cannot share a batch. Set "
                          "one (e.g. tokenizer.pad_token = tokenizer.unk_token) or use the model's own tokenizer.")
+    if texts is not None:
+        check_vocabulary(tokenizer, texts)
 
 
 def fine_tuned_dir() -> Path:
@@ -318,12 +380,15 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
         raise ValueError(f"data must be a labkit TextData (data.from_csv/from_frame/from_dataset/bbc_news), got "
                          f"{type(dataset).__name__}.")
     config = config or TrainConfig.default()
+    if isinstance(model_or_path, (str, Path)) and _is_local(model_or_path):
+        check_model_folder(model_or_path, tokenizer=False)  # said first: a missing model, not its tokenizer
     tok = assets.tokenizer_from(tokenizer)
     k = dataset.num_labels
     if isinstance(model_or_path, (str, Path)):
         model, key = _from_folder(model_or_path, k, new_head, config.seed)
         dev = resolve_device(device)
     elif isinstance(model_or_path, torch.nn.Module):
+        parts.check_weights(model_or_path)
         parts.check_classifier(model_or_path)
         check_pair(model_or_path, tok)
         have = model_or_path.config.num_labels
@@ -342,7 +407,7 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
         raise ValueError(f"model_or_path must be a model folder or a transformers classifier, got "
                          f"{type(model_or_path).__name__}.")
     parts.check_classifier(model)
-    check_pair(model, tok)
+    check_pair(model, tok, dataset.split("train", limit=config.train_size)["text"])
     _name_labels(model, dataset.label_names)
     model = model.to(dev)
     train_mod.autocast(dev, precision)  # an unknown precision, or fp16 off CUDA: refused before any work
