@@ -235,7 +235,8 @@ def from_frame(df: pd.DataFrame, text: str = "text", label: str = "label", name:
     """A TextData from a DataFrame's `text` and `label` columns; the DataFrame itself is never modified.
 
     String labels become 0..K-1 in sorted order of their names; integer labels keep their numeric order (with
-    `label_names`, integer labels are indices into it, and string labels take its order).
+    `label_names`, integer labels are indices into it, and string labels take its order). A text that carries
+    more than one label is kept, every copy in one split, with a UserWarning that counts such texts.
     """
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"Expected a pandas DataFrame, got {type(df).__name__}; for a file use data.from_csv(path), "
