@@ -170,8 +170,10 @@ def use_data(args: argparse.Namespace) -> TextData:
 
 
 def check_model(folder: Path, td: TextData) -> None:
-    """Refuse --model before any work: no saved model or tokenizer there, or a tokenizer that does not know the data."""
-    model.check_model_folder(folder)
+    """Refuse --model before any work: no saved model or tokenizer there, a family labkit does not know, another
+    label count than the data's, or a tokenizer that does not know the data."""
+    assets.check_model_folder(folder)
+    model.model_config(folder, td.num_labels)
     model.check_vocabulary(assets.load_tokenizer(folder), td.split("train")["text"])
 
 

@@ -44,12 +44,21 @@ def csv_bytes(sep: str = ",") -> bytes:
     return frame().to_csv(index=False, sep=sep).encode()
 
 
-def saved_model(tmp_path, tokenizer=None, name="mine"):
+def saved_model(tmp_path, tokenizer=None, name="mine", classes=2):
     """A tiny classifier saved with save_pretrained (and its tokenizer, when given)."""
     folder = tmp_path / name
-    parts.tiny_classifier("BERT", 2).save_pretrained(folder)
+    parts.tiny_classifier("BERT", classes).save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+    return folder
+
+
+def gpt2_folder(tmp_path, tokenizer):
+    import transformers as tf
+
+    folder = tmp_path / "gpt2"
+    tf.GPT2ForSequenceClassification(tf.GPT2Config(n_layer=1, n_embd=32, n_head=2)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -134,7 +143,35 @@ CASES = [
                  id="train-zero-epochs"),
     pytest.param(lambda t, k: model.TrainConfig(lr=-1e-3, batch_size=2.5), ValueError,
                  r"batch_size=2\.5, lr=-0\.001.*0 < lr < 1", id="train-negative-lr"),
+    # files and calls
+    pytest.param(lambda t, k: data.from_csv(write(t / "a.csv", csv_bytes()), sep=";"), ValueError,
+                 r"read as one column, 'text,label': its delimiter looks like ',', so pass sep=','",
+                 id="wrong-sep-given"),
+    pytest.param(lambda t, k: data.from_csv(write(t / "a.csv", csv_bytes().replace(b",neg", b",NA"))), ValueError,
+                 r"reads \['NA'\] as missing.*keep_default_na=False", id="class-named-na"),
+    pytest.param(lambda t, k: data.from_csv(123), TypeError, r"file path.*data\.from_frame\(df\)", id="csv-path-int"),
+    pytest.param(lambda t, k: data.load(" "), ValueError, "pass 'reviews', 'bbc' or the path of a CSV",
+                 id="load-empty-name"),
+    pytest.param(lambda t, k: data.load(None), TypeError, "'reviews', 'bbc' or a CSV path", id="load-none"),
+    pytest.param(lambda t, k: list(data.batches(["a", "b"], [0], k)), ValueError, "one label per text",
+                 id="batches-labels-short"),
+    pytest.param(lambda t, k: list(data.batches(["a"], None, k, "2")), ValueError, "whole number >= 1",
+                 id="batches-size-string"),
+    # labels, label names and the frame
+    pytest.param(lambda t, k: data.from_frame(_with_labels([0] * 10 + [1e20] * 10)), ValueError,
+                 r"not a class: 1e\+20 at row 10", id="label-too-large"),
+    pytest.param(lambda t, k: data.from_frame(frame(), label_names="neg,pos"), TypeError,
+                 r"list of class names, e\.g\. \['neg', 'pos'\]", id="label-names-string"),
+    pytest.param(lambda t, k: data.from_frame(_with_labels([0, 1] * 10), label_names=["a", "b", "c"]), ValueError,
+                 "'c' has 0.*leave it out of label_names", id="label-names-unused"),
+    pytest.param(lambda t, k: data.TextData("x", pd.DataFrame({"text": ["a"]}), ("a",)), ValueError,
+                 r"columns 'text' and 'label'.*data\.from_frame", id="textdata-without-label-column"),
     # model folders and tokenizers
+    pytest.param(lambda t, k: model.fine_tune(parts.tiny_classifier(), None, toy(), SMALL), TypeError,
+                 r"tokenizer is None: pass the tokenizer object", id="tokenizer-none"),
+    pytest.param(lambda t, k: assets.load_tokenizer("bert-base-uncased"), FileNotFoundError,
+                 r"No tokenizer folder at bert-base-uncased.*tokenizer\.save_pretrained\(folder\).*HF_HUB_OFFLINE=0",
+                 id="tokenizer-hub-id-offline"),
     pytest.param(lambda t, k: assets.load_tokenizer(saved_model(t)), ValueError,
                  r"holds no tokenizer files.*tokenizer\.save_pretrained\(folder\)", id="load-tokenizer-no-files"),
     pytest.param(lambda t, k: model.fine_tune(saved_model(t), saved_model(t), toy(), SMALL), ValueError,
@@ -196,6 +233,10 @@ CLI_CASES = [
     pytest.param(lambda t, k: ["prepare", "--data", str(write(t / "a.csv", b"text,label\n\xa3 five,a\ncheap,b\n"))],
                  "--encoding latin-1", id="cli-not-utf8"),
     pytest.param(lambda t, k: ["prepare", "--sep", ";"], "go with --data FILE.csv", id="cli-sep-without-data"),
+    pytest.param(lambda t, k: ["tour", "--model", str(saved_model(t, k, classes=3))],
+                 "classifier with 3 labels, but the data has 2 classes", id="cli-model-label-count"),
+    pytest.param(lambda t, k: ["tour", "--model", str(gpt2_folder(t, k))], "Supported families: BERT",
+                 id="cli-model-family"),
 ]
 
 
@@ -253,7 +294,12 @@ def test_a_compressed_file_named_for_its_compression_and_a_bom_are_read(tmp_path
         assert len(td.frame) == 20 and td.label_names == ("neg", "pos")
 
 
+def test_a_class_named_na_is_kept_with_keep_default_na(tmp_path):
+    td = data.from_csv(write(tmp_path / "a.csv", csv_bytes().replace(b",neg", b",NA")), keep_default_na=False)
+    assert td.label_names == ("NA", "pos") and len(td.frame) == 20
+
+
 def test_a_model_folder_with_its_tokenizer_passes_the_checks(tmp_path, tokenizer):
     folder = saved_model(tmp_path, tokenizer)
-    assert model.check_model_folder(folder) == folder
+    assert assets.check_model_folder(folder) == folder
     assert model.check_vocabulary(assets.load_tokenizer(folder), toy().split("train")["text"]) < 0.05

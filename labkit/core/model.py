@@ -243,67 +243,44 @@ def tokenizer_sha256(tokenizer) -> str:
     return hashlib.sha256(f"{type(tokenizer).__name__}\0{tokenizer.pad_token}\0{spec}".encode()).hexdigest()
 
 
-def _check_family_of_config(cfg, where) -> None:
-
-    if not any(cfg.model_type in f.model_types for f in parts.FAMILIES):
-        raise ValueError(f"labkit does not support the model family {cfg.model_type!r} ({where}). Supported "
-                         f"families: {parts.SUPPORTED}. Fine-tune one of those (e.g. distilbert-base-uncased), or "
-                         f"add an entry to labkit.core.parts.FAMILIES.")
-
-
-# What save_pretrained writes a model's weights as (one file, or an index of shards).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-
-
-def check_model_folder(folder: str | Path, tokenizer: bool = True) -> Path:
-    """`folder` as a Path if it holds a saved model (config.json, weights and, with `tokenizer`, tokenizer files);
-    else a FileNotFoundError or ValueError that names what is missing and how to save it."""
-    folder = Path(folder).expanduser()
-    holds = "config.json, model weights, tokenizer files" if tokenizer else "config.json and model weights"
-    if not folder.exists():
-        raise FileNotFoundError(f"No model folder at {folder}: pass a folder saved with save_pretrained ({holds}), "
-                                "or a model object; a Hugging Face Hub id is downloaded only with HF_HUB_OFFLINE=0.")
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is a file, not a model folder: pass the folder save_pretrained wrote ({holds}), "
-                         f"e.g. {folder.parent}.")
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"{folder} has no config.json, so it is not a saved model: save the model there with "
-                         "model.save_pretrained(folder) (and its tokenizer with tokenizer.save_pretrained(folder)).")
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise ValueError(f"{folder} has a config.json but no model weights (none of {', '.join(WEIGHT_FILES)}), "
-                         "so the model would start from random weights: save it with model.save_pretrained(folder).")
-    if tokenizer:
-        assets.check_tokenizer_folder(folder)
-    return folder
-
-
 def _is_local(where: str | Path) -> bool:
     """Offline, every name is a local folder (it must be there); online, a name that is not one is a Hub id."""
     return Path(where).expanduser().exists() or not assets.hub_allowed()
 
 
-def _from_folder(where: str | Path, num_labels: int, new_head: bool, seed: int) -> tuple[torch.nn.Module, str]:
-    """A classifier loaded from a local folder (or the hub, when allowed), and the key of what was loaded."""
+def model_config(where: str | Path, num_labels: int, new_head: bool = False):
+    """The config of the model saved at `where` (a folder; a Hub id only with HF_HUB_OFFLINE=0), after checking
+    that labkit supports its family and that a classifier's label count is `num_labels` (or `new_head`)."""
     assets.quiet_transformers()
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
-    folder = Path(where).expanduser()
-    local = _is_local(where)
-    if local:
-        check_model_folder(folder, tokenizer=False)  # the tokenizer may be passed apart
-    src = str(folder) if local else str(where)
+    if _is_local(where):
+        where = assets.check_model_folder(where, tokenizer=False)  # the tokenizer may be passed apart
     try:
-        cfg = AutoConfig.from_pretrained(src, local_files_only=not assets.hub_allowed())
+        cfg = AutoConfig.from_pretrained(str(where), local_files_only=not assets.hub_allowed())
     except (OSError, ValueError) as err:
-        raise ValueError(f"{src} holds no model configuration ({err}); save the model there with "
+        raise ValueError(f"{where} holds no model configuration ({err}); save the model there with "
                          "model.save_pretrained(folder).") from err
-    _check_family_of_config(cfg, src)
+    if not any(cfg.model_type in f.model_types for f in parts.FAMILIES):
+        raise ValueError(f"labkit does not support the model family {cfg.model_type!r} ({where}). Supported "
+                         f"families: {parts.SUPPORTED}. Fine-tune one of those (e.g. distilbert-base-uncased), or "
+                         f"add an entry to labkit.core.parts.FAMILIES.")
     classifier = any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or []))
     if classifier and cfg.num_labels != num_labels and not new_head:
-        raise ValueError(f"{src} is a classifier with {cfg.num_labels} labels, but the data has {num_labels} classes. "
-                         "Pass new_head=True to replace its output layer with a new one for these classes (trained "
-                         "from scratch), or fine-tune it on data with the same classes.")
+        raise ValueError(f"{where} is a classifier with {cfg.num_labels} labels, but the data has {num_labels} "
+                         "classes. Pass new_head=True to replace its output layer with a new one for these classes "
+                         "(trained from scratch), or fine-tune it on data with the same classes.")
+    return cfg
+
+
+def _from_folder(where: str | Path, num_labels: int, new_head: bool, seed: int) -> tuple[torch.nn.Module, str]:
+    """A classifier loaded from a local folder (or the hub, when allowed), and the key of what was loaded."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder, local = Path(where).expanduser(), _is_local(where)
+    src = str(folder) if local else str(where)
+    cfg = model_config(where, num_labels, new_head)
+    classifier = any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or []))
     torch.manual_seed(seed)  # a new head starts from the same weights every time
     model = AutoModelForSequenceClassification.from_pretrained(
         src, num_labels=num_labels, ignore_mismatched_sizes=classifier and new_head,
@@ -381,7 +358,7 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
                          f"{type(dataset).__name__}.")
     config = config or TrainConfig.default()
     if isinstance(model_or_path, (str, Path)) and _is_local(model_or_path):
-        check_model_folder(model_or_path, tokenizer=False)  # said first: a missing model, not its tokenizer
+        assets.check_model_folder(model_or_path, tokenizer=False)  # said first: a missing model, not its tokenizer
     tok = assets.tokenizer_from(tokenizer)
     k = dataset.num_labels
     if isinstance(model_or_path, (str, Path)):

@@ -8,6 +8,7 @@ import codecs
 import difflib
 import functools
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,9 @@ class TextData:
 
     def __post_init__(self) -> None:
         self.label_names = tuple(str(n) for n in self.label_names)
+        if not {"text", "label"} <= set(self.frame.columns):
+            raise ValueError(f"{self.name}: a TextData's frame has the columns 'text' and 'label', this one "
+                             f"{list(self.frame.columns)}; build it with data.from_frame(df, text=..., label=...).")
         labels = self.frame["label"].to_numpy()
         if not (np.issubdtype(labels.dtype, np.integer) and len(labels) and labels.min() >= 0
                 and labels.max() < len(self.label_names)):
@@ -108,11 +112,13 @@ class TextData:
         small = [(self.label_names[k], len(g)) for k, g in enumerate(groups) if len(g) < MIN_PER_CLASS]
         if small:
             listed = ", ".join(f"{n!r} has {c}" for n, c in small)
+            unused = " A class with none is a name in label_names that no row carries: leave it out of label_names." \
+                if any(c == 0 for _, c in small) else ""
             raise ValueError(
                 f"{self.name}: every class needs at least {MIN_PER_CLASS} distinct texts, one for each split "
                 f"(train/val/test, {', '.join(f'{v:.0%}' for v in FRACTIONS.values())}), and far more to be "
                 f"learned and measured; {listed}. Add examples of those classes, or drop them first "
-                f"(e.g. df = df[~df['label'].isin([...])]).")
+                f"(e.g. df = df[~df['label'].isin([...])]).{unused}")
         rng = np.random.default_rng(SEED)
         texts = self.frame["text"].to_dict()  # by index label, as the groups hold them
         placed: dict[str, str] = {}  # text -> its split, for a text that a later class carries too
@@ -206,12 +212,12 @@ def _as_ints(values: pd.Series, column: str) -> np.ndarray:
     except (TypeError, ValueError) as err:
         raise ValueError(f"Column {column!r} holds labels labkit cannot read as classes ({values.dtype}); "
                          "use strings or integers.") from err
-    bad = ~np.isfinite(arr) | (arr != np.round(arr))
+    bad = ~np.isfinite(arr) | (arr != np.round(arr)) | (np.abs(arr) >= 2 ** 53)  # beyond 2**53, not whole numbers
     if bad.any():
         at = int(np.argmax(bad))
         row, value = values.index[at], arr[at].item()
         row = row.item() if hasattr(row, "item") else row  # a numpy scalar prints as np.int64(9)
-        what = "non-integer numbers" if np.isfinite(arr).all() else "a value that is not a class"
+        what = "non-integer numbers" if (np.abs(arr) < 2 ** 53).all() else "a value that is not a class"
         raise ValueError(f"Column {column!r} holds {what}: {value!r} at row {row!r} ({int(bad.sum())} such row(s) "
                          f"of {len(arr)}). labkit trains classifiers: labels are whole numbers or names. Pick the "
                          f"column with the class labels, fix those rows in the source, or drop them first "
@@ -261,6 +267,8 @@ def from_frame(df: pd.DataFrame, text: str = "text", label: str = "label", name:
         raise ValueError(f"{name}: column {text!r} holds numbers ({texts.dtype}, e.g. {texts.iloc[0]!r}), not text. "
                          f"Name the column with the texts: text=... (--text-column on the command line); the "
                          f"columns are {columns}.")
+    if isinstance(label_names, str):
+        raise TypeError(f"label_names is a list of class names, e.g. ['neg', 'pos'], not the string {label_names!r}.")
     if label_names is not None and len(set(map(str, label_names))) < len(label_names):
         raise ValueError(f"label_names {list(label_names)} names a class twice; pass each class's name once, in "
                          "label order.")
@@ -322,7 +330,8 @@ def _check_file(path: Path, read_csv: dict) -> None:
     if "encoding" not in read_csv and head[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise ValueError(f"{path} is UTF-16 text (it starts with a byte-order mark): pass encoding='utf-16' "
                          "(--encoding utf-16 on the command line).")
-    if "sep" not in read_csv and "delimiter" not in read_csv:
+    compressed = "compression" in read_csv or path.suffix.lower() in {".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"}
+    if "sep" not in read_csv and "delimiter" not in read_csv and not compressed:
         header = head.decode(encoding, errors="replace").lstrip("\ufeff")
         header = header.splitlines()[0] if header.splitlines() else ""
         found = [(sep, what) for sep, what in _SEPARATORS.items() if sep in header]
@@ -332,6 +341,22 @@ def _check_file(path: Path, read_csv: dict) -> None:
                              f"pass sep={sep!r} (--sep {sep!r} on the command line).")
 
 
+def _check_columns(path: Path, df: pd.DataFrame, text: str, label: str, read_csv: dict) -> None:
+    """A ValueError for a CSV read with the wrong delimiter, or with a label or text that pandas took for missing."""
+    if len(df.columns) == 1 and text not in df.columns:
+        found = [sep for sep in (",", *_SEPARATORS) if sep in str(df.columns[0])]
+        if found:
+            raise ValueError(f"{path} was read as one column, {str(df.columns[0])[:60]!r}: its delimiter looks like "
+                             f"{found[0]!r}, so pass sep={found[0]!r} (--sep {found[0]!r} on the command line).")
+    if (read_csv.get("keep_default_na") is not False and all(c in df.columns for c in (text, label))
+            and df[[text, label]].isna().any().any()):  # read again only to say why a cell is missing
+        kept = pd.read_csv(path, **dict(read_csv, keep_default_na=False, dtype=str, usecols=[text, label]))
+        words = {w for c in (text, label) for w in kept[c][df[c].isna().to_numpy()] if w.strip()}
+        if words:
+            raise ValueError(f"{path}: pandas reads {sorted(words)[:3]} as missing values, but here they are texts or "
+                             "labels; pass keep_default_na=False to keep them as they are.")
+
+
 def from_csv(path: str | Path, text: str = "text", label: str = "label", name: str | None = None,
              label_names: Sequence[str] | None = None, **read_csv) -> TextData:
     """A TextData from a CSV (or .tsv) file's text and label columns; the file is only read.
@@ -339,6 +364,9 @@ def from_csv(path: str | Path, text: str = "text", label: str = "label", name: s
     Extra keyword arguments go to pandas.read_csv (e.g. encoding='latin-1', sep=';'). A file that looks
     tab- or semicolon-separated, compressed, UTF-16, Excel or Parquet is refused with the argument that reads it.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"from_csv takes a file path (str or Path), got {type(path).__name__}; for a DataFrame use "
+                        "data.from_frame(df).")
     path = Path(path).expanduser()
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a CSV file; for one sub-folder of text files per class use "
@@ -357,6 +385,7 @@ def from_csv(path: str | Path, text: str = "text", label: str = "label", name: s
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
         raise ValueError(f"{path} could not be read as a CSV ({err}); check the file, or pass sep=... for "
                          "another delimiter (--sep on the command line).") from err
+    _check_columns(path, df, text, label, read_csv)
     return from_frame(df, text, label, name=name or path.stem, label_names=label_names, source=str(path))
 
 
