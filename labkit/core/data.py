@@ -159,7 +159,7 @@ def use(dataset: TextData | str | None) -> _Use:
         td = dataset
     else:
         raise ValueError(f"use() takes a TextData (data.from_csv/from_frame/from_dataset/bbc_news), 'bbc' or "
-                         f"None for the reviews; got {dataset!r}.")
+                         f"None for the reviews; got {dataset!r}. For a CSV file: data.use(data.from_csv(path)).")
     if td is not None and reviews.cache_info().currsize and td is reviews():
         td = None  # the reviews themselves: the default
     _set(td)

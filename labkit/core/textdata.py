@@ -142,7 +142,7 @@ class TextData:
     def split(self, name: str, limit: int | None = None) -> pd.DataFrame:
         """One split (`train`, `val` or `test`) as a new DataFrame; `limit` takes a fixed, shuffled head of it."""
         if name not in SPLITS:
-            close = difflib.get_close_matches(str(name), SPLITS, n=1)
+            close = difflib.get_close_matches(str(name), SPLITS, n=1, cutoff=0.4)  # 'validation' -> 'val'
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"Unknown split {name!r}{hint}; choose one of {', '.join(SPLITS)}.")
         df = self.frame.loc[self._index[name]]
