@@ -346,7 +346,8 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
 
     `model_or_path` is a model object (copied unless `inplace`) or a local folder saved with save_pretrained
     (a folder that is not a classifier gets a new head; the hub only with HF_HUB_OFFLINE=0). `tokenizer` is
-    the tokenizer object or its folder. The result is cached (atomic, sha256-checked safetensors) under a key
+    the tokenizer object or its folder (with its tokenizer files); one that turns more than half of the training
+    texts' word pieces into [UNK] is refused. The result is cached (atomic, sha256-checked safetensors) under a key
     of the model, the data's split hash, the tokenizer and the settings: a second call loads it, no training.
     `new_head=True` replaces the output layer of a classifier whose label count differs from the data's.
     `precision="bf16"` trains under bf16 autocast (fp16 on CUDA, with a GradScaler); the weights stay fp32.
