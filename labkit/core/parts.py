@@ -229,6 +229,14 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+def require_not_meta(model: nn.Module) -> None:
+    """A ValueError for a model whose tensors are on the meta device: shapes only, no weights to copy or run."""
+    if any(t.is_meta for t in model.parameters()) or any(t.is_meta for t in model.buffers()):
+        raise ValueError(f"This {type(model).__name__} has no weights (meta device: shapes only, as "
+                         "init_empty_weights or torch.device('meta') build it): load it with from_pretrained(...), "
+                         "or .to_empty(device='cpu') and load a state dict into it.")
+
+
 def clone(model: nn.Module, convert=None, buffers: bool = True) -> nn.Module:
     """An independent copy of `model`: new modules and new tensors, so writing into it never changes `model`.
 
@@ -244,6 +252,7 @@ def clone(model: nn.Module, convert=None, buffers: bool = True) -> nn.Module:
             new = new.clone()
         return new
 
+    require_not_meta(model)
     return _copy(model, own, own if buffers else torch.Tensor.clone)
 
 
@@ -310,6 +319,7 @@ def input_names(model: nn.Module, tokenizer=None) -> list[str]:
 
 def device_of(model: nn.Module) -> torch.device:
     """The device of a model's first parameter (the CPU for a model with none): where its inputs must go."""
+    require_not_meta(model)  # every measurement asks where to send its inputs: a model without weights stops here
     for p in model.parameters():
         return p.device
     return torch.device("cpu")

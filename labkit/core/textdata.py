@@ -4,8 +4,12 @@ identical texts stay in one split."""
 
 from __future__ import annotations
 
+import codecs
+import difflib
 import functools
 import hashlib
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -52,12 +56,28 @@ class TextData:
 
     def __post_init__(self) -> None:
         self.label_names = tuple(str(n) for n in self.label_names)
+        if not {"text", "label"} <= set(self.frame.columns):
+            raise ValueError(f"{self.name}: a TextData's frame has the columns 'text' and 'label', this one "
+                             f"{list(self.frame.columns)}; build it with data.from_frame(df, text=..., label=...).")
         labels = self.frame["label"].to_numpy()
         if not (np.issubdtype(labels.dtype, np.integer) and len(labels) and labels.min() >= 0
                 and labels.max() < len(self.label_names)):
             raise ValueError(f"{self.name}: labels must be integers 0..{len(self.label_names) - 1}, one per label "
                              "name; build a TextData with data.from_frame(df, text=..., label=...) instead.")
+        self._warn_mixed_labels()
         self._index = self._split_index()
+
+    def _warn_mixed_labels(self) -> None:
+        """Warn, with a count, about texts that carry more than one label: kept, all copies in one split."""
+        per_text = self.frame.groupby("text", sort=False)["label"].nunique()
+        mixed = per_text[per_text > 1]
+        if len(mixed):
+            warnings.warn(
+                f"{self.name}: {len(mixed)} of {len(per_text)} distinct texts carry more than one label "
+                f"(e.g. {str(mixed.index[0])[:60]!r}). Each is kept with all its labels, every copy in one split, "
+                "so no test text is also a training text; no model can get both labels right. To drop them: "
+                "df = df[df.groupby('text')['label'].transform('nunique') == 1] (with your column names).", UserWarning,
+                stacklevel=5)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{n}: {c}" for n, c in zip(self.label_names, self.class_counts()))
@@ -85,33 +105,51 @@ class TextData:
         """Row indices of each split, stratified by label, from a fixed seed (numpy's PCG64 is portable).
 
         Copies of one text stay together, so no test text is also a training text (BBC News holds 98 articles
-        twice). With every text distinct this is a plain per-class shuffle and cut, as it always was.
+        twice). A text that carries several labels goes where its first class put it, and its other classes fill
+        their remaining places around it. With every text distinct this is a plain per-class shuffle and cut.
         """
         groups = [self._groups(k) for k in range(self.num_labels)]
         small = [(self.label_names[k], len(g)) for k, g in enumerate(groups) if len(g) < MIN_PER_CLASS]
         if small:
             listed = ", ".join(f"{n!r} has {c}" for n, c in small)
+            unused = " A class with none is a name in label_names that no row carries: leave it out of label_names." \
+                if any(c == 0 for _, c in small) else ""
             raise ValueError(
                 f"{self.name}: every class needs at least {MIN_PER_CLASS} distinct texts, one for each split "
                 f"(train/val/test, {', '.join(f'{v:.0%}' for v in FRACTIONS.values())}), and far more to be "
                 f"learned and measured; {listed}. Add examples of those classes, or drop them first "
-                f"(e.g. df = df[~df['label'].isin([...])]).")
+                f"(e.g. df = df[~df['label'].isin([...])]).{unused}")
         rng = np.random.default_rng(SEED)
+        texts = self.frame["text"].to_dict()  # by index label, as the groups hold them
+        placed: dict[str, str] = {}  # text -> its split, for a text that a later class carries too
         parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
         for class_groups in groups:
-            perm = rng.permutation(len(class_groups))
+            fixed = [placed.get(texts[g[0]]) for g in class_groups]
+            free = [i for i, s in enumerate(fixed) if s is None]
+            perm = np.asarray(free)[rng.permutation(len(free))] if len(free) < len(class_groups) else \
+                rng.permutation(len(class_groups))
             n_train, n_val = _split_sizes(len(class_groups))
+            # the places this class's texts already hold elsewhere count towards its own fractions
+            n_train = max(0, n_train - fixed.count("train"))
+            n_val = max(0, min(n_val - fixed.count("val"), len(free) - n_train))
             cuts = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val], "test": perm[n_train + n_val:]}
+            cuts = {s: list(chosen) + [i for i, f in enumerate(fixed) if f == s] for s, chosen in cuts.items()}
             for s, chosen in cuts.items():
                 parts[s].extend(class_groups[i] for i in chosen)
+                placed.update((texts[class_groups[i][0]], s) for i in chosen)
         return {s: np.sort(np.concatenate(p)) for s, p in parts.items()}
 
     def split(self, name: str, limit: int | None = None) -> pd.DataFrame:
         """One split (`train`, `val` or `test`) as a new DataFrame; `limit` takes a fixed, shuffled head of it."""
         if name not in SPLITS:
-            raise ValueError(f"Unknown split {name!r}; choose one of {', '.join(SPLITS)}.")
+            close = difflib.get_close_matches(str(name), SPLITS, n=1, cutoff=0.4)  # 'validation' -> 'val'
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"Unknown split {name!r}{hint}; choose one of {', '.join(SPLITS)}.")
         df = self.frame.loc[self._index[name]]
         if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)):
+                raise TypeError(f"limit must be a whole number of snippets, or None for the whole split; got "
+                                f"{limit!r} ({type(limit).__name__}).")
             if limit < 1:
                 raise ValueError(f"limit must be a positive number of snippets, got {limit}.")
             # Shuffle with the fixed seed before cutting, so a small subset still holds every label.
@@ -168,15 +206,22 @@ def _label_column(values: pd.Series, column: str, label_names: Sequence[str] | N
 
 
 def _as_ints(values: pd.Series, column: str) -> np.ndarray:
+    """Numeric labels as int64; an infinite or fractional label is refused with its row and value."""
     try:
         arr = values.to_numpy(dtype=float)
     except (TypeError, ValueError) as err:
         raise ValueError(f"Column {column!r} holds labels labkit cannot read as classes ({values.dtype}); "
                          "use strings or integers.") from err
-    if not np.all(arr == np.round(arr)):
-        example = next(v for v in arr if v != round(v))
-        raise ValueError(f"Column {column!r} holds non-integer numbers (e.g. {example}): labkit trains classifiers. "
-                         "Pick the column with the class labels, or bin these values into classes first.")
+    bad = ~np.isfinite(arr) | (arr != np.round(arr)) | (np.abs(arr) >= 2 ** 53)  # beyond 2**53, not whole numbers
+    if bad.any():
+        at = int(np.argmax(bad))
+        row, value = values.index[at], arr[at].item()
+        row = row.item() if hasattr(row, "item") else row  # a numpy scalar prints as np.int64(9)
+        what = "non-integer numbers" if (np.abs(arr) < 2 ** 53).all() else "a value that is not a class"
+        raise ValueError(f"Column {column!r} holds {what}: {value!r} at row {row!r} ({int(bad.sum())} such row(s) "
+                         f"of {len(arr)}). labkit trains classifiers: labels are whole numbers or names. Pick the "
+                         f"column with the class labels, fix those rows in the source, or drop them first "
+                         f"(df = df.drop(index=[{row!r}])), or bin continuous values into classes.")
     return arr.astype(np.int64)
 
 
@@ -196,7 +241,8 @@ def from_frame(df: pd.DataFrame, text: str = "text", label: str = "label", name:
     """A TextData from a DataFrame's `text` and `label` columns; the DataFrame itself is never modified.
 
     String labels become 0..K-1 in sorted order of their names; integer labels keep their numeric order (with
-    `label_names`, integer labels are indices into it, and string labels take its order).
+    `label_names`, integer labels are indices into it, and string labels take its order). A text that carries
+    more than one label is kept, every copy in one split, with a UserWarning that counts such texts.
     """
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"Expected a pandas DataFrame, got {type(df).__name__}; for a file use data.from_csv(path), "
@@ -209,7 +255,23 @@ def from_frame(df: pd.DataFrame, text: str = "text", label: str = "label", name:
                          "environment LABKIT_TEXT_COLUMN/LABKIT_LABEL_COLUMN).")
     if text == label:
         raise ValueError(f"text and label name the same column {text!r}; pass two different columns.")
+    twice = [c for c in (text, label) if (df.columns == c).sum() > 1]
+    if twice:
+        raise ValueError(f"{name}: more than one column is named {twice[0]!r} ({columns}); rename them apart, e.g. "
+                         "df.columns = [...], and pass the one you mean.")
+    if df.empty:
+        raise ValueError(f"{name}: no rows, only the columns {columns}; a classifier needs labelled texts. Check that "
+                         "the file is the one you meant, and that it holds a row per text under its header.")
     texts, labels = df[text], df[label]
+    if pd.api.types.is_numeric_dtype(texts) or pd.api.types.is_bool_dtype(texts):
+        raise ValueError(f"{name}: column {text!r} holds numbers ({texts.dtype}, e.g. {texts.iloc[0]!r}), not text. "
+                         f"Name the column with the texts: text=... (--text-column on the command line); the "
+                         f"columns are {columns}.")
+    if isinstance(label_names, str):
+        raise TypeError(f"label_names is a list of class names, e.g. ['neg', 'pos'], not the string {label_names!r}.")
+    if label_names is not None and len(set(map(str, label_names))) < len(label_names):
+        raise ValueError(f"label_names {list(label_names)} names a class twice; pass each class's name once, in "
+                         "label order.")
     no_label = labels.isna() | labels.map(lambda v: isinstance(v, str) and not v.strip())
     no_text = texts.isna() | (texts.astype(str).str.strip() == "")
     if no_label.any() or no_text.any():
@@ -224,25 +286,106 @@ def from_frame(df: pd.DataFrame, text: str = "text", label: str = "label", name:
     return TextData(name, frame, names, source or f"DataFrame columns {text!r}, {label!r}")
 
 
+# What a file that is not plain CSV text starts with, and what to do about it.
+_MAGIC = {
+    b"\x1f\x8b": ("gzip-compressed", "decompress it (gunzip) or name it .csv.gz, which is read as it is "
+                                      "(or pass compression='gzip')"),
+    b"BZh": ("bzip2-compressed", "decompress it (bunzip2) or name it .csv.bz2 (or pass compression='bz2')"),
+    b"\xfd7zXZ\x00": ("xz-compressed", "decompress it (unxz) or name it .csv.xz (or pass compression='xz')"),
+    b"(\xb5/\xfd": ("zstd-compressed", "decompress it (unzstd) or name it .csv.zst (or pass compression='zstd')"),
+    b"PAR1": ("a Parquet file", "read it with df = pd.read_parquet(path), then data.from_frame(df, text=..., "
+                                "label=...)"),
+    b"\xd0\xcf\x11\xe0": ("an Excel workbook (.xls)", "read it with df = pd.read_excel(path), then "
+                                                      "data.from_frame(df, text=..., label=...), or save it as CSV"),
+}
+_ZIP = b"PK\x03\x04"
+_SEPARATORS = {"\t": "tab-separated", ";": "semicolon-separated", "|": "pipe-separated"}
+
+
+def _check_file(path: Path, read_csv: dict) -> None:
+    """A ValueError, naming the fix, for a file that pandas would misread as a one-column or garbled CSV."""
+    encoding = read_csv.get("encoding") or "utf-8"
+    try:
+        codecs.lookup(encoding)
+    except LookupError as err:
+        raise ValueError(f"Unknown encoding {encoding!r}; pass one Python knows, e.g. 'latin-1', 'cp1252' or "
+                         "'utf-16'.") from err
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if not head.strip():
+        raise ValueError(f"{path} is empty; pass a CSV whose first line names its columns (e.g. text,label) and "
+                         "whose other lines hold one text and its label each.")
+    if "compression" not in read_csv and path.suffix.lower() in {".csv", ".tsv", ".tab", ".txt"}:
+        for magic, (what, fix) in _MAGIC.items():
+            if head.startswith(magic):
+                raise ValueError(f"{path} is {what}, not CSV text (it starts with bytes {magic[:2].hex(' ')}): "
+                                 f"{fix}.")
+        if head.startswith(_ZIP):
+            if b"[Content_Types].xml" in head or b"xl/" in head:
+                raise ValueError(f"{path} is an Excel workbook (.xlsx), not CSV text: read it with "
+                                 "df = pd.read_excel(path), then data.from_frame(df, text=..., label=...), or save "
+                                 "it as CSV.")
+            raise ValueError(f"{path} is a zip archive, not CSV text: unzip it, or name it .csv.zip (or pass "
+                             "compression='zip').")
+    if "encoding" not in read_csv and head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise ValueError(f"{path} is UTF-16 text (it starts with a byte-order mark): pass encoding='utf-16' "
+                         "(--encoding utf-16 on the command line).")
+    compressed = "compression" in read_csv or path.suffix.lower() in {".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"}
+    if "sep" not in read_csv and "delimiter" not in read_csv and not compressed:
+        header = head.decode(encoding, errors="replace").lstrip("\ufeff")
+        header = header.splitlines()[0] if header.splitlines() else ""
+        found = [(sep, what) for sep, what in _SEPARATORS.items() if sep in header]
+        if "," not in header and found:
+            sep, what = found[0]
+            raise ValueError(f"{path} looks {what} (its header line {header[:60]!r} holds {sep!r} and no comma): "
+                             f"pass sep={sep!r} (--sep {sep!r} on the command line).")
+
+
+def _check_columns(path: Path, df: pd.DataFrame, text: str, label: str, read_csv: dict) -> None:
+    """A ValueError for a CSV read with the wrong delimiter, or with a label or text that pandas took for missing."""
+    if len(df.columns) == 1 and text not in df.columns:
+        found = [sep for sep in (",", *_SEPARATORS) if sep in str(df.columns[0])]
+        if found:
+            raise ValueError(f"{path} was read as one column, {str(df.columns[0])[:60]!r}: its delimiter looks like "
+                             f"{found[0]!r}, so pass sep={found[0]!r} (--sep {found[0]!r} on the command line).")
+    if (read_csv.get("keep_default_na") is not False and all(c in df.columns for c in (text, label))
+            and df[[text, label]].isna().any().any()):  # read again only to say why a cell is missing
+        kept = pd.read_csv(path, **dict(read_csv, keep_default_na=False, dtype=str, usecols=[text, label]))
+        words = {w for c in (text, label) for w in kept[c][df[c].isna().to_numpy()] if w.strip()}
+        if words:
+            raise ValueError(f"{path}: pandas reads {sorted(words)[:3]} as missing values, but here they are texts or "
+                             "labels; pass keep_default_na=False to keep them as they are.")
+
+
 def from_csv(path: str | Path, text: str = "text", label: str = "label", name: str | None = None,
              label_names: Sequence[str] | None = None, **read_csv) -> TextData:
     """A TextData from a CSV (or .tsv) file's text and label columns; the file is only read.
 
-    Extra keyword arguments go to pandas.read_csv (e.g. encoding='latin-1', sep=';').
+    Extra keyword arguments go to pandas.read_csv (e.g. encoding='latin-1', sep=';'). A file that looks
+    tab- or semicolon-separated, compressed, UTF-16, Excel or Parquet is refused with the argument that reads it.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"from_csv takes a file path (str or Path), got {type(path).__name__}; for a DataFrame use "
+                        "data.from_frame(df).")
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a CSV file; for one sub-folder of text files per class use "
+                         "data.read_folder(path), else pass the CSV file's path.")
     if not path.is_file():
         raise FileNotFoundError(f"No file {path}; pass the path of a CSV with a text and a label column.")
     if path.suffix.lower() in {".tsv", ".tab"}:
         read_csv.setdefault("sep", "\t")
+    _check_file(path, read_csv)
     try:
         df = pd.read_csv(path, **read_csv)
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); pass its encoding, e.g. "
-                         "data.from_csv(path, ..., encoding='latin-1').") from err
+        raise ValueError(f"{path} is not {read_csv.get('encoding') or 'UTF-8'} text ({err.reason} at byte "
+                         f"{err.start}); pass its encoding, e.g. data.from_csv(path, ..., encoding='latin-1') "
+                         "(--encoding latin-1 on the command line).") from err
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
         raise ValueError(f"{path} could not be read as a CSV ({err}); check the file, or pass sep=... for "
-                         "another delimiter.") from err
+                         "another delimiter (--sep on the command line).") from err
+    _check_columns(path, df, text, label, read_csv)
     return from_frame(df, text, label, name=name or path.stem, label_names=label_names, source=str(path))
 
 
@@ -277,7 +420,10 @@ def _decode(payload: bytes) -> str:
 
 def read_folder(folder: Path, name: str | None = None, suffix: str = ".txt") -> TextData:
     """A TextData from one sub-folder per class of text files; labels are the sub-folder names, sorted."""
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"No folder {folder}; pass a folder that holds one sub-folder of {suffix} files per "
+                                "class (for a CSV file use data.from_csv(path)).")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())  # sorted names, never listing order
     rows = [(_decode(f.read_bytes()).strip(), c) for c in classes for f in sorted((folder / c).glob(f"*{suffix}"))]
     if not rows:
