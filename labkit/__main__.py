@@ -92,7 +92,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m labkit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    p_tour = sub.add_parser("tour", help="measure every technique and write reports/")
+    # A one-line usage: a refused option is then two lines, the usage and the reason (the full list is in --help).
+    p_tour = sub.add_parser("tour", help="measure every technique and write reports/",
+                            usage="python -m labkit tour [--fast] [--out DIR] [--model DIR] [--data FILE] [...]")
     p_tour.add_argument("--fast", action="store_true", help="small data and few steps (same code path)")
     p_tour.add_argument("--out", type=Path, default=Path("reports"),
                         help="the report's folder (default: reports; made when the first results are written)")

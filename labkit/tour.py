@@ -55,6 +55,8 @@ def pick(names: str | Iterable[str] | None = None) -> tuple[str, ...]:
         if not isinstance(raw, str):
             raise TypeError(f"Technique names are strings such as 'prune', got {raw!r} ({type(raw).__name__}).")
         name = raw.strip()
+        if not name:  # 'prune,' or a space: nothing named there
+            continue
         if name not in short and name not in TECHNIQUES:
             close = difflib.get_close_matches(name, list(short) + list(TECHNIQUES), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
