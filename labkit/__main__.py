@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["LABKIT_FAST"] = "1"
     if args.command == "tour":  # the tour's own options first: a typo is refused before any data is read
         try:
-            args.techniques = tour.pick(args.techniques)
+            tour.pick(args.techniques)
         except ValueError as err:
             cli.error(str(err))
     try:
