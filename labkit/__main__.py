@@ -96,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
     p_tour = sub.add_parser("tour", help="measure every technique and write reports/",
                             usage="python -m labkit tour [--fast] [--out DIR] [--model DIR] [--data FILE] [...]")
     p_tour.add_argument("--fast", action="store_true", help="small data and few steps (same code path)")
-    p_tour.add_argument("--out", type=Path, default=Path("reports"),
+    p_tour.add_argument("--out", metavar="DIR", default="reports",
                         help="the report's folder (default: reports; made when the first results are written)")
     p_tour.add_argument("--overwrite", action="store_true",
                         help="replace another tour's results (another model or data) in --out")

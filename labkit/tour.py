@@ -99,6 +99,15 @@ def _read_record(out_dir: Path) -> dict | None:
     return record if isinstance(record, dict) and {"model", "split_sha256"} <= set(record) else None
 
 
+def out_folder(out_dir: str | os.PathLike) -> Path:
+    """`out_dir` as a Path; a blank name (which would mean the current folder) or a non-path is refused."""
+    if isinstance(out_dir, bool) or not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"The report's folder is a path such as 'reports', got {out_dir!r} ({type(out_dir).__name__}).")
+    if not str(out_dir).strip():
+        raise ValueError("The report's folder name is empty: name a folder, e.g. --out reports (out_dir='reports').")
+    return Path(out_dir)
+
+
 def check_out(out_dir: Path, ident: dict, overwrite: bool = False) -> None:
     """Refuse a report folder the tour cannot or should not write, before any work: a file, a place this user cannot
     write, or a folder holding another tour's results or files of the same names (unless `overwrite`)."""
@@ -232,12 +241,13 @@ def tour(out_dir: str | Path = Path("reports"), limit: int | None = None, model_
     `out_dir` holding another tour's results is refused unless `overwrite`. What cannot run on this model is left
     out with its reason; the report is rewritten after each technique, marked incomplete until the last."""
     matplotlib.use("Agg")  # files only: no window
-    start, out_dir = time.perf_counter(), Path(out_dir)
+    start, out_dir = time.perf_counter(), out_folder(out_dir)
     names = pick(techniques)
     ident = identity(model_dir)
     check_out(out_dir, ident, overwrite)
     mods = list(_technique_modules(names))  # a broken module is found before minutes of work
     td = data.active()
+    td.split("test", limit)  # a bad limit is refused here, not after the fine-tuning
     base, tok, base_note = _baseline_for_tour(model_dir)
     reference = measure.predictions(base, tok, "test", limit)
     low = floor.tfidf_logreg(td, limit=limit)  # the floor the fine-tuned model should beat, on the same test texts

@@ -207,6 +207,7 @@ def _cli_refuses(argv, capsys, monkeypatch, match):
                  id="threads-not-a-number"),
     pytest.param(["--threads", "100000"], r"pass 1 to \d+, got 100000", id="threads-too-many"),
     pytest.param(["--batch", "0"], r"unrecognized arguments: --batch 0", id="no-such-option"),
+    pytest.param(["--out", " "], r"folder name is empty: name a folder, e.g. --out reports", id="out-blank"),
 ])
 def test_bad_tour_options_are_refused_in_one_line(options, match, capsys, monkeypatch):
     _cli_refuses(["tour", *options], capsys, monkeypatch, match)
@@ -253,12 +254,21 @@ def test_out_in_a_folder_this_user_cannot_write_is_refused(tmp_path, monkeypatch
                  id="technique-not-a-string"),
     pytest.param(dict(techniques="quant.flaots"), ValueError, r"did you mean 'quant.floats'", id="dotted-typo"),
     pytest.param(dict(overwrite="no"), TypeError, r"overwrite must be True or False", id="overwrite-not-bool"),
+    pytest.param(dict(out_dir=None), TypeError, r"folder is a path such as 'reports', got None", id="out-none"),
+    pytest.param(dict(out_dir=""), ValueError, r"folder name is empty: name a folder", id="out-empty"),
+    pytest.param(dict(limit=0), ValueError, r"limit must be a positive number of snippets", id="limit-zero"),
 ])
 def test_bad_tour_arguments_in_python(kwargs, error, match, tmp_path, monkeypatch):
     monkeypatch.setattr(lktour, "_baseline_for_tour", lambda model_dir: pytest.fail("work began before the refusal"))
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(error, match=match):
-        lktour.tour(tmp_path / "reports", **kwargs)
-    assert not (tmp_path / "reports").exists()
+        lktour.tour(**dict(dict(out_dir=tmp_path / "reports"), **kwargs))
+    assert list(tmp_path.iterdir()) == [tmp_path / "toy.csv"]  # no folder made, nothing written
+
+
+def test_an_unknown_pipeline_name_is_refused(tokenizer):
+    with pytest.raises(ValueError, match=r"No pipeline named 'int9'; keep= names some of int8, bf16"):
+        pipeline.tour(parts.tiny_classifier("BERT", 3), tokenizer, None, keep=("int9",))
 
 
 def test_technique_names_short_dotted_and_in_tour_order():

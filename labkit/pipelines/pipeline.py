@@ -145,7 +145,11 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None =
 
     A pipeline this model cannot take (see `check`) is skipped with the reason (`results.skip_row`), before it is
     built; token pruning starts at layer 2, or at the last layer of a shallower model."""
-    configs = {k: v for k, v in configurations(model).items() if k in keep}
+    configs = configurations(model)
+    unknown = [k for k in keep if k not in configs]
+    if unknown:
+        raise ValueError(f"No pipeline named {', '.join(map(repr, unknown))}; keep= names some of {', '.join(configs)}.")
+    configs = {k: v for k, v in configs.items() if k in keep}
     models, notes = {}, {}
     for name, steps in configs.items():
         t0 = time.perf_counter()
