@@ -158,7 +158,8 @@ def _tour(cli: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         tour.tour(args.out, model_dir=args.model, techniques=args.techniques, overwrite=args.overwrite)
     except (ValueError, TypeError, FileNotFoundError, PermissionError) as err:  # bad input: say what to do
         cli.error(str(err))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # what was measured is already written (the tour says where)
+        print("interrupted (Ctrl-C)", file=sys.stderr)
         return 130
     return 0
 
