@@ -17,10 +17,13 @@ import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 
 import matplotlib
+import numpy as np
 import pandas as pd
 from matplotlib import pyplot as plt
+from torch import nn
 from tqdm.auto import tqdm
 
 from labkit import fast_mode
@@ -151,7 +154,8 @@ def _baseline_for_tour(model_dir: str | Path | None):
     return base, tok, f"{parts.family_of(base).name} from {Path(model_dir).name}, fine-tuned on {td.name} ({how})"
 
 
-def run_technique(mod, base, tok, reference, limit: int | None) -> tuple[list[results.Result], list[dict]]:
+def run_technique(mod: ModuleType, base: nn.Module, tok, reference: np.ndarray, limit: int | None
+                  ) -> tuple[list[results.Result], list[dict]]:
     """A technique's rows on `base`, and the rows it left out with their reasons: all of them where the technique
     refuses this model (a ValueError), else those it skipped (`results.skip_row`). Other warnings pass through."""
     skipped = []
