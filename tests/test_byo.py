@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from labkit import __main__ as cli
+from labkit import tour as lktour
 from labkit.core import assets, data, floor, measure, model, parts, textdata, train
 from labkit.core import cache as lk_cache
 
@@ -464,7 +465,7 @@ def test_cli_parses_the_data_flags_and_refuses_a_bad_column(toy_csv, capsys):
 
 
 def test_cli_tour_runs_on_a_csv_with_your_own_model(toy_csv, tmp_path, cache, tokenizer, monkeypatch):
-    monkeypatch.setattr(cli, "TECHNIQUES", ())  # each technique has its own tests; this checks the wiring
+    monkeypatch.setattr(lktour, "TECHNIQUES", ())  # each technique has its own tests; this checks the wiring
     real = measure.latency_texts
     monkeypatch.setattr(measure, "latency_texts", lambda batch_size: real(batch_size)[:8])
     csv = tmp_path / "toy60.csv"

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from labkit import __main__ as cli
+from labkit import tour as lktour
 from labkit.core import data, measure
 from labkit.dynamic import int8, tokens
 from labkit.lm import slm
@@ -24,8 +25,8 @@ def short_batches(monkeypatch):
 
 
 def test_tour_writes_the_table_and_plots(tmp_path, monkeypatch, baseline, capsys, short_batches):
-    monkeypatch.setattr(cli, "TECHNIQUES", ())  # the techniques have their own tests; this checks the job itself
-    df = cli.tour(tmp_path, limit=LIMIT)
+    monkeypatch.setattr(lktour, "TECHNIQUES", ())  # the techniques have their own tests; this checks the job itself
+    df = lktour.tour(tmp_path, limit=LIMIT)
     for name in ["summary.csv", "summary.md", "summary.png", "pareto.png"]:
         assert (tmp_path / name).stat().st_size > 0, name
     saved = pd.read_csv(tmp_path / "summary.csv").set_index("name")
@@ -176,13 +177,11 @@ def test_a_technique_that_fails_to_import_is_an_error(monkeypatch):
             raise ModuleNotFoundError("No module named 'labkit.prune.prune'", name="labkit.prune.prune")
         return real(name, *args)
 
-    monkeypatch.setattr(cli.importlib, "import_module", broken)
-    monkeypatch.setattr(cli, "TECHNIQUES", ("dynamic.tokens", "prune.prune"))
+    monkeypatch.setattr(lktour.importlib, "import_module", broken)
     with pytest.raises(ImportError, match=r"labkit\.prune\.prune failed to import"):
-        list(cli._technique_modules())
+        list(lktour._technique_modules(("dynamic.tokens", "prune.prune")))
 
 
 def test_a_technique_without_a_tour_is_an_error(monkeypatch):
-    monkeypatch.setattr(cli, "TECHNIQUES", ("core.measure",))
     with pytest.raises(ImportError, match=r"labkit\.core\.measure has no tour"):
-        list(cli._technique_modules())
+        list(lktour._technique_modules(("core.measure",)))

@@ -3,6 +3,7 @@ speed-up over the baseline timed beside it in one interleaved run."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -65,6 +66,20 @@ def evaluate(name: str, model, tokenizer, reference: np.ndarray | None = None, s
                   latency_b1_ms=lat1["median_ms"] if lat1 else None,
                   latency_b32_ms=lat32["median_ms"] if lat32 else None,
                   device=(lat32 or {}).get("device", cpu_name()), notes=notes)
+
+
+class RowSkipped(UserWarning):
+    """A row left out of a tour's table because this model (or device) cannot run it: `row` and `reason`."""
+
+    def __init__(self, row: str, reason: str):
+        super().__init__(f"{row}: not run ({reason})")
+        self.row, self.reason = row, reason
+
+
+def skip_row(row: str, reason: str) -> None:
+    """Leave `row` out of a tour's table, saying why: a warning here, a line in the report of `python -m labkit
+    tour` (the table never shows a row that did not run)."""
+    warnings.warn(RowSkipped(row, reason), stacklevel=2)
 
 
 BASELINE_KEY = "baseline (same group)"

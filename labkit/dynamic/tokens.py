@@ -176,6 +176,28 @@ def _join_args(hidden, mask, args, kwargs):
     return (hidden,), dict(kwargs, attention_mask=mask)
 
 
+def start_layer_for(model: nn.Module, preferred: int = 2) -> int:
+    """The layer the tour and its pipelines start pruning tokens at: `preferred`, or the last of a shallower model."""
+    return min(preferred, len(checked_blocks(model)) - 1)
+
+
+def check_prunable(model: nn.Module, start_layer: int) -> None:
+    """Refuse (ValueError) a model whose tokens cannot be pruned from `start_layer` on; nothing is copied or run."""
+    layers = checked_blocks(model)
+    if isinstance(start_layer, bool) or not isinstance(start_layer, int) or not 0 <= start_layer < len(layers):
+        raise ValueError(f"start_layer must be a layer index from 0 to {len(layers) - 1} "
+                         f"(this model has {len(layers)} layers), got {start_layer!r}.")
+    encoder = model.get_submodule(encoder_layers_name(model).rpartition(".")[0])
+    if start_layer == 0 and getattr(encoder, "conv", None) is not None:
+        raise ValueError("This model's encoder mixes layer 0's output with its full-length input through a "
+                         "convolution (DeBERTa-v2 with conv_kernel_size): use start_layer >= 1.")
+    if getattr(model, "token_pruning", None) is not None:
+        raise ValueError("This model is already token-pruned; call token_pruning on the unpruned model.")
+    impl = getattr(model.config, "_attn_implementation", "sdpa")
+    if impl not in (None, "eager", "sdpa"):
+        raise ValueError(f"Token pruning supports the 'sdpa' and 'eager' attention implementations, got {impl!r}.")
+
+
 def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace: bool = False,
                   score: str = "cls") -> nn.Module:
     """A copy of `model` whose layers from `start_layer` on see only the top ceil(keep_ratio * real length) tokens.
@@ -192,19 +214,7 @@ def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}.")
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
         raise ValueError(f"keep_ratio must be a fraction in (0, 1] (1 keeps every real token), got {keep_ratio!r}.")
-    layers = checked_blocks(model)
-    if isinstance(start_layer, bool) or not isinstance(start_layer, int) or not 0 <= start_layer < len(layers):
-        raise ValueError(f"start_layer must be a layer index from 0 to {len(layers) - 1} "
-                         f"(this model has {len(layers)} layers), got {start_layer!r}.")
-    encoder = model.get_submodule(encoder_layers_name(model).rpartition(".")[0])
-    if start_layer == 0 and getattr(encoder, "conv", None) is not None:
-        raise ValueError("This model's encoder mixes layer 0's output with its full-length input through a "
-                         "convolution (DeBERTa-v2 with conv_kernel_size): use start_layer >= 1.")
-    if getattr(model, "token_pruning", None) is not None:
-        raise ValueError("This model is already token-pruned; call token_pruning on the unpruned model.")
-    impl = getattr(model.config, "_attn_implementation", "sdpa")
-    if impl not in (None, "eager", "sdpa"):
-        raise ValueError(f"Token pruning supports the 'sdpa' and 'eager' attention implementations, got {impl!r}.")
+    check_prunable(model, start_layer)
     model = model if inplace else parts.clone(model)
     blocks = checked_blocks(model)
     state: dict[str, Any] = {}
@@ -245,10 +255,11 @@ def length_latency(model: nn.Module, tokenizer, batch_sizes=(1, 32), lengths=(13
 
 
 def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None = None) -> list[results.Result]:
-    """Rows for the main job: token pruning (keep 0.5 from layer 2, two scores), timed beside `model`.
+    """Rows for the main job: token pruning (keep 0.5 from layer 2, or the last of a shallower model; two scores),
+    timed beside `model`.
 
     `limit` measures accuracy on the first `limit` test snippets only (tests); the code path is the same."""
-    start = min(2, len(parts.blocks(model)) - 1)  # layer 2, or the last one of a shallower model
+    start = start_layer_for(model)
     # Hooks on copies that share `model`'s weights: they are only measured here, never handed back.
     models = {f"token pruning keep 0.5 from layer {start}": token_pruning(parts.copy_sharing(model), 0.5, start,
                                                                           inplace=True),

@@ -55,6 +55,17 @@ def validate(steps: list[tuple[str, dict]]) -> None:
         seen.append(name)
 
 
+def check(model: nn.Module, steps: list[tuple[str, dict]]) -> None:
+    """`validate`, then refuse (ValueError) steps this model cannot take, before anything is copied or trained:
+    structured pruning of a family whose heads cannot be cut out, token pruning from a layer it does not have."""
+    validate(steps)
+    for name, options in steps:
+        if name == "structured":
+            prune.structured_blocks(model)
+        elif name == "token_pruning" and "start_layer" in options:
+            tokens.check_prunable(model, options["start_layer"])
+
+
 def _int8(model: nn.Module, backend: str = "torch") -> nn.Module:
     """int8 in place with torch's kernels, or a new ONNX Runtime / OpenVINO (NNCF) model built from `model`."""
     if backend == "onnxruntime":
@@ -66,7 +77,7 @@ def _int8(model: nn.Module, backend: str = "torch") -> nn.Module:
 
 def run_pipeline(model: nn.Module, tokenizer, steps: list[tuple[str, dict]]) -> nn.Module:
     """Apply the steps in order to an independent copy of `model` and return it: no tensor is shared with `model`."""
-    validate(steps)
+    check(model, steps)
     out = parts.clone(model)
     for name, options in steps:
         options = dict(options)  # the caller's options stay as they were
@@ -96,11 +107,12 @@ def describe(steps: list[tuple[str, dict]]) -> str:
     return " -> ".join(names) or "fp32 baseline"
 
 
-def configurations() -> dict[str, list[tuple[str, dict]]]:
-    """The pipelines the tour and the benchmarks compare."""
+def configurations(model: nn.Module | None = None) -> dict[str, list[tuple[str, dict]]]:
+    """The pipelines the tour and the benchmarks compare; for `model`, token pruning starts at a layer it has."""
     small = ("structured", {"heads": 1 / 3, "ffn": 0.7})  # 8 of 12 heads and 30% of the FFN neurons kept
     recover = ("recover", {})  # prune.recover's default steps: fewer in fast mode
-    token = ("token_pruning", {"keep_ratio": 0.5, "start_layer": 2})
+    start = 2 if model is None else tokens.start_layer_for(model)  # layer 2, or the last of a shallower model
+    token = ("token_pruning", {"keep_ratio": 0.5, "start_layer": start})
     bf16 = ("precision", {"precision": "bf16"})  # the alternative last step to int8: half the bytes, float kernels
     configs = {
         "int8": [("int8", {})],
@@ -129,12 +141,25 @@ TOUR_PIPELINES = ("structured + recover + int8", "structured + recover + token +
 def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None = None,
          keep: tuple[str, ...] = TOUR_PIPELINES) -> list[results.Result]:
     """Rows for `python -m labkit tour`: the combined pipelines that single techniques do not cover, timed
-    interleaved beside `model`. `limit` (test snippets) and `keep` (pipelines) shrink the work for tests only."""
-    configs = {k: v for k, v in configurations().items() if k in keep}
+    interleaved beside `model`. `limit` (test snippets) and `keep` (pipelines) shrink the work for tests only.
+
+    A pipeline this model cannot take (see `check`) is skipped with the reason (`results.skip_row`), before it is
+    built; token pruning starts at layer 2, or at the last layer of a shallower model."""
+    configs = configurations(model)
+    unknown = [k for k in keep if k not in configs]
+    if unknown:
+        raise ValueError(f"No pipeline named {', '.join(map(repr, unknown))}; keep= names some of {', '.join(configs)}.")
+    configs = {k: v for k, v in configs.items() if k in keep}
     models, notes = {}, {}
     for name, steps in configs.items():
         t0 = time.perf_counter()
-        models[f"combined: {name}"] = run_pipeline(model, tokenizer, steps)
+        try:
+            models[f"combined: {name}"] = run_pipeline(model, tokenizer, steps)
+        except ValueError as err:  # a refusal names what this model lacks; the other pipelines still run
+            results.skip_row(f"combined: {name}", str(err))
+            continue
         notes[f"combined: {name}"] = f"{describe(steps)} (built in {time.perf_counter() - t0:.0f} s)"
+    if not models:
+        return []
     return results.evaluate_group(models, tokenizer, results.reference_on(model, tokenizer, reference, limit), model,
                                   notes, limit=limit)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import statistics
 import time
-import warnings
 from dataclasses import dataclass
 from functools import cache
 
@@ -118,7 +117,7 @@ def tour(model: nn.Module, tokenizer, reference, limit: int | None = None) -> li
         try:
             models[f"{name} weights"] = to_precision(model, name)
         except ValueError as err:
-            warnings.warn(f"precision tour: no {name} row ({err})", stacklevel=2)
+            results.skip_row(f"{name} weights", str(err))
             continue
         native = support.get(name)
         notes[f"{name} weights"] = ("half the bytes; " + ("native on this CPU" if native else
