@@ -231,6 +231,7 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def require_not_meta(model: nn.Module) -> None:
     """A ValueError for a model whose tensors are on the meta device: shapes only, no weights to copy or run."""
+    require_module(model)
     if any(t.is_meta for t in model.parameters()) or any(t.is_meta for t in model.buffers()):
         raise ValueError(f"This {type(model).__name__} has no weights (meta device: shapes only, as "
                          "init_empty_weights or torch.device('meta') build it): load it with from_pretrained(...), "
