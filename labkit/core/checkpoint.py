@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -39,17 +40,51 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def checked_meta(path: Path) -> dict:
     """The metadata of the safetensors weights at `path`, after checking the file against its sha256."""
     meta_path = path.with_suffix(".json")
+    for p in (path, meta_path):
+        if p.exists() and not p.is_file():
+            raise ValueError(f"{p} is a folder, not a checkpoint file: delete it and rebuild the checkpoint.")
     if not path.is_file() or not meta_path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path} (or its metadata {meta_path.name}).")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{meta_path} is not valid JSON; delete it and rebuild the checkpoint.") from err
+    for p in (path, meta_path):
+        why = cache.unreadable(p)
+        if why:
+            raise PermissionError(f"{why}: run `python -m labkit prepare` again where it was written (it writes "
+                                  f"files readable by all), or `chmod a+r {p}`.")
+    meta = _record(meta_path)
     actual = cache.file_sha256(path)
-    if actual != meta.get("sha256"):
+    if actual != meta["sha256"]:
         raise ValueError(f"{path} does not match the sha256 recorded in {meta_path.name} "
                          f"(truncated or tampered); delete it and rebuild it.")
+    check_safetensors(path)
     return meta
+
+
+def _record(meta_path: Path) -> dict:
+    """The JSON record beside a checkpoint, refused unless it is an object holding the weights' sha256 and size."""
+    fix = f"delete {meta_path} and its weights, and rebuild the checkpoint (`python -m labkit prepare` for the baseline)"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_path} is not valid JSON ({err}): {fix}.") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path} holds a JSON {type(meta).__name__}, not a checkpoint record (an object): "
+                         f"{fix}.")
+    sha = meta.get("sha256")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise ValueError(f"{meta_path} has no sha256 of its weights (saw {sha!r}): {fix}.")
+    return meta
+
+
+def check_safetensors(path: Path) -> None:
+    """A ValueError unless `path` starts like a safetensors file (a header length, then a JSON object that fits)."""
+    # Checked before safetensors parses it: a pickle or any other file gets a message, not "header too large".
+    with open(path, "rb") as f:
+        head = f.read(9)
+        size = os.fstat(f.fileno()).st_size
+    length = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
+    if not (0 < length <= size - 8 and head[8:9] == b"{"):
+        raise ValueError(f"{path} is not a safetensors file (a pickle or another format); labkit loads only "
+                         "safetensors: delete it and rebuild the checkpoint.")
 
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -65,6 +100,7 @@ def read_weights_into(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     storage adds only the largest tensor, which matters on a classroom hub (1-2 GB for the kernel and Jupyter
     together). Names, shapes and dtypes are all checked before anything is written.
     """
+    check_safetensors(path)
     own = model.state_dict()
     with safe_open(str(path), framework="pt") as f:
         names = set(f.keys())

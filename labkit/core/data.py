@@ -8,7 +8,6 @@ pointed the kit at another `TextData`, made with `from_frame`, `from_csv`, `from
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from labkit.core import assets
+from labkit.core import assets, settings
 
 # Your own labelled text (its type and constructors) is reached from here too: data.from_csv(...), data.TextData.
 from labkit.core.textdata import (  # noqa: F401
@@ -179,10 +178,9 @@ def load(spec: str, text: str = "text", label: str = "label") -> TextData:
 def from_env(environ: dict | None = None) -> TextData:
     """Point the kit at the data named by LABKIT_DATA ('bbc', 'reviews' or a CSV path with LABKIT_TEXT_COLUMN and
     LABKIT_LABEL_COLUMN, default 'text' and 'label'); unset, the active data stays. Returns the active data."""
-    env = os.environ if environ is None else environ
-    spec = (env.get("LABKIT_DATA") or "").strip()
+    spec = settings.data_spec(environ)
     if spec:
-        use(load(spec, env.get("LABKIT_TEXT_COLUMN") or "text", env.get("LABKIT_LABEL_COLUMN") or "label"))
+        use(load(spec, settings.column("text", environ), settings.column("label", environ)))
     return active()
 
 

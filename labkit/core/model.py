@@ -188,11 +188,9 @@ def _load_baseline(device, config: TrainConfig | None, retrain: bool, progress: 
         if model is not None:
             _name_labels(model, data.labels())
             return model.to(dev).eval(), tokenizer
-    if not cache.cache_writable():
-        raise ValueError(
-            f"The cache {cache.cache_dir()} is read-only and holds no valid baseline for this labkit version "
-            f"({path.name}). Ask whoever prepared it to run `python -m labkit prepare` with "
-            f"LABKIT_CACHE={cache.cache_dir()}, or unset LABKIT_CACHE to train your own copy.")
+    cache.check_writable(f"valid baseline for this labkit version ({path.name})",
+                         f"Ask whoever prepared it to run `python -m labkit prepare` with "
+                         f"LABKIT_CACHE={cache.cache_dir()}, or unset LABKIT_CACHE to train your own copy.")
     model, record = train_baseline(config, dev, progress)
     checkpoint.save_checkpoint(model, path, record)
     return model, tokenizer
@@ -357,10 +355,9 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
         if _load_cached(lambda: model, path, expected, "fine-tuned model") is not None:
             meta = json.loads(path.with_suffix(".json").read_text())
             return model.eval(), dict(meta, path=str(path), cached=True)
-    if not cache.cache_writable():
-        raise ValueError(f"The cache {cache.cache_dir()} is read-only and holds no fine-tuned model for this model, data and "
-                         f"settings ({path.name}). Point LABKIT_CACHE at a writable folder (or unset "
-                         "LABKIT_CACHE_READONLY), or ask whoever prepared the cache to run this fine_tune there.")
+    cache.check_writable(f"fine-tuned model for this model, data and settings ({path.name})",
+                         "Point LABKIT_CACHE at a writable folder (or unset LABKIT_CACHE_READONLY), or ask whoever "
+                         "prepared the cache to run this fine_tune there.")
     done = _train(model, tok, dataset, config, progress, f"fine-tuning on {dataset.name}", precision)
     record = dict(expected, **done, **_test_record(model, tok, dataset, config.eval_limit), data_name=dataset.name,
                   model_class=type(model).__name__, device=str(dev), threads=torch.get_num_threads(),

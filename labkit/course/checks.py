@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from labkit.core import settings
 from labkit.course.exercises import REGISTRY, Exercise, Mistake, NotAttempted, load_all
 
 NOT_ATTEMPTED = "not attempted yet"
@@ -20,8 +21,7 @@ NOT_ATTEMPTED = "not attempted yet"
 
 def _progress_file() -> Path:
     # Per-learner results live beside the learner's cache, never in a shared read-only one.
-    base = os.environ.get("LABKIT_USER_DIR") or Path.home() / ".cache" / "labkit-user"
-    return Path(base) / "progress.json"
+    return settings.user_dir() / "progress.json"
 
 
 def _solved() -> set[str]:
