@@ -107,6 +107,7 @@ def data_path(fetch: bool = True) -> Path:
 
     With `fetch=False`, a missing file raises FileNotFoundError instead of being fetched.
     """
+    settings.flags(fetch=fetch)
     installed = _installed_data_path()
     if installed is not None and installed.is_file():
         return installed
@@ -257,6 +258,7 @@ def cached_bbc_path() -> Path:
 
 def bbc_path(fetch: bool = True) -> Path:
     """Folder of the BBC articles (<label>/<NNN>.txt), sha256-checked: the installed package's, cached, or fetched."""
+    settings.flags(fetch=fetch)
     installed = _installed_bbc_dir()
     for folder in (installed, cached_bbc_path()):
         if folder is not None and folder.is_dir() and any(folder.iterdir()):

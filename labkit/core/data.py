@@ -246,6 +246,7 @@ def _lengths(texts: list[str], tokenizer, max_length: int, by_tokens: bool) -> n
 def batches(texts: list[str], labels: list[int] | None, tokenizer, batch_size: int = 32,
             bucket: bool = True, shuffle_seed: int | None = None, max_length: int = MAX_LENGTH) -> Iterator[Batch]:
     """Tokenized batches; with `bucket`, snippets of similar length share a batch so little padding is computed."""
+    settings.flags(bucket=bucket)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     texts = list(texts)

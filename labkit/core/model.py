@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from labkit import __version__, fast_mode
-from labkit.core import assets, cache, checkpoint, data, measure, parts
+from labkit.core import assets, cache, checkpoint, data, measure, parts, settings
 from labkit.core import data as data_mod
 from labkit.core import train as train_mod
 
@@ -133,6 +133,7 @@ def _name_labels(model: torch.nn.Module, names) -> None:
 def train_baseline(config: TrainConfig | None = None, device=None,
                    progress: bool = True) -> tuple[torch.nn.Module, dict]:
     """Fine-tune the kit's classifier on the active data's training split; the model (eval mode) and a record."""
+    settings.flags(progress=progress)
     config = config or TrainConfig.default()
     dev = resolve_device(device)
     dataset = data.active()
@@ -171,6 +172,7 @@ def _load_cached(model_fn, path: Path, expected: dict, what: str) -> torch.nn.Mo
 def load_baseline(device=None, config: TrainConfig | None = None, retrain: bool = False,
                   progress: bool = True) -> tuple[torch.nn.Module, object]:
     """(model, tokenizer): the kit's classifier fine-tuned on the active data, from the cache or trained once."""
+    settings.flags(retrain=retrain, progress=progress)
     model, tokenizer = _load_baseline(device, config, retrain, progress)
     if device is None and (config is None or config == TrainConfig.default()):
         _lend(model, tokenizer)
@@ -310,6 +312,7 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
     `new_head=True` replaces the output layer of a classifier whose label count differs from the data's.
     `precision="bf16"` trains under bf16 autocast (fp16 on CUDA, with a GradScaler); the weights stay fp32.
     """
+    settings.flags(inplace=inplace, new_head=new_head, retrain=retrain, progress=progress)
 
     dataset = data_mod.active() if data is None else data
     if not isinstance(dataset, data_mod.TextData):

@@ -23,9 +23,14 @@ Nothing here imports the rest of labkit.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 SWITCH_VALUES = "1 or 0 (also true/false, yes/no, on/off)"
@@ -40,6 +45,26 @@ def flag(value: object, name: str) -> bool:
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}): pass {name}=True or "
                     f"{name}=False.")
+
+
+def flags(**named: object) -> None:
+    """`flag` for each keyword: `flags(inplace=inplace)` at the top of a function that takes boolean arguments."""
+    for name, value in named.items():
+        flag(value, name)
+
+
+def with_flags(fn: Callable[..., T], *names: str) -> Callable[..., T]:
+    """`fn`, with its boolean arguments `names` checked by `flag` at each call (for code a lesson shows as is)."""
+    sig = inspect.signature(fn)
+    defaults = {n: sig.parameters[n].default for n in names}
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        given = sig.bind_partial(*args, **kwargs).arguments
+        for n in names:
+            flag(given.get(n, defaults[n]), n)
+        return fn(*args, **kwargs)
+    return checked
 
 
 def raw(name: str, environ: Mapping[str, str] | None = None) -> str | None:

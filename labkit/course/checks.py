@@ -86,6 +86,7 @@ class Verdict:
 
 def check(key: str, answer: Any, quiet: bool = False) -> Verdict:
     """Truthy if `answer` solves exercise `key`; otherwise prints "not attempted yet" or a hint, and is falsy."""
+    settings.flags(quiet=quiet)
     verdict = diagnose(key, answer)
     if verdict is None:
         _mark_solved(key)

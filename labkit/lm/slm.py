@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from labkit.core import cache, data, parts
+from labkit.core import cache, data, parts, settings
 from labkit.core.assets import quiet_transformers
 from labkit.core.cache import cache_dir, cache_writable
 
@@ -184,6 +184,7 @@ def load_slm(path: str | Path | None = None, cache: bool = True) -> tuple[nn.Mod
     The first load decodes the file (tens of seconds on 2 cores); with `cache` the decoded model and the
     tokenizer (which also comes from the GGUF) are saved in the labkit cache and later loads read them from there.
     """
+    settings.flags(cache=cache)
 
     quiet_transformers()
     path = check_gguf(gguf_path() if path is None else path)

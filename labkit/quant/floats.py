@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from labkit.core import data, machine, memory, parts, results, train
+from labkit.core import data, machine, memory, parts, results, settings, train
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ def _is_int8(model: nn.Module) -> bool:
 
 def to_precision(model: nn.Module, precision: str, inplace: bool = False) -> nn.Module:
     """A copy of `model` with its weights in fp32, bf16 or fp16; it takes the same tokenized inputs as before."""
+    settings.flags(inplace=inplace)
     dtype = parts.precision_dtype(precision)
     if _is_int8(model):
         raise ValueError("This model has int8 (torch.ao) layers, which a float cast cannot reach. The order that "

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from labkit import fast_mode
-from labkit.core import data, parts, results, train
+from labkit.core import data, parts, results, settings, train
 from labkit.quant import int8
 from labkit.quant.affine import block_size_for, fake_quantize_affine, packed_bytes, qrange
 from labkit.runtimes import onnx, openvino
@@ -105,6 +105,7 @@ def to_int8(model: nn.Module, embeddings: bool = True, backend: str = "torch", i
     "onnxruntime": `onnx.to_onnx(model, optimize=False, int8=True)`, ONNX Runtime's `quantize_dynamic` (MatMuls and
     embedding lookups). "openvino": `openvino.to_openvino(model, int8=True)`, NNCF's static int8.
     """
+    settings.flags(embeddings=embeddings, inplace=inplace)
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; choose one of {', '.join(map(repr, BACKENDS))}.")
     if not parts.linears(model, "all"):
