@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["LABKIT_FAST"] = "1"
     try:
         settings.check()  # every LABKIT_* variable, before minutes of work
+        if getattr(args, "group", None) is not None:
+            cache.group_id(args.group)
         td = use_data(args)
     except (ValueError, FileNotFoundError) as err:  # a bad file or column: say what to do, no traceback
         cli.error(str(err))

@@ -125,13 +125,7 @@ def share(group: str | None = None) -> list[str]:
     root = cache_dir()
     if not root.is_dir():
         raise FileNotFoundError(f"No cache folder {root}: run `python -m labkit prepare` first.")
-    gid = -1
-    if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ValueError(f"No group {group!r} on this machine: create it (groupadd {group}) or name one of "
-                             f"`getent group`.") from None
+    gid = -1 if group is None else group_id(group)
     file_mode, dir_mode = GROUP_MODES if group is not None else modes()
     failed = []
     for path in [root, *root.rglob("*")]:
@@ -144,6 +138,17 @@ def share(group: str | None = None) -> list[str]:
         except PermissionError:
             failed.append(f"{path} ({describe(path)})")
     return failed
+
+
+def group_id(group: str) -> int:
+    """The id of the group named `group`; a ValueError saying how to make it where there is none."""
+    if not isinstance(group, str) or not group.strip():
+        raise ValueError(f"group {group!r}: name a group of this machine (`getent group` lists them).")
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"No group {group!r} on this machine: create it (groupadd {group}) or name one that "
+                         "`getent group` lists.") from None
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

@@ -25,10 +25,14 @@ def _progress_file() -> Path:
 
 
 def _solved() -> set[str]:
+    path = _progress_file()  # a bad LABKIT_USER_DIR is the user's to fix: refused, not read as "nothing solved"
     try:
-        return set(json.loads(_progress_file().read_text()))
+        keys = json.loads(path.read_text())
     except (OSError, ValueError):
         return set()
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        return set()  # not this kit's record (a list of exercise keys): the next solved exercise rewrites it
+    return set(keys)
 
 
 def _mark_solved(key: str) -> None:
