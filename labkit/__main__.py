@@ -118,7 +118,7 @@ def prepare(group: str | None = None) -> dict:
     done."""
     path = model.baseline_path()
     try:
-        checkpoint.read_checkpoint(path)
+        checkpoint.checked_meta(path)  # the file and its record; load_baseline below checks the rest
         existed = True
     except (FileNotFoundError, ValueError):
         existed = False

@@ -308,6 +308,26 @@ def test_a_bad_checkpoint_record_is_refused_with_the_file_and_fix(tmp_path, tiny
             call(path)
 
 
+@pytest.mark.parametrize("path, meta, error, fix", [
+    pytest.param("m.safetensors", ["a"], TypeError, r"meta must be a dict", id="save-meta-list"),
+    pytest.param("m.safetensors", {"t": torch.ones(1)}, TypeError, r"JSON values only.*float\(x\) or x.tolist\(\)",
+                 id="save-meta-tensor"),
+    pytest.param("m.json", {}, ValueError, r"ends in .safetensors.*pass .*m\.safetensors", id="save-suffix-json"),
+    pytest.param("m.pt", {}, ValueError, r"ends in .safetensors", id="save-suffix-pt"),
+])
+def test_a_checkpoint_that_cannot_be_saved_right_is_refused_before_writing(tmp_path, tiny_model, path, meta, error,
+                                                                             fix):
+    with pytest.raises(error, match=fix):
+        checkpoint.save_checkpoint(tiny_model, tmp_path / path, meta)
+    assert list(tmp_path.iterdir()) == [], "something was written"
+
+
+def test_a_checkpoint_path_may_be_a_string(tmp_path, tiny_model):
+    path = str(tmp_path / "m.safetensors")
+    checkpoint.save_checkpoint(tiny_model, path, {"note": 1})
+    assert checkpoint.read_checkpoint(path)[1]["note"] == 1
+
+
 def test_a_forged_record_over_a_pickle_is_refused_before_safetensors_reads_it(tmp_path, tiny_model):
     import hashlib
 
@@ -433,3 +453,23 @@ def test_an_unreadable_checkpoint_names_its_mode_and_owner(prepared_copy):
     code = f"from pathlib import Path\nfrom labkit.core import cache\nprint(cache.unreadable(Path({str(path)!r})))"
     done = _as_nobody(code, {"LABKIT_CACHE": str(prepared_copy)})
     assert f"{path} cannot be read by user nobody (mode 0600, owner root" in done.stdout, done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's view needs root to become that user")
+def test_a_cache_another_user_cannot_reach_or_write_says_why(tmp_path):
+    base = Path(tempfile.mkdtemp(prefix="labkit-closed-"))
+    try:
+        base.chmod(0o755)
+        (base / "closed").mkdir(mode=0o700)
+        (base / "theirs").mkdir(mode=0o755)
+        code = ("from labkit.core import cache\n"
+                "try:\n    cache.cache_dir()\nexcept PermissionError as err:\n    print(err)\n")
+        done = _as_nobody(code, {"LABKIT_CACHE": str(base / "closed" / "cache")})
+        assert f"{base / 'closed'} is closed to user nobody (mode 0700, owner root" in done.stdout, done.stderr
+        assert "Point LABKIT_CACHE at a folder every learner can reach" in done.stdout
+        code = "from labkit.core import cache\nprint(cache.cache_writable(), cache.read_only_reason())"
+        done = _as_nobody(code, {"LABKIT_CACHE": str(base / "theirs")})
+        assert done.stdout.startswith("False") and "cannot be written by user nobody (mode 0755, owner root" in \
+            done.stdout, done.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

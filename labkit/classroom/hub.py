@@ -195,7 +195,7 @@ def main(argv: list[str]) -> int:
     os.environ["LABKIT_CACHE_READONLY"] = "1"  # this command's own process: check the cache, never train
     try:
         print(check_cache())
-    except ValueError as err:
+    except (ValueError, PermissionError) as err:  # what is wrong and what to run, without a traceback
         print(err, file=sys.stderr)
         return 1
     return 0

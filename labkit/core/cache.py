@@ -23,8 +23,24 @@ GROUP_MODES = (0o664, 0o2775)  # the same, writable by the group; setgid folders
 
 
 def cache_dir() -> Path:
-    """Where trained models and cached sweeps live: $LABKIT_CACHE, else ~/.cache/labkit."""
-    return settings.cache_path()
+    """Where trained models and cached sweeps live: $LABKIT_CACHE, else ~/.cache/labkit; a PermissionError when
+    a folder on the way is closed to this user (nothing could be read or written there)."""
+    folder = settings.cache_path()
+    closed = unreachable(folder)
+    if closed:
+        raise PermissionError(f"LABKIT_CACHE={folder}: {closed}. Point LABKIT_CACHE at a folder every learner can "
+                              "reach (`python -m labkit prepare` makes the cache readable by all).")
+    return folder
+
+
+def unreachable(path: Path) -> str | None:
+    """Why this user cannot reach `path` (a folder on the way it may not enter), or None when it can."""
+    for parent in reversed(path.parents):
+        if not os.path.isdir(parent):
+            return None  # missing from here on: creating it is what the caller will try, and say
+        if not os.access(parent, os.X_OK):
+            return f"{parent} is closed to user {_user()} ({describe(parent)})"
+    return None
 
 
 def describe(path: Path) -> str:
@@ -47,8 +63,11 @@ def _user() -> str:
 
 def unreadable(path: Path) -> str | None:
     """Why this user cannot read `path` (naming its mode and owner), or None when it can."""
+    closed = unreachable(path)
+    if closed:
+        return f"{path} cannot be reached: {closed}"
     want = os.R_OK | (os.X_OK if path.is_dir() else 0)
-    if os.access(path, want):
+    if not os.path.exists(path) or os.access(path, want):
         return None
     return f"{path} cannot be read by user {_user()} ({describe(path)})"
 
@@ -58,7 +77,7 @@ def read_only_reason() -> str | None:
     if settings.cache_readonly():
         return "LABKIT_CACHE_READONLY is set"
     root = folder = cache_dir()
-    while not folder.exists() and folder != folder.parent:
+    while not os.path.exists(folder) and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
         where = "" if folder == root else f" ({folder}, on the way to it)"

@@ -18,10 +18,18 @@ from safetensors.torch import load_file
 from labkit.core import cache
 
 
-def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict) -> dict:
+def save_checkpoint(model: torch.nn.Module, path: str | Path, meta: dict) -> dict:
     """Save weights as safetensors and a JSON metadata file holding their sha256; both written atomically."""
     from safetensors.torch import save as st_save
 
+    path = _weights_path(path)
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict of what to record beside the weights, got {type(meta).__name__}.")
+    try:  # before anything is written: a record that cannot be saved must not leave weights behind
+        json.dumps(meta)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"meta must hold JSON values only (numbers, strings, lists, dicts): {err}. Convert the "
+                        "others first, e.g. float(x) or x.tolist().") from None
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = st_save(state)
     meta = dict(meta, sha256=hashlib.sha256(payload).hexdigest(), bytes=len(payload))
@@ -31,14 +39,27 @@ def save_checkpoint(model: torch.nn.Module, path: Path, meta: dict) -> dict:
     return meta
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def _weights_path(path: str | Path) -> Path:
+    """`path` as a Path; a ValueError unless it names a .safetensors file (its record goes beside it as .json)."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a file path (str or Path), got {type(path).__name__}.")
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: a checkpoint's weights file ends in .safetensors (its record is saved beside it as "
+                         f".json): pass {path.with_suffix('.safetensors')}.")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Load safetensors weights after checking them against the sha256 in their metadata file."""
+    path = _weights_path(path)
     meta = checked_meta(path)
     return load_file(str(path)), meta
 
 
-def checked_meta(path: Path) -> dict:
+def checked_meta(path: str | Path) -> dict:
     """The metadata of the safetensors weights at `path`, after checking the file against its sha256."""
+    path = _weights_path(path)
     meta_path = path.with_suffix(".json")
     for p in (path, meta_path):
         if p.exists() and not p.is_file():
