@@ -134,11 +134,10 @@ def prepare(group: str | None = None) -> dict:
 
 def _share(group: str | None) -> str:
     """Give the cache its modes (files 0644, folders 0755; with `group` 0664 and setgid 2775) and say so."""
+    if group is not None:
+        _check_group(group)
     reason = cache.read_only_reason()
-    if reason is not None:
-        if group:
-            raise ValueError(f"--group {group} changes the cache, which cannot be written ({reason}): run prepare "
-                             "as the cache's owner, without LABKIT_CACHE_READONLY.")
+    if reason is not None:  # a prepared cache verified where it cannot be written: its modes are its owner's
         print(f"cache {cache.cache_dir()}: modes left as they are ({reason})")
         return "unchanged"
     failed = cache.share(group)
@@ -161,6 +160,15 @@ def _prepare_slm() -> str | None:
         return None
     print(f"small language model (notebook 08): {folder}")
     return str(folder)
+
+
+def _check_group(group: str) -> None:
+    """A ValueError unless `group` exists and the cache may be changed (before any work, on the command line)."""
+    cache.group_id(group)
+    reason = cache.read_only_reason()
+    if reason is not None:
+        raise ValueError(f"--group {group} changes the cache, which cannot be written ({reason}): run prepare as "
+                         "its owner, without LABKIT_CACHE_READONLY.")
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -227,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings.check()  # every LABKIT_* variable, before minutes of work
         if getattr(args, "group", None) is not None:
-            cache.group_id(args.group)
+            _check_group(args.group)
         td = use_data(args)
     except (ValueError, FileNotFoundError) as err:  # a bad file or column: say what to do, no traceback
         cli.error(str(err))

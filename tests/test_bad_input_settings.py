@@ -428,6 +428,32 @@ def _python_for_nobody() -> str:
     pytest.skip("no Python interpreter here that another user may run")
 
 
+def test_prepare_group_verifies_and_shares_a_cache_written_0600(prepared_copy, monkeypatch, capsys):
+    import labkit.__main__ as cli
+
+    monkeypatch.setattr(cli.slm, "prepare_decoded", lambda: (_ for _ in ()).throw(ValueError("not installed here")))
+    assert cli.main(["prepare", "--group", _own_group()]) == 0
+    out = capsys.readouterr().out
+    assert "verified baseline" in out and f"group {_own_group()}, group-writable" in out
+    assert {_mode(p) for p in prepared_copy.iterdir()} == {0o664} and _mode(prepared_copy) == 0o2775
+
+
+def test_prepare_group_on_a_read_only_cache_is_refused_before_any_work(prepared_copy, monkeypatch, capsys):
+    import labkit.__main__ as cli
+
+    monkeypatch.setenv("LABKIT_CACHE_READONLY", "1")
+    with pytest.raises(SystemExit) as done:
+        cli.main(["prepare", "--group", _own_group()])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "cannot be written (LABKIT_CACHE_READONLY is set): run prepare as its owner" in err
+
+
+def test_mem_limit_zero_means_no_limit(monkeypatch):
+    monkeypatch.setenv("MEM_LIMIT", "0")
+    monkeypatch.delenv("LABKIT_LEAN", raising=False)
+    assert settings.mem_limit() is None and hub.usage() is None
+
+
 def _as_nobody(code: str, env: dict) -> subprocess.CompletedProcess:
     """Run Python `code` (stdlib and labkit's settings and cache only) as the user nobody, as a learner's kernel
     on a shared machine runs."""

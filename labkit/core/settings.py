@@ -177,9 +177,9 @@ def parse_bytes(size: str | int, name: str | None = None) -> int:
 
 
 def mem_limit(environ: Mapping[str, str] | None = None) -> int | None:
-    """MEM_LIMIT in bytes (JupyterHub and Binder set it), None when unset."""
+    """MEM_LIMIT in bytes (JupyterHub and Binder set it), None when unset or 0 (a spawner's "no limit")."""
     value = raw("MEM_LIMIT", environ)
-    return None if value is None else parse_bytes(value, "MEM_LIMIT")
+    return (parse_bytes(value, "MEM_LIMIT") or None) if value is not None else None
 
 
 def session_name(environ: Mapping[str, str] | None = None) -> str | None:
