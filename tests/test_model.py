@@ -109,7 +109,8 @@ def test_unwritable_folder_counts_as_read_only(tmp_path, monkeypatch):
 
     monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "shared"))
     assert cache.cache_writable()
-    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a learner on a teacher's folder
+    real = os.access  # as for a learner on a teacher's folder: readable, not writable
+    monkeypatch.setattr(os, "access", lambda path, mode: not mode & os.W_OK and real(path, mode))
     assert not cache.cache_writable()
 
 

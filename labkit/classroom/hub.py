@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit import fast_mode
-from labkit.core import cache, memory, model
+from labkit.core import cache, model, settings
 from labkit.lm import slm
 
 GIB = 1024 ** 3
@@ -83,8 +83,8 @@ def usage(limit: str | int | None = None) -> Usage | None:
     The learner's processes are the Jupyter server that started this kernel and everything under it. Resident
     sets count shared libraries in every process (about 0.1 GiB per kernel here), so the sum errs high.
     """
-    limit = limit if limit is not None else os.environ.get("MEM_LIMIT")
-    if not limit:
+    limit_bytes = settings.parse_bytes(limit) if limit is not None else settings.mem_limit()
+    if not limit_bytes:
         return None
     import psutil
 
@@ -102,12 +102,12 @@ def usage(limit: str | int | None = None) -> Usage | None:
             kernels += "ipykernel" in " ".join(proc.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass  # a process that ended between listing and reading holds no memory
-    return Usage(me.memory_info().rss, total, max(kernels, 1), memory.parse_bytes(limit))
+    return Usage(me.memory_info().rss, total, max(kernels, 1), limit_bytes)
 
 
 def _notebook() -> str | None:
     """The running notebook's name, e.g. '02_quantization' (Jupyter's server tells its kernels)."""
-    path = os.environ.get("JPY_SESSION_NAME")
+    path = settings.session_name()
     return Path(path).stem if path else None
 
 
@@ -133,24 +133,48 @@ class _Watch:
 
 def load_ipython_extension(ip) -> None:
     """`--ext=labkit.classroom.hub` (or %load_ext labkit.classroom.hub): check memory before each cell; nothing without MEM_LIMIT."""
-    if os.environ.get("MEM_LIMIT"):
+    if settings.mem_limit():
         ip.events.register("pre_run_cell", _Watch())
 
 
 def check_cache() -> str:
-    """The prepared baseline learners will read, checked; ValueError says what to run.
+    """The prepared baseline learners will read, checked; a ValueError says what is wrong and what to run.
 
     With LABKIT_CACHE_READONLY=1, as `python -m labkit.classroom.hub check` runs it, nothing is ever trained."""
-
     path = model.baseline_path()
-    try:
-        model.load_baseline(progress=False)
-    except (ValueError, FileNotFoundError, OSError) as err:
+    problem = _unshared(path)
+    if problem is None:
+        try:
+            model.load_baseline(progress=False)
+        except (ValueError, FileNotFoundError, OSError) as err:
+            problem = str(err.__cause__ or err)  # the checkpoint's own words, not the read-only cache's wrapper
+    if problem is not None:
         fast = "LABKIT_FAST=1 " if fast_mode() else ""
-        raise ValueError(f"The hub needs the prepared baseline {path}, and it is not ready: run "
-                         f"`{fast}LABKIT_CACHE={cache.cache_dir()} .venv/bin/python -m labkit prepare` first. "
-                         f"({err})") from None
-    return f"learners read the prepared baseline {path} (read-only)\n{_slm_line()}"
+        raise ValueError(f"The hub needs the prepared baseline {path}: {problem}\nRun `{fast}LABKIT_CACHE="
+                         f"{cache.cache_dir()} .venv/bin/python -m labkit prepare` (add --group NAME for a class "
+                         "group) as the cache's owner, then check again.")
+    return f"learners read the prepared baseline {path} ({cache.describe(path)})\n{_slm_line()}"
+
+
+def _unshared(path: Path) -> str | None:
+    """What keeps learners (other users than the one who prepared it) from reading the baseline at `path`."""
+    root = cache.cache_dir()
+    if not root.exists():
+        return f"the cache folder {root} does not exist."
+    if not root.is_dir():
+        return f"LABKIT_CACHE={root} is a file, not a folder: point LABKIT_CACHE at the prepared folder."
+    if not path.is_file() or not path.with_suffix(".json").is_file():
+        return (f"{path.name} (or its record {path.with_suffix('.json').name}) is missing from {root}: it was not "
+                "prepared with these settings (LABKIT_FAST, LABKIT_DATA).")
+    for item in (root, path, path.with_suffix(".json")):
+        why = cache.unreadable(item)
+        if why:
+            return f"{why}."
+        # This user may be the owner; learners are not: they need the group's or everyone's read bit.
+        mode, others = item.stat().st_mode, 0o005 if item.is_dir() else 0o004
+        if mode & others != others and mode & (others << 3) != others << 3:
+            return f"{item} can be read by its owner only ({cache.describe(item)}), not by learners' kernels."
+    return None
 
 
 def _slm_line() -> str:
@@ -171,7 +195,7 @@ def main(argv: list[str]) -> int:
     os.environ["LABKIT_CACHE_READONLY"] = "1"  # this command's own process: check the cache, never train
     try:
         print(check_cache())
-    except ValueError as err:
+    except (ValueError, PermissionError) as err:  # what is wrong and what to run, without a traceback
         print(err, file=sys.stderr)
         return 1
     return 0

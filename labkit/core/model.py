@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from labkit import __version__, fast_mode
-from labkit.core import assets, cache, checkpoint, data, measure, parts
+from labkit.core import assets, cache, checkpoint, data, measure, parts, settings
 from labkit.core import data as data_mod
 from labkit.core import train as train_mod
 
@@ -144,6 +144,7 @@ def _name_labels(model: torch.nn.Module, names) -> None:
 def train_baseline(config: TrainConfig | None = None, device=None,
                    progress: bool = True) -> tuple[torch.nn.Module, dict]:
     """Fine-tune the kit's classifier on the active data's training split; the model (eval mode) and a record."""
+    settings.flags(progress=progress)
     config = config or TrainConfig.default()
     dev = resolve_device(device)
     dataset = data.active()
@@ -182,6 +183,7 @@ def _load_cached(model_fn, path: Path, expected: dict, what: str) -> torch.nn.Mo
 def load_baseline(device=None, config: TrainConfig | None = None, retrain: bool = False,
                   progress: bool = True) -> tuple[torch.nn.Module, object]:
     """(model, tokenizer): the kit's classifier fine-tuned on the active data, from the cache or trained once."""
+    settings.flags(retrain=retrain, progress=progress)
     model, tokenizer = _load_baseline(device, config, retrain, progress)
     if device is None and (config is None or config == TrainConfig.default()):
         _lend(model, tokenizer)
@@ -199,11 +201,9 @@ def _load_baseline(device, config: TrainConfig | None, retrain: bool, progress: 
         if model is not None:
             _name_labels(model, data.labels())
             return model.to(dev).eval(), tokenizer
-    if not cache.cache_writable():
-        raise ValueError(
-            f"The cache {cache.cache_dir()} is read-only and holds no valid baseline for this labkit version "
-            f"({path.name}). Ask whoever prepared it to run `python -m labkit prepare` with "
-            f"LABKIT_CACHE={cache.cache_dir()}, or unset LABKIT_CACHE to train your own copy.")
+    cache.check_writable(f"valid baseline for this labkit version ({path.name})",
+                         f"Ask whoever prepared it to run `python -m labkit prepare` with "
+                         f"LABKIT_CACHE={cache.cache_dir()}, or unset LABKIT_CACHE to train your own copy.")
     model, record = train_baseline(config, dev, progress)
     checkpoint.save_checkpoint(model, path, record)
     return model, tokenizer
@@ -352,6 +352,7 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
     `new_head=True` replaces the output layer of a classifier whose label count differs from the data's.
     `precision="bf16"` trains under bf16 autocast (fp16 on CUDA, with a GradScaler); the weights stay fp32.
     """
+    settings.flags(inplace=inplace, new_head=new_head, retrain=retrain, progress=progress)
 
     dataset = data_mod.active() if data is None else data
     if not isinstance(dataset, data_mod.TextData):
@@ -400,10 +401,9 @@ def fine_tune(model_or_path, tokenizer, data: "data.TextData | None" = None, con
         if _load_cached(lambda: model, path, expected, "fine-tuned model") is not None:
             meta = json.loads(path.with_suffix(".json").read_text())
             return model.eval(), dict(meta, path=str(path), cached=True)
-    if not cache.cache_writable():
-        raise ValueError(f"The cache {cache.cache_dir()} is read-only and holds no fine-tuned model for this model, data and "
-                         f"settings ({path.name}). Point LABKIT_CACHE at a writable folder (or unset "
-                         "LABKIT_CACHE_READONLY), or ask whoever prepared the cache to run this fine_tune there.")
+    cache.check_writable(f"fine-tuned model for this model, data and settings ({path.name})",
+                         "Point LABKIT_CACHE at a writable folder (or unset LABKIT_CACHE_READONLY), or ask whoever "
+                         "prepared the cache to run this fine_tune there.")
     done = _train(model, tok, dataset, config, progress, f"fine-tuning on {dataset.name}", precision)
     record = dict(expected, **done, **_test_record(model, tok, dataset, config.eval_limit), data_name=dataset.name,
                   model_class=type(model).__name__, device=str(dev), threads=torch.get_num_threads(),

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from labkit.core import data, memory, parts
+from labkit.core import data, memory, parts, settings
 
 LEAN_MICRO_BATCH = 8  # lean training's slice of a batch: activations for 8 rows at a time (see `_backward`)
 
@@ -116,6 +116,7 @@ def fit(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4
     `freeze_embeddings` keeps the input embedding matrix as it is (`frozen_embeddings`): less memory, and not the
     same training; None (the default) freezes it where training is lean.
     """
+    settings.flags(decay=decay, progress=progress)
     lean = memory.tight() if lean is None else lean
     freeze = lean if freeze_embeddings is None else freeze_embeddings
     from tqdm.auto import tqdm

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from labkit.core import settings
 from labkit.course.exercises import REGISTRY, Exercise, Mistake, NotAttempted, load_all
 
 NOT_ATTEMPTED = "not attempted yet"
@@ -20,15 +21,18 @@ NOT_ATTEMPTED = "not attempted yet"
 
 def _progress_file() -> Path:
     # Per-learner results live beside the learner's cache, never in a shared read-only one.
-    base = os.environ.get("LABKIT_USER_DIR") or Path.home() / ".cache" / "labkit-user"
-    return Path(base) / "progress.json"
+    return settings.user_dir() / "progress.json"
 
 
 def _solved() -> set[str]:
+    path = _progress_file()  # a bad LABKIT_USER_DIR is the user's to fix: refused, not read as "nothing solved"
     try:
-        return set(json.loads(_progress_file().read_text()))
+        keys = json.loads(path.read_text())
     except (OSError, ValueError):
         return set()
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        return set()  # not this kit's record (a list of exercise keys): the next solved exercise rewrites it
+    return set(keys)
 
 
 def _mark_solved(key: str) -> None:
@@ -86,6 +90,7 @@ class Verdict:
 
 def check(key: str, answer: Any, quiet: bool = False) -> Verdict:
     """Truthy if `answer` solves exercise `key`; otherwise prints "not attempted yet" or a hint, and is falsy."""
+    settings.flags(quiet=quiet)
     verdict = diagnose(key, answer)
     if verdict is None:
         _mark_solved(key)

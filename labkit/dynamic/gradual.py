@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from labkit.core import data, parts, train
+from labkit.core import data, parts, settings, train
 from labkit.prune import masks
 
 
@@ -110,6 +110,7 @@ def prune_finetune(model: nn.Module, tokenizer, final_sparsity: float, steps: in
     Both take the same `steps` optimizer steps on the same batches, so only the pruning schedule differs.
     Returns the pruned model (its own weights; `inplace=True` trains `model`) and its history (step, sparsity, loss).
     """
+    settings.flags(inplace=inplace)
     if not 0 < ramp <= 1:
         raise ValueError(f"ramp must be a fraction of the steps in (0, 1], got {ramp!r}.")
     if schedule not in ("cubic", "oneshot") and not callable(schedule):

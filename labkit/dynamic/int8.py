@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from labkit.core import data, measure, parts, results
+from labkit.core import data, measure, parts, results, settings
 from labkit.quant import int8 as quant_int8
 
 
 def dynamic_int8(model: nn.Module, inplace: bool = False) -> nn.Module:
     """`quant.int8.dynamic_int8(model, "blocks")`: the blocks' Linears in torch's dynamic int8, the head in float.
     Returns a new model; the input is unchanged unless inplace=True."""
+    settings.flags(inplace=inplace)
     parts.blocks(model)  # a supported classifier, or a ValueError naming the families
     return quant_int8.dynamic_int8(model, "blocks", inplace)
 

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from labkit.core import measure, parts, results
+from labkit.core import measure, parts, results, settings
 
 
 def checked_blocks(model: nn.Module) -> list[parts.Block]:
@@ -210,6 +210,7 @@ def token_pruning(model: nn.Module, keep_ratio: float, start_layer: int, inplace
     Works on every family in labkit.core.parts; DeBERTa-v2's blocks get the kept tokens' relative positions (its
     ranking uses the content attention only). The copy owns its weights; `inplace=True` hooks `model` itself.
     """
+    settings.flags(inplace=inplace)
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}.")
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:

@@ -5,7 +5,7 @@ the table lacks, English). A Chinese notebook's first cell sets LABKIT_LANG=zh (
 
 from __future__ import annotations
 
-import os
+from labkit.core import settings
 
 # Every label labkit shows that has a Chinese form, keyed by its English. Texts with {fields} are templates
 # (t(text, field=...) fills them). A label missing here is shown in English: nothing breaks.
@@ -94,7 +94,7 @@ STRINGS: dict[str, str] = {
 
 def language() -> str:
     """The learner's language, read at each call (so a notebook can set it): "zh" or "en"."""
-    return "zh" if os.environ.get("LABKIT_LANG", "").strip().lower().startswith("zh") else "en"
+    return settings.lang()
 
 
 def t(text: str, lang: str | None = None, **fields) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
+from labkit.core import settings
 from labkit.lab.labels import language, t
 
 # Changes arriving within this window are merged into one evaluation (a drag, or keys pressed quickly).
@@ -74,6 +75,7 @@ def live(fn: Callable[..., Any], controls: dict[str, Any], draw: Callable[[Any],
     (a combination `fn` refuses) shows its message in the panel; other errors show their traceback.
     With LABKIT_LANG=zh, the controls' descriptions and string choices are shown in Chinese (labkit.lab.labels).
     """
+    settings.flags(cache=cache)
     import ipywidgets as W
     from IPython.display import display
 

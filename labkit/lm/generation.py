@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from labkit import fast_mode
-from labkit.core import parts
+from labkit.core import parts, settings
 from labkit.lm.slm import check_causal_lm, eval_text, token_ids
 
 
@@ -47,6 +47,7 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens
              cache_factory=None) -> list[str]:
     """Greedy continuations of `prompts` (one at a time, no padding, up to the end-of-text token); with `chat`, as
     replies via the chat template. `cache_factory` makes each prompt's KV cache (a DynamicCache by default)."""
+    settings.flags(chat=chat)
     from transformers import DynamicCache
 
     check_causal_lm(model)
@@ -64,6 +65,7 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens
 def side_by_side(models: dict[str, nn.Module], tokenizer, prompts: Sequence[str], max_new_tokens: int = 40,
                  chat: bool = True) -> pd.DataFrame:
     """Greedy generations of several models (or cache settings) for the same prompts: one row per prompt."""
+    settings.flags(chat=chat)
     table = {"prompt": list(prompts)}
     for name, m in models.items():
         if isinstance(m, tuple):  # (model, cache_factory)

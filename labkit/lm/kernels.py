@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from labkit.core import parts
+from labkit.core import parts, settings
 from labkit.core.memory import release
 from labkit.lm.generation import bf16, tokens_per_second
 from labkit.lm.perplexity import Perplexity, perplexity
@@ -51,6 +51,7 @@ class Int4Linear(nn.Module):
 def int4_kernel(model: nn.Module, group_size: int = 32, inplace: bool = False) -> nn.Module:
     """A copy sharing no tensor with `model` (the model itself with `inplace`) whose decoder Linear layers are
     Int4Linear (RTN 4-bit codes, torch's CPU int4 kernel)."""
+    settings.flags(inplace=inplace)
     for name, layer in decoder_linears(model).items():
         check_group(layer.in_features, group_size, name)
     out = model if inplace else parts.copy_sharing(model)  # the Linear layers are replaced, never written

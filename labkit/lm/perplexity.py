@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from labkit import fast_mode
+from labkit.core import settings
 from labkit.core.parts import device_of
 from labkit.lm.slm import check_causal_lm, eval_text, token_ids
 
@@ -97,6 +98,7 @@ def chunk_nll(model: nn.Module, ids: torch.Tensor, chunk: int, cache_factory=Non
     One piece per forward: the logits take vocabulary x tokens floats (4 x 256 tokens of SmolLM2: 200 MB, and as
     much again for the loss), and batching saved no time on a 2-core CPU. `stepwise`: see stepwise_nll.
     """
+    settings.flags(stepwise=stepwise)
     pieces = ids[: len(ids) // chunk * chunk].reshape(-1, chunk)
     if stepwise:
         return np.array([stepwise_nll(model, p, cache_factory) for p in pieces])

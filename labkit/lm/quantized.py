@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from labkit import fast_mode
-from labkit.core import parts
+from labkit.core import parts, settings
 from labkit.lm.calibration import InputStats, calibration_ids, calibration_stats
 from labkit.lm.perplexity import LMPoint, Perplexity, measure_point
 from labkit.lm.slm import check_causal_lm, decoder_linears
@@ -107,6 +107,7 @@ def quantize_model(model: nn.Module, method: str = "rtn", bits: int = 4, group_s
     outputs, a third of the memory, slower: it rebuilds the weight at every call); "float" writes the quantized
     float weights.
     """
+    settings.flags(inplace=inplace)
     stats = _checked(model, method, bits, group_size, calib_texts, tokenizer, stats, store, grid, damp)
     if inplace:
         return _quantize(model, method, bits, group_size, stats, damp, grid, store)
@@ -165,6 +166,7 @@ def _quantize(out: nn.Module, method: str, bits: int, group_size: int, stats: di
 def map_weights(model: nn.Module, fn, inplace: bool = False) -> nn.Module:
     """A copy of a causal LM (sharing no tensor with it) whose decoder Linear weights are fn(weight), a function
     [out, in] -> [out, in]. The input model is changed only with `inplace`."""
+    settings.flags(inplace=inplace)
     check_causal_lm(model)  # before a copy is made
     if not callable(fn):
         raise TypeError(f"fn must be a function weight -> new weight of the same shape (e.g. lambda w: w * 0.5), "
@@ -195,6 +197,7 @@ def packed_bytes(model_or_layers, bits: int, group_size: int, channel_scales: bo
     A causal LM counts its decoder Linear layers. AWQ's per-input-channel scales fold into the previous layer in
     a real deployment (no bytes); `channel_scales=True` counts them as one float16 per input instead.
     """
+    settings.flags(channel_scales=channel_scales)
     bits = check_bits(bits)
     total = 0
     for name, layer in _layers(model_or_layers).items():

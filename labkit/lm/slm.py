@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from labkit.core import cache, data, parts
+from labkit.core import cache, data, parts, settings
 from labkit.core.assets import quiet_transformers
 from labkit.core.cache import cache_dir, cache_writable
 
@@ -184,6 +184,7 @@ def load_slm(path: str | Path | None = None, cache: bool = True) -> tuple[nn.Mod
     The first load decodes the file (tens of seconds on 2 cores); with `cache` the decoded model and the
     tokenizer (which also comes from the GGUF) are saved in the labkit cache and later loads read them from there.
     """
+    settings.flags(cache=cache)
 
     quiet_transformers()
     path = check_gguf(gguf_path() if path is None else path)
@@ -215,9 +216,8 @@ def prepare_decoded() -> Path:
     and one perplexity, against 0.87-0.89). ValueError if the model is not installed or the cache is read-only.
     """
     if decoded_path() is None:
-        if not cache_writable():
-            raise ValueError(f"The cache {_decoded_dir().parent.parent} is read-only: prepare it where it can be "
-                             "written (python -m labkit prepare, without LABKIT_CACHE_READONLY).")
+        cache.check_writable("decoded small language model", "Prepare it where it can be written (python -m "
+                             "labkit prepare, without LABKIT_CACHE_READONLY).")
         check_gguf(gguf_path())  # before decoding: a missing or wrong file says how to install it
         load_slm()  # decodes, then saves into the writable cache
     folder = decoded_path()
@@ -229,10 +229,11 @@ def prepare_decoded() -> Path:
 
 def _save_decoded(model: nn.Module, tok, folder: Path) -> None:
     """Save the decoded float32 model and its tokenizer as a plain transformers folder (decoded.json written last)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    cache.make_dirs(folder)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    (folder / "decoded.json").write_text(json.dumps({"gguf": GGUF_FILE, "sha256": GGUF_SHA256}))
+    cache.share_tree(folder)  # every learner's kernel reads it, whatever this umask
+    cache.atomic_write_bytes(folder / "decoded.json", json.dumps({"gguf": GGUF_FILE, "sha256": GGUF_SHA256}).encode())
 
 
 # --- text: fixed, offline ------------------------------------------------------------------------------------------

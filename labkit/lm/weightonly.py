@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from labkit.core import settings
 from labkit.core.parts import check_weight
 from labkit.quant.affine import choose_qparams_affine, dequantize_affine, quantize_affine
 
@@ -76,6 +77,7 @@ def group_params(w: torch.Tensor, bits: int, group_size: int, half: bool = True)
     rounded to float16 as the packed formats store them (`half=False` keeps them float32, as notebook 08's
     exercise does).
     """
+    settings.flags(half=half)
     return choose_qparams_affine(w, "asymmetric", (1, group_size), 0, 2 ** bits - 1, eps=SCALE_EPS,
                                  scale_dtype=torch.float16 if half else None, zero_point_domain="float")
 
@@ -95,6 +97,7 @@ def rtn_codes(weight: torch.Tensor, bits: int, group_size: int,
               half: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, scale, offset) of round-to-nearest: `rtn` returns dequantize of these."""
     check_weight(weight, dim=2)
+    settings.flags(half=half)
     bits = check_bits(bits)
     check_group(weight.shape[1], group_size)
     scale, offset = group_params(weight, bits, group_size, half)
@@ -105,6 +108,7 @@ def rtn(weight: torch.Tensor, bits: int, group_size: int, half: bool = True) -> 
     """Round-to-nearest: every group of `group_size` inputs on its own min-max grid of 2^bits levels.
 
     `half`: scale and offset stored as float16 (the packed formats), or kept float32 (`half=False`)."""
+    settings.flags(half=half)
     return dequantize(*rtn_codes(weight, bits, group_size, half), group_size).to(weight.dtype)
 
 

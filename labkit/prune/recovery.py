@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from labkit import fast_mode
-from labkit.core import data, parts, train
+from labkit.core import data, parts, settings, train
 
 
 def recover(model: nn.Module, tokenizer, steps: int | None = None, lr: float = 1e-4, batch_size: int = 32,
@@ -30,3 +30,7 @@ def recover(model: nn.Module, tokenizer, steps: int | None = None, lr: float = 1
     train.fit(out, tokenizer, train_split["text"], train_split["label"], steps, lr=lr, batch_size=batch_size,
               teacher=teacher, precision=precision, after_step=hold_zeros, desc="recovery")
     return out.eval()
+
+
+# The lesson's text above; its boolean argument is checked here, outside what the lesson shows.
+recover = settings.with_flags(recover, "inplace")

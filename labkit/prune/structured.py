@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
 
-from labkit.core import data, parts
+from labkit.core import data, parts, settings
 
 SCORES = ("norm", "gradient")
 STRUCTURED_FAMILIES = ", ".join(f.name for f in parts.FAMILIES if f.structured)
@@ -111,6 +111,7 @@ def structured(model: nn.Module, heads: float = 0.3, ffn: float = 0.3, score: st
     batches (needs `tokenizer`). Works on BERT, RoBERTa, ELECTRA and DistilBERT; DeBERTa-v2 is refused.
     Returns a new model; the input is unchanged unless inplace=True.
     """
+    settings.flags(inplace=inplace)
     heads, ffn = _fraction("heads", heads), _fraction("ffn", ffn)
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(map(repr, SCORES))}, got {score!r}.")

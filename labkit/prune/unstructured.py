@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from labkit.core import parts
+from labkit.core import parts, settings
 from labkit.prune.masks import magnitude_mask, two_four_mask
 
 SCOPES = ("layer", "global")
@@ -37,10 +37,15 @@ def magnitude(model: nn.Module, sparsity: float, scope: str = "layer", method: s
     return out
 
 
+# The lesson's text above; its boolean argument is checked here, outside what the lesson shows.
+magnitude = settings.with_flags(magnitude, "inplace")
+
+
 def two_four(model: nn.Module, filter_fn="blocks", inplace: bool = False) -> nn.Module:
     """A copy of `model` where every 4 consecutive weights of a row of the chosen Linear layers keep their 2
     largest |w| (2:4 sparsity: on a CPU, the same bytes and the same time as dense).
     Returns a new model; the input is unchanged unless inplace=True."""
+    settings.flags(inplace=inplace)
     out = model if inplace else parts.clone(model)
     with torch.no_grad():
         for name, layer in parts.linears(out, filter_fn).items():

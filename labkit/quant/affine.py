@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from labkit.core import settings
+
 MAPPINGS = ("asymmetric", "symmetric")
 ZERO_POINT_DOMAINS = ("int", "float")
 EPS = torch.finfo(torch.float32).eps  # the smallest scale: a constant block would otherwise divide by zero
@@ -35,6 +37,10 @@ def qrange(bits: int, mapping: str = "asymmetric", restricted: bool = False) -> 
         return 0, 2 ** bits - 1
     top = 2 ** (bits - 1) - 1
     return (-top if restricted else -top - 1), top
+
+
+# The lesson's text above; its boolean argument is checked here, outside what the lesson shows.
+qrange = settings.with_flags(qrange, "restricted")
 
 
 def _check(value: str, allowed: tuple[str, ...], name: str) -> None:

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from labkit.core import data, machine, memory, parts, results, train
+from labkit.core import data, machine, memory, parts, results, settings, train
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ def _fp16_error(device: str) -> str | None:
 def to_precision(model: nn.Module, precision: str, inplace: bool = False) -> nn.Module:
     """A copy of `model` with its weights in fp32, bf16 or fp16; it takes the same tokenized inputs as before.
     Returns a new model; the input is unchanged unless inplace=True."""
+    settings.flags(inplace=inplace)
     dtype = parts.precision_dtype(precision)
     parts.require_float_layers(model)  # int8 codes are out of a cast's reach: int8 and bf16 are alternatives
     dev = parts.device_of(model)

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from labkit.core import parts
+from labkit.core import parts, settings
 from labkit.quant import affine
 from labkit.runtimes import onnx
 
@@ -62,6 +62,7 @@ def dynamic_int8(model: nn.Module, filter_fn="all", inplace: bool = False, embed
     input embedding tables as int8 (`Int8Embedding`). A torch without torch.ao gets the same recipe from ONNX
     Runtime, with a warning. The result shares no tensor with `model` unless `inplace`.
     """
+    settings.flags(inplace=inplace, embeddings=embeddings)
     names = set(parts.linears(model, filter_fn))
     if not names:
         raise ValueError(f"filter_fn {filter_fn!r} picks no Linear layer of {type(model).__name__}; "

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from labkit import fast_mode
-from labkit.core import data, parts, results, train
+from labkit.core import data, parts, results, settings, train
 from labkit.quant import int8
 from labkit.quant.affine import block_size_for, fake_quantize_affine, packed_bytes, qrange
 from labkit.runtimes import onnx, openvino
@@ -106,6 +106,7 @@ def to_int8(model: nn.Module, embeddings: bool = True, backend: str = "torch", i
     embedding lookups). "openvino": `openvino.to_openvino(model, int8=True)`, NNCF's static int8.
     Returns a new model; the input is unchanged unless inplace=True (the runtimes' models are always new).
     """
+    settings.flags(embeddings=embeddings, inplace=inplace)
     if backend not in BACKENDS:
         raise ValueError(f"Unknown backend {backend!r}; choose one of {', '.join(map(repr, BACKENDS))}.")
     if not parts.linears(model, "all"):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from labkit.core import machine, parts
+from labkit.core import machine, parts, settings
 
 
 def session(model_file: bytes | str | Path, threads: int | None = None):
@@ -184,6 +184,7 @@ def to_onnx(model: nn.Module, optimize: bool = True, int8: bool = False) -> Onnx
     a DeBERTa-v2 graph is left unfused, with a warning.
     Returns a new model (the runtime holds its own copy of the weights); the input is unchanged.
     """
+    settings.flags(optimize=optimize, int8=int8)
     # File to file: each step reads the last one's file, so no serialized copy stays in memory beside the next.
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "fp32.onnx")

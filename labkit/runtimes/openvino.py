@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from labkit import fast_mode
-from labkit.core import assets, data, parts
+from labkit.core import assets, data, parts, settings
 from labkit.runtimes.onnx import ORT_MODEL_TYPES, OnnxClassifier, attention_shape, onnx_inputs, session
 
 PRECISIONS = ("f32", "default")
@@ -200,6 +200,7 @@ def to_openvino(model: nn.Module, precision: str = "default", int8: bool = False
     fp16); "f32" keeps them f32.
     Returns a new model (the runtime holds its own copy of the weights); the input is unchanged.
     """
+    settings.flags(int8=int8)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}: 'f32' forces float32, 'default' lets OpenVINO "
                          f"pick (bf16 on CPUs with AMX / AVX512-BF16); got {precision!r}.")
@@ -291,6 +292,7 @@ def ort_reference(model: nn.Module, int8: bool = False, optimize: bool = True) -
     Runs on the CPU: a CUDA model is exported from a CPU copy, with a warning.
     Returns a new model (the runtime holds its own copy of the weights); the input is unchanged.
     """
+    settings.flags(int8=int8, optimize=optimize)
     _check_classifier(model)
     payload = _reference_export(model)
     if optimize:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from labkit.core import parts
+from labkit.core import parts, settings
 from labkit.prune.masks import magnitude_mask
 from labkit.sparse.formats import FORMATS, decode, format_arrays
 
@@ -115,6 +115,7 @@ def to_sparse(model: nn.Module, sparsity: float, filter_fn="ffn", values: str = 
     Where torch has no CSR matmul for the model's device and dtype, the model is moved to the CPU, with a warning.
     Returns a new model; the input is unchanged unless inplace=True.
     """
+    settings.flags(inplace=inplace)
     if values not in ("f32", "int8"):
         raise ValueError(f"values must be 'f32' or 'int8', got {values!r}.")
     out = model if inplace else parts.clone(model)
