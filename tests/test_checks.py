@@ -4,6 +4,7 @@ targeted hints are each reached by the mistake they name (the per-notebook table
 import importlib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from labkit.course import checks
@@ -111,3 +112,61 @@ def test_hints_need_a_fallback():
     with pytest.raises(ValueError, match="wrong"):
         exercise("99.x", "?", lambda: 1, {"only": "a hint"})
 
+
+
+@pytest.fixture
+def a_prediction():
+    from labkit.course.exercises import PREDICTIONS, prediction
+    prediction("99.speedup", "How many times faster?", unit="x")
+    yield "99.speedup"
+    PREDICTIONS.pop("99.speedup", None)
+
+
+def test_a_prediction_is_recorded_and_shown_beside_the_measurement(a_prediction, capsys):
+    assert checks.predict(a_prediction, 2.0)
+    entry = checks.measured(a_prediction, 3.0)
+    assert entry == {"predicted": 2.0, "measured": 3.0}
+    assert "you predicted 2x, measured 3x (1.5 times your prediction)" in capsys.readouterr().out
+    row = checks.progress().set_index("exercise").loc[a_prediction]
+    assert (row["kind"], row["predicted"], row["measured"]) == ("prediction", 2.0, 3.0)
+
+
+def test_a_prediction_left_as_its_stub_records_nothing(a_prediction, capsys):
+    assert not checks.predict(a_prediction, ...)
+    assert "no prediction yet. How many times faster?" in capsys.readouterr().out
+    checks.measured(a_prediction, 3.0)
+    assert "no prediction recorded" in capsys.readouterr().out
+    assert pd.isna(checks.progress().set_index("exercise").loc[a_prediction, "predicted"])
+
+
+@pytest.mark.parametrize("value, error, words", [("2x", TypeError, "must be a number"), (True, TypeError, "number"),
+                                                  (float("nan"), ValueError, "finite")])
+def test_a_prediction_that_is_not_a_number_is_refused(a_prediction, value, error, words):
+    with pytest.raises(error, match=words):
+        checks.predict(a_prediction, value)
+
+
+def test_an_unknown_prediction_lists_the_known_ones():
+    with pytest.raises(ValueError, match="Unknown prediction"):
+        checks.predict("99.nothing", 1.0)
+
+
+def test_the_first_progress_format_is_still_read(tmp_path):
+    (tmp_path / "progress.json").write_text('["00.int8_bytes"]')
+    assert checks.progress().set_index("exercise").loc["00.int8_bytes", "solved"]
+    checks.check("00.int8_bytes", checks.solution("00.int8_bytes"), quiet=True)
+    assert "00.int8_bytes" in checks.progress().query("solved == True")["exercise"].tolist()
+
+
+def test_a_written_answer_becomes_nbgraders_stub_in_the_learner_edition():
+    from labkit.course.build import ANSWER_STUB, learner_markdown
+    rubric = "Intro kept.\n### BEGIN SOLUTION\n*Rubric:* names bandwidth.\n### END SOLUTION"
+    assert learner_markdown(rubric) == f"Intro kept.\n{ANSWER_STUB}"
+    with pytest.raises(ValueError, match="not closed"):
+        learner_markdown("### BEGIN SOLUTION\nopen")
+
+
+def test_a_written_question_needs_a_point():
+    from labkit.course.exercises import written
+    with pytest.raises(ValueError, match="at least 1"):
+        written("99.why", "Why?", points=0)

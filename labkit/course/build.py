@@ -5,6 +5,8 @@ marks it. The learner edition in `notebooks/` is made from it:
 - the lines between `### BEGIN SOLUTION` and `### END SOLUTION` become a stub: `...` inside a function,
   `name = ...` for each name the solution assigns at the top level of a cell;
 - the lines between `### BEGIN HIDDEN TESTS` and `### END HIDDEN TESTS` are dropped;
+- a markdown cell's lines between the same markers (a written question's rubric) become ANSWER_STUB, nbgrader's
+  own text for a written answer;
 - `assert checks.check(...)` loses its `assert`: the solved edition must pass every check, the learner
   edition runs to the end with nothing answered, each check saying "not attempted yet";
 - outputs and execution counts are cleared.
@@ -25,6 +27,7 @@ SOURCE_DIR, LEARNER_DIR = ROOT / "solutions", ROOT / "notebooks"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 STUB_NOTE = "# YOUR CODE HERE"
+ANSWER_STUB = "YOUR ANSWER HERE"
 _ASSIGNED = re.compile(r"^([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*=[^=]")
 
 
@@ -71,6 +74,28 @@ def learner_source(source: str, where: str = "a cell") -> str:
     return "\n".join(out)
 
 
+def learner_markdown(source: str, where: str = "a cell") -> str:
+    """One markdown cell's source with its solution region (a written answer's rubric) replaced by ANSWER_STUB."""
+    out: list[str] = []
+    inside = False
+    for line in source.split("\n"):
+        mark = line.strip()
+        if mark == BEGIN:
+            if inside:
+                raise ValueError(f"{where}: {BEGIN} inside another region; close it with {END} first.")
+            inside = True
+            out.append(ANSWER_STUB)
+        elif mark == END:
+            if not inside:
+                raise ValueError(f"{where}: {END} without a {BEGIN} before it.")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ValueError(f"{where}: a region is not closed; add {END}.")
+    return "\n".join(out)
+
+
 def learner_edition(nb: nbformat.NotebookNode, name: str = "notebook") -> nbformat.NotebookNode:
     """A copy of a solved notebook with answers stubbed and outputs cleared."""
     nb = nbformat.from_dict(nb)
@@ -78,6 +103,8 @@ def learner_edition(nb: nbformat.NotebookNode, name: str = "notebook") -> nbform
         if cell.cell_type == "code":
             cell.source = learner_source(cell.source, f"{name}, cell {i}")
             cell.outputs, cell.execution_count = [], None
+        elif cell.cell_type == "markdown":
+            cell.source = learner_markdown(cell.source, f"{name}, cell {i}")
     return nb
 
 

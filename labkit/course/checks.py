@@ -1,5 +1,6 @@
 """Exercise answers: `checks.check("02.linear_quantize", linear_quantize)` says right, not attempted yet, or
-gives a hint aimed at the mistake; `use` plugs a learner's function into the real model; `progress()` lists them."""
+gives a hint aimed at the mistake; `use` plugs a learner's function into the real model; `predict` records a
+prediction before a cell measures, `measured` shows it beside the measurement; `progress()` lists them all."""
 
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ from typing import Any, Callable
 import pandas as pd
 
 from labkit.core import settings
-from labkit.course.exercises import REGISTRY, Exercise, Mistake, NotAttempted, load_all
+from labkit.course.exercises import (
+    PREDICTIONS,
+    REGISTRY,
+    WRITTEN,
+    Exercise,
+    Mistake,
+    NotAttempted,
+    load_all,
+    unanswered,
+)
 
 NOT_ATTEMPTED = "not attempted yet"
 
@@ -24,19 +34,29 @@ def _progress_file() -> Path:
     return settings.user_dir() / "progress.json"
 
 
-def _solved() -> set[str]:
+def _record() -> dict:
+    """The learner's record: {"solved": [keys], "predictions": {key: {"predicted": x, "measured": y}}}."""
     path = _progress_file()  # a bad LABKIT_USER_DIR is the user's to fix: refused, not read as "nothing solved"
     try:
-        keys = json.loads(path.read_text())
+        found = json.loads(path.read_text())
     except (OSError, ValueError):
-        return set()
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        return set()  # not this kit's record (a list of exercise keys): the next solved exercise rewrites it
-    return set(keys)
+        return {"solved": [], "predictions": {}}
+    if isinstance(found, list):  # the first format: a list of solved keys
+        found = {"solved": found}
+    if not isinstance(found, dict):
+        return {"solved": [], "predictions": {}}  # not this kit's record: the next answer rewrites it
+    solved = found.get("solved", [])
+    predictions = found.get("predictions", {})
+    return {"solved": [k for k in solved if isinstance(k, str)] if isinstance(solved, list) else [],
+            "predictions": {k: v for k, v in predictions.items() if isinstance(v, dict)}
+            if isinstance(predictions, dict) else {}}
 
 
-def _mark_solved(key: str) -> None:
-    solved = _solved() | {key}
+def _solved() -> set[str]:
+    return set(_record()["solved"])
+
+
+def _write_record(record: dict) -> None:
     try:
         path = _progress_file()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,10 +64,63 @@ def _mark_solved(key: str) -> None:
         # two notebooks open at once never write into the same temporary file.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".progress.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(sorted(solved)))
+            f.write(json.dumps(record, sort_keys=True))
         os.replace(tmp, path)
     except OSError:
         pass  # progress is a convenience; a read-only home must not break an exercise
+
+
+def _mark_solved(key: str) -> None:
+    record = _record()
+    record["solved"] = sorted(set(record["solved"]) | {key})
+    _write_record(record)
+
+
+def _prediction(key: str):
+    load_all()
+    if key not in PREDICTIONS:
+        raise ValueError(f"Unknown prediction {key!r}; known: {', '.join(sorted(PREDICTIONS))}.")
+    return PREDICTIONS[key]
+
+
+def _number(value: Any, key: str, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise TypeError(f"{key}: the {what} must be a number, got {type(value).__name__} ({value!r}).")
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"{key}: the {what} must be a finite number, got {number}.")
+    return number
+
+
+def predict(key: str, value: Any) -> bool:
+    """Record the learner's prediction for `key` before the cell that measures it; False while it is `...`."""
+    p = _prediction(key)
+    if unanswered(value):
+        print(f"⏳ {key}: no prediction yet. {p.question}")
+        return False
+    number = _number(value, key, "prediction")
+    record = _record()
+    record["predictions"][key] = {"predicted": number}
+    _write_record(record)
+    print(f"📝 {key}: you predict {number:g}{p.unit}. Now run the measurement.")
+    return True
+
+
+def measured(key: str, value: Any) -> dict:
+    """Record what a cell measured for prediction `key` and show it beside the learner's prediction."""
+    p = _prediction(key)
+    number = _number(value, key, "measurement")
+    record = _record()
+    entry = dict(record["predictions"].get(key, {}), measured=number)
+    record["predictions"][key] = entry
+    _write_record(record)
+    guess = entry.get("predicted")
+    if guess is None:
+        print(f"📏 {key}: measured {number:g}{p.unit} (no prediction recorded: make one next time, before running).")
+    else:
+        ratio = f"{number / guess:.2g} times your prediction" if guess else "your prediction was 0"
+        print(f"📏 {key}: you predicted {guess:g}{p.unit}, measured {number:g}{p.unit} ({ratio}).")
+    return entry
 
 
 def get(key: str) -> Exercise:
@@ -136,9 +209,27 @@ def exercises(notebook: str | None = None, kind: str | None = None) -> list[str]
                   if (notebook is None or k.split(".")[0] == notebook) and (kind is None or ex.kind == kind))
 
 
+def predictions(notebook: str | None = None) -> list[str]:
+    """Keys of all registered predictions, or of one notebook's."""
+    load_all()
+    return sorted(k for k in PREDICTIONS if notebook is None or k.split(".")[0] == notebook)
+
+
+def written_questions(notebook: str | None = None) -> list[str]:
+    """Keys of all registered written questions, or of one notebook's."""
+    load_all()
+    return sorted(k for k in WRITTEN if notebook is None or k.split(".")[0] == notebook)
+
+
 def progress() -> pd.DataFrame:
-    """Which exercises of which notebook are solved."""
-    solved = _solved()
+    """Every exercise (solved or not) and every prediction (predicted, measured), notebook by notebook."""
+    record = _record()
+    solved = set(record["solved"])
     rows = [{"notebook": k.split(".")[0], "exercise": k, "kind": get(k).kind, "solved": k in solved,
              "question": get(k).question} for k in exercises()]
-    return pd.DataFrame(rows)
+    for k in predictions():
+        entry = record["predictions"].get(k, {})
+        rows.append({"notebook": k.split(".")[0], "exercise": k, "kind": "prediction", "solved": "predicted" in entry,
+                     "question": PREDICTIONS[k].question, "predicted": entry.get("predicted"),
+                     "measured": entry.get("measured")})
+    return pd.DataFrame(rows).sort_values(["notebook", "kind", "exercise"], kind="stable").reset_index(drop=True)

@@ -19,12 +19,15 @@ from pathlib import Path
 
 import nbformat
 
+from labkit.course.build import ANSWER_STUB
 from labkit.lab.labels import STRINGS, language, t  # noqa: F401 (the labels of this edition, one import away)
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: labkit/course/ is two levels down
 ENGLISH_DIR, TRANSLATIONS_DIR, ZH_DIR = ROOT / "notebooks", ROOT / "i18n" / "zh", ROOT / "notebooks_zh"
 LANG_CELL_ID = "labkit-zh-lang"
 LANG_CELL_SOURCE = 'import os\nos.environ["LABKIT_LANG"] = "zh"  # 中文标签：控件与图表'
+# A written answer's empty cell needs no translation file entry: it is always this.
+ANSWER_STUB_ZH = "在这里写下你的回答（YOUR ANSWER HERE）"
 
 # --- the Chinese edition of the notebooks ---------------------------------------------------------------
 
@@ -59,7 +62,7 @@ def translation_problems(english: Path, translations_dir: Path = TRANSLATIONS_DI
     found = load_translations(english.stem, translations_dir)
     if found is None:
         return [f"{_rel(english)} has no translation file {_rel(file)}"]
-    markdown = {c.id: c.source for c in nb.cells if c.cell_type == "markdown"}
+    markdown = {c.id: c.source for c in nb.cells if c.cell_type == "markdown" and c.source != ANSWER_STUB}
     problems = []
     for cid, source in markdown.items():
         entry = found.get(cid)
@@ -82,7 +85,7 @@ def zh_edition(english: Path, translations_dir: Path = TRANSLATIONS_DIR) -> nbfo
     found = load_translations(english.stem, translations_dir)
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            cell.source = found[cell.id]["zh"]
+            cell.source = ANSWER_STUB_ZH if cell.source == ANSWER_STUB else found[cell.id]["zh"]
         elif cell.cell_type == "code":  # stripped, even where an English notebook was saved with outputs
             cell.outputs, cell.execution_count = [], None
     nb.cells.insert(0, nbformat.v4.new_code_cell(LANG_CELL_SOURCE, id=LANG_CELL_ID))
@@ -166,7 +169,7 @@ def coverage(english_dir: Path = ENGLISH_DIR, translations_dir: Path = TRANSLATI
     for english in english_notebooks(english_dir):
         nb = nbformat.read(english, as_version=4)
         found = load_translations(english.stem, translations_dir) or {}
-        cells = [c for c in nb.cells if c.cell_type == "markdown"]
+        cells = [c for c in nb.cells if c.cell_type == "markdown" and c.source != ANSWER_STUB]
         done = sum(isinstance(found.get(c.id), dict) and found[c.id].get("en") == digest(c.source)
                    and str(found[c.id].get("zh", "")).strip() != "" for c in cells)
         out[english.stem] = (done, len(cells))

@@ -55,6 +55,40 @@ def exercise(key: str, question: str, solution: Callable[[], Any], hints: dict[s
     return register
 
 
+@dataclass
+class Prediction:
+    """A number the learner predicts before a cell measures it (`checks.predict`, then `checks.measured`)."""
+
+    key: str  # "<notebook>.<name>", e.g. "02.int8_speedup_b32"
+    question: str
+    unit: str = ""  # printed after the numbers, e.g. "x" or "ms"
+
+
+@dataclass
+class Written:
+    """A question the learner answers in words, in the markdown cell below it; the solved edition holds a rubric."""
+
+    key: str
+    question: str
+    points: int = 2
+
+
+PREDICTIONS: dict[str, Prediction] = {}
+WRITTEN: dict[str, Written] = {}
+
+
+def prediction(key: str, question: str, unit: str = "") -> None:
+    """Register a prediction the notebook records with `checks.predict(key, value)` before it measures."""
+    PREDICTIONS[key] = Prediction(key, question, unit)
+
+
+def written(key: str, question: str, points: int = 2) -> None:
+    """Register a written question; its answer cell in solutions/ holds the rubric between solution markers."""
+    if points < 1:
+        raise ValueError(f"written question {key}: points must be at least 1, got {points}.")
+    WRITTEN[key] = Written(key, question, points)
+
+
 class NotAttempted(Exception):
     """The learner has not written an answer yet (`...`, None, or a function that returns nothing)."""
 
