@@ -170,3 +170,15 @@ def test_a_written_question_needs_a_point():
     from labkit.course.exercises import written
     with pytest.raises(ValueError, match="at least 1"):
         written("99.why", "Why?", points=0)
+
+
+def test_graduated_hints_come_one_at_a_time(capsys):
+    from labkit.course.exercises import REGISTRY
+    exercise("99.ladder", "?", lambda: 1, {"wrong": "w"}, ladder=("idea", "step", "case"))(lambda a: None)
+    try:
+        assert [checks.hint("99.ladder") for _ in range(4)] == ["idea", "step", "case", "case"]
+        assert "hint 1 of 3, the idea" in capsys.readouterr().out
+    finally:
+        REGISTRY.pop("99.ladder")
+    with pytest.raises(ValueError, match="three hints"):
+        exercise("99.short", "?", lambda: 1, {"wrong": "w"}, ladder=("idea",))

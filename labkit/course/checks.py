@@ -35,21 +35,25 @@ def _progress_file() -> Path:
 
 
 def _record() -> dict:
-    """The learner's record: {"solved": [keys], "predictions": {key: {"predicted": x, "measured": y}}}."""
+    """The learner's record: {"solved": [keys], "predictions": {key: {"predicted": x, "measured": y}},
+    "hints": {key: how many graduated hints were given}}."""
     path = _progress_file()  # a bad LABKIT_USER_DIR is the user's to fix: refused, not read as "nothing solved"
     try:
         found = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {"solved": [], "predictions": {}}
+        return {"solved": [], "predictions": {}, "hints": {}}
     if isinstance(found, list):  # the first format: a list of solved keys
         found = {"solved": found}
     if not isinstance(found, dict):
-        return {"solved": [], "predictions": {}}  # not this kit's record: the next answer rewrites it
+        return {"solved": [], "predictions": {}, "hints": {}}  # not this kit's record: the next answer rewrites it
     solved = found.get("solved", [])
     predictions = found.get("predictions", {})
+    given_hints = found.get("hints", {})
     return {"solved": [k for k in solved if isinstance(k, str)] if isinstance(solved, list) else [],
             "predictions": {k: v for k, v in predictions.items() if isinstance(v, dict)}
-            if isinstance(predictions, dict) else {}}
+            if isinstance(predictions, dict) else {},
+            "hints": {k: v for k, v in given_hints.items() if isinstance(v, int)} if isinstance(given_hints, dict)
+            else {}}
 
 
 def _solved() -> set[str]:
@@ -195,6 +199,27 @@ def reveal(key: str) -> None:
     """Print the reference answer of exercise `key`: the source of a function, or the value."""
     answer = solution(key)
     print(textwrap.dedent(inspect.getsource(answer)) if callable(answer) else repr(answer))
+
+
+LADDER = ("the idea", "the step that usually goes wrong", "a smaller case, worked")
+
+
+def hint(key: str) -> str:
+    """The next of exercise `key`'s graduated hints (the idea, the step that goes wrong, a smaller worked case)."""
+    ex = get(key)
+    if not ex.ladder:
+        text = ex.hint("wrong")
+        print(f"💡 {key}: {text}")
+        return text
+    record = _record()
+    given_ = record.setdefault("hints", {})
+    level = min(int(given_.get(key, 0)) + 1, len(ex.ladder))
+    given_[key] = level
+    _write_record(record)
+    text = ex.ladder[level - 1]
+    more = "" if level == len(ex.ladder) else f" (run checks.hint({key!r}) again for {LADDER[level]})"
+    print(f"💡 {key}, hint {level} of {len(ex.ladder)}, {LADDER[level - 1]}: {text}{more}")
+    return text
 
 
 def hints(key: str) -> dict[str, str]:

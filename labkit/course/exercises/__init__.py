@@ -34,6 +34,7 @@ class Exercise:
     kind: str = "value"  # "value": a number, tuple or tensor; "code": a function the learner writes
     uses: str = ""  # for code exercises: where the learner's function runs on the real model
     extra: dict = field(default_factory=dict)
+    ladder: tuple[str, ...] = ()  # graduated hints: the concept, the step that goes wrong, a smaller worked case
 
     def hint(self, mistake: str) -> str:
         """The hint for a named mistake (an exercise's own hints first, then the generic ones)."""
@@ -44,13 +45,18 @@ REGISTRY: dict[str, Exercise] = {}
 
 
 def exercise(key: str, question: str, solution: Callable[[], Any], hints: dict[str, str],
-             kind: str = "value", uses: str = ""):
-    """Register a check `answer -> None | mistake name` under `key` (decorator); `hints` must have a "wrong" entry."""
+             kind: str = "value", uses: str = "", ladder: tuple[str, ...] = ()):
+    """Register a check `answer -> None | mistake name` under `key` (decorator); `hints` must have a "wrong" entry.
+
+    `ladder`: the graduated hints `checks.hint(key)` gives one at a time: the concept, then the step that usually
+    goes wrong, then a smaller worked case; none of them holds a line of the solution."""
     if "wrong" not in hints:
         raise ValueError(f"exercise {key}: hints need a 'wrong' entry, the hint for a mistake no other hint names.")
+    if ladder and len(ladder) != 3:
+        raise ValueError(f"exercise {key}: a ladder has three hints (concept, step, smaller case), got {len(ladder)}.")
 
     def register(fn: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
-        REGISTRY[key] = Exercise(key, question, fn, solution, dict(hints), kind, uses)
+        REGISTRY[key] = Exercise(key, question, fn, solution, dict(hints), kind, uses, ladder=tuple(ladder))
         return fn
     return register
 
