@@ -17,6 +17,7 @@ call, so a notebook may change a variable between cells.
 | MEM_LIMIT | bytes, or a number with K, M, G or T (JupyterHub sets it) | none |
 | JPY_SESSION_NAME | the notebook's path (Jupyter sets it) | none |
 | HF_HUB_OFFLINE | a switch; 0 lets labkit download a model from the Hugging Face Hub | offline |
+| LABKIT_GRADED | a switch (an nbgrader release's first cell sets it) | off: self-study, references shown |
 
 Nothing here imports the rest of labkit.
 """
@@ -188,6 +189,11 @@ def session_name(environ: Mapping[str, str] | None = None) -> str | None:
     return value.strip() if value and value.strip() else None
 
 
+def graded(environ: Mapping[str, str] | None = None) -> bool:
+    """LABKIT_GRADED: this kernel runs a graded release, so no reference solution is shown (labkit.course.release)."""
+    return bool(switch("LABKIT_GRADED", False, environ))
+
+
 def check(environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """Every variable above, parsed: a command line calls it first, so a bad value stops it before any work."""
     return {"LABKIT_FAST": fast(environ), "LABKIT_CACHE": cache_path(environ),
@@ -195,7 +201,7 @@ def check(environ: Mapping[str, str] | None = None) -> dict[str, object]:
             "LABKIT_LANG": lang(environ), "LABKIT_LEAN": lean(environ), "LABKIT_DATA": data_spec(environ),
             "LABKIT_TEXT_COLUMN": column("text", environ), "LABKIT_LABEL_COLUMN": column("label", environ),
             "MEM_LIMIT": mem_limit(environ), "JPY_SESSION_NAME": session_name(environ),
-            "HF_HUB_OFFLINE": not hub_allowed(environ)}
+            "HF_HUB_OFFLINE": not hub_allowed(environ), "LABKIT_GRADED": graded(environ)}
 
 
 def hub_allowed(environ: Mapping[str, str] | None = None) -> bool:

@@ -181,22 +181,37 @@ def check(key: str, answer: Any, quiet: bool = False) -> Verdict:
     return Verdict(key, verdict is None)
 
 
+class GradedRelease(PermissionError):
+    """Asked for a reference answer in a graded release (LABKIT_GRADED=1), where it stays with the teacher."""
+
+
+def _refuse_if_graded(key: str, what: str) -> None:
+    if settings.graded():
+        raise GradedRelease(f"{key}: {what} is not shown in a graded release: this is a graded release, so the "
+                            f"reference stays with your teacher. `checks.hint({key!r})` gives graduated hints, and "
+                            f"`checks.check({key!r}, answer)` says what is wrong with yours.")
+
+
 def use(key: str, answer: Callable) -> Callable:
-    """The learner's function when it passes its check, else labkit's reference (saying so), for the real model."""
+    """The learner's function when it passes its check, else labkit's reference (saying so), for the real model.
+
+    In a graded release there is no reference to fall back on: an answer that does not pass is refused."""
     if diagnose(key, answer) is None:
         print(f"using your {getattr(answer, '__name__', 'answer')} ({key}).")
         return answer
+    _refuse_if_graded(key, "labkit's reference, used in place of an answer that does not pass its check yet,")
     print(f"using labkit's reference for {key} until yours passes its check.")
     return get(key).solution()
 
 
 def solution(key: str) -> Any:
-    """The reference answer of exercise `key` (a value, or a function for code exercises)."""
+    """The reference answer of exercise `key` (a value, or a function for code exercises); refused when graded."""
+    _refuse_if_graded(key, "the reference answer")
     return get(key).solution()
 
 
 def reveal(key: str) -> None:
-    """Print the reference answer of exercise `key`: the source of a function, or the value."""
+    """Print the reference answer of exercise `key`: the source of a function, or the value; refused when graded."""
     answer = solution(key)
     print(textwrap.dedent(inspect.getsource(answer)) if callable(answer) else repr(answer))
 
