@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.labkit-installed
 
 export HF_HUB_OFFLINE = 1
 
-.PHONY: tour tour-fast test test-fast install lab lab-zh workshop browser clean-cache course hub lock test-solutions
+.PHONY: tour tour-fast test test-fast install lab lab-zh workshop browser clean-cache course hub lock test-solutions \
+	release autograde feedback
 
 $(STAMP): requirements-assets.txt pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,8 @@ $(STAMP): requirements-assets.txt pyproject.toml constraints.txt
 	# labkit and everything it needs (pyproject.toml), with JupyterLab, the test tools and OpenVINO/NNCF, at the
 	# versions the tests last passed with (constraints.txt).
 	$(PY) -m pip install -q -c constraints.txt -e ".[lab,test,runtimes,slm]"
+	# nbgrader, for grading a class (make release); the tests grade three made-up submissions with it.
+	$(PY) -m pip install -q -c constraints.txt -e ".[teach]"
 	$(PY) -m ipykernel install --sys-prefix --name labkit --display-name "labkit (Python 3)" >/dev/null
 	touch $(STAMP)
 
@@ -76,6 +79,20 @@ test-solutions: $(STAMP)
 # The learner edition (notebooks/) from the solved one (solutions/); make test fails when they are out of step.
 course: $(STAMP)
 	$(PY) -m labkit.course.build build
+
+# A class graded with nbgrader (docs/teaching.md): `make release` writes build/nbgrader/ from solutions/ and runs
+# nbgrader generate_assignment (the learners' copy: build/nbgrader/release/labkit/); submissions go to
+# build/nbgrader/submitted/<student>/labkit/; `make autograde` runs and scores them, `make feedback` writes
+# build/nbgrader/feedback/<student>/labkit/*.html. NOTEBOOKS="00 02" releases some notebooks only.
+release: $(STAMP)
+	$(PY) -m labkit.course.release source $(NOTEBOOKS)
+	$(PY) -m labkit.course.release release
+
+autograde: $(STAMP)
+	$(PY) -m labkit.course.release autograde
+
+feedback: $(STAMP)
+	$(PY) -m labkit.course.release feedback
 
 clean-cache:
 	rm -rf $${LABKIT_CACHE:-$$HOME/.cache/labkit}

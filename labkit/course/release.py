@@ -154,7 +154,8 @@ def graded_notebook(nb: nbformat.NotebookNode, name: str = "notebook",
             if question not in written_points:
                 raise ValueError(f"{where}: written question {question} is not registered: add written({question!r}, "
                                  "question, points) to its exercises module.")
-            add(cell, _meta(grade_id("written", question), solution=True, grade=True, points=written_points[question]), cid)
+            points = written_points[question]
+            add(cell, _meta(grade_id("written", question), solution=True, grade=True, points=points), cid)
             question = None
             continue
         asked = WRITTEN_QUESTION.match(cell.source) if cell.cell_type == "markdown" else None
@@ -169,11 +170,14 @@ def write_source(course_dir: Path = COURSE_DIR, assignment: str = ASSIGNMENT, no
     """nbgrader's course folder from `source_dir`: the marked notebooks (all, or those whose names start with one
     of `notebooks`, e.g. ["00", "02"]) under source/<assignment>/, and nbgrader_config.py. Returns the notebooks."""
     course_dir = Path(course_dir).resolve()
-    chosen = [p for p in build.sources(source_dir) if not notebooks or any(p.name.startswith(f"{n}_") for n in notebooks)]
+    chosen = [p for p in build.sources(source_dir)
+              if not notebooks or any(p.name.startswith(f"{n}_") for n in notebooks)]
     if not chosen:
         raise ValueError(f"no notebook in {source_dir} matches {notebooks}.")
     target = course_dir / "source" / assignment
     target.mkdir(parents=True, exist_ok=True)
+    for old in target.glob("*.ipynb"):  # a notebook left from an earlier, wider release would be released again
+        old.unlink()
     written = []
     for path in chosen:
         nb = graded_notebook(nbformat.read(path, as_version=4), path.name, written_points)
@@ -187,8 +191,8 @@ def write_source(course_dir: Path = COURSE_DIR, assignment: str = ASSIGNMENT, no
 STEPS = {"release": "generate_assignment", "autograde": "autograde", "feedback": "generate_feedback"}
 
 
-def nbgrader(step: str, course_dir: Path = COURSE_DIR, assignment: str = ASSIGNMENT, env: Mapping[str, str] | None = None,
-             extra: list[str] | None = None) -> subprocess.CompletedProcess:
+def nbgrader(step: str, course_dir: Path = COURSE_DIR, assignment: str = ASSIGNMENT,
+             env: Mapping[str, str] | None = None, extra: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run nbgrader's `step` ("release", "autograde" or "feedback") on `assignment` in `course_dir`."""
     command = [sys.executable, "-m", "nbgrader", STEPS[step], assignment, "--force", *(extra or [])]
     env = dict(os.environ if env is None else env)
@@ -202,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "source":
         for path in write_source(notebooks=args[1:] or None):
-            print(f"wrote {path.relative_to(build.ROOT) if path.is_relative_to(build.ROOT) else path}")
+            shown = path.relative_to(build.ROOT) if path.is_relative_to(build.ROOT) else path
+            print(f"wrote {shown}")
         return 0
     if len(args) == 1 and args[0] in STEPS:
         if not (COURSE_DIR / "nbgrader_config.py").is_file():
