@@ -137,10 +137,11 @@ def graded_notebook(nb: nbformat.NotebookNode, name: str = "notebook",
                 piece = nbformat.from_dict({**cell, "source": text})
                 piece_id = cid if n == 0 else f"{cid}-{n}"
                 if kind == "check":
-                    add(piece, _meta(grade_id("check", key), grade=True, points=_points(key)), piece_id)
+                    add(piece, _meta(grade_id("check", key), grade=True, locked=True, points=_points(key)), piece_id)
                 elif kind == "predict":
                     piece.source = "assert " + text  # True once a number is predicted, False for `...`
-                    add(piece, _meta(grade_id("predict", key), grade=True, points=PREDICTION_POINTS), piece_id)
+                    meta = _meta(grade_id("predict", key), grade=True, locked=True, points=PREDICTION_POINTS)
+                    add(piece, meta, piece_id)
                 elif build.BEGIN in text:
                     add(piece, _meta(grade_id("answer", piece_id), solution=True), piece_id)
                 else:
