@@ -48,9 +48,9 @@ CELLS = [
     ("markdown", "intro", "# A tiny lesson\n\nWhat you will learn, in 2 minutes."),
     ("code", "setup", SETUP),
     ("code", "value", "### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION\nassert checks.check(\"99.answer\", answer)"),
-    ("code", "double", 'def double(x):\n    """2x"""\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION\n\n\n'
-                       'assert checks.check("99.double", double)\nmine = checks.use("99.double", double)\n'
-                       "print(mine(torch.ones(2)))"),
+    ("code", "double", 'def double(x):\n    """2x"""\n    ### BEGIN SOLUTION\n    return 2 * x\n'
+                       '    ### END SOLUTION\n\n\nassert checks.check("99.double", double)\n'
+                       'mine = checks.use("99.double", double)\nprint(mine(torch.ones(2)))'),
     ("code", "guess", "# Predict before you run: how many times faster?\n### BEGIN SOLUTION\nprediction = 3.0\n"
                       '### END SOLUTION\nchecks.predict("99.guess", prediction)'),
     ("code", "measure", 'checks.measured("99.guess", 2.0)'),
