@@ -199,7 +199,7 @@ def use(key: str, answer: Callable) -> Callable:
     if diagnose(key, answer) is None:
         print(f"using your {getattr(answer, '__name__', 'answer')} ({key}).")
         return answer
-    _refuse_if_graded(key, "labkit's reference, used in place of an answer that does not pass its check yet,")
+    _refuse_if_graded(key, "labkit's reference (in place of an answer that does not pass its check yet)")
     print(f"using labkit's reference for {key} until yours passes its check.")
     return get(key).solution()
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import nbformat
 
+from labkit.core import settings
 from labkit.course import build, checks
 
 COURSE_DIR = build.ROOT / "build" / "nbgrader"
@@ -195,11 +196,12 @@ STEPS = {"release": "generate_assignment", "autograde": "autograde", "feedback":
 def nbgrader(step: str, course_dir: Path = COURSE_DIR, assignment: str = ASSIGNMENT,
              env: Mapping[str, str] | None = None, extra: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run nbgrader's `step` ("release", "autograde" or "feedback") on `assignment` in `course_dir`."""
-    command = [sys.executable, "-m", "nbgrader", STEPS[step], assignment, "--force", *(extra or [])]
-    env = dict(os.environ if env is None else env)
-    # nbgrader runs `alembic` (its database migrations) by name: this Python's scripts folder comes first.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return subprocess.run(command, cwd=course_dir, env=env, check=True)
+    # nbgrader runs `alembic` (its database migrations) by name: this Python's scripts folder comes first on the
+    # PATH, set through env(1) so that the rest of the environment passes as it is.
+    path = os.pathsep.join([str(Path(sys.executable).parent), settings.raw("PATH", env) or ""])
+    command = ["env", f"PATH={path}", sys.executable, "-m", "nbgrader", STEPS[step], assignment, "--force",
+               *(extra or [])]
+    return subprocess.run(command, cwd=course_dir, env=None if env is None else dict(env), check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
