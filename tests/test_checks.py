@@ -96,16 +96,16 @@ def test_reveal_prints_the_reference_source(capsys):
 
 
 def test_unknown_exercise_lists_the_known_ones():
-    with pytest.raises(ValueError, match="00.float64_bytes"):
+    with pytest.raises(ValueError, match="00.magnitude_mask"):
         checks.check("00.nope", 1)
 
 
 def test_progress_records_solved_exercises():
     before = checks.progress().set_index("exercise")
-    assert not before.loc["00.int8_bytes", "solved"]
-    checks.check("00.int8_bytes", checks.solution("00.int8_bytes"), quiet=True)
+    assert not before.loc["00.size_ceiling", "solved"]
+    checks.check("00.size_ceiling", checks.solution("00.size_ceiling"), quiet=True)
     after = checks.progress().set_index("exercise")
-    assert after.loc["00.int8_bytes", "solved"]
+    assert after.loc["00.size_ceiling", "solved"]
 
 
 def test_hints_need_a_fallback():
@@ -152,10 +152,10 @@ def test_an_unknown_prediction_lists_the_known_ones():
 
 
 def test_the_first_progress_format_is_still_read(tmp_path):
-    (tmp_path / "progress.json").write_text('["00.int8_bytes"]')
-    assert checks.progress().set_index("exercise").loc["00.int8_bytes", "solved"]
-    checks.check("00.int8_bytes", checks.solution("00.int8_bytes"), quiet=True)
-    assert "00.int8_bytes" in checks.progress().query("solved == True")["exercise"].tolist()
+    (tmp_path / "progress.json").write_text('["00.size_ceiling"]')
+    assert checks.progress().set_index("exercise").loc["00.size_ceiling", "solved"]
+    checks.check("00.size_ceiling", checks.solution("00.size_ceiling"), quiet=True)
+    assert "00.size_ceiling" in checks.progress().query("solved == True")["exercise"].tolist()
 
 
 def test_a_written_answer_becomes_nbgraders_stub_in_the_learner_edition():

@@ -34,16 +34,15 @@ def _in_place(w, sparsity):
 
 
 MISTAKES = [
-    ("00.float64_bytes", "float32", lambda: 1536 * 384 * 4),
-    ("00.int8_bytes", "no_params", lambda: 1536 * 384),
-    ("00.mask_shape", "flattened", lambda: (1536 * 384 // 2,)),
+    ("00.size_ceiling", "everything", lambda: 0.25),
+    ("00.size_ceiling", "blocks_only", lambda: 0.47 / 4),
+    ("00.size_ceiling", "saved", lambda: 0.35),
     ("00.magnitude_mask", "flattened", lambda: _flattened),
     ("00.magnitude_mask", "signed", lambda: _signed),
     ("00.magnitude_mask", "kept_fraction", lambda: _kept_fraction),
     ("00.magnitude_mask", "largest_zeroed", lambda: _largest_zeroed),
     ("00.magnitude_mask", "mutated", lambda: _in_place),
 ]
-
 
 
 def test_magnitude_mask_reference_matches_the_kit_and_the_worked_example():
@@ -56,3 +55,33 @@ def test_magnitude_mask_reference_matches_the_kit_and_the_worked_example():
     w = layer.weight.detach().clone()
     torch_prune.l1_unstructured(layer, "weight", amount=0.7)
     assert torch.equal(mask(w, 0.7), layer.weight.detach())
+
+
+def test_size_ceiling_counts_are_minilms():
+    import transformers
+
+    from labkit.course.exercises import nb00
+
+    # MiniLM-L6-H384's shape with random weights (nothing downloaded), a 2-class head as the baseline has
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                  intermediate_size=1536, num_labels=2)
+    m = transformers.BertForSequenceClassification(cfg)
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+    assert count(m.bert.embeddings) == nb00.EMBEDDINGS and count(m.bert.encoder.layer[0]) == nb00.BLOCK
+    assert count(m.bert.pooler) + count(m.classifier) == nb00.HEAD
+    assert 0.6 < checks.solution("00.size_ceiling") < 0.7
+
+
+def test_no_hint_holds_a_line_of_its_reference():
+    import inspect
+
+    for key in checks.exercises("00"):
+        lines = [ln.strip() for ln in inspect.getsource(checks.get(key).solution).splitlines()]
+        answer = checks.solution(key)
+        if callable(answer):
+            lines += [ln.strip() for ln in inspect.getsource(answer).splitlines()]
+        texts = list(checks.hints(key).values()) + list(checks.get(key).ladder)
+        assert len(checks.get(key).ladder) == 3, key
+        assert not [(ln, t) for ln in lines if len(ln) >= 8 for t in texts if ln in t], key

@@ -1,3 +1,5 @@
+import subprocess
+
 import pytest
 import torch
 
@@ -136,6 +138,29 @@ def test_native_float_support_reads_fake_cpuinfo(monkeypatch, tmp_path):
     fake.unlink()  # no cpuinfo: nothing claimed
     got = machine.native_float_support()
     assert (got["bf16"], got["fp16"], got["vnni"], got["amx"], got["found"]) == (None, None, None, None, [])
+
+
+def test_native_float_support_reads_macos_sysctl(monkeypatch, tmp_path):
+    monkeypatch.setattr(machine, "CPUINFO", str(tmp_path / "none"))  # macOS: no /proc/cpuinfo
+    monkeypatch.setattr(machine.platform, "system", lambda: "Darwin")
+    answers = {}
+
+    def sysctl(cmd, **kwargs):
+        assert cmd[0] == "sysctl"
+        out = "".join(f"{name}: {answers[name]}\n" for name in cmd[1:] if name in answers)
+        return subprocess.CompletedProcess(cmd, 0 if len(answers) == len(cmd) - 1 else 1, out, "unknown oid")
+
+    monkeypatch.setattr(machine.subprocess, "run", sysctl)
+    answers.update({"hw.optional.arm.FEAT_BF16": 0, "hw.optional.arm.FEAT_FP16": 1,
+                    "hw.optional.arm.FEAT_DotProd": 1})  # an Apple M1: fp16 and dot products, no bf16
+    got = machine.native_float_support()
+    assert (got["bf16"], got["fp16"], got["vnni"], got["amx"]) == (False, True, True, False)
+    answers["hw.optional.arm.FEAT_BF16"] = 1  # an M2 and later (ARMv8.6): bf16 too
+    assert machine.native_float_support()["bf16"] is True
+    answers.clear()  # nothing answered (an Intel Mac knows none of these names): nothing claimed
+    assert machine.native_float_support()["bf16"] is None
+    monkeypatch.setattr(machine.platform, "system", lambda: "Windows")
+    assert machine.sysctl_features() is None
 
 
 def test_fit_fp16_path_scales_the_loss(tokenizer, monkeypatch):

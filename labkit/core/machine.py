@@ -6,6 +6,7 @@ Every timing in the kit prints it, because int8 and bf16 speed-ups depend on the
 from __future__ import annotations
 
 import platform
+import subprocess
 from functools import lru_cache
 
 import torch
@@ -53,13 +54,34 @@ NATIVE_FLAGS = {
 }
 
 
+# macOS has no /proc/cpuinfo: Apple silicon answers through sysctl, 1 for each ARM feature it has. Each is read
+# under the name Linux gives the same feature, so one table (NATIVE_FLAGS) decides for both.
+SYSCTL_FEATURES = {"hw.optional.arm.FEAT_BF16": "bf16", "hw.optional.arm.FEAT_FP16": "fphp",
+                   "hw.optional.arm.FEAT_DotProd": "asimddp", "hw.optional.arm.FEAT_I8MM": "i8mm"}
+
+
+def sysctl_features() -> set[str] | None:
+    """The ARM features macOS reports present (Linux names: "bf16", "fphp", ...); None off macOS or unreadable."""
+    if platform.system() != "Darwin":
+        return None
+    try:  # a name this macOS does not know is an error on stderr; the others are still printed
+        out = subprocess.run(["sysctl", *SYSCTL_FEATURES], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    values = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    if not values:
+        return None
+    return {flag for name, flag in SYSCTL_FEATURES.items() if values.get(name, "").strip() == "1"}
+
+
 def native_float_support() -> dict:
     """Which number formats this CPU computes in hardware (bf16, fp16, int8 dot products, AMX), from its flags.
 
     Without native bf16 torch still runs bf16, converting to fp32 around each operation: it may then be slower
-    than fp32. Each answer is None where the flags cannot be read (not Linux); `found` lists the flags seen."""
+    than fp32. The flags are Linux's /proc/cpuinfo (x86 "flags", ARM "Features") or, on macOS, sysctl's ARM
+    features. Each answer is None where neither can be read; `found` lists the flags seen."""
     line = cpuinfo("flags") or cpuinfo("Features")
-    flags = set(line.split()) if line is not None else None
+    flags = set(line.split()) if line is not None else sysctl_features()
     out: dict = {"capability": torch.backends.cpu.get_cpu_capability()}
     for kind, names in NATIVE_FLAGS.items():
         out[kind] = None if flags is None else any(n in flags for n in names)
