@@ -1,5 +1,7 @@
 """Each targeted hint of notebook 05's exercises, reached by the mistake it names (tests/test_checks.py runs the table)."""
 
+import inspect
+
 import torch
 
 from labkit.course import checks
@@ -33,8 +35,12 @@ def _cubic(power=3, clamp=True, linear=False, inside_out=False):
 
 
 MISTAKES = [
-    ("05.keep_count", "round_down", lambda: 7),
-    ("05.cubic_midpoint", "linear", lambda: 0.4),
+    ("05.batch_width", "shortest_row", lambda: 3),
+    ("05.batch_width", "sum", lambda: 11),
+    ("05.batch_width", "round_down", lambda: 7),
+    ("05.batch_width", "full", lambda: 26),
+    ("05.half_way_step", "linear", lambda: 50),
+    ("05.half_way_step", "just_before", lambda: 20),
     ("05.keep_top_tokens", "cls_dropped", lambda: _keep(cls=False)),
     ("05.keep_top_tokens", "padding_kept", lambda: _keep(pad=False)),
     ("05.keep_top_tokens", "order", lambda: _keep(order=False)),
@@ -61,3 +67,19 @@ def test_a_bool_mask_is_as_good_as_a_01_mask():
     ref = checks.solution("05.keep_top_tokens")
     for a, b in zip(ref(hidden, scores, mask, 2), ref(hidden, scores, mask.bool(), 2)):
         assert torch.equal(a, b)
+
+
+def test_no_hint_holds_a_line_of_the_reference():
+    for key in checks.exercises("05"):
+        ex = checks.get(key)
+        ref = ex.solution()
+        if not callable(ref):
+            continue
+        lines = {part.strip() for line in inspect.getsource(ref).splitlines() for part in (line, line.split("#")[0])}
+        texts = list(ex.hints.values()) + list(ex.ladder)
+        assert not [(key, line) for line in lines if len(line) >= 8 for t in texts if line in t]
+
+
+def test_every_exercise_has_a_ladder_and_the_notebook_its_predictions():
+    assert all(checks.get(k).ladder for k in checks.exercises("05"))
+    assert len(checks.predictions("05")) >= 2 and checks.written_questions("05")

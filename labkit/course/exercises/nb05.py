@@ -7,40 +7,63 @@ from typing import Any
 
 import torch
 
-from labkit.course.exercises import Mistake, attempt, close, exercise, given
+from labkit.course.exercises import Mistake, attempt, close, exercise, given, prediction, written
 
 
-def _keep_count() -> int:
-    return math.ceil(0.3 * 26)  # ceil(7.8)
+def _batch_width() -> int:
+    return math.ceil(0.3 * 26)  # the row that keeps most sets the width; the 9-token row keeps 3 and pads the rest
 
 
-@exercise("05.keep_count",
-          "A snippet of 26 real tokens ([CLS] and [SEP] included) goes through token pruning with keep_ratio=0.3. "
-          "How many tokens do the later layers see?",
-          _keep_count,
-          {"round_down": "rounding down could leave a short snippet with no token at all; keep_count rounds UP.",
-           "wrong": "keep_count keeps ceil(keep_ratio * real length) tokens: multiply, then round UP."})
-def _check_keep_count(answer: Any) -> str | None:
+@exercise("05.batch_width",
+          "Two snippets go through token pruning together, one of 26 real tokens and one of 9 ([CLS] and [SEP] "
+          "included), keep_ratio=0.3 from layer 2. How many token slots wide are the hidden states that block 3 "
+          "receives? Answer with an integer.",
+          _batch_width,
+          {"shortest_row": "that is what the shorter snippet keeps, but both rows travel in one tensor: can it be "
+                           "narrower than what the other row keeps?",
+           "sum": "the rows are not laid end to end: each row of the batch is its own sequence.",
+           "round_down": "a row keeps its count rounded UP (a short snippet must never lose every token).",
+           "full": "from layer 2 on the batch really is shorter: that is where the time is saved.",
+           "wrong": "work out what each row keeps, then ask how wide one tensor holding both rows must be."},
+          ladder=("Each row keeps its own count of tokens, but a batch is one rectangular tensor.",
+                  "The count is rounded up, and the width is set by the row that keeps the most; the other row's "
+                  "leftover slots are masked out.",
+                  "Rows of 10 and 4 real tokens at keep_ratio 0.5 keep 5 and 2: the batch is 5 slots wide, and "
+                  "3 slots of the second row are masked."))
+def _check_batch_width(answer: Any) -> str | None:
     answer = float(given(answer))
-    if answer in (math.floor(0.3 * 26), 7.8):
-        return "round_down"
-    return None if answer == _keep_count() else "wrong"
+    if answer == _batch_width():
+        return None
+    return {3: "shortest_row", 11: "sum", 7: "round_down", 26: "full"}.get(int(answer) if answer.is_integer() else -1,
+                                                                          "wrong")
 
 
-def _cubic_midpoint() -> float:
-    return 0.8 * (1 - (1 - 50 / 100) ** 3)
+def _half_way_step() -> int:
+    return 21  # 1 - (1 - t/100)^3 first reaches 1/2 at t = 100 * (1 - 0.5 ** (1 / 3)) = 20.6
 
 
-@exercise("05.cubic_midpoint",
-          "A cubic schedule from 0 to 80% sparsity over 100 steps: what sparsity is reached at step 50?",
-          _cubic_midpoint,
-          {"linear": "that is a straight line; the cubic schedule prunes fast early: s = final * (1 - (1 - t/T)^3).",
-           "wrong": "s = final * (1 - (1 - step/total)**3): at half time most of the pruning is already done."})
-def _check_cubic_midpoint(answer: Any) -> str | None:
+@exercise("05.half_way_step",
+          "A cubic schedule ramps from 0 to 80% sparsity over 100 steps. At which step does the target sparsity "
+          "first reach 40%, half of the final one? Answer with the step number.",
+          _half_way_step,
+          {"linear": "half the final sparsity at half the steps is a straight line; the cubic schedule is not.",
+           "just_before": "at that step the target is still a little under 40%: which is the first step at or "
+                          "above it?",
+           "wrong": "set the schedule's fraction of the final sparsity to one half and solve for the step; then "
+                    "take the first whole step at or past it."},
+          ladder=("The cubic schedule prunes fast early, while there are many weights to spare: most of the "
+                  "pruning is done well before half time.",
+                  "Set the fraction of the final sparsity to 1/2 and solve for (1 - t/T): it is a cube root, not "
+                  "a half.",
+                  "Over T = 10 steps, the fraction 1 - (1 - t/10)^3 reaches 7/8 at t = 5 (1 - 1/8); it reaches "
+                  "1/2 where (1 - t/10)^3 = 1/2, t = 2.06, so step 3."))
+def _check_half_way_step(answer: Any) -> str | None:
     answer = float(given(answer))
-    if close(answer, 0.4):
+    if 20.6 <= answer <= 21:
+        return None
+    if close(answer, 50):
         return "linear"
-    return None if close(answer, _cubic_midpoint()) else "wrong"
+    return "just_before" if close(answer, 20) else "wrong"
 
 
 # --- 05.keep_top_tokens: which tokens the later layers see ----------------------------------------------------
@@ -84,18 +107,23 @@ def _want_indices(scores: torch.Tensor, mask: torch.Tensor, keep: int) -> list[l
           "dim), kept indices (batch, keep)), both in the tokens' original order.",
           _keep_top_tokens,
           {"cls_dropped": "[CLS] (position 0) was dropped in a row where its score is low: the classifier reads "
-                          "[CLS], so force it in, e.g. give it score +inf before ranking.",
-           "padding_kept": "a padding position was kept while a real token was dropped: rank padding last, e.g. "
-                           "scores.masked_fill(mask == 0, float('-inf')).",
-           "order": "the right tokens, in the wrong order: topk returns them by score. Sort the kept indices "
-                    "(.sort(dim=1).values) so [CLS] stays first and the sentence keeps its order.",
-           "gather": "the indices are right but the hidden states are not hidden[b, idx[b, j], :]: gather along "
-                     "dim 1 (the sequence) with the index expanded over the features, "
-                     "idx.unsqueeze(-1).expand(-1, -1, dim).",
-           "shape": "return kept hidden states of shape (batch, keep, dim) and indices of shape (batch, keep): "
+                          "[CLS], so it must win the ranking whatever its score.",
+           "padding_kept": "a padding position was kept while a real token was dropped: padding must lose the "
+                           "ranking to every real token, whatever score it carries.",
+           "order": "the right tokens, in the wrong order: a top-k comes back best first. Give the kept positions "
+                    "back their sentence order, so [CLS] stays first.",
+           "gather": "the positions are right but the hidden states are not hidden[b, idx[b, j], :]: pick whole "
+                     "vectors along the sequence dimension (dim 1), with an index as wide as the features.",
+           "shape": "return kept hidden states of shape (batch, keep, dim) and positions of shape (batch, keep): "
                     "`keep` tokens in every row.",
-           "wrong": "per row: padding to -inf, [CLS] to +inf, the top `keep` indices by score, sorted; then gather "
-                    "those positions of hidden along dim 1."},
+           "wrong": "per row: padding ranked below every real token, [CLS] above all; the best `keep` positions, "
+                    "in sentence order; then those vectors of hidden."},
+          ladder=("Ranking is a top-k on a copy of the scores that you have rigged: the tokens that must stay win, "
+                  "the ones that must go lose, whatever their scores.",
+                  "Rig a NEW tensor (the caller's scores must not change), and sort the chosen positions back into "
+                  "order before picking the vectors: picking is along dim 1, with the index repeated over dim.",
+                  "Scores [0.1, 0.7, 0.4, 0.9], mask [1, 1, 1, 0], keep 2: position 3 is padding (out), position 0 "
+                  "is [CLS] (in), the best other is 1 (0.7): positions [0, 1], vectors hidden[:, [0, 1], :]."),
           kind="code", uses="notebook 05's pruned_tokens hook calls it in block start_layer of every forward pass: "
                             "the tokens every later block sees")
 def _check_keep_top_tokens(answer: Any) -> str | None:
@@ -136,17 +164,23 @@ def _cubic_schedule():
 
 
 @exercise("05.cubic_schedule",
-          "Write cubic_schedule(step, total, final): the target sparsity final * (1 - (1 - step/total)^3), which "
-          "stays at `final` for every step >= total.",
+          "Write cubic_schedule(step, total, final): the cubic schedule's target sparsity (a float) at `step` of a "
+          "ramp of `total` steps to `final`: 0 at step 0, `final` at step `total` and for every step after it. "
+          "Checked at several steps of three ramps, and past their end.",
           _cubic_schedule,
-          {"not_final": "at step = total the schedule must be exactly `final` (1 - (1 - 1)^3 = 1), and 0 at step 0: "
-                        "check the formula is not inside out, s = final * (1 - (1 - t/T)**3).",
-           "linear": "that is a straight line, final * t / T. The cubic schedule prunes FAST early, while the "
-                     "network has many weights to spare, and slowly at the end: final * (1 - (1 - t/T)**3).",
-           "square": "the exponent is 3, not 2: (1 - t/T)**3.",
-           "past_total": "past step = total the value must stay at `final`: (1 - t/T) turns negative, and cubed it "
-                         "overshoots. Clamp the step first, t = min(step, total).",
-           "wrong": "s = final * (1 - (1 - min(step, total) / total) ** 3)."},
+          {"not_final": "at step 0 the target must be 0 and at step = total exactly `final`: yours is not; is the "
+                        "curve inside out (the remaining fraction instead of the done one)?",
+           "linear": "that is a straight line. The cubic schedule prunes FAST early, while the network has many "
+                     "weights to spare, and slowly at the end.",
+           "square": "the curve bends, but too little: the exponent of the remaining fraction is 3.",
+           "past_total": "past step = total the value must stay at `final`: the remaining fraction turns negative "
+                         "there and, cubed, overshoots. Keep the step from passing the end of the ramp.",
+           "wrong": "the fraction of the ramp still to go, cubed, is the fraction of `final` not yet pruned."},
+          ladder=("Sparsity rises fast at first and flattens at the end: what is left to prune shrinks like the "
+                  "cube of the time left.",
+                  "Work with the fraction of the ramp done, t/T, and never let it pass 1 (steps after the ramp).",
+                  "final = 0.6, total = 4, step 1: a quarter done, three quarters to go, (3/4)^3 = 27/64 not yet "
+                  "pruned, so 0.6 * 37/64 = 0.347; at step 6 it is 0.6."),
           kind="code", uses="prune_while_training(model, tok, 0.7, steps, fn): the target sparsity of every "
                             "fine-tuning step")
 def _check_cubic_schedule(answer: Any) -> str | None:
@@ -174,3 +208,13 @@ def _check_cubic_schedule(answer: Any) -> str | None:
             if not close(s(step, total, final), final, 1e-9):
                 return "past_total"
     return None
+
+
+# --- what the learner predicts and explains --------------------------------------------------------------------
+
+prediction("05.gflops_saved", "Keeping half the tokens from block 2 on: how many times fewer GFLOPs do all the blocks "
+                              "together do for the same batch?", unit="x")
+prediction("05.speedup_b32", "Keep 0.5 from layer 2: how many times faster is the pruned model at batch 32?",
+           unit="x")
+written("05.why_batch1", "The pruned model does the same share of work less at batch 1 and at batch 32, yet its "
+                         "measured speed-ups differ. Using the timings by length, explain why.", points=2)
