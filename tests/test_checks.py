@@ -18,7 +18,9 @@ def private_progress(tmp_path, monkeypatch):
     monkeypatch.setenv("LABKIT_USER_DIR", str(tmp_path))
 
 
-@pytest.mark.parametrize("key", checks.exercises())
+# A design exercise is measured on the machine against a speed budget: its reference is tested for its form
+# (test_exercises_nb07.py), not for a timing a busy machine may miss.
+@pytest.mark.parametrize("key", [k for k in checks.exercises() if checks.get(k).kind != "design"])
 def test_every_exercise_accepts_its_solution(key):
     assert checks.diagnose(key, checks.solution(key)) is None
 

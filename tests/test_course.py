@@ -55,7 +55,9 @@ def test_no_code_answer_is_visible_in_the_learner_edition(key):
 @pytest.mark.parametrize("key", checks.exercises())
 def test_every_exercise_is_checked_in_its_solved_notebook(key):
     nb = _source_of(key)
-    assert f'assert checks.check("{key}"' in _code(nb), f"{nb.name} never asserts the check of {key}"
+    # A design is measured against a speed budget on the machine: checked (and rerun by a grader), not asserted.
+    call = "" if checks.get(key).kind == "design" else "assert "
+    assert f'{call}checks.check("{key}"' in _code(nb), f"{nb.name} never asserts the check of {key}"
 
 
 def test_solution_regions_become_stubs():

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import torch
 
 from labkit.course import checks
 from labkit.course.exercises.nb06 import GOLDEN_TABLES
@@ -41,9 +42,29 @@ MISTAKES = [
     ("06.pareto_front", "dominated_kept", lambda: _strict_on_all),
     ("06.order", "int8_first", lambda: ["int8", "structured", "recover"]),
     ("06.order", "recover_first", lambda: ["recover", "structured", "int8"]),
-    ("06.throughput", "milliseconds", lambda: 32 / 250),
-    ("06.throughput", "inverted", lambda: 0.25 / 32),
+    ("06.block_macs", "per_token", lambda: lambda b, n, h, d: (_linears(b, 1), _attention(n, h, d))),
+    ("06.block_macs", "norms_counted", lambda: lambda b, n, h, d: (sum(p.numel() for p in b.parameters()) * n,
+                                                                    _attention(n, h, d))),
+    ("06.block_macs", "linear_in_length", lambda: lambda b, n, h, d: (_linears(b, n), 2 * n * h * d)),
+    ("06.block_macs", "one_product", lambda: lambda b, n, h, d: (_linears(b, n), n * n * h * d)),
+    ("06.block_macs", "one_head", lambda: lambda b, n, h, d: (_linears(b, n), 2 * n * n * d)),
 ]
+
+
+def _linears(block, n):
+    return sum(m.in_features * m.out_features for m in block.modules() if isinstance(m, torch.nn.Linear)) * n
+
+
+def _attention(n, h, d):
+    return 2 * n * n * h * d
+
+
+def test_attention_is_a_few_percent_of_minilms_linears_at_128_tokens():
+    # MiniLM-L12-H384: width 384, 12 heads of 32, 1536 FFN neurons (the block's shapes, not the weights)
+    block = torch.nn.ModuleList([torch.nn.Linear(384, 384) for _ in range(4)]
+                                + [torch.nn.Linear(384, 1536), torch.nn.Linear(1536, 384)])
+    shares = [(lambda lin, att: att / lin)(*checks.solution("06.block_macs")(block, n, 12, 32)) for n in (64, 128)]
+    assert 0.02 < shares[0] < 0.03 and 0.05 < shares[1] < 0.06
 
 
 
