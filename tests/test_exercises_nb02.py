@@ -1,12 +1,13 @@
 """Each targeted hint of notebook 02's exercises, reached by the mistake it names (tests/test_checks.py runs the table)."""
 
+import inspect
 import warnings
 
 import pytest
 import torch
 
 from labkit.course import checks
-from labkit.course.exercises import GENERIC_HINTS, nb02
+from labkit.course.exercises import GENERIC_HINTS, nb02, nb02_long
 
 
 def _scale(w, bits):
@@ -121,13 +122,14 @@ def ql_float_matmul(x_codes, x_scale, x_zp, w_codes, w_scale, bias, out_scale, o
 
 
 MISTAKES = [
-    ("02.scale_zero_point", "levels", lambda: (4 / 256, 64)),
-    ("02.scale_zero_point", "zero_sign", lambda: (4 / 255, -64)),
+    ("02.widened_grid", "no_widen", lambda: (-1, 0.25)),
+    ("02.widened_grid", "full_step", lambda: (0, 2 / 3)),
     ("02.scale_and_zero_point", "levels", lambda: sz_levels),
     ("02.scale_and_zero_point", "zp_not_rounded", lambda: sz_not_rounded),
     ("02.scale_and_zero_point", "no_widen", lambda: sz_no_widen),
     ("02.scale_and_zero_point", "zp_sign", lambda: sz_sign),
     ("02.scale_and_zero_point", "scalar_only", lambda: sz_python_builtins),
+    ("02.scale_and_zero_point", "zero_range", lambda: sz_unguarded),
     ("02.linear_quantize", "no_clamp", lambda: lq_no_clamp),
     ("02.linear_quantize", "qmax_off_by_one", lambda: lq_off_by_one),
     ("02.linear_quantize", "zp_sign", lambda: lq_zp_subtracted),
@@ -142,8 +144,115 @@ MISTAKES = [
     ("02.quantized_linear", "no_clamp", lambda: ql_no_clamp),
     ("02.quantized_linear", "no_out_zp", lambda: ql_no_out_zp),
     ("02.quantized_linear", "float_out", lambda: ql_float_out),
-    ("02.size_4bit", "no_params", lambda: 1536 * 384 // 2),
+    ("02.kmeans_quantize", "wrong_size", lambda: lambda w, bits, iters: _km(w, bits + 1, iters)),
+    ("02.kmeans_quantize", "shape", lambda: lambda w, bits, iters: (_km(w, bits, iters)[0],
+                                                                    _km(w, bits, iters)[1].reshape(-1))),
+    ("02.kmeans_quantize", "float_indices", lambda: lambda w, bits, iters: (_km(w, bits, iters)[0],
+                                                                            _km(w, bits, iters)[1].float())),
+    ("02.kmeans_quantize", "empty_nan", lambda: km_nan),
+    ("02.kmeans_quantize", "no_update", lambda: lambda w, bits, iters: _km(w, bits, 0)),
+    ("02.kmeans_quantize", "stale_indices", lambda: km_stale),
+    ("02.fake_quant_ste", "codes_not_values", lambda: lambda w, s, z, b: torch.clamp(torch.round(w / s) + z, 0,
+                                                                                       2 ** b - 1)),
+    ("02.fake_quant_ste", "forward", lambda: lambda w, s, z, b: (torch.round(w / s) - z) * s),
+    ("02.fake_quant_ste", "detached", lambda: lambda w, s, z, b: _fq(w.detach(), s, z, b)),
+    ("02.fake_quant_ste", "no_grad", lambda: _fq),
+    ("02.fake_quant_ste", "not_clipped", lambda: lambda w, s, z, b: w + (_fq(w, s, z, b) - w).detach()),
 ]
+
+
+def sz_unguarded(lo, hi, bits):  # right for every range but a row of zeros: 0 / 0
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+    scale = (hi - lo) / (2 ** bits - 1)
+    return scale, torch.round(-lo / scale)
+
+
+# --- kmeans_quantize ----------------------------------------------------------------------------------------
+
+def _km(w, bits, iters):
+    return checks.solution("02.kmeans_quantize")(w, bits, iters)
+
+
+def km_nan(w, bits, iters):  # the mean of an empty cluster taken as it comes: 0 / 0
+    values, k = w.reshape(-1), 2 ** bits
+    codebook = torch.linspace(float(values.min()), float(values.max()), k)
+    for _ in range(iters):
+        nearest = (values[:, None] - codebook[None, :]).abs().argmin(dim=1)
+        codebook = torch.zeros(k).index_add(0, nearest, values) / torch.bincount(nearest, minlength=k)
+    return codebook, (values[:, None] - codebook[None, :]).abs().argmin(dim=1).reshape(w.shape)
+
+
+def km_stale(w, bits, iters):  # the indices of the last assignment, before the last update
+    values, k = w.reshape(-1), 2 ** bits
+    codebook = torch.linspace(float(values.min()), float(values.max()), k)
+    for _ in range(iters):
+        nearest = (values[:, None] - codebook[None, :]).abs().argmin(dim=1)
+        counts = torch.bincount(nearest, minlength=k)
+        codebook = torch.where(counts > 0, torch.zeros(k).index_add(0, nearest, values) / counts.clamp(min=1),
+                               codebook)
+    return codebook, nearest.reshape(w.shape)
+
+
+# --- fake_quant_ste -----------------------------------------------------------------------------------------
+
+def _fq(w, scale, zp, bits):  # fake quantization with torch.round's own gradient: 0
+    return (torch.clamp(torch.round(w / scale) + zp, 0, 2 ** bits - 1) - zp) * scale
+
+
+def test_ste_detach_trick_with_clamped_range_is_right():
+    """The other way the question allows: the value of the grid, the gradient of w clamped to the grid's range."""
+    def ste(w, scale, zp, bits):
+        inside = torch.clamp(w, (0 - zp) * scale, (2 ** bits - 1 - zp) * scale)
+        return inside + (_fq(w, scale, zp, bits) - inside).detach()
+    assert checks.diagnose("02.fake_quant_ste", ste) is None
+
+
+def test_reference_ste_agrees_with_torchs_fake_quantize_gradient():
+    x = torch.linspace(-3, 3, 41)
+    mine, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_mine = checks.solution("02.fake_quant_ste")(mine, 0.1, 7, 4)
+    out_theirs = torch.fake_quantize_per_tensor_affine(theirs, 0.1, 7, 0, 15)
+    (out_mine * x).sum().backward()
+    (out_theirs * x).sum().backward()
+    assert torch.allclose(out_mine, out_theirs) and torch.equal(mine.grad, theirs.grad)
+
+
+def test_kmeans_paper_case():
+    codebook, indices = _km(nb02_long._KM_PAPER, 1, 3)
+    assert torch.allclose(codebook, nb02_long._KM_PAPER_CODEBOOK) and torch.equal(indices, nb02_long._KM_PAPER_INDICES)
+
+
+def test_kmeans_keeps_an_empty_centroid_in_place():
+    codebook, _ = _km(nb02_long._KM_EMPTY, 2, 3)
+    assert torch.allclose(codebook, torch.tensor([0.01, 10 / 3, 20 / 3, 10.0]))
+
+
+def test_constant_range_has_zero_point_zero():
+    scale, zp = checks.solution("02.scale_and_zero_point")(torch.zeros(3), torch.zeros(3), 8)
+    assert bool((scale > 0).all()) and torch.equal(zp, torch.zeros(3))
+
+
+def _code_lines(fn) -> list[str]:
+    lines = [line.split("  #")[0].strip() for line in inspect.getsource(fn).splitlines()]
+    return [line for line in lines if len(line) >= 8 and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("key", checks.exercises("02"))
+def test_no_hint_holds_a_line_of_the_reference(key):
+    ex = checks.get(key)
+    texts = list(ex.hints.values()) + list(ex.ladder)
+    leaked = [(line, t[:40]) for line in _code_lines(ex.solution) for t in texts if line in t]
+    assert not leaked, leaked
+
+
+@pytest.mark.parametrize("key", checks.exercises("02"))
+def test_every_exercise_has_a_ladder(key):
+    assert len(checks.get(key).ladder) == 3
+
+
+def test_long_exercises_have_references_of_eight_lines_or_more():
+    for key in ("02.kmeans_quantize", "02.fake_quant_ste"):
+        assert len(_code_lines(checks.get(key).solution)) >= 8 + 2  # the two lines of the wrapper not counted
 
 
 

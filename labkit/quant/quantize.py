@@ -74,13 +74,17 @@ class StraightThrough(nn.Module):
 
 def qat(model: nn.Module, tokenizer, bits: int = 4, scheme: str = "asymmetric", granularity: str = "group",
         group_size: int = 64, steps: int | None = None, lr: float = 2e-5, batch_size: int = 32,
-        precision: str = "fp32") -> nn.Module:
-    """Quantization-aware fine-tuning of a copy of `model` on training snippets, its rounded weights then kept."""
+        precision: str = "fp32", parametrization=None) -> nn.Module:
+    """Quantization-aware fine-tuning of a copy of `model` on training snippets, its rounded weights then kept.
+
+    `parametrization`: a class (or any callable) making each Linear's weight parametrization; by default
+    `StraightThrough(bits, scheme, granularity, group_size)`."""
     steps = steps or (10 if fast_mode() else 150)
     out = copy.deepcopy(model)
     layers = parts.linears(out, "all")
     for lin in layers.values():
-        parametrize.register_parametrization(lin, "weight", StraightThrough(bits, scheme, granularity, group_size))
+        straight = parametrization() if parametrization else StraightThrough(bits, scheme, granularity, group_size)
+        parametrize.register_parametrization(lin, "weight", straight)
     snippets = data.split("train", limit=steps * batch_size)
     try:
         # A constant learning rate, no warm-up: QAT starts from a trained model and only nudges it onto the grid.

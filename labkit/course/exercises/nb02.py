@@ -1,4 +1,5 @@
-"""Notebook 02 (quantization): scale and zero point, integer codes, an integer-only Linear, the bytes of 4 bits."""
+"""Notebook 02 (quantization): the grid of a range, integer codes, symmetric codes, an integer-only Linear,
+k-means codebooks and the straight-through estimator; two predictions and a written question."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import torch
 
-from labkit.course.exercises import Mistake, attempt, close, exercise, given
+from labkit.course.exercises import Mistake, attempt, close, exercise, given, prediction, written
 from labkit.quant import affine
 
 
@@ -15,25 +16,38 @@ def _qparams(lo, hi, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     return affine.choose_qparams_affine_with_min_max(lo, hi, "asymmetric", *affine.qrange(bits))
 
 
-def _scale_zero_point() -> tuple[float, int]:
-    scale, zp = _qparams(-1.0, 3.0, 8)
-    return float(scale), int(zp)
+# --- 02.widened_grid: what widening the range to hold 0.0 costs -------------------------------------------
+
+def _widened_grid() -> tuple[int, float]:
+    scale, zp = _qparams(0.5, 2.0, 2)
+    return int(zp), float(scale) / 2
 
 
-@exercise("02.scale_zero_point",
-          "Values range from -1.0 to 3.0. For an 8-bit asymmetric grid (codes 0..255), give (scale, zero_point).",
-          _scale_zero_point,
-          {"levels": "the grid has 256 codes but 255 *steps* between them: divide the range by 2^8 - 1.",
-           "zero_sign": "the zero point is the code that stands for 0.0: it is -min / scale, a positive code here.",
-           "wrong": "scale spreads the range over 255 steps; the zero point is round(-min / scale)."})
-def _check_scale_zero_point(answer: Any) -> str | None:
-    scale, zp = given(answer)
-    want_scale, want_zp = _scale_zero_point()
-    if not close(scale, want_scale, 1e-6):
-        return "levels" if close(scale, 4.0 / 256, 1e-6) else "wrong"
-    if int(round(float(zp))) == -want_zp:
-        return "zero_sign"
-    return None if int(round(float(zp))) == want_zp else "wrong"
+@exercise("02.widened_grid",
+          "Weights of one row all lie between 0.5 and 2.0 (none is negative). On a 2-bit asymmetric grid (codes "
+          "0..3) made as section 1 teaches, give (zero_point, largest_error): the code that stands for 0.0, and "
+          "the largest distance between a value of [0.5, 2.0] and the grid value it is rounded to.",
+          _widened_grid,
+          {"no_widen": "you spread the grid over [0.5, 2.0] itself; but then 0.0 has no code (the zero point would "
+                       "have to be negative). The range is first widened to hold 0.0, and that costs resolution.",
+           "full_step": "a value is rounded to the *nearest* grid value, so it is never more than half a step away.",
+           "wrong": "first decide which range the grid covers once 0.0 must be on it; its step follows, and the "
+                    "worst rounding error is a fraction of that step."},
+          ladder=("A grid must give 0.0 a code of its own, so the range it covers always contains 0.0, even when "
+                  "no weight is negative. The largest rounding error is set by the step between grid values.",
+                  "The step that goes wrong: computing the step from [0.5, 2.0] instead of the widened range, "
+                  "and forgetting that rounding goes to the *nearest* grid value.",
+                  "A smaller case: values in [1.0, 3.0] on a 1-bit grid (codes 0 and 1). Widened to [0, 3], the "
+                  "step is 3.0, code 0 stands for 0.0 and code 1 for 3.0; 1.4 rounds to 0.0 and 1.6 to 3.0, so no "
+                  "value is more than 1.5 from its grid value."))
+def _check_widened_grid(answer: Any) -> str | None:
+    zp, err = given(answer)
+    want_zp, want_err = _widened_grid()
+    if close(err, 1.5 / 3 / 2, 1e-3) or int(round(float(zp))) == -1:
+        return "no_widen"
+    if close(err, 2 * want_err, 1e-3):
+        return "full_step"
+    return None if int(round(float(zp))) == want_zp and close(err, want_err, 1e-3) else "wrong"
 
 
 # --- 02.scale_and_zero_point: the grid of a range, as a function ------------------------------------------
@@ -42,16 +56,17 @@ def _scale_and_zero_point_solution():
     def scale_and_zero_point(lo: torch.Tensor, hi: torch.Tensor, bits: int):
         lo = torch.clamp(lo, max=0.0)  # widen the range to hold 0.0 ...
         hi = torch.clamp(hi, min=0.0)  # ... so that 0.0 gets a code of its own
-        scale = (hi - lo) / (2 ** bits - 1)
+        # a row of zeros (a pruned row) has no range: the smallest float32 step keeps the division defined
+        scale = torch.clamp((hi - lo) / (2 ** bits - 1), min=torch.finfo(torch.float32).eps)
         zero_point = torch.round(-lo / scale)
         return scale, zero_point
     return scale_and_zero_point
 
 
-# Several ranges at once (one per row of a weight, as fake_quantize calls it): straddling 0, symmetric,
-# wholly positive and wholly negative (those two must first be widened to include 0).
-_RANGES_LO = torch.tensor([-1.0, -0.5, 0.25, -2.0, -0.3, -0.01])
-_RANGES_HI = torch.tensor([3.0, 0.5, 2.0, -0.5, 0.9, 0.02])
+# Several ranges at once (one per row of a weight, as fake_quantize_rows calls it): straddling 0, symmetric,
+# wholly positive and wholly negative (those two must first be widened to include 0), and a row of zeros.
+_RANGES_LO = torch.tensor([-1.0, -0.5, 0.25, -2.0, -0.3, -0.01, 0.0])
+_RANGES_HI = torch.tensor([3.0, 0.5, 2.0, -0.5, 0.9, 0.02, 0.0])
 
 
 def _ranges_want(bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,28 +74,45 @@ def _ranges_want(bits: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @exercise("02.scale_and_zero_point",
-          "Write scale_and_zero_point(lo, hi, bits) -> (scale, zero_point) for the asymmetric grid 0..2^bits - 1. "
-          "lo and hi are tensors (one range per row); widen each range to include 0.0 first, then "
-          "scale = (hi - lo) / (2^bits - 1) and zero_point = round(-lo / scale).",
+          "Write scale_and_zero_point(lo, hi, bits) -> (scale, zero_point): the asymmetric grid (codes "
+          "0..2^bits - 1) of each range [lo, hi], as section 1 builds it. lo and hi are float tensors of the same "
+          "shape, one range per row; return two float tensors of that shape (the zero points whole numbers). "
+          "Checked on seven ranges at 8 and 2 bits: straddling 0, wholly positive, wholly negative, and a row "
+          "of zeros (a pruned row), whose zero point must be 0, not nan.",
           _scale_and_zero_point_solution,
-          {"levels": "2^bits codes have 2^bits - 1 steps between them: divide the range by 2**bits - 1, not 2**bits.",
-           "zp_not_rounded": "the zero point is a code, so a whole number: round it (torch.round).",
-           "no_widen": "a range that does not contain 0.0 must first be widened to include it (lo = min(lo, 0), "
-                       "hi = max(hi, 0)); otherwise 0.0 has no code, and the zero point falls outside 0..2^bits - 1.",
-           "zp_sign": "the zero point is the code that stands for 0.0: zero_point = -lo / scale (a code >= 0), "
-                      "not lo / scale.",
-           "scalar_only": "lo and hi are tensors holding one range per row: use torch.clamp / torch.minimum / "
-                          "torch.round, which work element by element, not Python's min, max or round.",
-           "wrong": "widen [lo, hi] to include 0, scale = (hi - lo) / (2**bits - 1), zero_point = torch.round(-lo / scale)."},
+          {"levels": "2^bits codes have one step fewer between them than there are codes: your step is a little "
+                     "too small, so the top code falls short of the top of the range.",
+           "zp_not_rounded": "the zero point is a code, so it must be a whole number: 0.0 must land exactly on "
+                             "a code, or it would not come back exactly.",
+           "no_widen": "a range that does not contain 0.0 must first be stretched until it does; otherwise 0.0 "
+                       "has no code and the zero point falls outside the grid.",
+           "zp_sign": "the zero point is the code that stands for 0.0; the range's low end has code 0, so 0.0 "
+                      "sits above it and its code is positive when lo is negative. Check the sign.",
+           "scalar_only": "lo and hi are tensors holding one range per row: Python's min, max and round see one "
+                          "number at a time; use the torch operations that work element by element.",
+           "zero_range": "a row of zeros has a range of width 0, so its step is 0 and the zero point is 0 / 0 = "
+                         "nan. Keep the step above a tiny positive floor (float32's epsilon) so that this row "
+                         "still gets zero point 0.",
+           "wrong": "build the grid in the order section 1 does: widen the range, then the step, then the code "
+                    "of 0.0. Compare your numbers with the worked example (-1.0 .. 3.0 at 2 bits)."},
           kind="code",
           uses="section 3: fake_quantize_rows gives every weight row of the real baseline its grid with it; "
-               "section 7's IntegerLinear makes its input and output grids with it.")
+               "section 7's IntegerLinear makes its input and output grids with it.",
+          ladder=("A grid ties codes 0..2^bits - 1 to floats by two numbers: the float step between neighbouring "
+                  "codes (the scale) and the code that stands for 0.0 (the zero point). The lowest code stands for "
+                  "the low end of the range, the highest for the high end.",
+                  "The steps that usually go wrong: counting steps (one fewer than codes), not widening a range "
+                  "that lies wholly on one side of 0.0, and a range of width 0 dividing by zero.",
+                  "A smaller case: the range [0.2, 0.8] at 1 bit. Widened: [0.0, 0.8]; two codes, one step of 0.8; "
+                  "0.0 is the low end, so its code is 0. The range [-0.6, -0.2] at 1 bit: widened [-0.6, 0.0], "
+                  "step 0.6, and 0.0 is code 1."))
 def _check_scale_and_zero_point(answer: Any) -> str | None:
     # 1. One range, as 0-d tensors: the worked example (-1.0 .. 3.0, 8 bits).
     out = attempt(answer, torch.tensor(-1.0), torch.tensor(3.0), 8)
     if not isinstance(out, (tuple, list)) or len(out) != 2:
         raise Mistake("wrong_type", "return a pair (scale, zero_point)")
-    # 2. Six ranges at once, at 8 and at 2 bits.
+    # 2. Seven ranges at once, at 8 and at 2 bits; the last row is all zeros.
+    some = slice(0, len(_RANGES_LO) - 1)
     for bits in (8, 2):
         try:
             scale, zp = attempt(answer, _RANGES_LO.clone(), _RANGES_HI.clone(), bits)
@@ -89,19 +121,22 @@ def _check_scale_and_zero_point(answer: Any) -> str | None:
         scale = torch.as_tensor(scale, dtype=torch.float64).expand(len(_RANGES_LO))
         zp = torch.as_tensor(zp, dtype=torch.float64).expand(len(_RANGES_LO))
         want_scale, want_zp = (t.to(torch.float64).reshape(-1) for t in _ranges_want(bits))
-        if not torch.allclose(scale, want_scale, rtol=1e-5):
-            if torch.allclose(scale, want_scale * (2 ** bits - 1) / 2 ** bits, rtol=1e-5):
+        if not torch.allclose(scale[some], want_scale[some], rtol=1e-5):
+            if torch.allclose(scale[some], (want_scale * (2 ** bits - 1) / 2 ** bits)[some], rtol=1e-5):
                 return "levels"
-            raw = (_RANGES_HI - _RANGES_LO).to(torch.float64)
-            if torch.allclose(scale, raw / (2 ** bits - 1), rtol=1e-5) or torch.allclose(scale, raw / 2 ** bits, rtol=1e-5):
+            raw = (_RANGES_HI - _RANGES_LO).to(torch.float64)[some]
+            if (torch.allclose(scale[some], raw / (2 ** bits - 1), rtol=1e-5)
+                    or torch.allclose(scale[some], raw / 2 ** bits, rtol=1e-5)):
                 return "no_widen"
             return "wrong"
-        if not torch.equal(zp, zp.round()):
+        if not bool(torch.isfinite(zp[some]).all()) or not torch.equal(zp[some], zp[some].round()):
             return "zp_not_rounded"
-        if torch.equal(zp, -want_zp) and bool((want_zp != 0).any()):
+        if torch.equal(zp[some], -want_zp[some]) and bool((want_zp != 0).any()):
             return "zp_sign"
-        if not torch.equal(zp, want_zp):
+        if not torch.equal(zp[some], want_zp[some]):
             return "wrong"
+        if not bool(torch.isfinite(zp[-1])) or float(zp[-1]) != 0.0 or not float(scale[-1]) > 0:
+            return "zero_range"
     return None
 
 
@@ -150,26 +185,37 @@ def _row_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 @exercise("02.linear_quantize",
-          "Write linear_quantize(x, scale, zero_point, bits) -> integer codes: round(x / scale) + zero_point, "
-          "clamped to the grid 0..2^bits - 1, returned as an integer tensor (torch.uint8 for bits <= 8). "
-          "scale and zero_point may be numbers or tensors that broadcast against x (one per row).",
+          "Write linear_quantize(x, scale, zero_point, bits) -> the integer codes of x on the asymmetric grid "
+          "(codes 0..2^bits - 1) that scale and zero_point define, as section 1 teaches; values beyond the grid "
+          "get its end codes. Return an integer tensor of x's shape (torch.uint8 for bits <= 8). scale and "
+          "zero_point may be numbers or tensors that broadcast against x (one per row). Checked on a paper case, "
+          "on the 2-bit golden tensor of MIT 6.5940's lab 2 and on 6 rows of random weights at 8 bits.",
           _linear_quantize_solution,
-          {"no_clamp": "some codes fall outside 0..2^bits - 1: values beyond the range must land on the end codes "
-                       "(torch.clamp after rounding).",
-           "qmax_off_by_one": "the largest code of a b-bit grid is 2**bits - 1 (3 for 2 bits, 255 for 8): clamp to "
-                              "that, not to 2**bits.",
-           "zp_sign": "the zero point is *added* to the rounded value (code = round(x / scale) + zero_point); "
-                      "dequantizing subtracts it.",
-           "truncates": "round to the nearest integer (torch.round); .int() / .long() / floor cut towards zero "
-                        "or down, so 0.6 becomes 0 instead of 1.",
-           "float_dtype": "the values are right, but codes are integers: return an integer tensor "
-                          "(`.to(torch.uint8)`), which is what an int8 file or kernel stores.",
+          {"no_clamp": "some codes fall outside 0..2^bits - 1: a value beyond the range has no code of its own, so "
+                       "it must land on the nearest end of the grid.",
+           "qmax_off_by_one": "your largest code is one too many: a b-bit code holds 2^b values, counted from 0 "
+                              "(3 is the top code of 2 bits, 255 of 8).",
+           "zp_sign": "the zero point is the code of 0.0, so a value of 0.0 must come out as exactly that code; "
+                      "yours comes out on the other side of 0. Check the sign with which it enters.",
+           "truncates": "0.6 steps above a code is nearer to the next code: round to the *nearest* integer. "
+                        ".int(), .long() and floor cut towards zero or down.",
+           "float_dtype": "the values are right, but codes are integers: return an integer tensor, which is what "
+                          "an int8 file or kernel stores.",
            "signed_dtype": "torch.int8 holds -128..127, so codes 128..255 wrapped around to negative numbers: "
-                           "the unsigned grid 0..255 needs torch.uint8 (or a wider integer type).",
-           "wrong": "codes = torch.clamp(torch.round(x / scale) + zero_point, 0, 2**bits - 1).to(torch.uint8)."},
+                           "the unsigned grid 0..255 needs an unsigned (or a wider) integer type.",
+           "wrong": "your codes differ from the grid's: work the paper case of the hints (checks.hint) by hand, then "
+                    "compare it with what your function returns."},
           kind="code",
           uses="section 3: fake_quantize_rows rounds every Linear weight of the real baseline with it, then "
-               "compared weight for weight with the kit's fake_quantize.")
+               "compared weight for weight with the kit's fake_quantize.",
+          ladder=("A code counts steps of size `scale` from the code of 0.0 (the zero point), rounded to a whole "
+                  "step; the grid has only 2^bits codes, so whatever falls beyond it is pinned to an end.",
+                  "The steps that usually go wrong: the order (divide, round, then shift by the zero point; clamp "
+                  "last, after rounding), the top code (2^bits - 1), and the dtype: a float tensor of whole "
+                  "numbers is not an integer tensor.",
+                  "A smaller case: 2 bits, scale 0.5, zero point 1. x = 0.7 is 1.4 steps, rounded 1, plus the zero "
+                  "point: code 2. x = -2.0 is -4 steps, code -3, clamped to 0. x = 1.6 is 3.2 steps, code 4, "
+                  "clamped to 3."))
 def _check_linear_quantize(answer: Any) -> str | None:
     x_row, scale_row, zp_row = _row_case()
     cases = [(_PAPER_X, 0.5, 1, 2, _PAPER_CODES), (_MIT_X, 1 / 3, 1, 2, _MIT_CODES),
@@ -215,13 +261,26 @@ def _symmetric_round():
 
 
 @exercise("02.symmetric_round",
-          "Write symmetric_codes(w, bits): per-tensor symmetric codes (zero point 0, scale = max|w| / ((2^bits - 1) / 2)).",
+          "Write symmetric_codes(w, bits) -> the signed codes of w on one symmetric grid for the whole tensor, as "
+          "section 2 defines it (zero point 0, codes -2^(bits-1) .. 2^(bits-1) - 1, the largest |w| at the edge "
+          "of the grid): a tensor of w's shape holding whole numbers. Checked at 2, 4 and 8 bits against the "
+          "kit's symmetric grid.",
           _symmetric_round,
-          {"no_clamp": "some codes fall outside [-2^(bits-1), 2^(bits-1) - 1]: clamp after rounding.",
-           "no_round": "codes must be whole numbers: round w / scale to the nearest integer before clamping.",
-           "wrong": "divide by the scale, round to the nearest integer, then clamp to [-2^(bits-1), 2^(bits-1) - 1]."},
+          {"no_clamp": "some codes fall outside the signed range of the grid: a symmetric grid is one code short "
+                       "on the positive side, so the largest positive weight must be pinned to the top code.",
+           "no_round": "codes must be whole numbers: each weight goes to its *nearest* code.",
+           "wrong": "the scale is set by the largest |w|; work the 2-bit case of the hints (checks.hint) by hand "
+                    "and compare with your function."},
           kind="code", uses="section 2: the codes of a real FFN weight at 3 bits, compared with torch's "
-                            "fake_quantize_per_tensor_affine.")
+                            "fake_quantize_per_tensor_affine.",
+          ladder=("A symmetric grid puts 0.0 at code 0 and spreads the codes evenly on both sides, so one number "
+                  "(the scale) defines it, chosen so that the largest |w| reaches the edge of the grid.",
+                  "The steps that usually go wrong: the scale must use the largest *absolute* value (a weight "
+                  "may be more negative than the positive ones are large), and codes are rounded and then kept "
+                  "within the signed range.",
+                  "A smaller case: 2 bits (codes -2..1), w = (-0.6, 0.1, 0.3). The largest |w| is 0.6 and reaches "
+                  "1.5 steps, so a step is 0.4; w / 0.4 = -1.5, 0.25, 0.75; rounded -2, 0, 1 (round half to even), "
+                  "all within -2..1."))
 def _check_symmetric_round(answer: Any) -> str | None:
     gen = torch.Generator().manual_seed(7)
     for bits in (2, 4, 8):
@@ -297,28 +356,38 @@ def _within_one(got: torch.Tensor, want: torch.Tensor) -> bool:
 
 @exercise("02.quantized_linear",
           "Write quantized_linear(x_codes, x_scale, x_zp, w_codes, w_scale, bias, out_scale, out_zp) -> uint8 "
-          "output codes (tokens x outputs). x_codes: uint8 (tokens x inputs) on one grid; w_codes: int8 "
-          "(outputs x inputs), symmetric, one scale per output (w_scale); bias: float. Sum (x_codes - x_zp) * "
-          "w_codes in int32, add the bias quantized at scale x_scale * w_scale, requantize the sums to the "
-          "output grid (multiply by x_scale * w_scale / out_scale, round, add out_zp) and clamp to 0..255.",
+          "output codes (tokens x outputs), computed in integers as section 7 derives it. x_codes: uint8 (tokens "
+          "x inputs) on one grid (x_scale, x_zp); w_codes: int8 (outputs x inputs), symmetric, one scale per "
+          "output (w_scale, a tensor); bias: float (outputs); the output grid is (out_scale, out_zp), codes "
+          "0..255. Checked on 4 tokens x 64 inputs x 8 outputs whose sums do not fit in 16 bits and whose "
+          "outputs pass both ends of the output grid; right within one code.",
           _quantized_linear_solution,
           {"overflow": "your sums overflowed: uint8 and int8 arithmetic wraps around (200 - 210 is 246 in uint8, "
-                       "and 100 x 100 does not fit in int8 or a sum of many in int16). Widen first: "
-                       "x_codes.to(torch.int32) - x_zp, w_codes.to(torch.int32), then multiply and sum.",
+                       "100 x 100 does not fit in int8, a sum of many products not in int16). Widen the codes to "
+                       "32-bit integers before you subtract or multiply anything.",
            "bias_scale": "with a zero bias you are right, so the bias is added at the wrong scale: the int32 sums "
-                         "count steps of x_scale * w_scale, so the bias must be too: "
-                         "round(bias / (x_scale * w_scale)) before adding it to the sums.",
-           "no_clamp": "outputs beyond the output grid must saturate at 0 or 255: torch.clamp(..., 0, 255) "
-                       "before .to(torch.uint8) (a cast alone wraps around).",
-           "no_out_zp": "the output codes are off by the output zero point: after requantizing, add out_zp "
-                        "(code = round(real / out_scale) + out_zp).",
-           "float_out": "return the output *codes* as an integer tensor: clamp to 0..255, then .to(torch.uint8) "
-                        "(not floats, and not the dequantized outputs).",
-           "wrong": "acc = (x_codes.to(int32) - x_zp) @ w_codes.to(int32).T + round(bias / (x_scale * w_scale)); "
-                    "codes = clamp(round(acc * x_scale * w_scale / out_scale) + out_zp, 0, 255) as uint8."},
+                         "count steps of x_scale * w_scale, and the bias must be expressed in those same steps "
+                         "before it is added.",
+           "no_clamp": "outputs beyond the output grid must saturate at 0 or 255; a cast to uint8 alone wraps "
+                       "them around instead.",
+           "no_out_zp": "the output codes are off by the output zero point: a code counts steps from the code of "
+                        "0.0, so the requantized sums must be shifted by it.",
+           "float_out": "return the output *codes* as an integer tensor (0..255, uint8), not floats and not the "
+                        "dequantized outputs.",
+           "wrong": "follow section 7's worked example step by step (codes, int32 sum, bias, requantize) on the "
+                    "small case of the hints, and compare each step with your function's."},
           kind="code",
           uses="section 7: IntegerLinear runs a real MiniLM Linear through it; its codes are compared with "
-               "torch's int8 Linear and its outputs with fp32.")
+               "torch's int8 Linear and its outputs with fp32.",
+          ladder=("Every float is S (q - Z); put that into y = sum x_i w_i + b and the float scales come out of "
+                  "the sum as one factor. What is left inside is a sum of integer products, which an int8 kernel "
+                  "computes exactly; one multiply at the end moves it to the output grid.",
+                  "The steps that usually go wrong: integer overflow (uint8 - int wraps, and products need 32 "
+                  "bits), the bias (it must be counted in the same steps as the sums), and the output (shift by "
+                  "its zero point, saturate at the ends, then the uint8 cast).",
+                  "A smaller case: one input x = 0.4 on S_x = 0.1, Z_x = 2 is code 6; one weight 0.3 on S_w = 0.05 "
+                  "is code 6; sum (6 - 2) x 6 = 24 steps of 0.005; bias 0.02 is 4 such steps, 28 in all (0.14). "
+                  "On an output grid S_y = 0.01, Z_y = 100: 0.14 / 0.01 = 14 steps, code 114."))
 def _check_quantized_linear(answer: Any) -> str | None:
     case = _ql_case()
     got = _ql_run(answer, case)
@@ -352,21 +421,18 @@ def _ql_why(answer: Any, got: torch.Tensor, case: dict, unclamped: torch.Tensor)
     return "wrong"
 
 
-# --- 02.size_4bit ---------------------------------------------------------------------------------------
-
-def _size_4bit() -> int:
-    numel = 1536 * 384
-    return affine.packed_bytes(numel, 4, numel // 64, scale_bytes=4, zero_point_bytes=1)
 
 
-@exercise("02.size_4bit",
-          "Bytes of a 1536x384 weight at 4 bits, asymmetric, groups of 64 (packed codes + float32 scale "
-          "+ one byte zero point per group)?",
-          _size_4bit,
-          {"no_params": "you counted the packed codes only: every group of 64 also stores its scale and zero point.",
-           "wrong": "codes: weights x 4 bits / 8; groups: 1536 rows x (384 / 64); each group stores 4 + 1 bytes."})
-def _check_size_4bit(answer: Any) -> str | None:
-    answer = float(given(answer))
-    if close(answer, 1536 * 384 // 2):
-        return "no_params"
-    return None if close(answer, _size_4bit()) else "wrong"
+# --- predictions and a written question -----------------------------------------------------------------
+
+prediction("02.one_bit_shrink",
+           "with every Linear weight at 1 bit (plus its scales), how many times smaller is the whole model?",
+           unit="x")
+prediction("02.kmeans_error_ratio",
+           "at 2 bits, k-means's mean |error| on block 0's feed-forward weight, as a fraction of linear "
+           "quantization's (per tensor)?")
+prediction("02.int8_speedup_b32",
+           "how many times faster than fp32 is torch's int8 model at batch 32, on this machine?", unit="x")
+written("02.why_speedup",
+        "torch's int8 model stores its Linear weights in a quarter of the bytes. Why is its measured batch-32 "
+        "speed-up far from 4x, and what would have to change for it to come closer?")
