@@ -1,14 +1,21 @@
 """Each targeted hint of notebook 03's exercises, reached by the mistake it names (tests/test_checks.py runs the table)."""
 
+import inspect
+import textwrap
+
 import torch
 from torch import nn
 
 from labkit.course import checks
 from labkit.course.exercises.nb03 import (
+    DEAD,
     EX_WEIGHT,
     MIT_MASK,
     MIT_TENSOR,
+    MUTE,
+    _calibration,
     _tiny_attention,
+    _tiny_ffn,
     attend,
 )
 
@@ -73,12 +80,52 @@ def _remove(rows_of_output=False, qkv_bias=True, offset=None, in_place=False, as
     return remove_head
 
 
+def _activation_only(up, down, batches):
+    """Fires strongly, never asks whether the output sees it."""
+    acts = [torch.nn.functional.gelu(up(h[m])) for h, m in batches]
+    return torch.cat(acts).abs().mean(0).detach()
+
+
+def _all_tokens(up, down, batches):
+    acts = [torch.nn.functional.gelu(up(h.flatten(0, 1))) for h, m in batches]  # padding counted as text
+    return (torch.cat(acts).abs().mean(0) * down.weight.norm(dim=0)).detach()
+
+
+def _per_token(up, down, batches):
+    return torch.cat([torch.nn.functional.gelu(up(h[m])) for h, m in batches]).detach()  # not reduced
+
+
+def _normalised(up, down, batches):
+    score = up.weight.norm(dim=1) * down.weight.norm(dim=0)
+    return (score / score).detach()  # 0 / 0 for the empty neuron
+
+
+def _sum_of_norms(up, down, batches):
+    return (up.weight.norm(dim=1) + down.weight.norm(dim=0) + 1.0).detach()  # the empty neuron scores 1, others more
+
+
+def _inverted(up, down, batches):
+    return -(up.weight.norm(dim=1) * down.weight.norm(dim=0)).detach()
+
+
+def _writes_calibration(up, down, batches):
+    batches[0][0].zero_()
+    return (up.weight.norm(dim=1) * down.weight.norm(dim=0)).detach()
+
+
 MISTAKES = [
-    ("03.remaining_weights", "removed", lambda: round(0.7 * 1536 * 384)),
-    ("03.head_params", "no_output", lambda: 4 * 32 * (3 * 384 + 3)),
+    ("03.head_shapes", "output_rows", lambda: ((256, 384), (256,), (256, 384), (384,))),
+    ("03.head_shapes", "output_bias", lambda: ((256, 384), (256,), (384, 256), (256,))),
+    ("03.head_shapes", "transposed", lambda: ((384, 256), (256,), (384, 256), (384,))),
+    ("03.neuron_importance", "ignored_output", lambda: _activation_only),
+    ("03.neuron_importance", "padding", lambda: _all_tokens),
+    ("03.neuron_importance", "shape", lambda: _per_token),
+    ("03.neuron_importance", "not_finite", lambda: _normalised),
+    ("03.neuron_importance", "not_scores", lambda: lambda up, down, batches: [1.0] * up.out_features),
+    ("03.neuron_importance", "dead_not_last", lambda: _inverted),
+    ("03.neuron_importance", "mutated", lambda: _writes_calibration),
     ("03.magnitude_mask", "signed", lambda: EX_WEIGHT >= EX_WEIGHT.flatten().sort(descending=True).values[3]),
     ("03.magnitude_mask", "shape", lambda: EX_WEIGHT.abs().flatten() > 0.3),
-    ("03.zeros_speedup", "halved", lambda: 2.0),
     ("03.fine_grained_prune", "signed", lambda: _signed),
     ("03.fine_grained_prune", "swapped", lambda: _swapped),
     ("03.fine_grained_prune", "count_off", lambda: _int_not_round),
@@ -113,4 +160,28 @@ def test_removing_a_head_equals_zeroing_its_context():
     with torch.no_grad():
         assert torch.allclose(attend(q, k, v, o, x, 2), attend(*layers, x, 2, zero_head=1), atol=1e-6)
         assert not torch.allclose(attend(*layers, x, 2), attend(*layers, x, 2, zero_head=1))
+
+
+def test_the_neuron_score_is_a_design_not_one_answer():
+    # the kit's weight-only score (row norm times column norm) passes the contract as well as the reference
+    weights_only = lambda up, down, batches: (up.weight.norm(dim=1) * down.weight.norm(dim=0)).detach()  # noqa: E731
+    assert checks.diagnose("03.neuron_importance", weights_only) is None
+    scores = checks.solution("03.neuron_importance")(*_tiny_ffn(), _calibration(0.0))
+    assert scores[DEAD] == 0 and scores[MUTE] == 0 and scores.shape == (6,)
+
+
+def test_no_hint_holds_a_line_of_its_reference():
+    for key in checks.exercises("03"):
+        ex = checks.get(key)
+        reference = ex.solution
+        lines = [line.strip() for line in textwrap.dedent(inspect.getsource(reference)).splitlines()]
+        code = [line for line in lines if len(line) >= 8 and not line.startswith(("#", '"', "'"))]
+        for text in [*ex.hints.values(), *ex.ladder]:
+            assert not [line for line in code if line in text], (key, text)
+        if ex.kind == "code" or key in ("03.magnitude_mask", "03.head_shapes"):
+            assert len(ex.ladder) == 3, key
+
+
+def test_notebook_03_counts_two_predictions_and_a_written_question():
+    assert len(checks.predictions("03")) >= 2 and len(checks.written_questions("03")) >= 1
 

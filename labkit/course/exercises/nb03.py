@@ -1,5 +1,5 @@
-"""Notebook 03 (pruning): a magnitude mask by hand and in code, removing an attention head, what is left after
-pruning, what a head costs, zeros and speed."""
+"""Notebook 03 (pruning): a magnitude mask by hand and in code, removing an attention head, what a head owns,
+a structured importance score the learner designs; predictions of speed and accuracy; two written questions."""
 
 from __future__ import annotations
 
@@ -9,44 +9,52 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit.course.exercises import Mistake, attempt, close, exercise, given
+from labkit.course.exercises import Mistake, attempt, exercise, given, prediction, written
 
 EX_WEIGHT = torch.tensor([[0.9, -0.1, 0.4, -0.05], [0.2, -0.7, 0.03, 0.6]])
 
 
-def _remaining() -> int:
-    return 1536 * 384 - round(0.7 * 1536 * 384)
+# --- 03.head_shapes: what a head owns, read as shapes --------------------------------------------------
+
+def _head_shapes() -> tuple:
+    return ((256, 384), (256,), (384, 256), (384,))
 
 
-@exercise("03.remaining_weights",
-          "A 1536x384 FFN weight is magnitude-pruned to 70% sparsity. How many weights are left non-zero?",
-          _remaining,
-          {"removed": "that is how many were removed; the question asks how many are left.",
-           "wrong": "count the weights, then remove round(0.7 * count) of them."})
-def _check_remaining(answer: Any) -> str | None:
-    answer = float(given(answer))
-    if close(answer, round(0.7 * 1536 * 384)):
-        return "removed"
-    return None if close(answer, _remaining()) else "wrong"
-
-
-def _head_params() -> int:
-    # 4 heads of size 32: rows of query/key/value (weights + biases) and columns of the output projection.
-    return 4 * 32 * (3 * 384 + 3) + 4 * 32 * 384
-
-
-@exercise("03.head_params",
-          "How many parameters disappear when 4 of the 12 heads (head size 32, hidden 384) are removed from "
-          "one layer's attention?",
-          _head_params,
-          {"no_output": "a head also owns 32 input columns of the output projection: they go too.",
-           "wrong": "each head owns 32 rows (and 32 biases) in query, key and value, and 32 input columns of the "
-                    "output projection (its bias stays)."})
-def _check_head_params(answer: Any) -> str | None:
-    answer = float(given(answer))
-    if close(answer, 4 * 32 * (3 * 384 + 3)):
-        return "no_output"
-    return None if close(answer, _head_params()) else "wrong"
+@exercise("03.head_shapes",
+          "Four of the 12 heads (head size 32, hidden 384) are removed from one MiniLM layer. Give the shapes of the "
+          "new query weight, query bias, output-projection weight and output-projection bias, as a tuple of four "
+          "shapes in that order (nn.Linear stores its weight as (out_features, in_features)).",
+          _head_shapes,
+          {"output_rows": "the output projection *reads* the heads: what a head owns there is input columns, so its "
+                          "out_features, the hidden size the next layer expects, cannot change.",
+           "output_bias": "a bias has one entry per output. The output projection's outputs are the hidden size, "
+                          "shared by every head: none of them leaves with a head.",
+           "transposed": "nn.Linear keeps its weight as (out_features, in_features): a head is part of the query's "
+                         "outputs, so it is the first number of its shape that shrinks.",
+           "wrong": "a head is a slice of the query's outputs and of the output projection's inputs. Count what 4 "
+                    "heads of 32 take from 384, then ask for each tensor which of its dimensions those are."},
+          ladder=("A head is a slice of 32 of the 384 outputs of query, key and value (and of their biases), and "
+                  "the same 32 of the output projection's inputs. A slice of inputs is columns; of outputs, rows.",
+                  "The output projection is where it usually goes wrong: its outputs are the hidden state every "
+                  "later layer reads, so they must stay 384 whatever happens to the heads.",
+                  "A smaller case: hidden 8, 4 heads of 2, remove 1. Query weight (8, 8) becomes (6, 8), its bias "
+                  "(6,); the output weight (8, 8) becomes (8, 6) and its bias stays (8,)."))
+def _check_head_shapes(answer: Any) -> str | None:
+    try:
+        got = tuple(tuple(int(n) for n in shape) for shape in given(answer))
+    except TypeError as err:
+        raise Mistake("wrong_type", "a tuple of four shapes, e.g. ((6, 8), (6,), (8, 6), (8,))") from err
+    if len(got) != 4:
+        return "wrong"
+    if got == _head_shapes():
+        return None
+    if got[2] == (256, 384):
+        return "output_rows"
+    if got[3] == (256,):
+        return "output_bias"
+    if got[0] == (384, 256):
+        return "transposed"
+    return "wrong"
 
 
 def _magnitude_mask() -> torch.Tensor:
@@ -55,11 +63,19 @@ def _magnitude_mask() -> torch.Tensor:
 
 @exercise("03.magnitude_mask",
           "By hand: the keep-mask (True = keep) of a 50% magnitude pruning of [[0.9, -0.1, 0.4, -0.05], "
-          "[0.2, -0.7, 0.03, 0.6]], as a 2x4 tensor.",
+          "[0.2, -0.7, 0.03, 0.6]], as a 2x4 boolean tensor. Checked against the mask of the ranking above.",
           _magnitude_mask,
-          {"signed": "rank by magnitude, |w|: -0.7 is a large weight, not a small one.",
-           "shape": "the mask must have the weight's shape (2x4), so it can multiply it.",
-           "wrong": "keep the 4 largest |w| of the 8 weights: compare weight.abs() with the 4th largest."})
+          {"signed": "you ranked by the signed value, so -0.7 looked small. Magnitude pruning asks how much a "
+                     "weight can move an output, and that is its size whatever its sign.",
+           "shape": "the mask multiplies the weight entry by entry, so it needs the weight's own 2x4 shape.",
+           "wrong": "half of 8 weights go. Order the 8 sizes, find where the lower half ends, and mark the "
+                    "weights above that line True."},
+          ladder=("Pruning by magnitude drops the weights that change the outputs least: the smallest in size, "
+                  "whatever their sign. At 50%, half of them go.",
+                  "The step that goes wrong is the sign: a large negative weight moves the output as much as a "
+                  "large positive one, so it stays.",
+                  "A smaller case: [[0.3, -0.9], [0.1, 0.5]] at 50%: the sizes 0.1 and 0.3 go, so the mask is "
+                  "[[False, True], [False, True]]."))
 def _check_magnitude_mask(answer: Any) -> str | None:
     mask = torch.as_tensor(given(answer)).bool()
     if mask.shape != EX_WEIGHT.shape:
@@ -127,27 +143,34 @@ def _fine_grained_mistake(got: Any, w: torch.Tensor, s: float) -> str | None:
 
 
 @exercise("03.fine_grained_prune",
-          "Write fine_grained_prune(w, sparsity) -> keep-mask (True = keep): zero the round(sparsity * w.numel()) "
-          "smallest |w|, using torch.kthvalue for the threshold, without changing w.",
+          "Write fine_grained_prune(w, sparsity) -> a keep-mask (bool or 0/1, True = keep) with w's shape that "
+          "drops round(sparsity * w.numel()) weights of w by magnitude and leaves w unchanged. Checked on MIT "
+          "6.5940 Lab 1's golden 5x5 tensor (sparsity 0.75 and 0.6) and on a tie-free 16x24 tensor.",
           _fine_grained_prune,
-          {"signed": "rank by importance = |w|: -0.46 is a large weight to keep, not a small one. Take w.abs() "
-                     "before looking for the threshold.",
-           "swapped": "you kept the `sparsity` fraction instead of removing it: sparsity = zeros / weights, so "
-                      "num_zeros = round(sparsity * w.numel()) and the rest, the largest |w|, stay.",
-           "count_off": "one weight too many or too few: num_zeros = round(sparsity * w.numel()) (round, not "
-                        "int), threshold = the num_zeros-th smallest |w| (torch.kthvalue(..., k=num_zeros)), "
-                        "keep |w| strictly greater than it.",
-           "mutated": "your function changed the weight it was given (MIT's lab version ends with "
-                      "tensor.mul_(mask)). Here only return the mask: the notebook applies it to a copy of the model.",
-           "shape": "the mask must have the weight's shape, so it can multiply it: compare w.abs() (same shape "
-                    "as w) with the threshold; flatten only inside torch.kthvalue.",
+          {"signed": "your mask ranks by the signed value: -0.46 came out as a small weight. The ranking is by "
+                     "size; the sign says which way a weight pushes, not how far.",
+           "swapped": "your mask keeps about the `sparsity` fraction instead of removing it. Sparsity counts the "
+                      "zeros, so at 0.75 only a quarter of the weights stay.",
+           "count_off": "one weight too many or too few stays. Check how the number to drop is made whole (round "
+                        "and int differ at .5 and above), and whether a k-th smallest value counts from 1, and "
+                        "whether the weight exactly at the threshold goes or stays.",
+           "mutated": "your function changed the weight it was given (MIT's lab version multiplies it in place). "
+                      "Here it only returns the mask: the notebook applies it to a copy of the model.",
+           "shape": "the mask must have the weight's shape, so it can multiply it. Flatten only where a 1-D "
+                    "tensor is needed to find the threshold, and compare the unflattened sizes with it.",
            "not_mask": "return the keep-mask alone (True or 1 = keep, False or 0 = prune), not the pruned "
                        "weights, and not a tuple.",
-           "wrong": "importance = w.abs(); num_zeros = round(sparsity * w.numel()); the threshold is the "
-                    "num_zeros-th smallest importance (torch.kthvalue); keep importance > threshold."},
+           "wrong": "the three steps of the worked example, for any shape: how many go, the size at which the "
+                    "dropped ones end, and which weights lie above it."},
           kind="code",
           uses="section 1 prunes every block layer of a copy of the baseline with it; section 5 prunes the plan "
-               "and the uniform model with it for the one comparison on the test split.")
+               "and the uniform model with it for the one comparison on the test split.",
+          ladder=("Magnitude pruning sorts the weights by size and drops the smallest; the mask marks the rest. "
+                  "Nothing but the count and one threshold is needed.",
+                  "The step that usually goes wrong is the threshold: torch.kthvalue counts k from 1 and wants a "
+                  "1-D tensor, and a weight equal to the threshold is one of the dropped ones.",
+                  "A smaller case: sizes [0.4, 0.1, 0.3, 0.2] at sparsity 0.5: 2 go; the 2nd smallest size is "
+                  "0.2; the mask is size > 0.2, i.e. [True, False, True, False]."))
 def _check_fine_grained_prune(answer: Any) -> str | None:
     found = []
     for w, s in _golden_cases():
@@ -247,22 +270,32 @@ def _remove_head_mistake(answer: Any, head: int) -> str | None:
 
 @exercise("03.remove_head",
           "Write remove_head(query, key, value, output, head, head_size) -> four new, smaller nn.Linear layers "
-          "without head `head` (its rows and biases in query/key/value, its input columns in output).",
+          "(query, key, value, output) that compute what the block computed with head `head`'s result set to "
+          "zero; the four given layers stay unchanged. Checked on a tiny golden block (hidden 8, 4 heads of 2) "
+          "for heads 2, 0 and 3: shapes, weights, biases and the block's output.",
           _remove_head,
-          {"output_rows": "the output projection *reads* the heads: head h owns its input columns "
-                          "(weight[:, keep]), not its rows; its output size stays the hidden size.",
-           "biases": "query, key and value lose the head's biases too (bias[keep]); the output projection "
-                     "keeps all its outputs, so its bias is copied whole.",
-           "wrong_head": "you removed a head_size-wide slice, but not head `head`'s: head h owns rows "
-                         "h * head_size up to (h + 1) * head_size - 1.",
-           "mutated": "your function changed the layers it was given: build new nn.Linear layers, copy the kept "
-                      "rows/columns into them, and leave the originals as they were.",
+          {"output_rows": "the output projection *reads* the heads: a head is some of its inputs, so its columns "
+                          "go, and its number of outputs, the hidden size, stays.",
+           "biases": "query, key and value make the head's outputs, bias included, so the head's share of each "
+                     "bias goes with it. The output projection's bias belongs to its outputs, which all stay.",
+           "wrong_head": "you removed a slice of head_size, but not head `head`'s. Head h starts where the h "
+                         "heads before it end.",
+           "mutated": "your function changed the layers it was given. Build new layers, copy what stays into "
+                      "them, and leave the originals as they were.",
            "not_layers": "return four nn.Linear layers, in the order (query, key, value, output).",
-           "wrong": "keep = every index whose i // head_size is not head; query/key/value: new Linear with "
-                    "weight[keep] and bias[keep]; output: new Linear with weight[:, keep] and the whole bias."},
+           "wrong": "a head is a contiguous slice of query/key/value outputs and the same slice of the output "
+                    "projection's inputs. Make the list of indices that stay, then four new layers of the smaller "
+                    "sizes holding only those rows or columns."},
           kind="code",
           uses="section 6 cuts a head out of a real MiniLM layer with it; the logits equal those of the model with "
-               "that head's output zeroed, the weights those transformers' prune_linear_layer cuts.")
+               "that head's output zeroed, the weights those transformers' prune_linear_layer cuts.",
+          ladder=("A head is a slice of head_size of the outputs of query, key and value, and the same slice of "
+                  "the output projection's inputs. Removing it means new layers without that slice.",
+                  "The step that usually goes wrong is the output projection: its weight is (out, in), and the "
+                  "head is among its inputs, so the slice is taken along the second dimension; its bias stays.",
+                  "A smaller case: hidden 4, 2 heads of 2, remove head 1: the indices that stay are [0, 1]; a "
+                  "query weight of shape (4, 4) keeps rows 0 and 1 -> (2, 4), the output weight keeps columns 0 "
+                  "and 1 -> (4, 2), the output bias keeps all 4 entries."))
 def _check_remove_head(answer: Any) -> str | None:
     for head in (2, 0, 3):  # a middle head first: offset mistakes show there
         mistake = _remove_head_mistake(answer, head)
@@ -271,19 +304,136 @@ def _check_remove_head(answer: Any) -> str | None:
     return None
 
 
-# --- value exercises ---------------------------------------------------------------------------------
+# --- 03.neuron_importance: a structured score the learner designs ---------------------------------------
 
-def _zeros_speedup() -> float:
-    return 1.0
+FFN_HIDDEN, FFN_SIZE = 8, 6  # the golden tiny feed-forward: 8 -> 6 neurons -> 8
+DEAD, MUTE = 1, 4  # neuron 1 has no weights at all; neuron 4's output column is zero, so it never reaches the output
 
 
-@exercise("03.zeros_speedup",
-          "Roughly what b32 speedup does 50% unstructured sparsity give on a CPU, with weights stored dense?",
-          _zeros_speedup,
-          {"halved": "2x would need the multiply to skip zeros; a dense matmul reads and multiplies every stored number.",
-           "wrong": "the matrix multiply still reads and multiplies every stored number, zero or not."})
-def _check_zeros_speedup(answer: Any) -> str | None:
-    answer = float(given(answer))
-    if answer >= 1.7:
-        return "halved"
-    return None if 0.7 <= answer <= 1.3 else "wrong"  # "about 1x": timing noise, not a speedup
+def _tiny_ffn() -> tuple[nn.Linear, nn.Linear]:
+    """The golden up- and down-projections (fixed seed), with neuron DEAD empty and neuron MUTE's output cut."""
+    up, down = nn.Linear(FFN_HIDDEN, FFN_SIZE), nn.Linear(FFN_SIZE, FFN_HIDDEN)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        up.weight.copy_(torch.randn(FFN_SIZE, FFN_HIDDEN, generator=gen) / math.sqrt(FFN_HIDDEN))
+        up.bias.copy_(torch.randn(FFN_SIZE, generator=gen) / 4)
+        down.weight.copy_(torch.randn(FFN_HIDDEN, FFN_SIZE, generator=gen) / math.sqrt(FFN_SIZE))
+        down.bias.copy_(torch.randn(FFN_HIDDEN, generator=gen) / 4)
+        up.weight[DEAD], up.bias[DEAD], down.weight[:, DEAD] = 0, 0, 0
+        up.bias[MUTE] = 2.0  # it fires on every token: only its output column tells that it does nothing
+        down.weight[:, MUTE] = 0
+    return up, down
+
+
+def _calibration(padding: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Two golden calibration batches (hidden states, attention mask); padded positions hold `padding`."""
+    gen = torch.Generator().manual_seed(13)
+    out = []
+    for lengths in ((5, 3), (4, 2, 5)):
+        mask = torch.arange(5)[None, :] < torch.tensor(lengths)[:, None]
+        hidden = torch.randn(len(lengths), 5, FFN_HIDDEN, generator=gen)
+        out.append((hidden.masked_fill(~mask[..., None], padding), mask))
+    return out
+
+
+def _neuron_importance():
+    def neuron_importance(up: nn.Linear, down: nn.Linear, batches) -> torch.Tensor:
+        """One score per FFN neuron (higher = more important): the root mean square, over the real tokens of the
+        calibration batches, of what the neuron adds to the block's output."""
+        reach = torch.linalg.vector_norm(down.weight.detach().float(), dim=0)  # how far one unit of output moves
+        total = torch.zeros(up.out_features, device=up.weight.device)
+        count = 0
+        with torch.no_grad():
+            for hidden, mask in batches:
+                tokens = hidden[mask.bool()].to(up.weight.dtype)  # padding is not text: it says nothing
+                act = torch.nn.functional.gelu(up(tokens)).float()  # (tokens, neurons)
+                total += ((act * reach) ** 2).sum(dim=0)
+                count += tokens.shape[0]
+        return (total / max(count, 1)).sqrt().cpu()
+    return neuron_importance
+
+
+def _layers_changed(before: list[dict], layers) -> bool:
+    return any(a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a)
+               for a, b in zip(before, _state(layers)))
+
+
+def _scores_of(answer: Any, padding: float) -> torch.Tensor:
+    layers = _tiny_ffn()
+    before, batches = _state(layers), _calibration(padding)
+    kept = [(h.clone(), m.clone()) for h, m in batches]
+    got = attempt(answer, *layers, batches)
+    if _layers_changed(before, layers) or any(not torch.equal(h, h0) or not torch.equal(m, m0)
+                                              for (h, m), (h0, m0) in zip(batches, kept)):
+        raise Mistake("mutated")
+    if not isinstance(got, torch.Tensor):
+        raise Mistake("not_scores", f"got {type(got).__name__}")
+    return got
+
+
+@exercise("03.neuron_importance",
+          "Design and write neuron_importance(up, down, batches) -> a 1-D float tensor of up.out_features scores, "
+          "one per FFN neuron, higher = more important to keep. `up` and `down` are the block's FFN Linear layers "
+          "(the FFN computes down(gelu(up(x)))); `batches` is a list of (hidden, mask) calibration pairs: hidden "
+          "(batch, tokens, hidden size) entering the FFN, mask (batch, tokens) True at real tokens. The inputs "
+          "stay unchanged. There is no one right score: the check runs it on a golden 8 -> 6 -> 8 FFN and asks "
+          "for the contract (shape, finite), that padding does not change the scores, and that a neuron without "
+          "weights and a neuron whose output column is zero both rank below every other neuron.",
+          _neuron_importance,
+          {"shape": "one score per neuron: a 1-D tensor as long as up.out_features. Reduce over the tokens and the "
+                    "weights of a neuron, never over the neurons.",
+           "not_scores": "return the scores as one torch tensor (not a list, a number or a mask).",
+           "not_finite": "some scores are NaN or infinite: an average over zero tokens, or a division by a norm "
+                         "that is zero for the empty neuron, does that.",
+           "padding": "your scores change when only the padded positions change. Padding is not text: count "
+                      "only the tokens the mask marks True, in the sum and in the number you divide by.",
+           "dead_not_last": "a neuron whose weights are all zero adds nothing to any output, yet your score "
+                            "puts it above another neuron. An importance should be zero, or the lowest, for it.",
+           "ignored_output": "a neuron whose column of the down-projection is zero never reaches the block's "
+                             "output, however strongly it fires. Your score looks at the up-projection (or the "
+                             "activation) alone: let it see what the neuron can do to the output too.",
+           "wrong": "score each neuron by how much it can change what the FFN returns: on the real tokens of the "
+                    "calibration batches, or from the weights on both sides of it."},
+          kind="code",
+          uses="section 6 scores every block's FFN neurons of the real model with it on calibration batches from "
+               "the train split, cuts the same share by your score and by weight magnitude, and compares the two "
+               "on the validation split with a paired test.",
+          ladder=("A neuron matters as much as it changes the block's output. That needs both sides of it: how "
+                  "strongly it fires on real inputs (the activation after the up-projection) and how far one unit "
+                  "of its activation moves the output (its column of the down-projection).",
+                  "The step that usually goes wrong is the reduction: the activations are (tokens, neurons); "
+                  "padded tokens must be left out, and the average must run over the tokens, leaving one number "
+                  "per neuron.",
+                  "A smaller case: 2 neurons, 3 real tokens, activations [[1, 0], [3, 0], [0, 2]], output-column "
+                  "norms [0.5, 2]. What each adds to the output: [[0.5, 0], [1.5, 0], [0, 4]]; root mean square "
+                  "over the tokens: about [0.91, 2.31], so neuron 1 ranks first although it fired on one token only."))
+def _check_neuron_importance(answer: Any) -> str | None:
+    scores = _scores_of(answer, padding=0.0)
+    if scores.dim() != 1 or scores.numel() != FFN_SIZE or not scores.is_floating_point():
+        return "shape"
+    scores = scores.detach().float().cpu()
+    if not torch.isfinite(scores).all():
+        return "not_finite"
+    shifted = _scores_of(answer, padding=40.0).detach().float().cpu()
+    if shifted.shape != scores.shape or not torch.allclose(scores, shifted, rtol=1e-4, atol=1e-6):
+        return "padding"
+    live = [i for i in range(FFN_SIZE) if i not in (DEAD, MUTE)]
+    if not (scores[DEAD] < scores[live]).all():
+        return "dead_not_last"
+    if not (scores[MUTE] < scores[live]).all():
+        return "ignored_output"
+    return None
+
+
+# --- predictions and written questions -----------------------------------------------------------------
+
+prediction("03.zeros_speedup_b32", "the batch-32 speedup over the dense model of 50% unstructured zeros, the "
+           "weights still stored dense", unit="x")
+prediction("03.drop_at_90", "the accuracy drop, in points on the quick validation subset, of layer-scope "
+           "magnitude pruning at 90% sparsity (no recovery)", unit=" points")
+prediction("03.structured_speedup_b32", "the batch-32 speedup over dense of the last row of the structured table "
+           "(heads and FFN neurons removed, then recovered)", unit="x")
+written("03.speed_vs_bytes", "The structured table's last row: why do its size ratio and its speedup differ, "
+        "and which of the two does the model's layout let grow further?", points=2)
+written("03.score_verdict", "Your neuron score against magnitude on the validation split: which would you keep, "
+        "and what do the interval and the paired test allow you to claim?", points=2)
