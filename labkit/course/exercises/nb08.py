@@ -268,15 +268,15 @@ def _check_gptq_column(answer: Any) -> str | None:
 
 def _awq_scales_solution():
     def awq_scales(weight, absmean, x, bits, group_size, rounding, grid=20):
-        W = weight.detach().float()
+        original = weight.detach().float()
         mean = absmean.float().clamp(min=1e-5)  # a channel never active would get a scale of 0
         best_err, best_s, best_alpha = float("inf"), torch.ones_like(mean), 0.0
         for k in range(grid + 1):  # alpha = 0, 1/grid, ..., 1: both ends included
             alpha = k / grid
             s = mean ** alpha
             s = s / (s.max() * s.min()).sqrt()  # centred around 1; the min-max grid scales with the weights
-            rounded = rounding(W * s, bits, group_size) / s
-            err = float(((x.float() @ (rounded - W).T) ** 2).mean())  # what the layer's output moves
+            rounded = rounding(original * s, bits, group_size) / s
+            err = float(((x.float() @ (rounded - original).T) ** 2).mean())  # what the layer's output moves
             if err < best_err:
                 best_err, best_s, best_alpha = err, s, alpha
         return best_s, best_alpha
