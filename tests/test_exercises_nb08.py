@@ -1,9 +1,12 @@
 """Each targeted hint of notebook 08's exercises, reached by the mistake it names (test_checks.py runs the table)."""
 
+import inspect
+
 import torch
 
 from labkit.course import checks
-from labkit.course.exercises.nb08 import _golden_gptq, _golden_rtn
+from labkit.course.exercises import PREDICTIONS, WRITTEN
+from labkit.course.exercises.nb08 import _constant_rtn, _golden_awq, _golden_gptq, _golden_rtn
 from labkit.lm import weightonly as wo
 
 
@@ -46,6 +49,10 @@ def _in_place(w, bits, group):
     return w
 
 
+def _unguarded(w, bits, group):
+    return _grid(w, bits, group)  # right on every group with a range, NaN on a constant one
+
+
 def _step(column, rest, u_row, scale, offset, bits, clamp=True):
     codes = torch.round((column - offset) / scale)
     return offset + (torch.clamp(codes, 0, 2 ** bits - 1) if clamp else codes) * scale
@@ -85,6 +92,24 @@ def _only_q(column, rest, u_row, scale, offset, bits):
     return _step(column, rest, u_row, scale, offset, bits)
 
 
+def _awq(sign=1.0, unscale=True, on_weights=False, last=1):
+    """AWQ's search written with one step changed, as a learner might (scales not centred: any multiple rounds alike)."""
+    def awq_scales(weight, absmean, x, bits, group_size, rounding, grid=20):
+        mean, best = absmean.clamp(min=1e-5), None
+        for k in range(grid + last):
+            s = mean ** (sign * k / grid)
+            new = rounding(weight * s, bits, group_size) / (s if unscale else 1)
+            err = ((new - weight) ** 2).mean() if on_weights else ((x @ (new - weight).T) ** 2).mean()
+            if best is None or err < best[0]:
+                best = (err, s, k / grid)
+        return best[1], best[2]
+    return awq_scales
+
+
+def _awq_alpha_only(weight, absmean, x, bits, group_size, rounding, grid=20):
+    return _awq()(weight, absmean, x, bits, group_size, rounding, grid)[1]
+
+
 MISTAKES = [
     ("08.packed_bytes", "codes_only", lambda: 576 * 576 // 2),
     ("08.packed_bytes", "byte_per_code", lambda: 576 * 576 + 576 * 18 * 4),
@@ -97,6 +122,7 @@ MISTAKES = [
     ("08.group_rtn", "floor", lambda: _floor),
     ("08.group_rtn", "codes", lambda: _codes),
     ("08.group_rtn", "mutated", lambda: _in_place),
+    ("08.group_rtn", "constant", lambda: _unguarded),
     ("08.gptq_column", "no_correction", lambda: _no_correction),
     ("08.gptq_column", "no_divide", lambda: _no_divide),
     ("08.gptq_column", "sign", lambda: _wrong_sign),
@@ -104,6 +130,11 @@ MISTAKES = [
     ("08.gptq_column", "no_clamp", lambda: _no_clamp),
     ("08.gptq_column", "mutated", lambda: _rest_in_place),
     ("08.gptq_column", "wrong_type", lambda: _only_q),
+    ("08.awq_scales", "inverse", lambda: _awq(sign=-1.0)),
+    ("08.awq_scales", "no_unscale", lambda: _awq(unscale=False)),
+    ("08.awq_scales", "weight_error", lambda: _awq(on_weights=True)),
+    ("08.awq_scales", "no_last", lambda: _awq(last=0)),
+    ("08.awq_scales", "wrong_type", lambda: _awq_alpha_only),
 ]
 
 
@@ -141,3 +172,49 @@ def test_learner_step_in_labkits_loop_gives_labkits_gptq():
     H = x.T @ x / len(x)
     mine = checks.solution("08.gptq_column")
     torch.testing.assert_close(wo.gptq(w, H, 3, 32, step=mine), wo.gptq(w, H, 3, 32), rtol=0, atol=1e-6)
+
+
+def test_group_rtn_reference_keeps_a_constant_group_as_it_is():
+    w, bits, group = _constant_rtn()
+    got = checks.solution("08.group_rtn")(w, bits, group)
+    assert torch.isfinite(got).all()
+    assert torch.equal(got[1], w[1]) and torch.equal(got[2, 16:], w[2, 16:])  # no range: nothing moves
+    torch.testing.assert_close(got, wo.rtn(w, bits, group, half=False), rtol=0, atol=1e-6)
+
+
+def test_awq_reference_is_labkits_search_and_an_uncentred_one_passes_too():
+    mine = checks.solution("08.awq_scales")
+    for case in _golden_awq():
+        (s, alpha), (s_ref, alpha_ref) = mine(*case[:5], wo.rtn, case[5]), wo.awq_scales(*case[:5], wo.rtn, case[5])
+        assert alpha == alpha_ref
+        torch.testing.assert_close(s, s_ref)
+    assert checks.diagnose("08.awq_scales", _awq()) is None  # scales off by one factor round the same
+    assert {wo.awq_scales(*c[:5], wo.rtn, c[5])[1] for c in _golden_awq()} >= {1.0}  # so that a missing end shows
+
+
+def test_the_awq_reference_is_a_long_exercise():
+    body = inspect.getsource(checks.solution("08.awq_scales")).splitlines()[1:]
+    code = [line for line in body if line.strip() and not line.strip().startswith(("#", "return"))]
+    assert len(code) >= 8
+
+
+def _code_lines(fn) -> list[str]:
+    lines = (line.split("  #")[0].strip() for line in inspect.getsource(fn).splitlines())
+    return [line for line in lines if len(line) >= 8 and not line.startswith("#")]
+
+
+def test_no_hint_holds_a_line_of_its_solution_and_every_exercise_has_a_ladder():
+    for key in checks.exercises("08"):
+        ex = checks.get(key)
+        solution = ex.solution()
+        lines = _code_lines(solution) if callable(solution) else _code_lines(ex.solution)
+        texts = list(ex.hints.values()) + list(ex.ladder) + [ex.question]
+        assert len(ex.ladder) == 3, key
+        leaked = [(line, text) for line in lines for text in texts if line in text]
+        assert not leaked, f"{key}: {leaked[:1]}"
+
+
+def test_notebook_08_records_predictions_and_a_written_question():
+    checks.exercises()  # loads every notebook's registrations
+    assert len([k for k in PREDICTIONS if k.startswith("08.")]) >= 2
+    assert [k for k in WRITTEN if k.startswith("08.")]

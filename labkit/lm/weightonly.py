@@ -14,7 +14,8 @@ quantization: the numbers a packed model computes with).
   that see large activations get a finer grid; alpha in [0, 1] is searched to minimise the output error on
   calibration activations (Lin et al., 2023, AWQ, per layer). alpha = 0 is plain RTN, so it never does worse there.
 
-`hessian_factor`, `gptq_columns`, `output_error` and `awq_scales` are notebook 08's own code, saved here.
+`hessian_factor`, `gptq_columns` and `output_error` are notebook 08's own code, saved here; `gptq_column` and
+`awq_scales` are what its exercises check a learner's step and search against.
 """
 
 from __future__ import annotations
