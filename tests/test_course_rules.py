@@ -17,7 +17,6 @@ from labkit.course import build, checks, release
 from labkit.course.exercises import Exercise
 
 NOTEBOOKS = {p.name.split("_")[0]: p for p in build.sources()}
-UNTIL_MERGED = pytest.mark.xfail(strict=False, reason="until every notebook has them")
 MIN_LINE = 8  # a shorter line ("x = 0", "return w") says nothing a hint may not say
 
 
@@ -128,7 +127,6 @@ def test_predictions_and_written_questions_are_found_in_a_synthetic_notebook():
 
 # The rules on the course itself.
 
-@UNTIL_MERGED
 @pytest.mark.parametrize("notebook", sorted(NOTEBOOKS))
 def test_no_hint_holds_a_line_of_its_reference(notebook):
     leaks = [f"{key}: {line!r} in {text!r}" for key in checks.exercises(notebook)
@@ -136,7 +134,6 @@ def test_no_hint_holds_a_line_of_its_reference(notebook):
     assert not leaks, "a hint gives the line to type; say what is wrong and why instead:\n" + "\n".join(leaks)
 
 
-@UNTIL_MERGED
 @pytest.mark.parametrize("notebook", sorted(NOTEBOOKS))
 def test_every_notebook_records_two_predictions(notebook):
     nb = nbformat.read(NOTEBOOKS[notebook], as_version=4)
@@ -144,7 +141,6 @@ def test_every_notebook_records_two_predictions(notebook):
     assert len(used) >= 2, f"{notebook}: registered predictions predicted before they are measured: {sorted(used)}"
 
 
-@UNTIL_MERGED
 @pytest.mark.parametrize("notebook", sorted(NOTEBOOKS))
 def test_every_notebook_asks_a_written_question_with_its_answer_cell(notebook):
     nb = nbformat.read(NOTEBOOKS[notebook], as_version=4)
@@ -152,7 +148,6 @@ def test_every_notebook_asks_a_written_question_with_its_answer_cell(notebook):
     assert asked, f"{notebook}: no registered written question followed by its rubric cell"
 
 
-@UNTIL_MERGED
 def test_six_code_exercises_ask_for_eight_lines_or_more():
     long = {key: own_lines(checks.get(key).solution()) for key in checks.exercises(kind="code")}
     long = {k: n for k, n in long.items() if n >= 8}
