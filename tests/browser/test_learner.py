@@ -7,7 +7,7 @@ from labdriver import NB, TIMEOUT_S, open_notebook, run_all
 from playwright.sync_api import expect
 
 NOTEBOOK = "00_baseline_and_myths.ipynb"  # the quickest notebook; its exercises need no trained model of their own
-KEY = "00.float64_bytes"
+KEY = "00.size_ceiling"
 
 
 def _cell_of(page, text: str):
@@ -27,11 +27,11 @@ def test_run_all_unanswered_then_a_wrong_answer_gets_its_hint(page, lab_url, lab
         # their output areas are rendered anew (a handle taken now would go stale).
         expect(cell.locator(".jp-OutputArea")).to_contain_text("not attempted yet", timeout=TIMEOUT_S * 1000)
         page.screenshot(path=shots / "learner-00-run-all-unanswered.png")
-        # the learner types the float32 size, the mistake the article's readers make most
+        # the learner answers a quarter, as if every part of the model shrank to 1 byte per number
         editor = cell.locator(".cm-content").first
         editor.click()
         page.keyboard.press("Control+a")
-        page.keyboard.insert_text(f'answer_1 = 1536 * 384 * 4\nchecks.check("{KEY}", answer_1)')
+        page.keyboard.insert_text(f'answer_1 = 0.25\nchecks.check("{KEY}", answer_1)')
         page.keyboard.press("Shift+Enter")
         out = cell.locator(".jp-OutputArea")
         expect(out).to_contain_text("Hint:", timeout=TIMEOUT_S * 1000)
@@ -41,4 +41,4 @@ def test_run_all_unanswered_then_a_wrong_answer_gets_its_hint(page, lab_url, lab
     except Exception:
         page.screenshot(path=shots / "learner-00-failed.png", full_page=True)
         raise
-    assert "❌" in text and "8 bytes" in text and "Traceback" not in text
+    assert "❌" in text and "shrank 4 times" in text and "Traceback" not in text
