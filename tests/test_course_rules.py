@@ -1,5 +1,5 @@
 """The exercise rules of the course (issue: exercises that make learners think): no hint holds a line of its
-reference; every notebook records two predictions and asks one written question; six code exercises ask for eight
+reference; every code exercise has three graduated hints; every notebook records two predictions and asks one written question; six code exercises ask for eight
 or more lines of the learner's own torch. Each rule is a function checked here on a small synthetic case first."""
 
 from __future__ import annotations
@@ -132,6 +132,12 @@ def test_no_hint_holds_a_line_of_its_reference(notebook):
     leaks = [f"{key}: {line!r} in {text!r}" for key in checks.exercises(notebook)
              for text, line in leaked_lines(checks.get(key))]
     assert not leaks, "a hint gives the line to type; say what is wrong and why instead:\n" + "\n".join(leaks)
+
+
+@pytest.mark.parametrize("notebook", sorted(NOTEBOOKS))
+def test_every_code_exercise_has_a_ladder_of_three_hints(notebook):
+    bare = [key for key in checks.exercises(notebook, kind="code") if len(checks.get(key).ladder) != 3]
+    assert not bare, f"code exercises without graduated hints (concept, step, smaller case): {bare}"
 
 
 @pytest.mark.parametrize("notebook", sorted(NOTEBOOKS))
