@@ -88,7 +88,7 @@ def _prediction(key: str):
 
 
 def _number(value: Any, key: str, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) or hasattr(value, "__float__")):
         raise TypeError(f"{key}: the {what} must be a number, got {type(value).__name__} ({value!r}).")
     number = float(value)
     if number != number or number in (float("inf"), float("-inf")):
