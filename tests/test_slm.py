@@ -15,7 +15,7 @@ import torch
 
 from labkit.lm import generation, kvcache, slm
 from labkit.lm import weightonly as wo
-from labkit.lm.perplexity import Perplexity, perplexity
+from labkit.lm.perplexity import Perplexity, agreement, perplexity
 from labkit.lm.slm import ByteTokenizer
 
 TEXT = " ".join(f"review {i}: the film was {'good' if i % 3 else 'dull'} and {'long' if i % 2 else 'short'}."
@@ -130,6 +130,46 @@ def test_perplexity_has_an_interval_over_chunks(tiny):
         r.ratio(perplexity(tiny, ByteTokenizer(), TEXT, tokens=512, chunk=128))
     with pytest.raises(ValueError, match="fewer than"):
         perplexity(tiny, ByteTokenizer(), "short text", tokens=512, chunk=64)
+
+
+def test_perplexity_counts_the_tokens_it_scores_and_can_score_the_second_half(tiny):
+    full = perplexity(tiny, ByteTokenizer(), TEXT, tokens=512, chunk=64)
+    half = perplexity(tiny, ByteTokenizer(), TEXT, tokens=512, chunk=64, second_half=True)
+    assert full.tokens == half.tokens == 512  # the text read
+    assert full.scored == 8 * 63 and half.scored == 8 * 31  # llama.cpp: tokens 33..63 of each chunk of 64
+    # by hand: the second half's NLL of chunk 0, from one forward's logits
+    ids = slm.token_ids(ByteTokenizer(), TEXT, 512)
+    with torch.inference_mode():
+        logits = tiny(input_ids=ids[None, :64]).logits[0]
+    by_hand = torch.nn.functional.cross_entropy(logits[32:63], ids[33:64])
+    assert half.nll[0] == pytest.approx(float(by_hand), rel=1e-5)
+    assert half.ppl != pytest.approx(full.ppl, rel=1e-4)
+    with pytest.raises(ValueError, match="same chunks"):
+        full.ratio(half)
+    stepwise = perplexity(tiny, ByteTokenizer(), TEXT, tokens=128, chunk=64, second_half=True, stepwise=True)
+    one_pass = perplexity(tiny, ByteTokenizer(), TEXT, tokens=128, chunk=64, second_half=True)
+    assert stepwise.nll == pytest.approx(one_pass.nll, rel=1e-4)
+
+
+def test_kl_and_top1_agreement_match_torch_and_a_hand_count(tiny):
+    other = slm.tiny_llama(seed=1)
+    a = agreement(other, tiny, ByteTokenizer(), TEXT, tokens=256, chunk=64)
+    ids = slm.token_ids(ByteTokenizer(), TEXT, 256).reshape(-1, 64)
+    kl, top1 = [], []
+    with torch.inference_mode():
+        for piece in ids:
+            logq = torch.log_softmax(other(input_ids=piece[None]).logits[0, :-1], -1)
+            logp = torch.log_softmax(tiny(input_ids=piece[None]).logits[0, :-1], -1)
+            # torch's kl_div(input = log q, target = log p) is KL(p || q): the reference is p
+            kl.append(float(torch.nn.functional.kl_div(logq, logp, log_target=True, reduction="batchmean")))
+            top1.append(int((logq.argmax(-1) == logp.argmax(-1)).sum()) / 63)
+    assert a.kl_chunks == pytest.approx(kl, rel=1e-4) and a.top1_chunks == pytest.approx(top1)
+    assert a.kl_lo <= a.kl <= a.kl_hi and a.top1_lo <= a.top1 <= a.top1_hi <= 1
+    assert a.perplexity.nll == pytest.approx(perplexity(other, ByteTokenizer(), TEXT, tokens=256, chunk=64).nll,
+                                             rel=1e-5)
+    same = agreement(tiny, tiny, ByteTokenizer(), TEXT, tokens=256, chunk=64, second_half=True)
+    assert same.kl == pytest.approx(0.0, abs=1e-6) and same.top1 == 1.0 and same.perplexity.scored == 4 * 31
+    assert "KL" in str(a) and "top-1" in str(a)
 
 
 def test_int8_kv_cache_holds_int8_and_barely_moves_perplexity(tiny):

@@ -67,6 +67,32 @@ def buffer_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(blocks.parameters()) + list(blocks.buffers()))
 
 
+def _module_bytes(module: nn.Module) -> int:
+    """Bytes of a module's own parameters and buffers; torch.ao's dynamic int8 Linear keeps its int8 weight (and a
+    float32 scale per tensor or per channel) in packed params that `parameters()` does not list."""
+    total = sum(t.numel() * t.element_size() for t in list(module.parameters(recurse=False))
+                + list(module.buffers(recurse=False)))
+    weight = getattr(module, "weight", None)
+    if callable(weight) and not isinstance(weight, torch.Tensor):  # torch.ao.nn.quantized.dynamic.Linear
+        w = weight()
+        scales = w.q_per_channel_scales().numel() if w.qscheme() in (torch.per_channel_affine,
+                                                                      torch.per_channel_symmetric) else 1
+        total += w.numel() * w.element_size() + 4 * scales
+        bias = module.bias()
+        total += 0 if bias is None else bias.numel() * bias.element_size()
+    return total
+
+
+def decode_bytes(model: nn.Module) -> int:
+    """Bytes one decode step reads from memory, batch 1: every weight, scale and norm of the decoder blocks, the
+    final norm and the whole head at its stored dtype (a tied head is read in full at every step, though it shares
+    its storage with the embedding table, of which a step reads one row). The KV cache is not counted."""
+    fam = check_causal_lm(model)
+    inside = [model.get_submodule(fam.blocks), model.get_output_embeddings()]
+    norm = getattr(getattr(model, "model", None), "norm", None)
+    return sum(_module_bytes(m) for part in inside + ([norm] if norm is not None else []) for m in part.modules())
+
+
 TORCHAO_CONFIGS = ("Int4WeightOnlyConfig", "IntxWeightOnlyConfig(int4)", "Int8DynamicActivationIntxWeightConfig(int4)")
 
 
