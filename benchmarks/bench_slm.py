@@ -267,18 +267,23 @@ def w8a8_section(model, tok, base, args, lines: list[str]) -> None:
                  dynamic_int8(model, "all"),
              "W8A8: per-channel int8 weights, per-token int8 activations, head fp32": w8a8.w8a8(model),
              f"W8A8 + SmoothQuant (alpha {best}, folded into the norms)": w8a8.smooth_w8a8(model, absmax, best)}
+    # which of torch's three choices collapses it: each one put back alone into W8A8 (quality only, not timed)
+    ablations = {"ablation: W8A8 with one activation scale per call (per-tensor)":
+                     lambda: w8a8.w8a8(model, activations="tensor"),
+                 "ablation: W8A8 with the tied head in int8 too (per channel)": lambda: w8a8.w8a8(model, head=True)}
     rows, last = [], None
-    for name, m in steps.items():
+    for name, m in list(steps.items()) + [(n, make()) for n, make in ablations.items()]:
         row = {"step": name, "decode MB read per token": round(kernels.decode_bytes(m) / 1e6, 1)}
         if m is model:
             row |= {"ppl [95% CI]": str(base)}
         else:
-            last = a = agreement(m, model, tok, tokens=args.tokens, chunk=args.chunk)
+            a = agreement(m, model, tok, tokens=args.tokens, chunk=args.chunk)
+            last = a if name in steps else last
             row |= {"ppl [95% CI]": str(a.perplexity), "x decoded [95% CI]": _ratio(a.perplexity.ratio(base)),
                     "KL nats/token [95% CI]": f"{a.kl:.4f} [{a.kl_lo:.4f}, {a.kl_hi:.4f}]",
                     "top-1 agreement % [95% CI]": f"{100 * a.top1:.1f} [{100 * a.top1_lo:.1f}, {100 * a.top1_hi:.1f}]"}
         rows.append(row)
-    _say(lines, pd.DataFrame(rows).to_markdown(index=False))
+    _say(lines, pd.DataFrame(rows).fillna("").to_markdown(index=False))
     c = last.perplexity.ratio(base)
     _say(lines, f"\nW8A8 + SmoothQuant: x{c.ratio:.3f} [{c.lo:.3f}, {c.hi:.3f}] the decoded model's perplexity -> "
                 + ("within 1.1x" if c.ratio <= 1.1 else "NOT within 1.1x"))

@@ -129,3 +129,16 @@ def test_perplexity_of_w8a8_is_close_to_float(tiny):
     base = perplexity(tiny, ByteTokenizer(), TEXT, tokens=512, chunk=64)
     r = perplexity(w8a8.w8a8(tiny), ByteTokenizer(), TEXT, tokens=512, chunk=64)
     assert r.ratio(base).ratio == pytest.approx(1.0, abs=0.02)
+
+
+def test_the_ablations_put_one_of_torchs_choices_back(tiny):
+    x = torch.tensor([[1.0, -4.0, 2.0], [100.0, 0.5, -50.0]])
+    codes, scale = w8a8.quantize_per_token(x, "tensor")
+    assert torch.allclose(scale[:, 0], torch.tensor([100.0, 100.0]) / 127)  # one grid for both tokens
+    assert codes.tolist() == [[1, -5, 3], [127, 1, -64]]
+    with pytest.raises(ValueError, match="granularity"):
+        w8a8.w8a8(tiny, activations="channel")
+    q = w8a8.w8a8(tiny, head=True)
+    assert isinstance(q.lm_head, w8a8.W8A8Linear) and type(tiny.lm_head) is nn.Linear
+    assert q.model.embed_tokens.weight.dtype == torch.float32  # the table the head was tied to stays float
+    assert torch.equal(q.model.embed_tokens.weight, tiny.model.embed_tokens.weight)

@@ -36,19 +36,27 @@ NORM_BEFORE = {"self_attn.q_proj": "input_layernorm", "mlp.gate_proj": "post_att
 QMIN, QMAX = affine.qrange(8, "symmetric", restricted=True)  # -127 .. 127: 0.0 exact, the grid symmetric
 
 
-def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 codes [n, in] of rows x [n, in], each row (token) on its own symmetric grid, and the scales [n, 1]."""
-    block = affine.block_size_for(x, "channel")
+ACTIVATIONS = ("token", "tensor")
+
+
+def quantize_per_token(x: torch.Tensor, granularity: str = "token") -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes [n, in] of rows x [n, in], each row (token) on its own symmetric grid, and the scales [n, 1];
+    `granularity="tensor"` puts every row on one grid (the ablation: one scale per call, as torch's dynamic int8)."""
+    if granularity not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation granularity {granularity!r}; choose one of {ACTIVATIONS}.")
+    block = affine.block_size_for(x, "channel" if granularity == "token" else "tensor")
     scale, zero_point = affine.choose_qparams_affine(x, "symmetric", block, QMIN, QMAX)
-    return affine.quantize_affine(x, block, scale, zero_point, QMIN, QMAX), scale.reshape(-1, 1)
+    codes = affine.quantize_affine(x, block, scale, zero_point, QMIN, QMAX)
+    return codes, scale.reshape(-1, 1).expand(len(x), 1)
 
 
 class W8A8Linear(nn.Module):
     """A Linear layer run in int8: int8 weights with a float32 scale per output channel (symmetric), each call's
     activations made int8 per token, multiplied as integers (torch._int_mm, int32 sums) and scaled back."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, activations: str = "token"):
         super().__init__()
+        self.activations = activations
         w = linear.weight.detach().float()
         block = affine.block_size_for(w, "channel")
         scale, zero_point = affine.choose_qparams_affine(w, "symmetric", block, QMIN, QMAX)
@@ -59,23 +67,27 @@ class W8A8Linear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        codes, x_scale = quantize_per_token(x.reshape(-1, self.in_features))
+        codes, x_scale = quantize_per_token(x.reshape(-1, self.in_features), self.activations)
         y = torch._int_mm(codes, self.weight_t).float() * x_scale * self.weight_scale
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, int8 weights per channel, int8 activations per token"
+        return f"{self.in_features}, {self.out_features}, int8 weights per channel, int8 activations per {self.activations}"
 
 
-def w8a8(model: nn.Module, inplace: bool = False) -> nn.Module:
+def w8a8(model: nn.Module, inplace: bool = False, activations: str = "token", head: bool = False) -> nn.Module:
     """A copy sharing no tensor with `model` (the model itself with `inplace`) whose decoder Linear layers are
-    W8A8Linear; the embeddings and the (tied) head stay in float."""
-    settings.flags(inplace=inplace)
+    W8A8Linear; the embeddings and the (tied) head stay in float. The ablations: `activations="tensor"` (one scale
+    per call) and `head=True` (the head in int8 too, per channel)."""
+    settings.flags(inplace=inplace, head=head)
     parts.require_fp32(model, "W8A8 conversion")
+    quantize_per_token(torch.zeros(1, 1), activations)  # an unknown granularity refused before any copy
     out = model if inplace else parts.copy_sharing(model)  # the Linear layers are replaced, never written
     for name, layer in decoder_linears(out).items():
-        parts.set_module(out, name, W8A8Linear(layer))
+        parts.set_module(out, name, W8A8Linear(layer, activations))
+    if head:  # the embedding table keeps the float weight it shares with the head
+        out.set_output_embeddings(W8A8Linear(out.get_output_embeddings(), activations))
     return (out if inplace else parts.unshare(out, model)).eval()
 
 
