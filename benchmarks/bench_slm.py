@@ -270,6 +270,8 @@ def w8a8_section(model, tok, base, args, lines: list[str]) -> None:
     # which of torch's three choices collapses it: each one put back alone into W8A8 (quality only, not timed)
     ablations = {"ablation: W8A8 with one activation scale per call (per-tensor)":
                      lambda: w8a8.w8a8(model, activations="tensor"),
+                 "ablation: W8A8 with one weight scale per matrix (per-tensor)":
+                     lambda: w8a8.w8a8(model, weights="tensor"),
                  "ablation: W8A8 with the tied head in int8 too (per channel)": lambda: w8a8.w8a8(model, head=True)}
     rows, last = [], None
     for name, m in list(steps.items()) + [(n, make()) for n, make in ablations.items()]:

@@ -138,6 +138,14 @@ def test_the_ablations_put_one_of_torchs_choices_back(tiny):
     assert codes.tolist() == [[1, -5, 3], [127, 1, -64]]
     with pytest.raises(ValueError, match="granularity"):
         w8a8.w8a8(tiny, activations="channel")
+    lin = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.1, 0.2, -0.3, 127.0]]))
+    per_tensor = w8a8.W8A8Linear(lin, weights="tensor")
+    assert torch.allclose(per_tensor.weight_scale, torch.tensor([[1.0, 1.0]]))  # one scale, 127 / 127
+    assert per_tensor.weight_t.T[0].tolist() == [1, -2, 0, 0]  # the small row keeps three levels
+    with pytest.raises(ValueError, match="weights"):
+        w8a8.w8a8(tiny, weights="group")
     q = w8a8.w8a8(tiny, head=True)
     assert isinstance(q.lm_head, w8a8.W8A8Linear) and type(tiny.lm_head) is nn.Linear
     assert q.model.embed_tokens.weight.dtype == torch.float32  # the table the head was tied to stays float

@@ -54,16 +54,16 @@ class W8A8Linear(nn.Module):
     """A Linear layer run in int8: int8 weights with a float32 scale per output channel (symmetric), each call's
     activations made int8 per token, multiplied as integers (torch._int_mm, int32 sums) and scaled back."""
 
-    def __init__(self, linear: nn.Linear, activations: str = "token"):
+    def __init__(self, linear: nn.Linear, activations: str = "token", weights: str = "channel"):
         super().__init__()
         self.activations = activations
         w = linear.weight.detach().float()
-        block = affine.block_size_for(w, "channel")
+        block = affine.block_size_for(w, weights)
         scale, zero_point = affine.choose_qparams_affine(w, "symmetric", block, QMIN, QMAX)
         codes = affine.quantize_affine(w, block, scale, zero_point, QMIN, QMAX)
         self.in_features, self.out_features = w.shape[1], w.shape[0]
         self.register_buffer("weight_t", codes.T.contiguous())  # [in, out]: the layout torch._int_mm reads
-        self.register_buffer("weight_scale", scale.reshape(1, -1))  # [1, out]
+        self.register_buffer("weight_scale", scale.reshape(1, -1).expand(1, w.shape[0]).contiguous())  # [1, out]
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,21 +73,25 @@ class W8A8Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, int8 weights per channel, int8 activations per {self.activations}"
+        return f"{self.in_features}, {self.out_features}, int8 weights and activations (per {self.activations})"
 
 
-def w8a8(model: nn.Module, inplace: bool = False, activations: str = "token", head: bool = False) -> nn.Module:
+def w8a8(model: nn.Module, inplace: bool = False, activations: str = "token", head: bool = False,
+         weights: str = "channel") -> nn.Module:
     """A copy sharing no tensor with `model` (the model itself with `inplace`) whose decoder Linear layers are
-    W8A8Linear; the embeddings and the (tied) head stay in float. The ablations: `activations="tensor"` (one scale
-    per call) and `head=True` (the head in int8 too, per channel)."""
+    W8A8Linear; the embeddings and the (tied) head stay in float. The ablations, each one of torch's dynamic int8
+    choices: `activations="tensor"` (one scale per call), `weights="tensor"` (one scale per matrix) and `head=True`
+    (the head in int8 too)."""
+    if weights not in ("channel", "tensor"):
+        raise ValueError(f"weights must be 'channel' or 'tensor', got {weights!r}.")
     settings.flags(inplace=inplace, head=head)
     parts.require_fp32(model, "W8A8 conversion")
     quantize_per_token(torch.zeros(1, 1), activations)  # an unknown granularity refused before any copy
     out = model if inplace else parts.copy_sharing(model)  # the Linear layers are replaced, never written
     for name, layer in decoder_linears(out).items():
-        parts.set_module(out, name, W8A8Linear(layer, activations))
+        parts.set_module(out, name, W8A8Linear(layer, activations, weights))
     if head:  # the embedding table keeps the float weight it shares with the head
-        out.set_output_embeddings(W8A8Linear(out.get_output_embeddings(), activations))
+        out.set_output_embeddings(W8A8Linear(out.get_output_embeddings(), activations, weights))
     return (out if inplace else parts.unshare(out, model)).eval()
 
 
