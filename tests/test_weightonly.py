@@ -400,6 +400,7 @@ def test_kernels_are_tried_one_at_a_time_and_failures_keep_their_error(tiny):
     table = kernels.kernel_speeds(tiny, ByteTokenizer(), chosen, base=base, prompt_tokens=16, new_tokens=2, warmup=0,
                                   repeats=1)
     assert table.loc["bf16", "status"] == "ran" and table.loc["bf16", "decode_x"] > 0
+    assert table.loc["bf16", "decode_MB"] == pytest.approx(table.loc["bf16", "fp32_decode_MB"] / 2)  # head too
     assert table.loc["bf16", "perplexity [95% CI]"].count("[") == 1 and table.loc["bf16", "x fp32's [95% CI]"][0] == "x"
     assert table.loc["broken", "status"].startswith("failed: ZeroDivisionError")
 

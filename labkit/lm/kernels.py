@@ -154,7 +154,8 @@ def try_kernel(make) -> tuple[nn.Module | None, str]:
 def kernel_speeds(model: nn.Module, tokenizer, makers: dict | None = None, base: Perplexity | None = None,
                   **timing) -> pd.DataFrame:
     """Each precision timed beside fp32, in pairs, one copy alive at a time: prefill and decode tokens/s and their
-    ratios to fp32 in the same rounds (tokens_per_second; `timing` goes to it), or the error it failed with.
+    ratios to fp32 in the same rounds (tokens_per_second; `timing` goes to it), the megabytes one decode step reads
+    (decode_bytes), or the error it failed with.
 
     With `base` (the fp32 model's perplexity), each precision's perplexity on the same chunks is measured while its
     copy is alive, with its paired ratio to fp32."""
@@ -168,7 +169,9 @@ def kernel_speeds(model: nn.Module, tokenizer, makers: dict | None = None, base:
                 "fp32_prefill_tok_s": t.loc["fp32", "prefill_tok_s"],
                 "fp32_decode_tok_s": t.loc["fp32", "decode_tok_s"],
                 "prefill_x": t.loc[name, "prefill_tok_s"] / t.loc["fp32", "prefill_tok_s"],
-                "decode_x": t.loc[name, "decode_tok_s"] / t.loc["fp32", "decode_tok_s"]}
+                "decode_x": t.loc[name, "decode_tok_s"] / t.loc["fp32", "decode_tok_s"],
+                # what one decode step reads, the head included: the bound decode speed answers to
+                "decode_MB": decode_bytes(m) / 1e6, "fp32_decode_MB": decode_bytes(model) / 1e6}
             if base is not None:
                 r = perplexity(m, tokenizer, tokens=base.tokens, chunk=base.chunk)
                 row |= {"perplexity [95% CI]": str(r), "x fp32's [95% CI]": str(r.ratio(base))}
