@@ -30,10 +30,10 @@ def test_weights_get_one_scale_per_output_channel():
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.1, 0.2, -0.3, 0.4], [-127.0, 1.0, 2.0, 3.0]]))
     q = w8a8.W8A8Linear(lin)
-    assert q.weight_t.dtype == torch.int8 and q.weight_t.shape == (4, 3)
+    assert q.weight_codes.dtype == torch.int8 and q.weight_codes.shape == (3, 4)
     # each row's largest |w| lands on code +-127
     assert torch.allclose(q.weight_scale[0], torch.tensor([2.0, 0.4, 127.0]) / 127)
-    assert q.weight_t.T[0].tolist() == [64, -127, 32, 0] and q.weight_t.T[2, 0] == -127
+    assert q.weight_codes[0].tolist() == [64, -127, 32, 0] and q.weight_codes[2, 0] == -127
 
 
 def test_activations_get_one_scale_per_token():
@@ -50,7 +50,7 @@ def test_w8a8_linear_matches_its_integer_arithmetic_and_stays_close_to_float():
     x = torch.randn(2, 5, 64)
     q = w8a8.W8A8Linear(lin)
     codes, xs = w8a8.quantize_per_token(x.reshape(-1, 64))
-    expected = (codes.double() @ q.weight_t.double()) * xs.double() * q.weight_scale.double() + lin.bias.double()
+    expected = (codes.double() @ q.weight_codes.double().T) * xs.double() * q.weight_scale.double() + lin.bias.double()
     assert torch.allclose(q(x).reshape(-1, 32).double(), expected, atol=1e-5)
     assert (q(x) - lin(x)).abs().max() < 0.02 * lin(x).abs().max()
 
@@ -143,7 +143,7 @@ def test_the_ablations_put_one_of_torchs_choices_back(tiny):
         lin.weight.copy_(torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.1, 0.2, -0.3, 127.0]]))
     per_tensor = w8a8.W8A8Linear(lin, weights="tensor")
     assert torch.allclose(per_tensor.weight_scale, torch.tensor([[1.0, 1.0]]))  # one scale, 127 / 127
-    assert per_tensor.weight_t.T[0].tolist() == [1, -2, 0, 0]  # the small row keeps three levels
+    assert per_tensor.weight_codes[0].tolist() == [1, -2, 0, 0]  # the small row keeps three levels
     with pytest.raises(ValueError, match="weights"):
         w8a8.w8a8(tiny, weights="group")
     q = w8a8.w8a8(tiny, head=True)
