@@ -2,15 +2,18 @@ import json
 import warnings
 from pathlib import Path
 
+import matplotlib
 import pandas as pd
 import pytest
+from matplotlib import pyplot as plt
 
 from labkit import __main__ as cli
 from labkit import tour as lktour
 from labkit.core import data, measure, results
 from labkit.dynamic import int8, tokens
+from labkit.lab import plots
 from labkit.lm import slm
-from labkit.pipelines import pipeline
+from labkit.pipelines import pareto, pipeline
 from labkit.prune import prune
 from labkit.quant import floats as precision
 from labkit.quant import quantize
@@ -79,6 +82,43 @@ def test_the_best_configuration_is_the_fastest_within_2_points_on_validation():
     assert best["name"] == "at the edge" and best["predicted_speedup_b32"] == 2.0
     assert "predicted 2.00x from bytes and multiply-adds, measured 2.50x" in lktour.describe_best(best)
     assert lktour.best_configuration(df.assign(val_accuracy=None)) is None  # nothing chosen without validation
+
+
+def test_pareto_png_draws_the_2d_front_with_intervals_and_numbers_that_do_not_collide(monkeypatch):
+    matplotlib.use("Agg")  # files only: no window
+    df = pd.DataFrame({
+        "name": ["fp32 baseline", "fp16 weights", "bf16 weights", "int8", "big and slow", "not timed"],
+        "accuracy": [0.85, 0.85, 0.84, 0.80, 0.83, 0.85],
+        "latency_b32_ms": [200.0, 200.0, 60.0, 50.0, 150.0, None],
+        "size_mb": [90.0, 45.0, 45.0, 23.0, 180.0, 23.0]})
+    df["accuracy_lo"], df["accuracy_hi"] = df["accuracy"] - 0.02, df["accuracy"] + 0.02
+    df["size_bytes"] = df["size_mb"] * 1e6
+    front = pareto.pareto_front(df, minimize=("latency_b32_ms",))
+    # by hand: fp32 and fp16 coincide (neither beats the other), bf16 and int8 trade accuracy for time; 'big and
+    # slow' is beaten by bf16; the three-objective front would keep fp16 only of the two coincident ones (size)
+    assert front.tolist() == [True, True, True, True, False, False]
+    assert pareto.pareto_front(df).tolist()[:2] == [False, True]
+    fig = plots.pareto(df, front=front)
+    ax = fig.axes[0]
+    numbers = [t for t in ax.texts if (t.get_gid() or "").startswith("point-")]
+    assert [t.get_text() for t in numbers] == ["1", "2", "3", "4", "5"]  # the untimed row is not drawn
+    assert numbers[0].xy == numbers[1].xy and numbers[0].xyann != numbers[1].xyann  # coincident: apart
+    listed = fig.axes[1].texts[0].get_text().splitlines()
+    assert listed[0].split() == ["1", "*", "fp32", "baseline"] and listed[4].split() == ["5", "big", "and", "slow"]
+    line = next(ln for ln in ax.lines if ln.get_gid() == "pareto-front")
+    assert sorted(line.get_xdata()) == [50.0, 60.0, 200.0, 200.0]  # the 2-D front, not the table's column
+    bars = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
+    assert len(bars) == 1 and len(bars[0].lines[2][0].get_segments()) == 5  # an interval bar per point
+    sizes = ax.collections[-1].get_sizes()
+    assert sizes[4] > sizes[0] > sizes[1] > sizes[3]  # area grows with the size in MB
+    plt.close(fig)
+    monkeypatch.setenv("LABKIT_LANG", "zh")
+    monkeypatch.setattr(plots, "cjk_font", lambda: "Noto Sans CJK SC")
+    with plt.rc_context():
+        fig = plots.pareto(df, front=front)
+        assert fig.axes[0].get_ylabel() == "准确率" and "帕累托前沿" in [t.get_text() for t in
+                                                                     fig.axes[0].get_legend().get_texts()]
+        plt.close(fig)
 
 
 def test_unknown_command_is_refused():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from labkit.lab import labels
@@ -69,19 +70,63 @@ def results_bars(df: pd.DataFrame, path=None):
     return fig
 
 
-def pareto(df: pd.DataFrame, x: str = "latency_b32_ms", y: str = "accuracy", path=None):
-    """Accuracy against latency (or size), one point per model, labelled."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter(df[x], df[y], color="#dd8452")
-    if "pareto" in df:  # the trade-offs no other model beats on every measure
-        front = df[df["pareto"]].sort_values(x)
-        ax.plot(front[x], front[y], "--", color="gray", label=tr("Pareto front"))
-        ax.legend(fontsize=8)
-    for _, row in df.iterrows():
-        ax.annotate(row["name"], (row[x], row[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+# Where a point's number goes, in points from the point: the next free place when points (nearly) coincide.
+NUMBER_OFFSETS = ((4, 4), (4, -11), (-11, 4), (-11, -11), (10, -3), (-17, -3), (-3, 10), (-3, -17))
+
+
+def _number_offsets(xs, ys, near: float = 0.02) -> list[tuple[int, int]]:
+    """Each point's number offset: a point within `near` (a fraction of each axis's span) of earlier points takes
+    the next place in NUMBER_OFFSETS, so that coincident points' numbers never sit on one another."""
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    span_x = np.ptp(xs) or 1.0
+    span_y = np.ptp(ys) or 1.0
+    out = []
+    for i in range(len(xs)):
+        close = (np.abs(xs[:i] - xs[i]) <= near * span_x) & (np.abs(ys[:i] - ys[i]) <= near * span_y)
+        taken = {out[j] for j in np.flatnonzero(close)}
+        out.append(next((o for o in NUMBER_OFFSETS if o not in taken), NUMBER_OFFSETS[len(taken) % 8]))
+    return out
+
+
+def pareto(df: pd.DataFrame, x: str = "latency_b32_ms", y: str = "accuracy", front: pd.Series | None = None,
+           path=None):
+    """Accuracy against latency (or size), one numbered point per measured model, its name in the list beside.
+
+    Where the table has them, `{y}_lo` and `{y}_hi` are drawn as the interval's bar and `size_mb` as the marker's
+    area. `front` (True for the rows on the two-dimensional front of `x` and `y`, e.g.
+    `pipelines.pareto.pareto_front(df, minimize=(x,))`) is drawn as a dashed staircase and starred in the list."""
+    shown = df[df[x].notna() & df[y].notna()]
+    on_front = (front.reindex(shown.index).fillna(False).astype(bool) if front is not None
+                else pd.Series(False, index=shown.index))
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(12, max(4.5, 0.2 * len(shown) + 1.5)),
+                                   gridspec_kw={"width_ratios": [3, 2]})
+    xs, ys = shown[x].to_numpy(float), shown[y].to_numpy(float)
+    if {f"{y}_lo", f"{y}_hi"} <= set(shown):
+        lo, hi = shown[f"{y}_lo"].to_numpy(float), shown[f"{y}_hi"].to_numpy(float)
+        ax.errorbar(xs, ys, yerr=[np.nan_to_num(ys - lo), np.nan_to_num(hi - ys)], fmt="none", ecolor="#999999",
+                    elinewidth=1, capsize=2, zorder=1, label=tr("95% interval"))
+    sizes = shown["size_mb"].to_numpy(float) if "size_mb" in shown else np.ones(len(shown))
+    area = 20 + 280 * np.nan_to_num(sizes) / max(np.nanmax(sizes, initial=0), 1e-9)
+    colors = np.where(on_front.to_numpy(), "#dd8452", "#4c72b0")
+    ax.scatter(xs, ys, s=area, c=colors, alpha=0.6, edgecolors="white", zorder=2)
+    if on_front.any():
+        line = shown[on_front.to_numpy()].sort_values(x)
+        ax.plot(line[x], line[y], "--", color="gray", drawstyle="steps-post", zorder=1, label=tr("Pareto front"),
+                gid="pareto-front")
+    names = []
+    for k, (px, py, offset, name, best) in enumerate(zip(xs, ys, _number_offsets(xs, ys), shown["name"],
+                                                         on_front), start=1):
+        ax.annotate(str(k), (px, py), xytext=offset, textcoords="offset points", fontsize=8, fontweight="bold",
+                    gid=f"point-{k}")
+        names.append(f"{k:>2}{' *' if best else '  '} {name}")
     ax.set_xlabel(tr(x))
     ax.set_ylabel(tr(y))
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    side.axis("off")
+    side.set_title(tr("marker area: size (MB); * on the front"), fontsize=8, loc="left")
+    side.text(0, 1, "\n".join(names), va="top", ha="left", family="monospace", fontsize=7,
+              transform=side.transAxes, gid="point-names")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

@@ -26,8 +26,7 @@ import torch
 from torch import nn
 
 from labkit import fast_mode
-from labkit.core import assets, data, parts, results, settings
-from labkit.quant import floats
+from labkit.core import assets, data, machine, parts, results, settings
 from labkit.runtimes.onnx import ORT_MODEL_TYPES, OnnxClassifier, attention_shape, onnx_inputs, session
 
 PRECISIONS = ("f32", "default")
@@ -237,7 +236,8 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None =
     _check_classifier(model)
     models = {"openvino fp32": to_openvino(model, "f32", tokenizer=tokenizer),
               "openvino int8 (NNCF)": to_openvino(model, int8=True, calibration="train", tokenizer=tokenizer)}
-    if floats.is_native("bf16"):
+    # The CPU's own flags, as quant.floats.is_native reads them for a CPU model (OpenVINO runs on the CPU).
+    if machine.native_float_support().get("bf16"):
         bf16 = to_openvino(model, "default", tokenizer=tokenizer)
         if bf16.inference_precision == "bf16":
             models["openvino bf16"] = bf16
