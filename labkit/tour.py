@@ -161,7 +161,8 @@ def best_configuration(df: pd.DataFrame, baseline: str = BASELINE, points: float
     split (the baseline itself included), with its test accuracy (reported once) and its ratios to GOAL.
 
     Only rows timed and measured on the same validation snippets as the baseline compete; None where the baseline
-    has no validation accuracy or was not timed. `predicted_speedup_b32` is the roofline's prediction where the table has that column.
+    has no validation accuracy or was not timed. `predicted_speedup_b32`: the roofline's prediction for that row,
+    where the table has that column (None otherwise).
     """
     if baseline not in set(df["name"]) or "val_accuracy" not in df:
         return None
@@ -194,6 +195,7 @@ def describe_best(best: dict | None) -> str:
     if best is None:
         return "No best configuration: the baseline row has no validation accuracy or was not timed.\n"
     goal = GOAL
+    # the roofline's predicted speed-up beside the measured one, where the table carries the prediction
     roofline = (f"predicted {best['predicted_speedup_b32']:.2f}x from bytes and multiply-adds, measured "
                 f"{best['speedup_b32']:.2f}x" if best["predicted_speedup_b32"] is not None else
                 "not predicted in this table (no predicted_speedup_b32 column)")
