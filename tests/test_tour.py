@@ -103,6 +103,9 @@ def test_pareto_png_draws_the_2d_front_with_intervals_and_numbers_that_do_not_co
     numbers = [t for t in ax.texts if (t.get_gid() or "").startswith("point-")]
     assert [t.get_text() for t in numbers] == ["1", "2", "3", "4", "5"]  # the untimed row is not drawn
     assert numbers[0].xy == numbers[1].xy and numbers[0].xyann != numbers[1].xyann  # coincident: apart
+    fig.canvas.draw()
+    boxes = [t.get_window_extent(fig.canvas.get_renderer()) for t in numbers]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])  # no number on another
     listed = fig.axes[1].texts[0].get_text().splitlines()
     assert listed[0].split() == ["1", "*", "fp32", "baseline"] and listed[4].split() == ["5", "big", "and", "slow"]
     line = next(ln for ln in ax.lines if ln.get_gid() == "pareto-front")

@@ -10,6 +10,7 @@ import functools
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib import ticker
 
 from labkit.lab import labels
 
@@ -70,21 +71,39 @@ def results_bars(df: pd.DataFrame, path=None):
     return fig
 
 
-# Where a point's number goes, in points from the point: the next free place when points (nearly) coincide.
-NUMBER_OFFSETS = ((4, 4), (4, -11), (-11, 4), (-11, -11), (10, -3), (-17, -3), (-3, 10), (-3, -17))
+# Where a point's number may go: its box's lower-left corner, in points from the point, for a box w wide and h high;
+# tried in this order, then twice and three times as far.
+NUMBER_PLACES = (lambda w, h: (4, 3), lambda w, h: (4, -3 - h), lambda w, h: (-4 - w, 3),
+                 lambda w, h: (-4 - w, -3 - h), lambda w, h: (6, -h / 2), lambda w, h: (-6 - w, -h / 2),
+                 lambda w, h: (-w / 2, 5), lambda w, h: (-w / 2, -5 - h))
 
 
-def _number_offsets(xs, ys, near: float = 0.02) -> list[tuple[int, int]]:
-    """Each point's number offset: a point within `near` (a fraction of each axis's span) of earlier points takes
-    the next place in NUMBER_OFFSETS, so that coincident points' numbers never sit on one another."""
-    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
-    span_x = np.ptp(xs) or 1.0
-    span_y = np.ptp(ys) or 1.0
-    out = []
-    for i in range(len(xs)):
-        close = (np.abs(xs[:i] - xs[i]) <= near * span_x) & (np.abs(ys[:i] - ys[i]) <= near * span_y)
-        taken = {out[j] for j in np.flatnonzero(close)}
-        out.append(next((o for o in NUMBER_OFFSETS if o not in taken), NUMBER_OFFSETS[len(taken) % 8]))
+def _number_offsets(ax, xs, ys, texts, fontsize: float = 8) -> list[tuple[float, float]]:
+    """Each number's offset in points (its box's lower-left corner): the first place around its point where the box
+    overlaps no number placed before it and no other point, else the place with the fewest overlaps. Call it once
+    the axes have their final size and limits (after tight_layout)."""
+    ax.autoscale_view()
+    pts = ax.transData.transform(np.column_stack([xs, ys])) / (ax.figure.dpi / 72)  # display points
+    height, placed, out = fontsize, [], []
+    for i, text in enumerate(texts):
+        width = 0.65 * fontsize * len(text) + 1  # a bold digit is about 0.6 of the font size wide
+        best, best_cost = None, None
+        for ring in (1, 2, 3):
+            for place in NUMBER_PLACES:
+                dx, dy = (ring * v for v in place(width, height))
+                x0, y0 = pts[i, 0] + dx, pts[i, 1] + dy
+                box = (x0, y0, x0 + width, y0 + height)
+                cost = 10 * sum(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed)
+                cost += sum(box[0] - 3 < px < box[2] + 3 and box[1] - 3 < py < box[3] + 3
+                            for k, (px, py) in enumerate(pts) if k != i)
+                if best_cost is None or cost < best_cost:
+                    best, best_cost = (dx, dy, box), cost
+                if cost == 0:
+                    break
+            if best_cost == 0:
+                break
+        placed.append(best[2])
+        out.append((best[0], best[1]))
     return out
 
 
@@ -113,12 +132,13 @@ def pareto(df: pd.DataFrame, x: str = "latency_b32_ms", y: str = "accuracy", fro
         line = shown[on_front.to_numpy()].sort_values(x)
         ax.plot(line[x], line[y], "--", color="gray", drawstyle="steps-post", zorder=1, label=tr("Pareto front"),
                 gid="pareto-front")
-    names = []
-    for k, (px, py, offset, name, best) in enumerate(zip(xs, ys, _number_offsets(xs, ys), shown["name"],
-                                                         on_front), start=1):
-        ax.annotate(str(k), (px, py), xytext=offset, textcoords="offset points", fontsize=8, fontweight="bold",
-                    gid=f"point-{k}")
-        names.append(f"{k:>2}{' *' if best else '  '} {name}")
+    names = [f"{k:>2}{' *' if best else '  '} {name}" for k, (name, best) in
+             enumerate(zip(shown["name"], on_front), start=1)]
+    if len(xs) and xs.min() > 0 and xs.max() / xs.min() >= 8:  # on a log axis equal speed-ups are equal distances
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))  # 100, 200, 500, 1000: plain numbers
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel(tr(x))
     ax.set_ylabel(tr(y))
     ax.grid(alpha=0.3)
@@ -128,6 +148,10 @@ def pareto(df: pd.DataFrame, x: str = "latency_b32_ms", y: str = "accuracy", fro
     side.text(0, 1, "\n".join(names), va="top", ha="left", family="monospace", fontsize=7,
               transform=side.transAxes, gid="point-names")
     fig.tight_layout()
+    numbers = [str(k) for k in range(1, len(xs) + 1)]
+    for k, (px, py, offset) in enumerate(zip(xs, ys, _number_offsets(ax, xs, ys, numbers)), start=1):
+        ax.annotate(str(k), (px, py), xytext=offset, textcoords="offset points", ha="left", va="bottom",
+                    fontsize=8, fontweight="bold", gid=f"point-{k}")
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
