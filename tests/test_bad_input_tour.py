@@ -68,7 +68,8 @@ def test_two_layer_classifier_tour_completes_with_every_row(tmp_path, tokenizer)
     assert "combined: structured + recover + token + int8" in names  # token pruning from layer 1, not 2
     assert "token pruning keep 0.5 from layer 1" in names
     record = _record(out)
-    assert record["status"] == "complete" and record["error"] is None and record["skipped"] == []
+    assert record["status"] == "complete" and record["error"] is None
+    assert {s["row"] for s in record["skipped"]} <= {"openvino bf16"}  # skipped only on a CPU without native bf16
     assert record["measured"] == list(lktour.TECHNIQUES) and record["rows"] == names
     assert set(record["files"]) == set(lktour.FILES) and all((out / f).stat().st_size > 0 for f in lktour.FILES)
     assert list(pd.read_csv(out / "summary.csv")["name"]) == names

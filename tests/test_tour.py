@@ -1,17 +1,23 @@
+import json
+import warnings
 from pathlib import Path
 
+import matplotlib
 import pandas as pd
 import pytest
+from matplotlib import pyplot as plt
 
 from labkit import __main__ as cli
 from labkit import tour as lktour
-from labkit.core import data, measure
+from labkit.core import data, measure, results
 from labkit.dynamic import int8, tokens
+from labkit.lab import plots
 from labkit.lm import slm
-from labkit.pipelines import pipeline
+from labkit.pipelines import pareto, pipeline
 from labkit.prune import prune
 from labkit.quant import floats as precision
 from labkit.quant import quantize
+from labkit.runtimes import openvino
 from labkit.sparse import sparse
 
 LIMIT = 64  # test snippets: enough to tell a working compressed model from a broken one, cheap on 2 cores
@@ -41,9 +47,81 @@ def test_tour_writes_the_table_and_plots(tmp_path, monkeypatch, baseline, capsys
     lo, acc, hi = saved.loc["fp32 baseline", ["accuracy_lo", "accuracy", "accuracy_hi"]]
     assert lo < acc < hi  # every accuracy carries its 95% interval
     assert 1.99 < 1 / saved.loc["article: cast to float64", "size_ratio"] <= 2.0
-    assert "fp32 baseline" in (tmp_path / "summary.md").read_text()
+    md = (tmp_path / "summary.md").read_text()
+    assert "fp32 baseline" in md and "## Best configuration within 2 points" in md and "of 8x" in md
+    assert saved["val_snippets"].tolist() == [LIMIT, LIMIT]  # validation measured on the same limit
+    best = json.loads((tmp_path / "tour.json").read_text())["best"]
+    assert best["speedup_b32"] == saved["speedup_b32"].max()  # both within 2 points: the faster one (fp32's)
     out = capsys.readouterr().out
     assert "fp32 baseline" in out and "threads:" in out and "interleaved" in out  # conditions printed with it
+
+
+def _row(name, val, speedup, size, test=0.84, val_n=500):
+    return results.Result(name, test, 1.0, size, 10.0, 100.0 / speedup if speedup else None, accuracy_lo=test - 0.03,
+                          accuracy_hi=test + 0.03, snippets=600, speedup_b32=speedup, val_accuracy=val,
+                          val_snippets=val_n)
+
+
+def test_the_best_configuration_is_the_fastest_within_2_points_on_validation():
+    df = results.table([_row("fp32 baseline", 0.860, 1.0, 100), _row("bf16", 0.859, 3.1, 50, test=0.851),
+                        _row("at the edge", 0.840, 2.5, 40), _row("fast but worse", 0.839, 3.9, 20),
+                        _row("on 200 snippets", 0.870, 9.0, 10, val_n=200), _row("simulated", 0.870, None, 10)],
+                       baseline="fp32 baseline")
+    best = lktour.best_configuration(df)
+    # 'fast but worse' is 2.1 points below on validation; 'on 200 snippets' was not measured on the same texts
+    assert best["name"] == "bf16" and best["candidates"] == 3
+    assert best["val_points"] == pytest.approx(-0.1) and best["test_accuracy"] == 0.851  # test reported once
+    assert best["of_speedup_goal"] == pytest.approx(3.1 / 8) and best["of_size_goal"] == pytest.approx(2 / 4)
+    assert best["predicted_speedup_b32"] is None and not best["goal_met"]
+    text = lktour.describe_best(best)
+    assert "Best configuration within 2 points: bf16" in text and "3.10x of 8x (0.39)" in text
+    assert "2.00x of 4x smaller (0.50)" in text and "0.851 [0.821, 0.881]" in text and "roofline" in text
+    # without the bf16 row the one exactly 2 points below wins; the roofline's prediction is shown where present
+    df = df[df["name"] != "bf16"].assign(predicted_speedup_b32=[1.0, 2.0, 4.0, 9.0, None])
+    best = lktour.best_configuration(df)
+    assert best["name"] == "at the edge" and best["predicted_speedup_b32"] == 2.0
+    assert "predicted 2.00x from bytes and multiply-adds, measured 2.50x" in lktour.describe_best(best)
+    assert lktour.best_configuration(df.assign(val_accuracy=None)) is None  # nothing chosen without validation
+
+
+def test_pareto_png_draws_the_2d_front_with_intervals_and_numbers_that_do_not_collide(monkeypatch):
+    matplotlib.use("Agg")  # files only: no window
+    df = pd.DataFrame({
+        "name": ["fp32 baseline", "fp16 weights", "bf16 weights", "int8", "big and slow", "not timed"],
+        "accuracy": [0.85, 0.85, 0.84, 0.80, 0.83, 0.85],
+        "latency_b32_ms": [200.0, 200.0, 60.0, 50.0, 150.0, None],
+        "size_mb": [90.0, 45.0, 45.0, 23.0, 180.0, 23.0]})
+    df["accuracy_lo"], df["accuracy_hi"] = df["accuracy"] - 0.02, df["accuracy"] + 0.02
+    df["size_bytes"] = df["size_mb"] * 1e6
+    front = pareto.pareto_front(df, minimize=("latency_b32_ms",))
+    # by hand: fp32 and fp16 coincide (neither beats the other), bf16 and int8 trade accuracy for time; 'big and
+    # slow' is beaten by bf16; the three-objective front would keep fp16 only of the two coincident ones (size)
+    assert front.tolist() == [True, True, True, True, False, False]
+    assert pareto.pareto_front(df).tolist()[:2] == [False, True]
+    fig = plots.pareto(df, front=front)
+    ax = fig.axes[0]
+    numbers = [t for t in ax.texts if (t.get_gid() or "").startswith("point-")]
+    assert [t.get_text() for t in numbers] == ["1", "2", "3", "4", "5"]  # the untimed row is not drawn
+    assert numbers[0].xy == numbers[1].xy and numbers[0].xyann != numbers[1].xyann  # coincident: apart
+    fig.canvas.draw()
+    boxes = [t.get_window_extent(fig.canvas.get_renderer()) for t in numbers]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])  # no number on another
+    listed = fig.axes[1].texts[0].get_text().splitlines()
+    assert listed[0].split() == ["1", "*", "fp32", "baseline"] and listed[4].split() == ["5", "big", "and", "slow"]
+    line = next(ln for ln in ax.lines if ln.get_gid() == "pareto-front")
+    assert sorted(line.get_xdata()) == [50.0, 60.0, 200.0, 200.0]  # the 2-D front, not the table's column
+    bars = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
+    assert len(bars) == 1 and len(bars[0].lines[2][0].get_segments()) == 5  # an interval bar per point
+    sizes = ax.collections[-1].get_sizes()
+    assert sizes[4] > sizes[0] > sizes[1] > sizes[3]  # area grows with the size in MB
+    plt.close(fig)
+    monkeypatch.setenv("LABKIT_LANG", "zh")
+    monkeypatch.setattr(plots, "cjk_font", lambda: "Noto Sans CJK SC")
+    with plt.rc_context():
+        fig = plots.pareto(df, front=front)
+        assert fig.axes[0].get_ylabel() == "准确率" and "帕累托前沿" in [t.get_text() for t in
+                                                                     fig.axes[0].get_legend().get_texts()]
+        plt.close(fig)
 
 
 def test_unknown_command_is_refused():
@@ -101,6 +179,7 @@ def _measured_on_the_subset(rows, subset, near: set[str]):
     """Accuracy on the LIMIT test snippets; rows in `near` within 8 points of the baseline's on the same snippets."""
     for r in rows:
         assert r.snippets == LIMIT and r.accuracy_lo <= r.accuracy <= r.accuracy_hi, r
+        assert r.val_snippets == LIMIT and r.val_accuracy_lo <= r.val_accuracy <= r.val_accuracy_hi, r
         assert r.size_bytes > 0 and r.notes, r
     for r in rows:
         if r.name in near:
@@ -165,6 +244,40 @@ def test_pipeline_tour(baseline, subset, short_batches):
     assert rows[0].size_bytes < subset["bytes"] / 3  # int8 weights and embeddings
     _measured_on_the_subset(rows, subset, near=set())  # half the tokens dropped: answers change
     _one_group(rows)
+
+
+@pytest.mark.skipif(not openvino.available(), reason="OpenVINO and NNCF are optional (the runtimes extra)")
+def test_openvino_tour(baseline, subset, short_batches):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", results.RowSkipped)
+        rows = openvino.tour(*baseline, subset["reference"], limit=LIMIT)
+    skipped = [w.message.row for w in caught if isinstance(w.message, results.RowSkipped)]
+    assert skipped in ([], ["openvino bf16"]), skipped  # bf16 only where this CPU lacks it
+    names = [r.name for r in rows]
+    assert names[:2] == ["openvino fp32", "openvino int8 (NNCF)"] and names[2:] in ([], ["openvino bf16"])
+    fp32, int8 = rows[0], rows[1]
+    assert 0.9 < fp32.size_bytes / subset["bytes"] < 1.1  # the IR keeps f32 weights: about the saved fp32 bytes
+    assert int8.size_bytes < subset["bytes"] / 2.5  # int8 weights in the IR
+    assert "int8 (NNCF)" in int8.notes and "calibrated on train" in int8.notes
+    _measured_on_the_subset(rows, subset, near=set(names))
+    _one_group(rows)
+
+
+def test_openvino_rows_are_skipped_with_the_reason_where_it_is_absent(monkeypatch, tiny_model, tokenizer):
+    monkeypatch.setattr(openvino, "available", lambda: False)
+    with pytest.warns(results.RowSkipped) as caught:
+        rows = openvino.tour(tiny_model, tokenizer, None, limit=4)
+    assert rows == []
+    assert [w.message.row for w in caught] == list(openvino.TOUR_ROWS)
+    assert all("pip install" in w.message.reason for w in caught)
+    with pytest.warns(results.RowSkipped, match="not installed") as caught:
+        rows = pipeline.tour(tiny_model, tokenizer, None, limit=4, keep=(pipeline.OPENVINO_PIPELINE,))
+    assert rows == [] and [w.message.row for w in caught] == [f"combined: {pipeline.OPENVINO_PIPELINE}"]
+
+
+def test_the_tour_has_the_openvino_rows():
+    assert "runtimes.openvino" in lktour.TECHNIQUES and lktour.pick("openvino") == ("runtimes.openvino",)
+    assert pipeline.OPENVINO_PIPELINE in pipeline.TOUR_PIPELINES
 
 
 def test_a_technique_that_fails_to_import_is_an_error(monkeypatch):

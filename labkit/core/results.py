@@ -46,6 +46,11 @@ class Result:
     speedup_b32_hi: float | None = None
     baseline_b32_ms: float | None = None  # the baseline's median in that same group
     rounds: int | None = None
+    # The same model on the validation split, where a configuration is chosen (the test split is reported once).
+    val_accuracy: float | None = None
+    val_accuracy_lo: float | None = None
+    val_accuracy_hi: float | None = None
+    val_snippets: int | None = None
 
     @property
     def size_mb(self) -> float:
@@ -54,10 +59,12 @@ class Result:
 
 
 def evaluate(name: str, model, tokenizer, reference: np.ndarray | None = None, split: str = "test",
-             limit: int | None = None, timing: bool = True, notes: str = "") -> Result:
-    """Measure one model: accuracy and agreement on a held-out split, bytes, and latency at batch 1 and 32."""
+             limit: int | None = None, timing: bool = True, notes: str = "", validation: bool = True) -> Result:
+    """Measure one model: accuracy and agreement on a held-out split, bytes, and latency at batch 1 and 32; with
+    `validation` (and a test `split`) its accuracy on the validation split too, on the first `limit` snippets."""
     preds = predictions(model, tokenizer, split, limit)
     ci = accuracy_ci(preds, data.split(split, limit)["label"].to_numpy())
+    val = validation_accuracy(model, tokenizer, limit) if validation and split == "test" else {}
     lat1 = latency(model, tokenizer, 1) if timing else None
     lat32 = latency(model, tokenizer, 32) if timing else None
     return Result(name=name, accuracy=ci["accuracy"], accuracy_lo=ci["lo"], accuracy_hi=ci["hi"], snippets=ci["n"],
@@ -65,7 +72,15 @@ def evaluate(name: str, model, tokenizer, reference: np.ndarray | None = None, s
                   size_bytes=serialized_bytes(model),
                   latency_b1_ms=lat1["median_ms"] if lat1 else None,
                   latency_b32_ms=lat32["median_ms"] if lat32 else None,
-                  device=(lat32 or {}).get("device", cpu_name()), notes=notes)
+                  device=(lat32 or {}).get("device", cpu_name()), notes=notes,
+                  val_accuracy=val.get("accuracy"), val_accuracy_lo=val.get("lo"), val_accuracy_hi=val.get("hi"),
+                  val_snippets=val.get("n"))
+
+
+def validation_accuracy(model, tokenizer, limit: int | None = None) -> dict:
+    """Accuracy on the validation split (its first `limit` snippets) with its 95% Wilson interval: the number a
+    configuration is chosen on."""
+    return accuracy_ci(predictions(model, tokenizer, "val", limit), data.split("val", limit)["label"].to_numpy())
 
 
 class RowSkipped(UserWarning):

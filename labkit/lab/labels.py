@@ -41,6 +41,8 @@ STRINGS: dict[str, str] = {
     "batch-32 latency (ms, median)": "批大小 32 的延迟（毫秒，中位数）",
     "serialized size (MB)": "序列化大小（MB）",
     "Pareto front": "帕累托前沿",
+    "95% interval": "95% 置信区间",
+    "marker area: size (MB); * on the front": "点的面积：大小（MB）；* 表示在前沿上",
     "current": "当前",
     "accuracy": "准确率",
     "latency_b32_ms": "批大小 32 的延迟（毫秒）",

@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+from matplotlib import ticker
 
 from labkit.lab import labels
 
@@ -69,20 +71,87 @@ def results_bars(df: pd.DataFrame, path=None):
     return fig
 
 
-def pareto(df: pd.DataFrame, x: str = "latency_b32_ms", y: str = "accuracy", path=None):
-    """Accuracy against latency (or size), one point per model, labelled."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter(df[x], df[y], color="#dd8452")
-    if "pareto" in df:  # the trade-offs no other model beats on every measure
-        front = df[df["pareto"]].sort_values(x)
-        ax.plot(front[x], front[y], "--", color="gray", label=tr("Pareto front"))
-        ax.legend(fontsize=8)
-    for _, row in df.iterrows():
-        ax.annotate(row["name"], (row[x], row[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+# Where a point's number may go: its box's lower-left corner, in points from the point, for a box w wide and h high;
+# tried in this order, then twice and three times as far.
+NUMBER_PLACES = (lambda w, h: (4, 3), lambda w, h: (4, -3 - h), lambda w, h: (-4 - w, 3),
+                 lambda w, h: (-4 - w, -3 - h), lambda w, h: (6, -h / 2), lambda w, h: (-6 - w, -h / 2),
+                 lambda w, h: (-w / 2, 5), lambda w, h: (-w / 2, -5 - h))
+
+
+def _number_offsets(ax, xs, ys, texts, fontsize: float = 8) -> list[tuple[float, float]]:
+    """Each number's offset in points (its box's lower-left corner): the first place around its point where the box
+    overlaps no number placed before it and no other point, else the place with the fewest overlaps. Call it once
+    the axes have their final size and limits (after tight_layout)."""
+    ax.autoscale_view()
+    pts = ax.transData.transform(np.column_stack([xs, ys])) / (ax.figure.dpi / 72)  # display points
+    height, placed, out = fontsize, [], []
+    for i, text in enumerate(texts):
+        width = 0.65 * fontsize * len(text) + 1  # a bold digit is about 0.6 of the font size wide
+        best, best_cost = None, None
+        for ring in (1, 2, 3):
+            for place in NUMBER_PLACES:
+                dx, dy = (ring * v for v in place(width, height))
+                x0, y0 = pts[i, 0] + dx, pts[i, 1] + dy
+                box = (x0, y0, x0 + width, y0 + height)
+                cost = 10 * sum(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed)
+                cost += sum(box[0] - 3 < px < box[2] + 3 and box[1] - 3 < py < box[3] + 3
+                            for k, (px, py) in enumerate(pts) if k != i)
+                if best_cost is None or cost < best_cost:
+                    best, best_cost = (dx, dy, box), cost
+                if cost == 0:
+                    break
+            if best_cost == 0:
+                break
+        placed.append(best[2])
+        out.append((best[0], best[1]))
+    return out
+
+
+def pareto(df: pd.DataFrame, x: str = "latency_b32_ms", y: str = "accuracy", front: pd.Series | None = None,
+           path=None):
+    """Accuracy against latency (or size), one numbered point per measured model, its name in the list beside.
+
+    Where the table has them, `{y}_lo` and `{y}_hi` are drawn as the interval's bar and `size_mb` as the marker's
+    area. `front` (True for the rows on the two-dimensional front of `x` and `y`, e.g.
+    `pipelines.pareto.pareto_front(df, minimize=(x,))`) is drawn as a dashed staircase and starred in the list."""
+    shown = df[df[x].notna() & df[y].notna()]
+    on_front = (front.reindex(shown.index).fillna(False).astype(bool) if front is not None
+                else pd.Series(False, index=shown.index))
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(12, max(4.5, 0.2 * len(shown) + 1.5)),
+                                   gridspec_kw={"width_ratios": [3, 2]})
+    xs, ys = shown[x].to_numpy(float), shown[y].to_numpy(float)
+    if {f"{y}_lo", f"{y}_hi"} <= set(shown):
+        lo, hi = shown[f"{y}_lo"].to_numpy(float), shown[f"{y}_hi"].to_numpy(float)
+        ax.errorbar(xs, ys, yerr=[np.nan_to_num(ys - lo), np.nan_to_num(hi - ys)], fmt="none", ecolor="#999999",
+                    elinewidth=1, capsize=2, zorder=1, label=tr("95% interval"))
+    sizes = shown["size_mb"].to_numpy(float) if "size_mb" in shown else np.ones(len(shown))
+    area = 20 + 280 * np.nan_to_num(sizes) / max(np.nanmax(sizes, initial=0), 1e-9)
+    colors = np.where(on_front.to_numpy(), "#dd8452", "#4c72b0")
+    ax.scatter(xs, ys, s=area, c=colors, alpha=0.6, edgecolors="white", zorder=2)
+    if on_front.any():
+        line = shown[on_front.to_numpy()].sort_values(x)
+        ax.plot(line[x], line[y], "--", color="gray", drawstyle="steps-post", zorder=1, label=tr("Pareto front"),
+                gid="pareto-front")
+    names = [f"{k:>2}{' *' if best else '  '} {name}" for k, (name, best) in
+             enumerate(zip(shown["name"], on_front), start=1)]
+    if len(xs) and xs.min() > 0 and xs.max() / xs.min() >= 8:  # on a log axis equal speed-ups are equal distances
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))  # 100, 200, 500, 1000: plain numbers
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel(tr(x))
     ax.set_ylabel(tr(y))
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    side.axis("off")
+    side.set_title(tr("marker area: size (MB); * on the front"), fontsize=8, loc="left")
+    side.text(0, 1, "\n".join(names), va="top", ha="left", family="monospace", fontsize=7,
+              transform=side.transAxes, gid="point-names")
     fig.tight_layout()
+    numbers = [str(k) for k in range(1, len(xs) + 1)]
+    for k, (px, py, offset) in enumerate(zip(xs, ys, _number_offsets(ax, xs, ys, numbers)), start=1):
+        ax.annotate(str(k), (px, py), xytext=offset, textcoords="offset points", ha="left", va="bottom",
+                    fontsize=8, fontweight="bold", gid=f"point-{k}")
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig

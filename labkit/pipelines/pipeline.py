@@ -130,12 +130,13 @@ def configurations(model: nn.Module | None = None) -> dict[str, list[tuple[str, 
                                              ("int8", {})],
     }
     if openvino.available():  # the same pruned model, then OpenVINO's static int8 (NNCF) instead of torch's
-        configs["structured + recover + openvino int8"] = [small, recover, ("int8", {"backend": "openvino"})]
+        configs[OPENVINO_PIPELINE] = [small, recover, ("int8", {"backend": "openvino"})]
     return configs
 
 
+OPENVINO_PIPELINE = "structured + recover + openvino int8"  # defined only where OpenVINO is installed
 TOUR_PIPELINES = ("structured + recover + int8", "structured + recover + token + int8",
-                  "mild structured + distill + int8")
+                  "mild structured + distill + int8", OPENVINO_PIPELINE)
 
 
 def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None = None,
@@ -143,9 +144,14 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None =
     """Rows for `python -m labkit tour`: the combined pipelines that single techniques do not cover, timed
     interleaved beside `model`. `limit` (test snippets) and `keep` (pipelines) shrink the work for tests only.
 
-    A pipeline this model cannot take (see `check`) is skipped with the reason (`results.skip_row`), before it is
-    built; token pruning starts at layer 2, or at the last layer of a shallower model."""
+    A pipeline this model cannot take (see `check`), or one through OpenVINO where it is not installed, is skipped
+    with the reason (`results.skip_row`), before it is built; token pruning starts at layer 2, or at the last layer
+    of a shallower model."""
     configs = configurations(model)
+    if OPENVINO_PIPELINE in keep and OPENVINO_PIPELINE not in configs:
+        results.skip_row(f"combined: {OPENVINO_PIPELINE}", f"OpenVINO and NNCF are not installed; they are optional: "
+                                                           f"{openvino.INSTALL}")
+        keep = tuple(k for k in keep if k != OPENVINO_PIPELINE)
     unknown = [k for k in keep if k not in configs]
     if unknown:
         raise ValueError(f"No pipeline named {', '.join(map(repr, unknown))}; keep= names some of {', '.join(configs)}.")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from labkit import fast_mode
-from labkit.core import assets, data, parts, settings
+from labkit.core import assets, data, machine, parts, results, settings
 from labkit.runtimes.onnx import ORT_MODEL_TYPES, OnnxClassifier, attention_shape, onnx_inputs, session
 
 PRECISIONS = ("f32", "default")
@@ -217,6 +217,40 @@ def to_openvino(model: nn.Module, precision: str = "default", int8: bool = False
         ov_model = _nncf_int8(ov_model, [{k: v for k, v in b.items() if k in names} for b in calibration])
     xml, weights = _ov_serialize(ov_model, compress_to_fp16=precision == "default")
     return OpenVinoClassifier.from_ir(xml, weights, precision, threads, int8)
+
+
+# --- the tour's rows ---------------------------------------------------------------------------------
+
+TOUR_ROWS = ("openvino fp32", "openvino int8 (NNCF)", "openvino bf16")
+
+
+def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None = None) -> list[results.Result]:
+    """Rows for `python -m labkit tour`: the classifier in OpenVINO with f32 forced, with NNCF's static int8
+    (calibrated on train snippets; what stays float runs in OpenVINO's pick), and with OpenVINO's bf16 where this
+    CPU computes bf16 natively; timed interleaved beside `model`. A row that cannot run here (OpenVINO absent, no
+    native bf16) is skipped with its reason. `limit` measures the first `limit` test snippets only (tests)."""
+    if not available():
+        for row in TOUR_ROWS:
+            results.skip_row(row, f"OpenVINO and NNCF are not installed; they are optional: {INSTALL}")
+        return []
+    _check_classifier(model)
+    models = {"openvino fp32": to_openvino(model, "f32", tokenizer=tokenizer),
+              "openvino int8 (NNCF)": to_openvino(model, int8=True, calibration="train", tokenizer=tokenizer)}
+    # The CPU's own flags, as quant.floats.is_native reads them for a CPU model (OpenVINO runs on the CPU).
+    if machine.native_float_support().get("bf16"):
+        bf16 = to_openvino(model, "default", tokenizer=tokenizer)
+        if bf16.inference_precision == "bf16":
+            models["openvino bf16"] = bf16
+        else:  # the flags say bf16 but this OpenVINO build picked another precision: that row would be f32 again
+            results.skip_row("openvino bf16", f"OpenVINO picked {bf16.inference_precision}, not bf16, on this CPU")
+    else:
+        results.skip_row("openvino bf16", "this CPU has no native bf16 (AVX512-BF16 or AMX): OpenVINO runs f32, "
+                                          "the openvino fp32 row")
+    notes = {name: f"OpenVINO CPU, {m.extra_repr().removeprefix('OpenVINO CPU, ')}; size = the IR's xml + bin"
+             for name, m in models.items()}
+    notes["openvino int8 (NNCF)"] += "; calibrated on train snippets"
+    return results.evaluate_group(models, tokenizer, results.reference_on(model, tokenizer, reference, limit), model,
+                                  notes, limit=limit)
 
 
 # --- an independent ONNX Runtime reference -------------------------------------------------------------
