@@ -136,21 +136,26 @@ def _cache_file() -> Path:
     return cache.cache_dir() / "roofline" / f"{slug}-{torch.get_num_threads()}threads.json"
 
 
+def keep(roof: Roof) -> Roof:
+    """Make `roof` this process's roof (`current`) and cache it for this CPU and thread count (the tour reads it)."""
+    if cache.cache_writable():
+        cache.atomic_write_bytes(_cache_file(), json.dumps(asdict(roof)).encode())
+    _MEASURED["roof"] = roof
+    return roof
+
+
 def measured(refresh: bool = False) -> Roof:
     """This machine's roof at the current thread count: read from the kit's cache, or measured and cached."""
     path = _cache_file()
-    roof = None
     if not refresh and path.exists():
         try:
             roof = Roof(**json.loads(path.read_text()))
+            roof.peak_sizes = {d: {int(n): g for n, g in v.items()} for d, v in roof.peak_sizes.items()}
+            _MEASURED["roof"] = roof
+            return roof
         except (ValueError, TypeError):  # an older or damaged file: measure again
-            roof = None
-    if roof is None:
-        roof = measure_roof()
-        if cache.cache_writable():
-            cache.atomic_write_bytes(path, json.dumps(asdict(roof)).encode())
-    _MEASURED["roof"] = roof
-    return roof
+            pass
+    return keep(measure_roof())
 
 
 def current() -> Roof | None:
