@@ -5,8 +5,9 @@ costs (multiply-adds and bytes moved, layer by layer), and the speed-up the roof
 bounded below by max(multiply-adds / peak, bytes / bandwidth); a model's by the sum over its layers. A module the
 walker does not know makes the prediction None with its reason: a roofline of a guess would teach the wrong thing.
 
-A module declares its own cost with a method `roofline_cost(batch, tokens) -> list[Op]` (labkit's CSR layers, the
-ONNX Runtime and OpenVINO wrappers); a token-pruned model is read from its `token_pruning` record.
+A module declares its own cost with a method `roofline_cost(batch, tokens)` returning a list of `Op`s or of
+(name, multiply-adds, bytes, dtype) tuples, dtype a torch dtype or a name (labkit's CSR layers, the ONNX Runtime
+and OpenVINO wrappers); a token-pruned model is read from its `token_pruning` record.
 """
 
 from __future__ import annotations
@@ -119,13 +120,18 @@ def int8_matmul_available() -> bool:
     return True
 
 
+def roof_from(bw: dict[str, float], per_size: dict[str, dict], array_bytes: int) -> Roof:
+    """The Roof of `stream`'s bandwidths and `matmul_peak`'s GMAC/s per size of each dtype (the best size kept)."""
+    return Roof(bw["copy"], bw["triad"], {d: max(v.values()) for d, v in per_size.items()},
+                array_mib=array_bytes / MIB, peak_sizes=per_size)
+
+
 def measure_roof(array_bytes: int | None = None, sizes=PEAK_SIZES) -> Roof:
     """Measure this machine now: STREAM copy and triad, then the matmul peak of each dtype (its best size)."""
     array_bytes = array_bytes or stream_bytes()
     bw = stream(array_bytes)
     per_size = {d: matmul_peak(d, sizes) for d in DTYPES if d != "int8" or int8_matmul_available()}
-    return Roof(bw["copy"], bw["triad"], {d: max(v.values()) for d, v in per_size.items()},
-                array_mib=array_bytes / MIB, peak_sizes=per_size)
+    return roof_from(bw, per_size, array_bytes)
 
 
 _MEASURED: dict[str, Roof] = {}  # the roof this process measured or read, so results can predict beside timing
@@ -136,7 +142,7 @@ def _cache_file() -> Path:
     return cache.cache_dir() / "roofline" / f"{slug}-{torch.get_num_threads()}threads.json"
 
 
-def keep(roof: Roof) -> Roof:
+def remember(roof: Roof) -> Roof:
     """Make `roof` this process's roof (`current`) and cache it for this CPU and thread count (the tour reads it)."""
     if cache.cache_writable():
         cache.atomic_write_bytes(_cache_file(), json.dumps(asdict(roof)).encode())
@@ -155,7 +161,12 @@ def measured(refresh: bool = False) -> Roof:
             return roof
         except (ValueError, TypeError):  # an older or damaged file: measure again
             pass
-    return keep(measure_roof())
+    return remember(measure_roof())
+
+
+def keep(bw: dict[str, float], per_size: dict[str, dict], array_bytes: int) -> Roof:
+    """The roof a notebook measured (`stream`, `matmul_peak` per dtype), made this process's and cached."""
+    return remember(roof_from(bw, per_size, array_bytes))
 
 
 def current() -> Roof | None:
@@ -244,7 +255,7 @@ def cost(model: nn.Module, batch: int, tokens: int, linear=linear_cost) -> Cost:
     embeddings and LayerNorms as bytes only. Elementwise work (GELU, softmax, residual adds) is left out of every
     model alike. `linear` computes a float Linear's (macs, bytes) (the notebook plugs in the learner's)."""
     if callable(getattr(model, "roofline_cost", None)):
-        return Cost(list(model.roofline_cost(batch, tokens)))
+        return Cost(declared(model, batch, tokens))
     ops, unknown = [], []
     blocks = parts.blocks(model)
     per_block = _tokens_per_block(model, len(blocks), tokens)
@@ -256,7 +267,7 @@ def cost(model: nn.Module, batch: int, tokens: int, linear=linear_cost) -> Cost:
         t = next((t for p, t in prefixes if name.startswith(p)), None)
         rows = batch * (tokens if t is None else t)
         if callable(getattr(mod, "roofline_cost", None)):
-            ops += mod.roofline_cost(batch, tokens if t is None else t)
+            ops += declared(mod, batch, tokens if t is None else t, name)
             done.append(name)
         elif isinstance(mod, _dynamic_int8_types()):
             ops.append(_dynamic_int8_op(name, mod, rows if t is not None else batch))
@@ -279,6 +290,17 @@ def cost(model: nn.Module, batch: int, tokens: int, linear=linear_cost) -> Cost:
         act = q.weight.element_size() if isinstance(q, nn.Linear) else 4
         ops.append(attention_op(f"{block.prefix}.attention products", batch, t, block.n_heads, block.head_size, act))
     return Cost(ops, unknown)
+
+
+def declared(mod: nn.Module, batch: int, tokens: int, name: str = "") -> list[Op]:
+    """A module's own `roofline_cost(batch, tokens)`, as Ops named after it."""
+    out = []
+    for op in mod.roofline_cost(batch, tokens):
+        if not isinstance(op, Op):
+            label, macs, moved, dtype = op
+            op = Op(f"{name} ({label})" if name else label, macs, moved, parts.DTYPE_NAMES.get(dtype, str(dtype)))
+        out.append(op)
+    return out
 
 
 def op_time(op: Op, roof: Roof) -> tuple[float, bool] | None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from labkit.core import parts, roofline, settings
+from labkit.core import parts, settings
 from labkit.prune.masks import magnitude_mask
 from labkit.sparse.formats import FORMATS, decode, format_arrays
 
@@ -45,14 +45,14 @@ class SparseLinear(nn.Module):
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def roofline_cost(self, batch: int, tokens: int) -> list[roofline.Op]:
-        """One multiply-add per stored weight per row; bytes of the three arrays, the bias and the activations."""
+    def roofline_cost(self, batch: int, tokens: int) -> list[tuple]:
+        """For notebook 00c's roofline: one multiply-add per stored weight per row; bytes of the three arrays, the
+        bias and the activations. (name, multiply-adds, bytes, dtype of the products)"""
         rows = batch * tokens
         stored = sum(t.numel() * t.element_size() for t in (self.values, self.col_indices, self.crow_indices))
         stored += 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
-        dtype = parts.DTYPE_NAMES.get(self.values.dtype, str(self.values.dtype))
-        return [roofline.Op("CSR Linear", rows * self.values.numel(),
-                            stored + rows * (self.in_features + self.out_features) * 4, dtype)]
+        moved = stored + rows * (self.in_features + self.out_features) * 4
+        return [("CSR", rows * self.values.numel(), moved, self.values.dtype)]
 
     def extra_repr(self) -> str:
         n = self.out_features * self.in_features
