@@ -98,3 +98,16 @@ def test_the_roof_measured_here_is_positive_and_consistent():
     assert roof.peaks["fp32"] > 0 and roof.bandwidth > 0
     assert set(roof.peak_sizes["fp32"]) == {64, 128}
     assert roofline.last_level_cache() is None or roofline.last_level_cache() > 0
+
+
+def test_timed_group_predicts_beside_measuring_once_a_roof_is_current(tiny_model, tokenizer, monkeypatch):
+    from labkit.core import results
+
+    half = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    rows = [results.Result("base", 0.8, 1.0, 10), results.Result("bf16", 0.8, 1.0, 5)]
+    out = results.timed_group(rows, [tiny_model, half], tiny_model, tokenizer, warmup=0, repeats=1)
+    assert roofline.current() is not None or all(r.predicted_speedup_b32 is None for r in out)
+    monkeypatch.setattr(roofline, "current", lambda: _roof())  # no file written: the real cache keeps its roof
+    out = results.timed_group(rows, [tiny_model, half], tiny_model, tokenizer, warmup=0, repeats=1)
+    assert out[0].predicted_speedup_b32 == 1.0 and 1.0 < out[1].predicted_speedup_b32 <= 2.0 + 1e-9
+    assert "predicted_speedup_b32" in results.table(out, baseline="base").columns
