@@ -41,6 +41,9 @@ def test_tour_writes_the_table_and_plots(tmp_path, monkeypatch, baseline, capsys
     lo, acc, hi = saved.loc["fp32 baseline", ["accuracy_lo", "accuracy", "accuracy_hi"]]
     assert lo < acc < hi  # every accuracy carries its 95% interval
     assert 1.99 < 1 / saved.loc["article: cast to float64", "size_ratio"] <= 2.0
+    # the roofline's prediction beside the measured speed-up: 1 for the baseline, none for fp64 (no peak measured)
+    assert saved.loc["fp32 baseline", "predicted_speedup_b32"] == 1.0
+    assert pd.isna(saved.loc["article: cast to float64", "predicted_speedup_b32"])
     assert "fp32 baseline" in (tmp_path / "summary.md").read_text()
     out = capsys.readouterr().out
     assert "fp32 baseline" in out and "threads:" in out and "interleaved" in out  # conditions printed with it
