@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from labkit import fast_mode
-from labkit.core import assets, cache, data, floor, machine, measure, model, parts, results
+from labkit.core import assets, cache, data, floor, machine, measure, model, parts, results, roofline
 from labkit.lab import myths, plots
 from labkit.pipelines import pareto
 
@@ -36,8 +36,8 @@ TECHNIQUES = ("quant.floats", "sparse.sparse", "quant.quantize", "prune.prune", 
               "runtimes.openvino", "pipelines.pipeline")
 RECORD = "tour.json"  # what was measured, skipped and left, and for which model and data
 FILES = ("summary.csv", "summary.md", "summary.png", "pareto.png", "floor.json", RECORD)
-COLUMNS = ["name", "accuracy", "accuracy_95ci", "val_accuracy", "agreement", "size_mb", "size_ratio", "latency_b1_ms",
-           "latency_b32_ms", "speedup_b32", "speedup_b32_range", "rounds", "pareto", "notes"]
+COLUMNS = ["name", "accuracy", "accuracy_95ci", "val_accuracy", "agreement", "size_mb", "size_ratio",
+           "latency_b1_ms", "latency_b32_ms", "speedup_b32", "predicted_speedup_b32", "speedup_b32_range", "rounds", "pareto", "notes"]
 BASELINE = "fp32 baseline"
 # The kit's goal: at least 8x faster at batch 32 and 4x smaller than the fp32 baseline, within 2 accuracy points.
 GOAL = {"speedup_b32": 8.0, "size_ratio": 4.0, "points": 2.0}
@@ -318,6 +318,7 @@ def tour(out_dir: str | Path = Path("reports"), limit: int | None = None, model_
     td = data.active()
     td.split("test", limit)  # a bad limit is refused here, not after the fine-tuning
     base, tok, base_note = _baseline_for_tour(model_dir)
+    roof = roofline.measured()  # this machine's roof (cached per CPU and threads): each row's predicted speed-up
     reference = measure.predictions(base, tok, "test", limit)
     low = floor.tfidf_logreg(td, limit=limit)  # the floor the fine-tuned model should beat, on the same test texts
     versus = measure.paired(reference, low["predictions"], td.split("test", limit)["label"].to_numpy())
@@ -340,7 +341,9 @@ def tour(out_dir: str | Path = Path("reports"), limit: int | None = None, model_
         f"the best configuration is chosen. "
         f"Latency: median of `rounds` timed rounds after warm-up, real snippets. Each technique's rows are "
         f"timed interleaved with the fp32 baseline in one group (round by round); speedup_b32 is the baseline's "
-        f"median over the row's in that group, speedup_b32_range the min-max of the per-round ratios.\n\n")
+        f"median over the row's in that group, speedup_b32_range the min-max of the per-round ratios; "
+        f"predicted_speedup_b32 is the roofline's (notebook 00c) from this machine's roof: "
+        f"{roof.triad_gbs:.0f} GB/s, {', '.join(f'{d} {g:.0f}' for d, g in roof.peaks.items())} GMAC/s.\n\n")
     current = "the baseline's rows"
     try:
         report.write()

@@ -52,6 +52,9 @@ def test_tour_writes_the_table_and_plots(tmp_path, monkeypatch, baseline, capsys
     assert saved["val_snippets"].tolist() == [LIMIT, LIMIT]  # validation measured on the same limit
     best = json.loads((tmp_path / "tour.json").read_text())["best"]
     assert best["speedup_b32"] == saved["speedup_b32"].max()  # both within 2 points: the faster one (fp32's)
+    # the roofline's prediction beside the measured speed-up: 1 for the baseline, none for fp64 (no peak measured)
+    assert saved.loc["fp32 baseline", "predicted_speedup_b32"] == 1.0
+    assert pd.isna(saved.loc["article: cast to float64", "predicted_speedup_b32"])
     out = capsys.readouterr().out
     assert "fp32 baseline" in out and "threads:" in out and "interleaved" in out  # conditions printed with it
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from labkit.core import data
+from labkit.core import data, roofline
 from labkit.core.machine import cpu_name
 from labkit.core.measure import (
     accuracy_ci,
@@ -51,6 +51,8 @@ class Result:
     val_accuracy_lo: float | None = None
     val_accuracy_hi: float | None = None
     val_snippets: int | None = None
+    # The roofline's speed-up at batch 32 (labkit.core.roofline), where a roof was measured in this process.
+    predicted_speedup_b32: float | None = None
 
     @property
     def size_mb(self) -> float:
@@ -112,13 +114,16 @@ def timed_group(rows: list[Result], models: list, baseline_model, tokenizer, war
     lat1 = compare_latency(timed, tokenizer, 1, warmup, repeats)
     lat32 = compare_latency(timed, tokenizer, 32, warmup, repeats)
     ratio = speedups(lat32, BASELINE_KEY)
+    roof, tokens = roofline.current(), lat32[BASELINE_KEY]["seq_len"]
     out = []
     for r, m in zip(rows, models):
         key = BASELINE_KEY if m is baseline_model else r.name
         out.append(replace(r, latency_b1_ms=lat1[key]["median_ms"], latency_b32_ms=lat32[key]["median_ms"],
                            speedup_b32=ratio[key]["speedup"], speedup_b32_lo=ratio[key]["lo"],
                            speedup_b32_hi=ratio[key]["hi"], baseline_b32_ms=lat32[BASELINE_KEY]["median_ms"],
-                           rounds=ratio[key]["rounds"], device=lat32[key]["device"]))
+                           rounds=ratio[key]["rounds"], device=lat32[key]["device"],
+                           predicted_speedup_b32=None if roof is None else
+                           roofline.predicted_speedup(m, baseline_model, roof, 32, tokens)[0]))
     return out
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from labkit.core import machine, parts, settings
+from labkit.core import machine, parts, roofline, settings
 
 
 def session(model_file: bytes | str | Path, threads: int | None = None):
@@ -194,4 +194,5 @@ def to_onnx(model: nn.Module, optimize: bool = True, int8: bool = False) -> Onnx
         if int8:
             path = _ort_quantize(path, os.path.join(tmp, "int8.onnx"))
         payload = Path(path).read_bytes()
-    return OnnxClassifier(session(payload), payload)
+    # The graph is opaque to the roofline's walker: the wrapper declares the source model's cost in its format.
+    return roofline.declare(OnnxClassifier(session(payload), payload), model, "int8" if int8 else "fp32", int8)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from labkit import fast_mode
-from labkit.core import assets, data, machine, parts, results, settings
+from labkit.core import assets, data, machine, parts, results, roofline, settings
 from labkit.runtimes.onnx import ORT_MODEL_TYPES, OnnxClassifier, attention_shape, onnx_inputs, session
 
 PRECISIONS = ("f32", "default")
@@ -216,7 +216,8 @@ def to_openvino(model: nn.Module, precision: str = "default", int8: bool = False
         names = {port.get_any_name() for port in ov_model.inputs}  # the IR takes the model's own inputs only
         ov_model = _nncf_int8(ov_model, [{k: v for k, v in b.items() if k in names} for b in calibration])
     xml, weights = _ov_serialize(ov_model, compress_to_fp16=precision == "default")
-    return OpenVinoClassifier.from_ir(xml, weights, precision, threads, int8)
+    out = OpenVinoClassifier.from_ir(xml, weights, precision, threads, int8)
+    return roofline.declare(out, model, "int8" if int8 else "bf16" if out.inference_precision == "bf16" else "fp32")
 
 
 # --- the tour's rows ---------------------------------------------------------------------------------

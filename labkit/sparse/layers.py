@@ -45,6 +45,15 @@ class SparseLinear(nn.Module):
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def roofline_cost(self, batch: int, tokens: int) -> list[tuple]:
+        """For notebook 00c's roofline: one multiply-add per stored weight per row; bytes of the three arrays, the
+        bias and the activations. (name, multiply-adds, bytes, dtype of the products)"""
+        rows = batch * tokens
+        stored = sum(t.numel() * t.element_size() for t in (self.values, self.col_indices, self.crow_indices))
+        stored += 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
+        moved = stored + rows * (self.in_features + self.out_features) * 4
+        return [("CSR", rows * self.values.numel(), moved, self.values.dtype)]
+
     def extra_repr(self) -> str:
         n = self.out_features * self.in_features
         return f"in={self.in_features}, out={self.out_features}, stored={self.values.numel()} of {n} weights"
