@@ -71,9 +71,18 @@ def calibration_ids(tokenizer, texts: str | Sequence[str] | None = None, tokens:
     return token_ids(tokenizer, texts, tokens // seq_len * seq_len).reshape(-1, seq_len)
 
 
+class Calibration(dict):
+    """calibration_stats' records by layer name, with the token ids [n, seq_len] they were recorded on (`ids`):
+    GPTQ's sequential calibration and AWQ's block-wise search run the blocks on those ids again."""
+
+    def __init__(self, records: dict[str, InputStats], ids: torch.Tensor):
+        super().__init__(records)
+        self.ids = ids
+
+
 @torch.inference_mode()
 def calibration_stats(model: nn.Module, ids: torch.Tensor, keep: int | None = None,
-                      batch_size: int = 4) -> dict[str, InputStats]:
+                      batch_size: int = 4) -> Calibration:
     """Inputs of every decoder Linear layer on the calibration token ids [n, seq_len], from one pass of the model.
 
     Layers fed the same tensor (q, k, v; gate, up) share one record. `keep` tokens of activations are sampled for
@@ -127,4 +136,4 @@ def calibration_stats(model: nn.Module, ids: torch.Tensor, keep: int | None = No
         stats[src] = InputStats(rec["upper"], rec["abs"] / n, sample, n)
     acc.clear()
     release()  # the forward passes' activations were freed; hand their pages back
-    return {name: stats[src] for name, src in sources.items()}
+    return Calibration({name: stats[src] for name, src in sources.items()}, ids)
