@@ -60,17 +60,18 @@ def _run(module: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
     return y[0] if isinstance(y, tuple) else y
 
 
-def _record(block: nn.Module, inputs: BlockInputs, names: list[str]) -> dict[str, list[torch.Tensor]]:
-    """The inputs each named layer of the block sees, batch by batch ([b, seq, in] each)."""
+def _record(block: nn.Module, inputs: BlockInputs,
+            names: list[str]) -> tuple[dict[str, list[torch.Tensor]], BlockInputs]:
+    """The inputs each named layer of the block sees, batch by batch ([b, seq, in] each), and the block's outputs."""
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     handles = [_get(block, n).register_forward_pre_hook(lambda m, a, n=n: seen[n].append(a[0].detach()))
                for n in names]
     try:
-        run_block(block, inputs)
+        following = run_block(block, inputs)
     finally:
         for h in handles:
             h.remove()
-    return seen
+    return seen, following
 
 
 @torch.no_grad()
@@ -172,10 +173,8 @@ def awq_fold(model: nn.Module, ids: torch.Tensor, bits: int, group_size: int, gr
     inputs = first_block_inputs(model, ids)
     result = AWQResult({}, [])
     for index, block in enumerate(blocks_of(model)):
-        names = [n for _, group, _ in SCALE_GROUPS for n in group]
-        feats = _record(block, inputs, [n for n in names if n.endswith(("q_proj", "o_proj", "gate_proj",
-                                                                           "down_proj"))])
-        following = run_block(block, inputs)  # the next block reads the float block's outputs, as llm-awq's do
+        # the next block reads the float block's outputs, as llm-awq's does
+        feats, following = _record(block, inputs, [group[0] for _, group, _ in SCALE_GROUPS])
         plans = []
         for prev, group, inspect in SCALE_GROUPS:
             layers = [_get(block, n) for n in group]

@@ -91,12 +91,23 @@ def input_groups(model: nn.Module, index: int) -> list[list[str]]:
 
 
 def record_inputs(model: nn.Module, block: nn.Module, inputs: BlockInputs, names: list[str]) -> torch.Tensor:
-    """The inputs [tokens, in] that the first of `names` (layers reading one tensor) sees when the block runs."""
+    """The inputs [tokens, in] that the first of `names` (layers reading one tensor) sees when the block runs.
+    The block stops there: what comes after the layer is not needed."""
     layer = dict(model.named_modules())[names[0]]
     seen: list[torch.Tensor] = []
-    handle = layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().flatten(0, -2)))
+
+    def catch(module, args):
+        seen.append(args[0].detach().flatten(0, -2))
+        raise _Caught
+
+    handle = layer.register_forward_pre_hook(catch)
     try:
-        run_block(block, inputs)
+        for h, kw in zip(inputs.hidden, inputs.kwargs):
+            try:
+                with torch.no_grad():
+                    block(h, **kw)
+            except _Caught:
+                pass
     finally:
         handle.remove()
     return torch.cat(seen).float()

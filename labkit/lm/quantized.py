@@ -41,6 +41,7 @@ from labkit.lm.weightonly import (
     dequantize,
     gptq_column,
     gptq_columns,
+    gptq_factor,
     gptq_quantize,
     hessian_factor,
     quantize_codes,
@@ -210,9 +211,10 @@ def _gptq_sequential(out: nn.Module, ids: torch.Tensor, bits: int, group_size: i
             H = X.T @ X / len(X)
             del X
             layers = {name: dict(out.named_modules())[name] for name in names}
+            factor = gptq_factor(H, damp, act_order)  # one Cholesky for the layers reading this input
             for name, layer in layers.items():
                 Q, scale, offset = gptq_quantize(layer.weight.detach(), H, bits, group_size, damp, act_order,
-                                                 static_groups)
+                                                 static_groups, factor=factor)
                 if store == "codes":
                     codes = quantize_codes(Q, scale, offset, bits, group_size)
                     parts.set_module(out, name, GroupLinear(layer, codes, scale, offset, group_size))

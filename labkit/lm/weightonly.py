@@ -164,9 +164,22 @@ def gptq_columns(weight: torch.Tensor, U: torch.Tensor, bits: int, group_size: i
     return Q, torch.cat(scales, dim=1), torch.cat(offsets, dim=1)
 
 
+def gptq_factor(H: torch.Tensor, damp: float = 0.01,
+                act_order: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(the column order, hessian_factor of H in that order): act_order's decreasing curvature diag(H), or None for
+    the weight's own order. Inputs never seen get a unit curvature before the sort, as in fasterquant."""
+    H = H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
+    if perm is not None:
+        H = H[perm][:, perm]
+    return perm, hessian_factor(H.cpu(), damp)
+
+
 def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp: float = 0.01,
                   act_order: bool = False, static_groups: bool = False, blocksize: int | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+                  factor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """GPTQ as IST-DASLab/gptq's `fasterquant` runs it: (the rounded weight, and the scale and offset [out, groups]
     of each group, in the weight's own column order).
 
@@ -177,7 +190,8 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: 
     no contiguous scale and offset describe it, and (None, None) is returned for them (a packed format would need
     a group index per column). `blocksize`: the lazy-batch width (fasterquant's 128); by default the group size,
     where a non-static group's grid is chosen from fully updated weights. A grid chosen inside a wider block reads
-    the weights without the corrections made earlier in that block, as fasterquant does.
+    the weights without the corrections made earlier in that block, as fasterquant does. `factor`: what
+    gptq_factor(H, damp, act_order) returns, when layers reading one input share it.
     """
     check_weight(weight, dim=2)
     bits = check_bits(bits)
@@ -188,16 +202,13 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: 
     if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
         raise ValueError(f"blocksize must be a positive integer (fasterquant uses 128), got {blocksize!r}.")
     W = weight.detach().float().clone()
-    H = H.to(W.device).clone()
-    dead = torch.diag(H) == 0  # inputs never seen in calibration: their weights cannot matter there
-    H[dead, dead] = 1.0  # before act_order sorts by curvature, as fasterquant does
-    W[:, dead] = 0
+    W[:, torch.diag(H).to(W.device) == 0] = 0  # inputs never seen in calibration: their weights cannot matter there
     grids = [group_params(W[:, i:i + group_size], bits, group_size) for i in range(0, n, group_size)] \
         if static_groups else []
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
+    perm, U = gptq_factor(H, damp, act_order) if factor is None else factor
+    U = U.to(W.device)
     if perm is not None:
-        W, H = W[:, perm], H[perm][:, perm]
-    U = hessian_factor(H.cpu(), damp).to(W.device)
+        W = W[:, perm]
     Q = torch.zeros_like(W)
     for i1 in range(0, n, blocksize):
         i2 = min(i1 + blocksize, n)
