@@ -164,11 +164,12 @@ def _first_sequences(inputs: BlockInputs, xs: list[torch.Tensor], seqs: int) -> 
 
 @torch.no_grad()
 def awq_fold(model: nn.Module, ids: torch.Tensor, bits: int, group_size: int, grid: int = 20, clip: bool = True,
-             search_seqs: int = 2) -> AWQResult:
+             search_seqs: int = 2, on_block=None) -> AWQResult:
     """Search AWQ's scales block by block on the calibration ids [n, seq], fold them in, and (with `clip`) clip
     every group: `model` is changed, its changed tensors replaced by new ones (never written into). Rounding the
     result with rtn gives AWQ's quantized model. The scales are scored on the first `search_seqs` sequences (the
-    reference uses all; two keep the search minutes long on a CPU), their mean |x| on all of them."""
+    reference uses all; two keep the search minutes long on a CPU), their mean |x| on all of them. `on_block(index,
+    block)` is called as each block is done (to round it, while the later blocks are searched)."""
     bits, grid = check_bits(bits), check_grid(grid)
     inputs = first_block_inputs(model, ids)
     result = AWQResult({}, [])
@@ -199,5 +200,7 @@ def awq_fold(model: nn.Module, ids: torch.Tensor, bits: int, group_size: int, gr
                     if not n.endswith(NO_CLIP):
                         layer = _get(block, n)
                         apply_clip(layer, auto_clip(layer.weight.detach(), x, bits, group_size, grid), group_size)
+        if on_block is not None:
+            on_block(index, block)
         inputs = following
     return result

@@ -90,7 +90,7 @@ def _group_linear(layer: nn.Linear, method: str, bits: int, group_size: int, sta
                   factor: torch.Tensor | None, grid: int) -> GroupLinear:
     """`layer` quantized by `method`, kept as codes: its weight is what quantize_model's float copy would hold."""
     w = layer.weight.detach()
-    if method in ("rtn", "awq"):  # AWQ's scales and clipping are in the weights already
+    if method == "rtn":
         return GroupLinear(layer, *rtn_codes(w, bits, group_size), group_size)
     if method == "awq-per-linear":
         s, _ = awq_scales(w, stats.absmean, stats.sample, bits, group_size, rtn, grid)
@@ -104,7 +104,7 @@ def _float_weight(layer: nn.Linear, method: str, bits: int, group_size: int, sta
                   factor: torch.Tensor | None, grid: int) -> torch.Tensor:
     """`layer`'s weight quantized by `method`, as floats."""
     w = layer.weight.detach()
-    if method in ("rtn", "awq"):
+    if method == "rtn":
         return rtn(w, bits, group_size)
     if method == "awq-per-linear":
         s, _ = awq_scales(w, stats.absmean, stats.sample, bits, group_size, rtn, grid)
@@ -182,9 +182,21 @@ def _quantize(out: nn.Module, method: str, bits: int, group_size: int, stats: di
     """`out` with its decoder layers quantized in place (written, or replaced by GroupLinear with codes)."""
     if method == "gptq":
         _gptq_sequential(out, stats.ids, bits, group_size, damp, store, act_order, static_groups)
+    elif method == "awq":
+        # scales folded and groups clipped in the float weights, then each block rounded like RTN as soon as it is
+        # done: only one block's scaled float copies exist at a time
+        names = [[n for group in blocks.input_groups(out, i) for n in group] for i in range(len(blocks.blocks_of(out)))]
+
+        def round_block(index: int, block: nn.Module) -> None:
+            for name in names[index]:
+                layer = out.get_submodule(name)
+                if store == "codes":
+                    parts.set_module(out, name, _group_linear(layer, "rtn", bits, group_size, None, None, grid))
+                else:
+                    layer.weight.copy_(rtn(layer.weight.detach(), bits, group_size))
+
+        awq_fold(out, stats.ids, bits, group_size, grid, clip, on_block=round_block)
     else:
-        if method == "awq":  # scales folded and groups clipped in the float weights; rounded below like RTN
-            awq_fold(out, stats.ids, bits, group_size, grid, clip)
         factors: dict[int, torch.Tensor] = {}  # q, k and v read one input: one factor for the three, freed on return
         for name, layer in decoder_linears(out).items():
             s = None if stats is None else stats[name]
