@@ -50,6 +50,7 @@ from labkit.lm.weightonly import (
 )
 
 METHODS = ("rtn", "gptq", "awq", "gptq-one-pass", "awq-per-linear")
+REFERENCE_METHODS = METHODS[:3]  # the methods as their papers' code runs them; the other two are ablations
 # the reference-faithful methods calibrate by running the blocks on token ids; the ablations on recorded statistics
 BLOCKWISE = ("gptq", "awq")
 STORES = ("float", "codes")
