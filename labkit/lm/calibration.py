@@ -64,7 +64,8 @@ def calibration_ids(tokenizer, texts: str | Sequence[str] | None = None, tokens:
                          "record layer inputs on, e.g. labkit.lm.slm.calibration_texts().")
     if tokenizer is None:
         raise ValueError("Pass the model's tokenizer to turn the calibration text into tokens.")
-    # 4096 by default: with 1024, GPTQ fitted SmolLM2's calibration text and did worse than RTN on other text
+    # 4096 by default: with 1024, GPTQ calibrated in one pass (the gptq-one-pass ablation) fitted SmolLM2's
+    # calibration text and did worse than RTN on other text; benchmarks/bench_slm.py measures GPTQ's curve
     tokens = tokens or (2048 if fast_mode() else 4096)
     if tokens < seq_len:
         raise ValueError(f"tokens ({tokens}) must be at least seq_len ({seq_len}).")
