@@ -32,8 +32,8 @@ from labkit.lab import myths, plots
 from labkit.pipelines import pareto
 
 # Each module's tour(model, tokenizer, reference) gives its rows of the table.
-TECHNIQUES = ("quant.floats", "sparse.sparse", "quant.quantize", "prune.prune", "dynamic.tokens", "dynamic.int8",
-              "pipelines.pipeline")
+TECHNIQUES = ("quant.floats", "sparse.sparse", "quant.quantize", "prune.prune", "prune.distill", "dynamic.tokens",
+              "dynamic.int8", "pipelines.pipeline")
 RECORD = "tour.json"  # what was measured, skipped and left, and for which model and data
 FILES = ("summary.csv", "summary.md", "summary.png", "pareto.png", "floor.json", RECORD)
 COLUMNS = ["name", "accuracy", "accuracy_95ci", "agreement", "size_mb", "size_ratio", "latency_b1_ms",
