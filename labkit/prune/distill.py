@@ -138,10 +138,13 @@ def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None =
         return []
     small = trained_student(model, tokenizer, 3, "lower", True, steps)
     models = {name: small, f"{name} + int8": dynamic_int8(small), f"{name} + bf16": to_precision(small, "bf16")}
-    notes = {name: "half the blocks, from the teacher's lower layers, distilled (logits and hidden states)"}
+    what = "half the blocks, from the teacher's lower layers, distilled (logits and hidden states)"
+    notes = {name: what, f"{name} + int8": f"{what}; dynamic int8 Linear layers (torch)",
+             f"{name} + bf16": f"{what}; bf16 weights"}
     if openvino.available():
         try:
             models[f"{name} + openvino int8"] = openvino.to_openvino(small, int8=True, tokenizer=tokenizer)
+            notes[f"{name} + openvino int8"] = f"{what}; OpenVINO with NNCF's static int8"
         except (ValueError, RuntimeError) as err:
             results.skip_row(f"{name} + openvino int8", str(err))
     return results.evaluate_group(models, tokenizer, results.reference_on(model, tokenizer, reference, limit), model,
