@@ -127,16 +127,18 @@ def trained_student(teacher: nn.Module, tokenizer, layers: int = 3, init: str = 
 
 def tour(model: nn.Module, tokenizer, reference: np.ndarray, limit: int | None = None,
          steps: int | None = None) -> list[results.Result]:
-    """Rows for `python -m labkit tour`: the 3-layer student distilled from `model` (from its lower layers), alone,
-    with dynamic int8 and in bf16, and through OpenVINO's int8 where it is installed; timed beside `model`.
-    A family without `num_hidden_layers` in its config (DistilBERT) is skipped with the reason."""
-    name = "distilled student (3 layers)"
-    depth = getattr(model.config, "num_hidden_layers", None) if hasattr(model, "config") else None
-    if not isinstance(depth, int) or depth % 3 or parts.family_of(model).name == "DistilBERT":
-        results.skip_row(name, f"a 3-layer student is built from a config with num_hidden_layers divisible by 3; "
-                               f"this model has {depth}")
+    """Rows for `python -m labkit tour`: a student with half of `model`'s blocks (3 of the baseline's 6; the largest
+    even share of a depth that halves unevenly), from its lower blocks and distilled, alone, with dynamic int8 and in
+    bf16, and through OpenVINO's int8 where it is installed; timed beside `model`. A model of one block, or a
+    family without `num_hidden_layers` in its config (DistilBERT), is skipped with the reason."""
+    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    layers = max((d for d in range(1, depth // 2 + 1) if depth % d == 0), default=0) if isinstance(depth, int) else 0
+    if not layers or parts.family_of(model).name == "DistilBERT":
+        results.skip_row("distilled student", f"a student needs a config with num_hidden_layers of 2 or more; "
+                                              f"this model has {depth}")
         return []
-    small = trained_student(model, tokenizer, 3, "lower", True, steps)
+    name = f"distilled student ({layers} layer{'s' if layers > 1 else ''})"
+    small = trained_student(model, tokenizer, layers, "lower", True, steps)
     models = {name: small, f"{name} + int8": dynamic_int8(small), f"{name} + bf16": to_precision(small, "bf16")}
     what = "half the blocks, from the teacher's lower layers, distilled (logits and hidden states)"
     notes = {name: what, f"{name} + int8": f"{what}; dynamic int8 Linear layers (torch)",
