@@ -219,7 +219,7 @@ def _check_two_layer_map(answer: Any) -> str | None:
 prediction("03b.size_ratio_3", "the 3-layer student's bytes on disk as a fraction of the 6-layer baseline's",
            unit="x")
 prediction("03b.speedup_3_b32", "the batch-32 speedup of the 3-layer student over the 6-layer baseline", unit="x")
-prediction("03b.best_temperature", "the temperature (1, 2 or 4) at which the distilled 3-layer student scores best "
+prediction("03b.best_temperature", "the temperature (2 or 4) at which the distilled 3-layer student scores best "
            "on the validation split")
 written("03b.teacher_verdict", "The 3-layer students with and without the teacher: what do the paired difference "
         "and its interval allow you to claim, and why does the teacher's signal help a student from the lower "
