@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # English page -> its Chinese counterpart
 PAIRS = {
     "README.md": "README.zh.md",
+    "docs/install.md": "docs/zh/install.md",
 }
 # Chinese page -> headings of sections the English page does not have
 CHINESE_ONLY = {
