@@ -9,6 +9,7 @@ A Chinese heading names the English heading it translates in a comment on the li
 The comment sits off the heading line so that the Chinese heading's anchor (`#两条命令`) stays what GitHub makes of
 the heading alone. A Chinese-only section (and any heading nested in it) is allowed where CHINESE_ONLY lists it."""
 
+import json
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAIRS = {
     "README.md": "README.zh.md",
     "docs/install.md": "docs/zh/install.md",
+    "docs/teaching.md": "docs/zh/teaching.md",
 }
 # Chinese page -> headings of sections the English page does not have
 CHINESE_ONLY = {
@@ -116,3 +118,51 @@ def test_the_chinese_family_table_says_what_the_english_one_says():
     words = {"可用": "works", "拒绝": "refuses"}
     chinese = [[words.get(cell, cell) for cell in row] for row in _family_table("README.zh.md")]
     assert chinese == _family_table("README.md"), "README.zh.md's family table differs from README.md's"
+
+
+def _shared(text, chinese_only=frozenset()):
+    """The page less its Chinese-only sections."""
+    kept, inside, fenced = [], None, False
+    for line in text.splitlines():
+        fenced ^= line.lstrip().startswith(("```", "~~~"))
+        m = None if fenced else HEADING.match(line)
+        if m and (inside is None or len(m.group(1)) <= inside):
+            inside = len(m.group(1)) if m.group(2) in chinese_only else None
+        if inside is None:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _blocks(text):
+    """The fenced code blocks less their comments (a translation may translate them), and the figures of the tables:
+    each cell that starts with a number."""
+    code = [re.sub(r"[ \t]*#.*$", "", block, flags=re.M) for block in re.findall(r"^```.*?^```", text, flags=re.M | re.S)]
+    cells = [cell.strip() for line in text.splitlines() if line.startswith("|") for cell in line.strip("|").split("|")]
+    return code, [re.match(r"[\d.,]+( [A-Za-z]+)?", cell).group() for cell in cells if cell[:1].isdigit()]
+
+
+@pytest.mark.parametrize("english", sorted(PAIRS))
+def test_commands_and_table_figures_are_the_english_ones(english):
+    """A counterpart keeps the English page's commands and every figure of its tables."""
+    en_code, en_numbers = _blocks((ROOT / english).read_text(encoding="utf-8"))
+    chinese = PAIRS[english]
+    zh_code, zh_numbers = _blocks(_shared((ROOT / chinese).read_text(encoding="utf-8"), CHINESE_ONLY.get(chinese, ())))
+    assert zh_code == en_code, f"{chinese}'s code blocks differ from {english}'s"
+    assert zh_numbers == en_numbers, f"{chinese}'s tables hold other figures than {english}'s"
+
+
+def test_teaching_guide_gives_each_notebooks_own_time_and_memory():
+    """docs/teaching.md's minutes are each notebook's first cell's; its memory table is notebook_memory.json's."""
+    text = (ROOT / "docs" / "teaching.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
+            for line in text.splitlines() if line.startswith("|")}
+    for prefix, minutes in zip(rows["notebook"], rows["minutes"]):
+        (path,) = (ROOT / "solutions").glob(f"{prefix}_*.ipynb")
+        first = next(c for c in json.loads(path.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "markdown")
+        said = re.search(r"about (\d+) minutes", "".join(first["source"]))
+        assert said and said.group(1) == minutes, f"docs/teaching.md gives {prefix} {minutes} minutes, its first cell " \
+            f"{said.group(1) if said else 'none'}"
+    recorded = json.loads((ROOT / "labkit" / "notebook_memory.json").read_text(encoding="utf-8"))
+    for name, gib in recorded["fast"].items():
+        assert rows[name][0] == f"{gib / 2**30:.2f} GiB", f"docs/teaching.md: {name}'s fast-mode memory"
+        assert rows[name][1].startswith(f"{recorded['full'][name] / 2**30:.2f} GiB"), f"docs/teaching.md: {name}, full"
