@@ -166,3 +166,22 @@ def test_teaching_guide_gives_each_notebooks_own_time_and_memory():
     for name, gib in recorded["fast"].items():
         assert rows[name][0] == f"{gib / 2**30:.2f} GiB", f"docs/teaching.md: {name}'s fast-mode memory"
         assert rows[name][1].startswith(f"{recorded['full'][name] / 2**30:.2f} GiB"), f"docs/teaching.md: {name}, full"
+
+
+def _slug(heading):
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", re.sub(r"`", "", heading).lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("page", sorted(set(PAIRS) | set(PAIRS.values())))
+def test_every_relative_link_reaches_its_file_and_heading(page):
+    text = (ROOT / page).read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        file = (ROOT / page).parent / path if path else ROOT / page
+        assert file.exists(), f"{page} links to {target}: no such file"
+        if anchor and file.suffix == ".md":
+            slugs = {_slug(text) for _, text, _ in headings(file.read_text(encoding="utf-8"))}
+            assert anchor in slugs, f"{page} links to {target}: {file.name} has no such heading"
