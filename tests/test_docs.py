@@ -7,7 +7,9 @@ A Chinese heading names the English heading it translates in a comment on the li
     ## 两条命令
 
 The comment sits off the heading line so that the Chinese heading's anchor (`#两条命令`) stays what GitHub makes of
-the heading alone. A Chinese-only section (and any heading nested in it) is allowed where CHINESE_ONLY lists it."""
+the heading alone. A Chinese-only section (and any heading nested in it) is allowed where CHINESE_ONLY lists it.
+A counterpart also keeps the English commands and table figures, and every relative link in either reaches its file
+and heading; the teacher's guide gives the notebooks' own minutes and recorded memory."""
 
 import json
 import os
