@@ -106,7 +106,7 @@ def test_labels_follow_labkit_lang_read_at_call_time(monkeypatch):
     monkeypatch.delenv("LABKIT_LANG", raising=False)
     assert i18n.t("bits") == "bits"
     monkeypatch.setenv("LABKIT_LANG", "zh")
-    assert i18n.t("bits") == "位宽" and i18n.t("no such label") == "no such label"
+    assert i18n.t("bits") == "比特宽度" and i18n.t("no such label") == "no such label"
     assert i18n.t("{name} (simulated)", name="int8") == "int8（模拟）"
     assert i18n.t("bits", lang="en") == "bits"
 
@@ -126,7 +126,7 @@ def test_live_panel_shows_chinese_labels_and_passes_english_values(monkeypatch):
     controls = {"bits": W.IntSlider(value=8, min=1, max=8, description="bits"),
                 "scheme": W.ToggleButtons(options=("asymmetric", "symmetric"), value="symmetric")}
     widgets.live(lambda bits, scheme: seen.append((bits, scheme)), controls)
-    assert controls["bits"].description == "位宽"
+    assert controls["bits"].description == "比特宽度"
     assert controls["scheme"].options == (("非对称", "asymmetric"), ("对称", "symmetric"))
     assert controls["scheme"].value == "symmetric" and seen == [(8, "symmetric")]
 
