@@ -68,8 +68,8 @@ def jupyter_kernel_problems(text: str, english: str | None, glossary: dict) -> l
     return said
 
 
-def _notebook_english(stem: str) -> dict[str, str]:
-    path = ROOT / "notebooks" / f"{stem}.ipynb"
+def _notebook_english(root: Path, stem: str) -> dict[str, str]:
+    path = root / "notebooks" / f"{stem}.ipynb"
     if not path.is_file():
         return {}
     return {c.id: c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"}
@@ -82,7 +82,7 @@ def texts(root: Path = ROOT) -> list[tuple[str, str, str, str | None]]:
     for path in sorted(zh.glob("*.json")):
         if path.name == GLOSSARY.name:
             continue
-        english = _notebook_english(path.stem)
+        english = _notebook_english(root, path.stem)
         for key, entry in json.loads(path.read_text(encoding="utf-8")).items():
             out.append((_rel(path, root), key, str(entry.get("zh", "")), english.get(key)))
     for path in sorted((zh / "exercises").glob("*.json")):
@@ -110,14 +110,18 @@ def problems(glossary: dict | None = None, root: Path = ROOT) -> list[str]:
     """Each variant term in a translation, naming file, key and the term to use (known exceptions left out)."""
     glossary = load() if glossary is None else glossary
     known = {(e["file"], e["key"], e["variant"]) for e in glossary.get("known_exceptions", {}).get("entries", [])}
-    out = []
+    out, used = [], set()
     for file, key, text, english in texts(root):
-        for variant, chosen in variants_in(text, glossary):
-            if (file, key, variant) not in known:
-                out.append(f"{file} [{key}]: \"{variant}\" is a variant: write \"{chosen}\" (i18n/zh/glossary.json)")
-        for said in jupyter_kernel_problems(text, english, glossary):
-            if (file, key, "内核") not in known:
-                out.append(f"{file} [{key}]: a Jupyter kernel ({said}) is written \"Jupyter 内核\", not \"内核\"")
+        found = [(v, f"\"{v}\" is a variant: write \"{chosen}\"") for v, chosen in variants_in(text, glossary)]
+        found += [("内核", f"a Jupyter kernel ({said}) is written \"Jupyter 内核\", not \"内核\"")
+                  for said in jupyter_kernel_problems(text, english, glossary)]
+        for variant, message in found:
+            if (file, key, variant) in known:
+                used.add((file, key, variant))
+            else:
+                out.append(f"{file} [{key}]: {message} (i18n/zh/glossary.json)")
+    out += [f"i18n/zh/glossary.json: the known exception {file} [{key}] {variant!r} is fixed: remove it"
+            for file, key, variant in sorted(known - used)]
     return out
 
 
