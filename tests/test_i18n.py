@@ -178,6 +178,8 @@ def test_variants_are_matched_as_terms_not_as_characters():
     assert glossary.variants_in("把词片换成子词，用了笔记本", g) == [("词片", "子词"), ("笔记本", "notebook")]
     assert glossary.variants_in("CSR 编码器和 int8 码值", g) == []
     assert glossary.variants_in("int8 编码", g) == [("编码", "码值")]
+    assert glossary.variants_in("128 个 token 下", g) == [("token", "词元")]  # an English variant, a whole word
+    assert glossary.variants_in("词元（token）、`n_tokens`、`token` 和 $token$、tokenizer", g) == []
 
 
 def test_a_jupyter_kernel_is_written_jupyter_kernel():

@@ -34,13 +34,22 @@ def load(path: Path = GLOSSARY) -> dict:
 
 
 def variants_in(text: str, glossary: dict) -> list[tuple[str, str]]:
-    """(variant, the term to write) for each refused variant in `text`, once per variant; allowed words are skipped."""
+    """(variant, the term to write) for each refused variant in `text`, once per variant; allowed words are skipped.
+
+    Code (`...`) and formulas ($...$) are not prose; an English variant (token) is a whole word, and passes as the
+    gloss of a Chinese term (词元（token）)."""
+    prose = re.sub(r"`[^`]*`|\$[^$]*\$", " ", text)
+    glossed = re.sub(r"（[^（）]*）", " ", prose)
     found = []
     for term in glossary["terms"]:
-        allow, rest = term.get("allow", []), text
+        allow = term.get("allow", [])
+        rest, rest_glossed = prose, glossed
         for variant in sorted(term.get("variants", []), key=len, reverse=True):  # 位宽 named once, not as 位 too
-            for m in re.finditer(re.escape(variant), rest):
-                if not any(_covers(rest, m.start(), variant, word) for word in allow):
+            english = variant.isascii()
+            pattern = rf"(?<![A-Za-z_]){re.escape(variant)}(?![A-Za-z_])" if english else re.escape(variant)
+            where = rest_glossed if english else rest
+            for m in re.finditer(pattern, where):
+                if not any(_covers(where, m.start(), variant, word) for word in allow):
                     found.append((variant, term["variants"][variant]))
                     break
             rest = rest.replace(variant, "\0" * len(variant))
