@@ -42,12 +42,11 @@ def variants_in(text: str, glossary: dict) -> list[tuple[str, str]]:
     glossed = re.sub(r"（[^（）]*）", " ", prose)
     found = []
     for term in glossary["terms"]:
-        allow = term.get("allow", [])
-        rest, rest_glossed = prose, glossed
+        allow, rest = term.get("allow", []), prose
         for variant in sorted(term.get("variants", []), key=len, reverse=True):  # 位宽 named once, not as 位 too
             english = variant.isascii()
             pattern = rf"(?<![A-Za-z_]){re.escape(variant)}(?![A-Za-z_])" if english else re.escape(variant)
-            where = rest_glossed if english else rest
+            where = glossed if english else rest
             for m in re.finditer(pattern, where):
                 if not any(_covers(where, m.start(), variant, word) for word in allow):
                     found.append((variant, term["variants"][variant]))
