@@ -7,7 +7,7 @@ import shutil
 import ipywidgets as W
 import pytest
 
-from labkit.course import i18n
+from labkit.course import glossary, i18n
 from labkit.lab import plots, widgets
 
 ENGLISH = i18n.english_notebooks()
@@ -22,7 +22,7 @@ def test_every_markdown_cell_has_a_current_translation_and_no_orphan(english):
 
 def test_no_translation_file_or_chinese_notebook_without_its_english_notebook():
     names = {p.stem for p in ENGLISH}
-    assert {p.stem for p in i18n.TRANSLATIONS_DIR.glob("*.json")} <= names
+    assert {p.stem for p in i18n.TRANSLATIONS_DIR.glob("*.json")} - {glossary.GLOSSARY.stem} <= names
     assert {p.stem for p in i18n.ZH_DIR.glob("*.ipynb")} <= names
 
 
@@ -106,7 +106,7 @@ def test_labels_follow_labkit_lang_read_at_call_time(monkeypatch):
     monkeypatch.delenv("LABKIT_LANG", raising=False)
     assert i18n.t("bits") == "bits"
     monkeypatch.setenv("LABKIT_LANG", "zh")
-    assert i18n.t("bits") == "位宽" and i18n.t("no such label") == "no such label"
+    assert i18n.t("bits") == "比特宽度" and i18n.t("no such label") == "no such label"
     assert i18n.t("{name} (simulated)", name="int8") == "int8（模拟）"
     assert i18n.t("bits", lang="en") == "bits"
 
@@ -126,7 +126,7 @@ def test_live_panel_shows_chinese_labels_and_passes_english_values(monkeypatch):
     controls = {"bits": W.IntSlider(value=8, min=1, max=8, description="bits"),
                 "scheme": W.ToggleButtons(options=("asymmetric", "symmetric"), value="symmetric")}
     widgets.live(lambda bits, scheme: seen.append((bits, scheme)), controls)
-    assert controls["bits"].description == "位宽"
+    assert controls["bits"].description == "比特宽度"
     assert controls["scheme"].options == (("非对称", "asymmetric"), ("对称", "symmetric"))
     assert controls["scheme"].value == "symmetric" and seen == [(8, "symmetric")]
 
@@ -143,3 +143,68 @@ def test_plots_use_chinese_only_with_a_cjk_font(monkeypatch):
         assert plt.rcParams["font.sans-serif"][0] == "Noto Sans CJK SC"
         monkeypatch.setenv("LABKIT_LANG", "en")
         assert plots.tr("Pareto front") == "Pareto front"
+
+
+# --- the glossary (issue 38): one chosen term per English term, no variant in any Chinese text ----------------
+
+def test_no_variant_term_in_any_chinese_text():
+    """Notebook cells, exercise texts, labels, README.zh.md and the Chinese docs use the glossary's terms."""
+    problems = glossary.problems()
+    assert problems == [], "\n".join(problems)
+
+
+def test_readme_zh_glossary_table_is_the_glossary_file():
+    assert glossary.readme_problems() == []
+
+
+def test_glossary_file_is_consistent():
+    terms = glossary.load()["terms"]
+    assert len({t["en"] for t in terms}) == len(terms)
+    for term in terms:
+        assert term["zh"].strip() and term["note"].strip() and term["notebooks"], term["en"]
+        variants = term.get("variants", {})
+        for word in term.get("allow", []):  # an allowed word exists to let a variant pass
+            assert any(v in word for v in variants), (term["en"], word)
+        assert glossary.variants_in(term["zh"], {"terms": [term]}) == [], term["en"]  # the chosen term is no variant
+        for variant, write in variants.items():
+            assert glossary.variants_in(write, {"terms": [term]}) == [], (term["en"], variant)
+
+
+def test_variants_are_matched_as_terms_not_as_characters():
+    g = glossary.load()
+    assert glossary.variants_in("8 位网格", g) == [("位", "比特")]
+    assert glossary.variants_in("位宽为 4", g) == [("位宽", "比特宽度")]  # named once, not also as 位
+    assert glossary.variants_in("位置、单位、中位数、符号位、位掩码和 8 比特", g) == []
+    assert glossary.variants_in("把词片换成子词，用了笔记本", g) == [("词片", "子词"), ("笔记本", "notebook")]
+    assert glossary.variants_in("CSR 编码器和 int8 码值", g) == []
+    assert glossary.variants_in("int8 编码", g) == [("编码", "码值")]
+    assert glossary.variants_in("128 个 token 下", g) == [("token", "词元")]  # an English variant, a whole word
+    assert glossary.variants_in("词元（token）、`n_tokens`、`token` 和 $token$、tokenizer", g) == []
+
+
+def test_a_jupyter_kernel_is_written_jupyter_kernel():
+    g = glossary.load()
+    assert glossary.jupyter_kernel_problems("int8 矩阵乘法内核", "the int8 kernel", g) == []
+    assert glossary.jupyter_kernel_problems("让所有 Jupyter 内核共用一份", None, g) == []
+    assert glossary.jupyter_kernel_problems("让所有内核共用一份", None, g) == ["所有内核"]
+    assert glossary.jupyter_kernel_problems("然后重启内核。", "Then restart the kernel.", g)
+    assert glossary.jupyter_kernel_problems("然后重启 Jupyter 内核。", "Then restart the kernel.", g) == []
+
+
+def test_a_variant_is_named_with_its_file_key_and_term(tmp_path):
+    (tmp_path / "i18n" / "zh" / "exercises").mkdir(parents=True)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "i18n" / "zh" / "exercises" / "02.json").write_text(json.dumps(
+        {"02.ex|question": {"en": "0" * 16, "zh": "写出 4 位网格的缩放因子"}}, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "i18n" / "zh" / "09_x.json").write_text(json.dumps(
+        {"intro": {"en": "0" * 16, "zh": "本笔记本讲剪枝"}}, ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "docs" / "teaching.zh.md").write_text("# 备课\n\n每个学员的内核都读同一份缓存。\n", encoding="utf-8")
+    (tmp_path / "docs" / "install.md").write_text("# Install\n\nThe 8-bit kernels.\n", encoding="utf-8")
+    g = dict(glossary.load(), known_exceptions={})
+    found = [p for p in glossary.problems(g, root=tmp_path) if not p.startswith(glossary.LABELS)]
+    assert any(p.startswith("i18n/zh/exercises/02.json [02.ex|question]: \"位\"") and "比特" in p for p in found)
+    assert any(p.startswith("i18n/zh/09_x.json [intro]: \"笔记本\"") for p in found)
+    assert any(p.startswith("docs/teaching.zh.md [line 3]: a Jupyter kernel") for p in found)
+    assert len(found) == 3, found
+    stale = dict(g, known_exceptions={"entries": [{"file": "i18n/zh/09_x.json", "key": "gone", "variant": "位"}]})
+    assert any("is fixed: remove it" in p for p in glossary.problems(stale, root=tmp_path))

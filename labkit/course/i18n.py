@@ -7,7 +7,8 @@ translation file `i18n/zh/<stem>.json`, which holds, per markdown cell id, the C
 English it was translated from ({"<id>": {"en": "<16 hex of sha256>", "zh": "..."}}). Markdown cells take the
 Chinese text; code cells stay the English ones; one code cell (id LANG_CELL_ID) is put first to set LABKIT_LANG.
 `check` names every English cell without a translation, changed since it was translated, every translation
-whose cell is gone, and every Chinese notebook out of step with what `build` makes.
+whose cell is gone, every Chinese notebook out of step with what `build` makes, and (labkit.course.glossary) every
+variant term in a Chinese text.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import nbformat
 
+from labkit.course import glossary
 from labkit.course.build import ANSWER_STUB
 from labkit.lab.labels import STRINGS, language, t  # noqa: F401 (the labels of this edition, one import away)
 
@@ -152,7 +154,8 @@ def stale(english_dir: Path = ENGLISH_DIR, translations_dir: Path = TRANSLATIONS
     problems += [f"{_rel(p)} has no English notebook {_rel(english_dir / p.name)}: remove it"
                  for p in sorted(zh_dir.glob("*.ipynb")) if p.name not in names]
     problems += [f"{_rel(p)} translates no English notebook ({_rel(english_dir / (p.stem + '.ipynb'))} is missing)"
-                 for p in sorted(translations_dir.glob("*.json")) if p.stem + ".ipynb" not in names]
+                 for p in sorted(translations_dir.glob("*.json"))
+                 if p.stem + ".ipynb" not in names and p.name != glossary.GLOSSARY.name]
     return problems
 
 
@@ -190,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in left_out:
             print(f"left out: {problem}")
         return 0
-    if args == ["check"]:
-        problems = check()
+    if args == ["check"]:  # and the glossary: no variant term in any Chinese text
+        problems = check() + glossary.problems() + glossary.readme_problems()
         for problem in problems:
             print(problem)
         return 1 if problems else 0

@@ -11,8 +11,8 @@ from labkit.core import settings
 # (t(text, field=...) fills them). A label missing here is shown in English: nothing breaks.
 STRINGS: dict[str, str] = {
     # widget descriptions (set in the notebooks' code cells, shown through widgets.live)
-    "bits": "位宽",
-    "bits (sim.)": "位宽（模拟）",
+    "bits": "比特宽度",
+    "bits (sim.)": "比特宽度（模拟）",
     "precision": "精度",
     "batch": "批大小",
     "sparsity": "稀疏度",
@@ -59,8 +59,8 @@ STRINGS: dict[str, str] = {
     "sign": "符号位",
     "exponent": "指数位",
     "mantissa": "尾数位",
-    "{bits} bits, max {max}, eps {eps}": "{bits} 位，最大值 {max}，eps {eps}",
-    "bits (sign | exponent: the range | mantissa: the precision)": "位（符号 | 指数：范围 | 尾数：精度）",
+    "{bits} bits, max {max}, eps {eps}": "{bits} 比特，最大值 {max}，eps {eps}",
+    "bits (sign | exponent: the range | mantissa: the precision)": "比特（符号 | 指数：范围 | 尾数：精度）",
     "accuracy on the quick subset": "快速子集上的准确率",
     "global magnitude, before and after recovery": "全局幅值剪枝：恢复训练前后",
     "accuracy drop (points, validation split)": "准确率下降（百分点，验证集）",
@@ -76,7 +76,7 @@ STRINGS: dict[str, str] = {
     "accuracy, 95% interval (validation subset)": "准确率，95% 置信区间（验证集子集）",
     "dictionary codes (k atoms/row)": "字典编码（每行 k 个原子）",
     "magnitude pruning, same bytes": "幅值剪枝，字节数相同",
-    "{kept} of {total} word pieces survive": "{total} 个词片中保留了 {kept} 个",
+    "{kept} of {total} word pieces survive": "{total} 个子词中保留了 {kept} 个",
     "{score} score": "{score} 得分",
     "batch-32 latency (ms, median; each point timed on its own)": "批大小 32 的延迟（毫秒，中位数；每个点单独计时）",
     "accuracy, 95% interval (quick {split} subset)": "准确率，95% 置信区间（{split} 快速子集）",
