@@ -7,19 +7,21 @@ translation file `i18n/zh/<stem>.json`, which holds, per markdown cell id, the C
 English it was translated from ({"<id>": {"en": "<16 hex of sha256>", "zh": "..."}}). Markdown cells take the
 Chinese text; code cells stay the English ones; one code cell (id LANG_CELL_ID) is put first to set LABKIT_LANG.
 `check` names every English cell without a translation, changed since it was translated, every translation
-whose cell is gone, and every Chinese notebook out of step with what `build` makes.
+whose cell is gone, and every Chinese notebook out of step with what `build` makes; and the same for the exercises'
+texts (labkit.course.translations: `i18n/zh/exercises/<prefix>.json`), whose empty entries `exercises` writes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 import nbformat
 
+from labkit.course import translations
 from labkit.course.build import ANSWER_STUB
+from labkit.course.translations import digest  # noqa: F401 (one hash for notebook cells and exercise texts)
 from labkit.lab.labels import STRINGS, language, t  # noqa: F401 (the labels of this edition, one import away)
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: labkit/course/ is two levels down
@@ -30,11 +32,6 @@ LANG_CELL_SOURCE = 'import os\nos.environ["LABKIT_LANG"] = "zh"  # 中文标签�
 ANSWER_STUB_ZH = "在这里写下你的回答（YOUR ANSWER HERE）"
 
 # --- the Chinese edition of the notebooks ---------------------------------------------------------------
-
-def digest(source: str) -> str:
-    """The hash a translation records of the English cell it was made from (16 hex digits of sha256)."""
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
-
 
 def _rel(path: Path) -> str:
     """`path` relative to the repository where it lies inside it (messages name what a person edits)."""
@@ -153,14 +150,17 @@ def stale(english_dir: Path = ENGLISH_DIR, translations_dir: Path = TRANSLATIONS
                  for p in sorted(zh_dir.glob("*.ipynb")) if p.name not in names]
     problems += [f"{_rel(p)} translates no English notebook ({_rel(english_dir / (p.stem + '.ipynb'))} is missing)"
                  for p in sorted(translations_dir.glob("*.json")) if p.stem + ".ipynb" not in names]
+    # (the exercises' files, in translations_dir/exercises/, are translations.problems' to check)
     return problems
 
 
 def check(english_dir: Path = ENGLISH_DIR, translations_dir: Path = TRANSLATIONS_DIR,
-          zh_dir: Path = ZH_DIR) -> list[str]:
-    """Every problem of the Chinese edition: translations missing or stale, orphans, notebooks out of step."""
+          zh_dir: Path = ZH_DIR, exercises_dir: Path | None = translations.EXERCISES_DIR) -> list[str]:
+    """Every problem of the Chinese edition: translations missing or stale, orphans, notebooks out of step, and
+    the exercises' texts without a current translation in `exercises_dir` (None: the notebooks alone)."""
     problems = [p for e in english_notebooks(english_dir) for p in translation_problems(e, translations_dir)]
-    return problems + stale(english_dir, translations_dir, zh_dir) + code_differences(english_dir, zh_dir)
+    problems += stale(english_dir, translations_dir, zh_dir) + code_differences(english_dir, zh_dir)
+    return problems + (translations.problems(exercises_dir) if exercises_dir is not None else [])
 
 
 def coverage(english_dir: Path = ENGLISH_DIR, translations_dir: Path = TRANSLATIONS_DIR) -> dict[str, tuple[int, int]]:
@@ -177,7 +177,8 @@ def coverage(english_dir: Path = ENGLISH_DIR, translations_dir: Path = TRANSLATI
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`build [--complete-only]` writes notebooks_zh/; `check` exits 1 naming each problem; `coverage` counts."""
+    """`build [--complete-only]` writes notebooks_zh/; `check` exits 1 naming each problem; `coverage` counts;
+    `exercises [--prefix P]` adds empty entries for the exercise texts with no translation yet."""
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "build" and set(args[1:]) <= {"--complete-only"}:
         try:
@@ -199,7 +200,17 @@ def main(argv: list[str] | None = None) -> int:
         for stem, (done, total) in coverage().items():
             print(f"{stem}: {done}/{total} markdown cells translated")
         return 0
-    print("usage: python -m labkit.course.i18n build [--complete-only] | check | coverage", file=sys.stderr)
+    if args[:1] == ["exercises"] and (len(args) == 1 or (len(args) == 3 and args[1] == "--prefix")):
+        try:
+            written = translations.write_skeletons(args[2] if len(args) == 3 else None)
+        except ValueError as err:
+            print(err, file=sys.stderr)
+            return 1
+        for path in written:
+            print(f"wrote empty entries into {_rel(path)}: fill their \"zh\"")
+        return 0
+    print("usage: python -m labkit.course.i18n build [--complete-only] | check | coverage | "
+          "exercises [--prefix P]", file=sys.stderr)
     return 2
 
 
