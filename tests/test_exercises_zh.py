@@ -41,7 +41,7 @@ def test_a_wrong_answer_gets_a_chinese_verdict_and_hint(key, monkeypatch, capsys
     monkeypatch.setenv("LABKIT_LANG", "zh")
     assert not checks.check(key, answer())
     out = capsys.readouterr().out
-    file = translations.file_of(translations.prefix(key)).relative_to(translations.ROOT)
+    file = f"i18n/zh/exercises/{translations.prefix(key)}.json"
     why = (f"{key}: the hint for {hint!r} is shown in English: its translation in {file} is missing or stale "
            f"(`python -m labkit.course.i18n check` names it):\n{out}")
     assert "还不对" in out and CJK.search(out.split("提示：", 1)[-1]) and english not in out, why
