@@ -47,6 +47,22 @@ def test_a_wrong_answer_gets_a_chinese_verdict_and_hint(key, monkeypatch, capsys
     assert "还不对" in out and CJK.search(out.split("提示：", 1)[-1]) and english not in out, why
 
 
+EXERCISE_PREFIXES = sorted({translations.prefix(k) for k in checks.exercises() + checks.predictions()
+                            + checks.written_questions()})
+
+
+@pytest.mark.parametrize("prefix", EXERCISE_PREFIXES)
+def test_every_exercise_text_has_a_current_translation_and_no_orphan(prefix):
+    file = f"/{prefix}.json"
+    problems = [p for p in translations.problems() if file in p]
+    assert problems == [], "\n".join(problems)
+
+
+def test_no_exercise_translation_file_without_its_exercises():
+    problems = [p for p in translations.problems() if "translates no exercise" in p]
+    assert problems == [], "\n".join(problems)
+
+
 # --- the mechanism, on an exercise of its own (prefix "zz") -----------------------------------------------------
 
 QUESTION = "Return twice the number."

@@ -7,7 +7,7 @@ import shutil
 import ipywidgets as W
 import pytest
 
-from labkit.course import checks, i18n, translations
+from labkit.course import i18n
 from labkit.lab import plots, widgets
 
 ENGLISH = i18n.english_notebooks()
@@ -143,19 +143,3 @@ def test_plots_use_chinese_only_with_a_cjk_font(monkeypatch):
         assert plt.rcParams["font.sans-serif"][0] == "Noto Sans CJK SC"
         monkeypatch.setenv("LABKIT_LANG", "en")
         assert plots.tr("Pareto front") == "Pareto front"
-
-
-EXERCISE_PREFIXES = sorted({translations.prefix(k) for k in checks.exercises() + checks.predictions()
-                            + checks.written_questions()})
-
-
-@pytest.mark.parametrize("prefix", EXERCISE_PREFIXES)
-def test_every_exercise_text_has_a_current_translation_and_no_orphan(prefix):
-    file = f"/{prefix}.json"
-    problems = [p for p in translations.problems() if file in p]
-    assert problems == [], "\n".join(problems)
-
-
-def test_no_exercise_translation_file_without_its_exercises():
-    problems = [p for p in translations.problems() if "translates no exercise" in p]
-    assert problems == [], "\n".join(problems)

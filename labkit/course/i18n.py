@@ -1,14 +1,15 @@
 """The Chinese edition (`python -m labkit.course.i18n build` or `check`) and labkit's labels in the learner's language.
 
 The labels widgets, plots and readouts show in Chinese live in labkit.lab.labels (STRINGS, t), re-exported here.
+The exercises' texts live in `i18n/zh/exercises/<prefix>.json` (labkit.course.translations): `check` names those
+missing, stale or gone too, and `exercises` writes empty entries for a translator to fill.
 
 Notebooks: `notebooks_zh/<stem>.ipynb` is made from the learner edition `notebooks/<stem>.ipynb` and the
 translation file `i18n/zh/<stem>.json`, which holds, per markdown cell id, the Chinese text and a hash of the
 English it was translated from ({"<id>": {"en": "<16 hex of sha256>", "zh": "..."}}). Markdown cells take the
 Chinese text; code cells stay the English ones; one code cell (id LANG_CELL_ID) is put first to set LABKIT_LANG.
 `check` names every English cell without a translation, changed since it was translated, every translation
-whose cell is gone, and every Chinese notebook out of step with what `build` makes; and the same for the exercises'
-texts (labkit.course.translations: `i18n/zh/exercises/<prefix>.json`), whose empty entries `exercises` writes.
+whose cell is gone, and every Chinese notebook out of step with what `build` makes.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import nbformat
 
-from labkit.course import translations
 from labkit.course.build import ANSWER_STUB
-from labkit.course.translations import digest  # noqa: F401 (one hash for notebook cells and exercise texts)
+from labkit.course.translations import EXERCISES_DIR, digest, write_skeletons
+from labkit.course.translations import problems as exercise_problems
 from labkit.lab.labels import STRINGS, language, t  # noqa: F401 (the labels of this edition, one import away)
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: labkit/course/ is two levels down
@@ -150,17 +151,16 @@ def stale(english_dir: Path = ENGLISH_DIR, translations_dir: Path = TRANSLATIONS
                  for p in sorted(zh_dir.glob("*.ipynb")) if p.name not in names]
     problems += [f"{_rel(p)} translates no English notebook ({_rel(english_dir / (p.stem + '.ipynb'))} is missing)"
                  for p in sorted(translations_dir.glob("*.json")) if p.stem + ".ipynb" not in names]
-    # (the exercises' files, in translations_dir/exercises/, are translations.problems' to check)
     return problems
 
 
 def check(english_dir: Path = ENGLISH_DIR, translations_dir: Path = TRANSLATIONS_DIR,
-          zh_dir: Path = ZH_DIR, exercises_dir: Path | None = translations.EXERCISES_DIR) -> list[str]:
+          zh_dir: Path = ZH_DIR, exercises_dir: Path | None = EXERCISES_DIR) -> list[str]:
     """Every problem of the Chinese edition: translations missing or stale, orphans, notebooks out of step, and
     the exercises' texts without a current translation in `exercises_dir` (None: the notebooks alone)."""
     problems = [p for e in english_notebooks(english_dir) for p in translation_problems(e, translations_dir)]
     problems += stale(english_dir, translations_dir, zh_dir) + code_differences(english_dir, zh_dir)
-    return problems + (translations.problems(exercises_dir) if exercises_dir is not None else [])
+    return problems + (exercise_problems(exercises_dir) if exercises_dir is not None else [])
 
 
 def coverage(english_dir: Path = ENGLISH_DIR, translations_dir: Path = TRANSLATIONS_DIR) -> dict[str, tuple[int, int]]:
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args[:1] == ["exercises"] and (len(args) == 1 or (len(args) == 3 and args[1] == "--prefix")):
         try:
-            written = translations.write_skeletons(args[2] if len(args) == 3 else None)
+            written = write_skeletons(args[2] if len(args) == 3 else None)
         except ValueError as err:
             print(err, file=sys.stderr)
             return 1
