@@ -92,10 +92,12 @@ def _prediction(key: str):
 
 def _number(value: Any, key: str, what: str) -> float:
     if isinstance(value, bool) or not (isinstance(value, (int, float)) or hasattr(value, "__float__")):
-        raise TypeError(f"{key}: the {what} must be a number, got {type(value).__name__} ({value!r}).")
+        raise TypeError(t("{key}: the {what} must be a number, got {type} ({value!r}).", key=key, what=t(what),
+                          type=type(value).__name__, value=value))
     number = float(value)
     if number != number or number in (float("inf"), float("-inf")):
-        raise ValueError(f"{key}: the {what} must be a finite number, got {number}.")
+        raise ValueError(t("{key}: the {what} must be a finite number, got {number}.", key=key, what=t(what),
+                           number=number))
     return number
 
 

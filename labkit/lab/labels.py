@@ -105,6 +105,11 @@ STRINGS: dict[str, str] = {
         "📏 {key}：你预测 {guess}，测得 {amount}（{ratio}）。",
     "{ratio} times your prediction": "是你预测值的 {ratio} 倍",
     "your prediction was 0": "你的预测为 0",
+    "{key}: the {what} must be a number, got {type} ({value!r}).":
+        "{key}：{what}必须是一个数，得到的是 {type}（{value!r}）。",
+    "{key}: the {what} must be a finite number, got {number}.": "{key}：{what}必须是一个有限的数，得到的是 {number}。",
+    "prediction": "预测",
+    "measurement": "测量值",
     "using your {name} ({key}).": "使用你的 {name}（{key}）。",
     "using labkit's reference for {key} until yours passes its check.":
         "在你的答案通过检查之前，{key} 先使用 labkit 的参考实现。",
@@ -131,7 +136,6 @@ STRINGS: dict[str, str] = {
     "measured": "测量值",
     "code": "代码",
     "value": "数值",
-    "prediction": "预测",
     "design": "设计",
     # the generic hints (labkit.course.exercises.GENERIC_HINTS)
     "your function changed its input in place. Work on a copy (`x.clone()`) or use out-of-place operations "
