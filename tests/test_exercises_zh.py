@@ -2,6 +2,7 @@
 verdict and hint; the mechanism (labkit.course.translations) on a tiny registry of its own: a current entry shown,
 a stale or empty one never, `check` naming what is missing, stale or gone, `exercises` writing empty entries."""
 
+import dataclasses
 import importlib
 import json
 import os
@@ -45,6 +46,18 @@ def test_a_wrong_answer_gets_a_chinese_verdict_and_hint(key, monkeypatch, capsys
     why = (f"{key}: the hint for {hint!r} is shown in English: its translation in {file} is missing or stale "
            f"(`python -m labkit.course.i18n check` names it):\n{out}")
     assert "还不对" in out and CJK.search(out.split("提示：", 1)[-1]) and english not in out, why
+
+
+@pytest.mark.parametrize("key", checks.exercises())
+def test_no_chinese_hint_gives_a_line_of_the_reference(key, monkeypatch):
+    rules = importlib.import_module("test_course_rules")  # the English hints' rule, on their Chinese
+    monkeypatch.setenv("LABKIT_LANG", "zh")
+    ex = checks.get(key)
+    hints = {m: translations.text(key, f"hint:{m}", h) for m, h in ex.hints.items()}
+    ladder = tuple(translations.text(key, f"ladder:{i}", h) for i, h in enumerate(ex.ladder))
+    chinese = dataclasses.replace(ex, hints=hints, ladder=ladder)
+    leaks = [f"{line!r} in {text!r}" for text, line in rules.leaked_lines(chinese)]
+    assert not leaks, "a Chinese hint gives the line to type:\n" + "\n".join(leaks)
 
 
 EXERCISE_PREFIXES = sorted({translations.prefix(k) for k in checks.exercises() + checks.predictions()
