@@ -66,7 +66,7 @@ def _tiny_edition(tmp_path):
 
 def test_build_and_check_agree_on_a_complete_translation(tmp_path):
     en, tr, zh, _ = _tiny_edition(tmp_path)
-    assert i18n.check(en, tr, zh) == []
+    assert i18n.check(en, tr, zh, exercises_dir=None) == []
     cells = json.loads((zh / "00_x.ipynb").read_text(encoding="utf-8"))["cells"]
     assert [c["id"] for c in cells] == [i18n.LANG_CELL_ID, "intro", "c1"]
     assert "".join(cells[1]["source"]) == "# 标题\n一些文字。" and "".join(cells[2]["source"]) == "x = 1"
@@ -76,7 +76,7 @@ def test_a_changed_english_cell_is_named_by_the_check(tmp_path):
     en, tr, zh, nb = _tiny_edition(tmp_path)
     nb["cells"][0]["source"] = ["# Title\n", "Some text, edited."]
     (en / "00_x.ipynb").write_text(json.dumps(nb))
-    problems = i18n.check(en, tr, zh)
+    problems = i18n.check(en, tr, zh, exercises_dir=None)
     assert any("English cell intro in" in p and "00_x.ipynb changed since it was translated" in p for p in problems)
     with pytest.raises(ValueError, match="English cell intro in .*changed since it was translated"):
         i18n.build(en, tr, zh)
@@ -89,7 +89,7 @@ def test_missing_orphaned_and_hand_edited_are_each_named(tmp_path):
     found = json.loads((tr / "00_x.json").read_text())
     found["gone"] = {"en": "0" * 16, "zh": "旧的"}
     (tr / "00_x.json").write_text(json.dumps(found, ensure_ascii=False))
-    problems = "\n".join(i18n.check(en, tr, zh))
+    problems = "\n".join(i18n.check(en, tr, zh, exercises_dir=None))
     assert "English cell new in" in problems and "has no translation" in problems
     assert "cell gone is not a markdown cell" in problems
     with pytest.raises(ValueError, match="English cell new in"):
@@ -99,7 +99,7 @@ def test_missing_orphaned_and_hand_edited_are_each_named(tmp_path):
     del found["gone"], nb["cells"][-1]
     (tr / "00_x.json").write_text(json.dumps(found, ensure_ascii=False))
     (en / "00_x.ipynb").write_text(json.dumps(nb))
-    assert any("differs from what the generator makes" in p for p in i18n.check(en, tr, zh))
+    assert any("differs from what the generator makes" in p for p in i18n.check(en, tr, zh, exercises_dir=None))
 
 
 def test_labels_follow_labkit_lang_read_at_call_time(monkeypatch):

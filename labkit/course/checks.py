@@ -15,7 +15,9 @@ from typing import Any, Callable
 import pandas as pd
 
 from labkit.core import settings
+from labkit.course import translations
 from labkit.course.exercises import (
+    GENERIC_HINTS,
     PREDICTIONS,
     REGISTRY,
     WRITTEN,
@@ -25,6 +27,7 @@ from labkit.course.exercises import (
     load_all,
     unanswered,
 )
+from labkit.lab.labels import language, t
 
 NOT_ATTEMPTED = "not attempted yet"
 
@@ -89,24 +92,35 @@ def _prediction(key: str):
 
 def _number(value: Any, key: str, what: str) -> float:
     if isinstance(value, bool) or not (isinstance(value, (int, float)) or hasattr(value, "__float__")):
-        raise TypeError(f"{key}: the {what} must be a number, got {type(value).__name__} ({value!r}).")
+        raise TypeError(t("{key}: the {what} must be a number, got {type} ({value!r}).", key=key, what=t(what),
+                          type=type(value).__name__, value=value))
     number = float(value)
     if number != number or number in (float("inf"), float("-inf")):
-        raise ValueError(f"{key}: the {what} must be a finite number, got {number}.")
+        raise ValueError(t("{key}: the {what} must be a finite number, got {number}.", key=key, what=t(what),
+                           number=number))
     return number
+
+
+def _question(key: str, english: str) -> str:
+    return translations.text(key, "question", english)
+
+
+def _amount(key: str, number: float, unit: str) -> str:
+    """A predicted or measured number with its unit, the unit in the learner's language when it is words."""
+    return f"{number:g}{translations.text(key, 'unit', unit)}"
 
 
 def predict(key: str, value: Any) -> bool:
     """Record the learner's prediction for `key` before the cell that measures it; False while it is `...`."""
     p = _prediction(key)
     if unanswered(value):
-        print(f"⏳ {key}: no prediction yet. {p.question}")
+        print(t("⏳ {key}: no prediction yet. {question}", key=key, question=_question(key, p.question)))
         return False
     number = _number(value, key, "prediction")
     record = _record()
     record["predictions"][key] = {"predicted": number}
     _write_record(record)
-    print(f"📝 {key}: you predict {number:g}{p.unit}. Now run the measurement.")
+    print(t("📝 {key}: you predict {amount}. Now run the measurement.", key=key, amount=_amount(key, number, p.unit)))
     return True
 
 
@@ -119,11 +133,15 @@ def measured(key: str, value: Any) -> dict:
     record["predictions"][key] = entry
     _write_record(record)
     guess = entry.get("predicted")
+    amount = _amount(key, number, p.unit)
     if guess is None:
-        print(f"📏 {key}: measured {number:g}{p.unit} (no prediction recorded: make one next time, before running).")
+        print(t("📏 {key}: measured {amount} (no prediction recorded: make one next time, before running).",
+                key=key, amount=amount))
     else:
-        ratio = f"{number / guess:.2g} times your prediction" if guess else "your prediction was 0"
-        print(f"📏 {key}: you predicted {guess:g}{p.unit}, measured {number:g}{p.unit} ({ratio}).")
+        ratio = t("{ratio} times your prediction", ratio=f"{number / guess:.2g}") if guess \
+            else t("your prediction was 0")
+        print(t("📏 {key}: you predicted {guess}, measured {amount} ({ratio}).", key=key,
+                guess=_amount(key, guess, p.unit), amount=amount, ratio=ratio))
     return entry
 
 
@@ -135,18 +153,32 @@ def get(key: str) -> Exercise:
     return REGISTRY[key]
 
 
+def hint_for(ex: Exercise, mistake: str) -> str:
+    """`Exercise.hint` in the learner's language: the exercise's own hint, else a generic one, else its "wrong"."""
+    if ex.hints.get(mistake):
+        return translations.text(ex.key, f"hint:{mistake}", ex.hints[mistake])
+    if GENERIC_HINTS.get(mistake):
+        return t(GENERIC_HINTS[mistake])
+    return translations.text(ex.key, "hint:wrong", ex.hints["wrong"])
+
+
 def diagnose(key: str, answer: Any) -> str | None:
-    """None when `answer` solves exercise `key`, NOT_ATTEMPTED for a placeholder, else the hint for its mistake."""
+    """None when `answer` solves exercise `key`, NOT_ATTEMPTED for a placeholder, else the hint for its mistake
+    (in the learner's language)."""
     ex = get(key)
     try:
         mistake = ex.check(answer)
     except NotAttempted:
         return NOT_ATTEMPTED
     except Mistake as m:
-        return ex.hint(m.name) + (f" ({m.detail})" if m.detail and m.detail != m.name else "")
+        shown = hint_for(ex, m.name)
+        if not m.detail or m.detail == m.name:
+            return shown
+        return t("{hint} ({detail})", hint=shown, detail=t(m.detail, **m.fields))
     except Exception as err:  # the learner's code raised: say what, in one line, never a traceback from labkit
-        return f"your answer raised {type(err).__name__}: {err}. " + ex.hint("wrong")
-    return None if mistake is None else ex.hint(mistake)
+        return t("your answer raised {error_type}: {error}. {hint}", error_type=type(err).__name__, error=err,
+                 hint=hint_for(ex, "wrong"))
+    return None if mistake is None else hint_for(ex, mistake)
 
 
 class Verdict:
@@ -173,11 +205,11 @@ def check(key: str, answer: Any, quiet: bool = False) -> Verdict:
         _mark_solved(key)
     if not quiet:
         if verdict is None:
-            print(f"✅ {key}: correct.")
+            print(t("✅ {key}: correct.", key=key))
         elif verdict == NOT_ATTEMPTED:
-            print(f"⏳ {key}: {NOT_ATTEMPTED}. {get(key).question}")
+            print(t("⏳ {key}: not attempted yet. {question}", key=key, question=_question(key, get(key).question)))
         else:
-            print(f"❌ {key}: not yet. Hint: {verdict}")
+            print(t("❌ {key}: not yet. Hint: {hint}", key=key, hint=verdict))
     return Verdict(key, verdict is None)
 
 
@@ -187,9 +219,10 @@ class GradedRelease(PermissionError):
 
 def _refuse_if_graded(key: str, what: str) -> None:
     if settings.graded():
-        raise GradedRelease(f"{key}: {what} is not shown in a graded release: this is a graded release, so the "
-                            f"reference stays with your teacher. `checks.hint({key!r})` gives graduated hints, and "
-                            f"`checks.check({key!r}, answer)` says what is wrong with yours.")
+        raise GradedRelease(t("{key}: {what} is not shown in a graded release: this is a graded release, so the "
+                              "reference stays with your teacher. `checks.hint({quoted})` gives graduated hints, and "
+                              "`checks.check({quoted}, answer)` says what is wrong with yours.",
+                              key=key, what=t(what), quoted=repr(key)))
 
 
 def use(key: str, answer: Callable) -> Callable:
@@ -197,10 +230,10 @@ def use(key: str, answer: Callable) -> Callable:
 
     In a graded release there is no reference to fall back on: an answer that does not pass is refused."""
     if diagnose(key, answer) is None:
-        print(f"using your {getattr(answer, '__name__', 'answer')} ({key}).")
+        print(t("using your {name} ({key}).", name=getattr(answer, "__name__", "answer"), key=key))
         return answer
     _refuse_if_graded(key, "labkit's reference (in place of an answer that does not pass its check yet)")
-    print(f"using labkit's reference for {key} until yours passes its check.")
+    print(t("using labkit's reference for {key} until yours passes its check.", key=key))
     return get(key).solution()
 
 
@@ -223,23 +256,26 @@ def hint(key: str) -> str:
     """The next of exercise `key`'s graduated hints (the idea, the step that goes wrong, a smaller worked case)."""
     ex = get(key)
     if not ex.ladder:
-        text = ex.hint("wrong")
-        print(f"💡 {key}: {text}")
+        text = hint_for(ex, "wrong")
+        print(t("💡 {key}: {body}", key=key, body=text))
         return text
     record = _record()
     given_ = record.setdefault("hints", {})
     level = min(int(given_.get(key, 0)) + 1, len(ex.ladder))
     given_[key] = level
     _write_record(record)
-    text = ex.ladder[level - 1]
-    more = "" if level == len(ex.ladder) else f" (run checks.hint({key!r}) again for {LADDER[level]})"
-    print(f"💡 {key}, hint {level} of {len(ex.ladder)}, {LADDER[level - 1]}: {text}{more}")
+    text = translations.text(key, f"ladder:{level - 1}", ex.ladder[level - 1])
+    more = "" if level == len(ex.ladder) else t(" (run checks.hint({quoted}) again for {stage})", quoted=repr(key),
+                                                 stage=t(LADDER[level]))
+    print(t("💡 {key}, hint {level} of {total}, {stage}: {body}{more}", key=key, level=level, total=len(ex.ladder),
+            stage=t(LADDER[level - 1]), body=text, more=more))
     return text
 
 
 def hints(key: str) -> dict[str, str]:
-    """Every targeted hint of exercise `key`, by the mistake it answers."""
-    return dict(get(key).hints)
+    """Every targeted hint of exercise `key`, by the mistake it answers (in the learner's language)."""
+    ex = get(key)
+    return {m: translations.text(key, f"hint:{m}", h) for m, h in ex.hints.items()}
 
 
 def exercises(notebook: str | None = None, kind: str | None = None) -> list[str]:
@@ -261,15 +297,41 @@ def written_questions(notebook: str | None = None) -> list[str]:
     return sorted(k for k in WRITTEN if notebook is None or k.split(".")[0] == notebook)
 
 
-def progress() -> pd.DataFrame:
-    """Every exercise (solved or not) and every prediction (predicted, measured), notebook by notebook."""
+class Progress(pd.DataFrame):
+    """progress()'s table: its columns keep their English names in code (`.query("notebook == '02'")` works in
+    either edition); a notebook shows their headers and kinds in the learner's language."""
+
+    @property
+    def _constructor(self):
+        return Progress
+
+    def shown(self) -> pd.DataFrame:
+        """The table as a learner reads it: headers and kinds through the label table."""
+        plain = pd.DataFrame(self)
+        if language() != "zh":
+            return plain
+        if "kind" in plain:
+            plain = plain.assign(kind=plain["kind"].map(lambda k: t(k) if isinstance(k, str) else k))
+        return plain.rename(columns={c: t(c) for c in plain.columns if isinstance(c, str)})
+
+    def _repr_html_(self) -> str | None:
+        return self.shown()._repr_html_()
+
+    def __repr__(self) -> str:
+        return repr(self.shown())
+
+
+def progress() -> Progress:
+    """Every exercise (solved or not) and every prediction (predicted, measured), notebook by notebook; the
+    questions in the learner's language."""
     record = _record()
     solved = set(record["solved"])
     rows = [{"notebook": k.split(".")[0], "exercise": k, "kind": get(k).kind, "solved": k in solved,
-             "question": get(k).question} for k in exercises()]
+             "question": _question(k, get(k).question)} for k in exercises()]
     for k in predictions():
         entry = record["predictions"].get(k, {})
         rows.append({"notebook": k.split(".")[0], "exercise": k, "kind": "prediction", "solved": "predicted" in entry,
-                     "question": PREDICTIONS[k].question, "predicted": entry.get("predicted"),
+                     "question": _question(k, PREDICTIONS[k].question), "predicted": entry.get("predicted"),
                      "measured": entry.get("measured")})
-    return pd.DataFrame(rows).sort_values(["notebook", "kind", "exercise"], kind="stable").reset_index(drop=True)
+    table = pd.DataFrame(rows).sort_values(["notebook", "kind", "exercise"], kind="stable").reset_index(drop=True)
+    return Progress(table)

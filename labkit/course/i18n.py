@@ -1,6 +1,8 @@
 """The Chinese edition (`python -m labkit.course.i18n build` or `check`) and labkit's labels in the learner's language.
 
 The labels widgets, plots and readouts show in Chinese live in labkit.lab.labels (STRINGS, t), re-exported here.
+The exercises' texts live in `i18n/zh/exercises/<prefix>.json` (labkit.course.translations): `check` names those
+missing, stale or gone too, and `exercises` writes empty entries for a translator to fill.
 
 Notebooks: `notebooks_zh/<stem>.ipynb` is made from the learner edition `notebooks/<stem>.ipynb` and the
 translation file `i18n/zh/<stem>.json`, which holds, per markdown cell id, the Chinese text and a hash of the
@@ -13,7 +15,6 @@ variant term in a Chinese text.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ import nbformat
 
 from labkit.course import glossary
 from labkit.course.build import ANSWER_STUB
+from labkit.course.translations import EXERCISES_DIR, digest, write_skeletons
+from labkit.course.translations import problems as exercise_problems
 from labkit.lab.labels import STRINGS, language, t  # noqa: F401 (the labels of this edition, one import away)
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: labkit/course/ is two levels down
@@ -32,11 +35,6 @@ LANG_CELL_SOURCE = 'import os\nos.environ["LABKIT_LANG"] = "zh"  # 中文标签�
 ANSWER_STUB_ZH = "在这里写下你的回答（YOUR ANSWER HERE）"
 
 # --- the Chinese edition of the notebooks ---------------------------------------------------------------
-
-def digest(source: str) -> str:
-    """The hash a translation records of the English cell it was made from (16 hex digits of sha256)."""
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
-
 
 def _rel(path: Path) -> str:
     """`path` relative to the repository where it lies inside it (messages name what a person edits)."""
@@ -160,10 +158,12 @@ def stale(english_dir: Path = ENGLISH_DIR, translations_dir: Path = TRANSLATIONS
 
 
 def check(english_dir: Path = ENGLISH_DIR, translations_dir: Path = TRANSLATIONS_DIR,
-          zh_dir: Path = ZH_DIR) -> list[str]:
-    """Every problem of the Chinese edition: translations missing or stale, orphans, notebooks out of step."""
+          zh_dir: Path = ZH_DIR, exercises_dir: Path | None = EXERCISES_DIR) -> list[str]:
+    """Every problem of the Chinese edition: translations missing or stale, orphans, notebooks out of step, and
+    the exercises' texts without a current translation in `exercises_dir` (None: the notebooks alone)."""
     problems = [p for e in english_notebooks(english_dir) for p in translation_problems(e, translations_dir)]
-    return problems + stale(english_dir, translations_dir, zh_dir) + code_differences(english_dir, zh_dir)
+    problems += stale(english_dir, translations_dir, zh_dir) + code_differences(english_dir, zh_dir)
+    return problems + (exercise_problems(exercises_dir) if exercises_dir is not None else [])
 
 
 def coverage(english_dir: Path = ENGLISH_DIR, translations_dir: Path = TRANSLATIONS_DIR) -> dict[str, tuple[int, int]]:
@@ -180,7 +180,8 @@ def coverage(english_dir: Path = ENGLISH_DIR, translations_dir: Path = TRANSLATI
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`build [--complete-only]` writes notebooks_zh/; `check` exits 1 naming each problem; `coverage` counts."""
+    """`build [--complete-only]` writes notebooks_zh/; `check` exits 1 naming each problem; `coverage` counts;
+    `exercises [--prefix P]` adds empty entries for the exercise texts with no translation yet."""
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "build" and set(args[1:]) <= {"--complete-only"}:
         try:
@@ -202,7 +203,17 @@ def main(argv: list[str] | None = None) -> int:
         for stem, (done, total) in coverage().items():
             print(f"{stem}: {done}/{total} markdown cells translated")
         return 0
-    print("usage: python -m labkit.course.i18n build [--complete-only] | check | coverage", file=sys.stderr)
+    if args[:1] == ["exercises"] and (len(args) == 1 or (len(args) == 3 and args[1] == "--prefix")):
+        try:
+            written = write_skeletons(args[2] if len(args) == 3 else None)
+        except ValueError as err:
+            print(err, file=sys.stderr)
+            return 1
+        for path in written:
+            print(f"wrote empty entries into {_rel(path)}: fill their \"zh\"")
+        return 0
+    print("usage: python -m labkit.course.i18n build [--complete-only] | check | coverage | "
+          "exercises [--prefix P]", file=sys.stderr)
     return 2
 
 

@@ -91,6 +91,92 @@ STRINGS: dict[str, str] = {
     # notebook 08's KV-cache plot (plots.kv_cache)
     "KV cache, {dtype}": "KV 缓存，{dtype}",
     "context length (tokens, batch 1)": "上下文长度（词元数，批大小 1）",
+    # the exercise harness (labkit.course.checks; the exercises' own texts are in i18n/zh/exercises/)
+    "✅ {key}: correct.": "✅ {key}：正确。",
+    "⏳ {key}: not attempted yet. {question}": "⏳ {key}：尚未作答。{question}",
+    "❌ {key}: not yet. Hint: {hint}": "❌ {key}：还不对。提示：{hint}",
+    "{hint} ({detail})": "{hint}（{detail}）",
+    "your answer raised {error_type}: {error}. {hint}": "你的答案抛出了 {error_type}：{error}。{hint}",
+    "⏳ {key}: no prediction yet. {question}": "⏳ {key}：还没有预测。{question}",
+    "📝 {key}: you predict {amount}. Now run the measurement.": "📝 {key}：你的预测是 {amount}。现在运行测量。",
+    "📏 {key}: measured {amount} (no prediction recorded: make one next time, before running).":
+        "📏 {key}：测得 {amount}（没有记录预测：下次请在运行之前先做出预测）。",
+    "📏 {key}: you predicted {guess}, measured {amount} ({ratio}).":
+        "📏 {key}：你预测 {guess}，测得 {amount}（{ratio}）。",
+    "{ratio} times your prediction": "是你预测值的 {ratio} 倍",
+    "your prediction was 0": "你的预测为 0",
+    "{key}: the {what} must be a number, got {type} ({value!r}).":
+        "{key}：{what}必须是一个数，得到的是 {type}（{value!r}）。",
+    "{key}: the {what} must be a finite number, got {number}.": "{key}：{what}必须是一个有限的数，得到的是 {number}。",
+    "prediction": "预测",
+    "measurement": "测量值",
+    "using your {name} ({key}).": "使用你的 {name}（{key}）。",
+    "using labkit's reference for {key} until yours passes its check.":
+        "在你的答案通过检查之前，{key} 先使用 labkit 的参考实现。",
+    "{key}: {what} is not shown in a graded release: this is a graded release, so the reference stays with your "
+    "teacher. `checks.hint({quoted})` gives graduated hints, and `checks.check({quoted}, answer)` says what is wrong "
+    "with yours.":
+        "{key}：评分版本不显示{what}：参考答案由你的老师保管。`checks.hint({quoted})` 给出分级提示，"
+        "`checks.check({quoted}, answer)` 会指出你的答案哪里不对。",
+    "the reference answer": "参考答案",
+    "labkit's reference (in place of an answer that does not pass its check yet)":
+        "labkit 的参考实现（用来代替尚未通过检查的答案）",
+    "💡 {key}: {body}": "💡 {key}：{body}",
+    "💡 {key}, hint {level} of {total}, {stage}: {body}{more}": "💡 {key}，提示 {level}/{total}，{stage}：{body}{more}",
+    " (run checks.hint({quoted}) again for {stage})": "（再运行一次 checks.hint({quoted})，可得到{stage}）",
+    "the idea": "核心思想",
+    "the step that usually goes wrong": "最容易出错的一步",
+    "a smaller case, worked": "一个更小的算例（附解答）",
+    # checks.progress()'s headers and kinds (the column names in code stay English)
+    "exercise": "练习",
+    "kind": "类型",
+    "solved": "已完成",
+    "question": "题目",
+    "predicted": "预测值",
+    "measured": "测量值",
+    "code": "代码",
+    "value": "数值",
+    "design": "设计",
+    # the generic hints (labkit.course.exercises.GENERIC_HINTS)
+    "your function changed its input in place. Work on a copy (`x.clone()`) or use out-of-place operations "
+    "(`x * mask`, not `x.mul_(mask)`): the caller's tensor must stay as it was.":
+        "你的函数就地修改了它的输入。请在副本上操作（`x.clone()`），或使用非就地运算（用 `x * mask`，"
+        "而不是 `x.mul_(mask)`）：调用者的张量必须保持原样。",
+    "the answer is not of the kind asked for; read the question again (a number, a tuple, a function?).":
+        "答案不是题目要求的类型；请再读一遍题目（要的是一个数、一个元组，还是一个函数？）。",
+    # what a check adds about a mistake (Mistake details in labkit/course/exercises/nb*.py)
+    "expected a function, got {type}": "需要一个函数，得到的是 {type}",
+    "got {type}": "得到的是 {type}",
+    "return a tensor": "请返回一个张量",
+    "return a number, got {type}": "请返回一个数，得到的是 {type}",
+    "return a tuple (multiply-adds, bytes)": "请返回一个元组（乘加次数，字节数）",
+    "return a tuple (compute_seconds, memory_seconds)": "请返回一个元组 (compute_seconds, memory_seconds)",
+    "answer with a name in quotes, got {type}": "请用带引号的名字作答，得到的是 {type}",
+    "could not read {type} as an array": "无法把 {type} 读作数组",
+    "return a tuple of three arrays: {names}": "请返回由三个数组组成的元组：{names}",
+    "return a tuple of two arrays: (mask, values)": "请返回由两个数组组成的元组：(mask, values)",
+    "return a pair (scale, zero_point)": "请返回一对值 (scale, zero_point)",
+    "return a pair (codebook, indices)": "请返回一对值 (codebook, indices)",
+    "a tuple of four shapes, e.g. ((6, 8), (6,), (8, 6), (8,))":
+        "一个由四个形状组成的元组，例如 ((6, 8), (6,), (8, 6), (8,))",
+    "a tuple of two layer numbers, e.g. (2, 4)": "一个由两个层号组成的元组，例如 (2, 4)",
+    "return two tensors: (scale, zero_point)": "请返回两个张量：(scale, zero_point)",
+    "DynamicInt8Linear(linear) must give a module, got {type}":
+        "DynamicInt8Linear(linear) 必须给出一个模块，得到的是 {type}",
+    "forward must return a tensor, got {type}": "forward 必须返回一个张量，得到的是 {type}",
+    "return two tensors: (kept hidden states, kept indices)": "请返回两个张量：（保留的隐藏状态，保留的索引）",
+    "expected a tuple (linear_macs, attention_macs), got {got!r}":
+        "需要一个元组 (linear_macs, attention_macs)，得到的是 {got!r}",
+    "the function returned {type}, not a model": "该函数返回的是 {type}，不是模型",
+    "expected a list of (step, options) pairs, got {type}": "需要一个由 (step, options) 对组成的列表，得到的是 {type}",
+    "validation accuracy {mine} vs fp32 {fp32:.3f}{note}": "验证集准确率 {mine}，fp32 为 {fp32:.3f}{note}",
+    "validation accuracy {mine} vs fp32 {fp32:.3f}{note}; {speedup:.2f}x at batch 32 (per round {range})":
+        "验证集准确率 {mine}，fp32 为 {fp32:.3f}{note}；批大小 32 时快 {speedup:.2f} 倍（各轮 {range}）",
+    " (fast mode: a 300-snippet subset, where 1 point is 3 snippets)":
+        "（快速模式：300 个片段的子集，1 个百分点即 3 个片段）",
+    "return a tuple (q, corrected rest) of two tensors": "请返回由两个张量组成的元组 (q, 修正后的其余列)",
+    "return a tuple (scales, alpha)": "请返回一个元组 (scales, alpha)",
+    "alpha is one number": "alpha 是一个数",
 }
 
 

@@ -102,9 +102,11 @@ class NotAttempted(Exception):
 class Mistake(Exception):
     """A check found a named mistake while running the learner's code."""
 
-    def __init__(self, name: str, detail: str = ""):
-        super().__init__(detail or name)
-        self.name, self.detail = name, detail
+    def __init__(self, name: str, detail: str = "", **fields: Any):
+        # `detail` is a fixed English text or a template that `fields` fill: checks shows it through the label
+        # table, so a Chinese learner reads it in Chinese where STRINGS has it.
+        super().__init__(detail.format(**fields) if fields else (detail or name))
+        self.name, self.detail, self.fields = name, detail, fields
 
 
 def unanswered(answer: Any) -> bool:
@@ -124,7 +126,7 @@ def attempt(fn: Any, *args: Any, **kwargs: Any) -> Any:
     if unanswered(fn):
         raise NotAttempted()
     if not callable(fn):
-        raise Mistake("wrong_type", f"expected a function, got {type(fn).__name__}")
+        raise Mistake("wrong_type", "expected a function, got {type}", type=type(fn).__name__)
     # The learner gets copies, so a function that writes into its input can never corrupt the golden data.
     given_args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
     try:

@@ -32,7 +32,7 @@ _FORMATS = ("dense", "coo", "coo_min", "csr", "csr_min", "bitmask", "2:4")
 
 def _name(answer: Any) -> str:
     if not isinstance(given(answer), str):
-        raise Mistake("wrong_type", f"answer with a name in quotes, got {type(answer).__name__}")
+        raise Mistake("wrong_type", "answer with a name in quotes, got {type}", type=type(answer).__name__)
     return answer.strip().lower()
 
 
@@ -162,12 +162,12 @@ def _as_tensor(x: Any) -> torch.Tensor:
     try:
         return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise Mistake("wrong_type", f"could not read {type(x).__name__} as an array") from err
+        raise Mistake("wrong_type", "could not read {type} as an array", type=type(x).__name__) from err
 
 
 def _three(out: Any, names: str) -> list[torch.Tensor]:
     if not isinstance(out, (tuple, list)) or len(out) != 3:
-        raise Mistake("wrong_type", f"return a tuple of three arrays: {names}")
+        raise Mistake("wrong_type", "return a tuple of three arrays: {names}", names=names)
     return [_as_tensor(o).reshape(-1) for o in out]
 
 

@@ -367,7 +367,7 @@ def _scores_of(answer: Any, padding: float) -> torch.Tensor:
                                               for (h, m), (h0, m0) in zip(batches, kept)):
         raise Mistake("mutated")
     if not isinstance(got, torch.Tensor):
-        raise Mistake("not_scores", f"got {type(got).__name__}")
+        raise Mistake("not_scores", "got {type}", type=type(got).__name__)
     return got
 
 

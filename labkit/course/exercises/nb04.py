@@ -260,13 +260,14 @@ def _check_dynamic_int8_linear(answer: Any) -> str | None:
         x, linear, w_codes, w_scale = _linear_golden(rows, out, seed, with_bias)
         layer = attempt(answer, linear)
         if not callable(layer):
-            raise Mistake("wrong_type", f"DynamicInt8Linear(linear) must give a module, got {type(layer).__name__}")
+            raise Mistake("wrong_type", "DynamicInt8Linear(linear) must give a module, got {type}",
+                          type=type(layer).__name__)
         watch = _MatmulWatch()
         with watch:
             y = attempt(layer, x)  # a forward still left as its stub is "not attempted yet"
             y3 = attempt(layer, x[:4].reshape(2, 2, 32))
         if not isinstance(y, torch.Tensor) or not isinstance(y3, torch.Tensor):
-            raise Mistake("wrong_type", f"forward must return a tensor, got {type(y).__name__}")
+            raise Mistake("wrong_type", "forward must return a tensor, got {type}", type=type(y).__name__)
         if not _has_int8_weights(layer, out, 32):
             return "weights_not_int8"
         if tuple(y.shape) != (rows, out) or tuple(y3.shape) != (2, 2, out):

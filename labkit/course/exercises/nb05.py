@@ -189,7 +189,7 @@ def _check_cubic_schedule(answer: Any) -> str | None:
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise Mistake("wrong_type", f"return a number, got {type(value).__name__}") from None
+            raise Mistake("wrong_type", "return a number, got {type}", type=type(value).__name__) from None
 
     for total, final in ((100, 0.8), (10, 0.5), (7, 0.9)):
         if not close(s(0, total, final), 0.0, 1e-9) or not close(s(total, total, final), final, 1e-9):

@@ -126,7 +126,7 @@ def _check_pareto_front(answer: Any) -> str | None:
     if unanswered(answer):
         raise NotAttempted()
     if not callable(answer):
-        raise Mistake("wrong_type", f"expected a function, got {type(answer).__name__}")
+        raise Mistake("wrong_type", "expected a function, got {type}", type=type(answer).__name__)
     got_all, want_all = [], []
     for table in GOLDEN_TABLES:
         given_table = table.copy()  # the learner's function gets a copy: the golden table stays intact
@@ -239,7 +239,7 @@ def _check_block_macs(answer: Any) -> str | None:
     if unanswered(answer):
         raise NotAttempted()
     if not callable(answer):
-        raise Mistake("wrong_type", f"expected a function, got {type(answer).__name__}")
+        raise Mistake("wrong_type", "expected a function, got {type}", type=type(answer).__name__)
     block = _ToyBlock()
     linear_params = sum(m.weight.numel() for m in block.modules() if isinstance(m, nn.Linear))
     all_params = sum(p.numel() for p in block.parameters())
@@ -249,7 +249,7 @@ def _check_block_macs(answer: Any) -> str | None:
         if got is None or got is Ellipsis or (isinstance(got, tuple) and any(unanswered(g) for g in got)):
             raise NotAttempted()
         if not (isinstance(got, tuple) and len(got) == 2):
-            raise Mistake("wrong_type", f"expected a tuple (linear_macs, attention_macs), got {got!r}")
+            raise Mistake("wrong_type", "expected a tuple (linear_macs, attention_macs), got {got!r}", got=got)
         got_lin, got_att = (float(g) for g in got)
         if got_lin == linear_params:
             verdicts.append("per_token")

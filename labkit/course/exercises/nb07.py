@@ -13,6 +13,7 @@ from labkit import fast_mode
 from labkit.core import data, measure
 from labkit.core import model as model_lib
 from labkit.course.exercises import Mistake, NotAttempted, exercise, prediction, unanswered, written
+from labkit.lab.labels import t
 from labkit.pipelines import pipeline
 
 # A history of dashboard points to check by hand: the baseline is 0.85, so "within 2 points" means >= 0.83.
@@ -63,7 +64,7 @@ def _check_fastest(answer: Any) -> str | None:
     if unanswered(answer):
         raise NotAttempted()
     if not callable(answer):
-        raise Mistake("wrong_type", f"expected a function, got {type(answer).__name__}")
+        raise Mistake("wrong_type", "expected a function, got {type}", type=type(answer).__name__)
     table = GOLDEN.copy()  # the learner's function gets a copy: the golden table stays intact
     got = answer(table, BASELINE)
     if got is None or got is Ellipsis:
@@ -102,7 +103,7 @@ def evaluate_design(design, split: str = "val") -> dict:
     clf, tokenizer, _ = model_lib.shared_baseline()
     built = design(clf) if callable(design) else pipeline.run_pipeline(clf, tokenizer, design)
     if not isinstance(built, nn.Module):
-        raise Mistake("wrong_type", f"the function returned {type(built).__name__}, not a model")
+        raise Mistake("wrong_type", "the function returned {type}, not a model", type=type(built).__name__)
     rows = data.split(split, DESIGN_LIMIT if fast_mode() else None)
     labels = rows["label"].to_numpy()
     fp32 = measure.accuracy_ci(measure.predict(clf, tokenizer, rows["text"]), labels)
@@ -112,6 +113,11 @@ def evaluate_design(design, split: str = "val") -> dict:
         timing = measure.compare_latency({"fp32": clf, "design": built}, tokenizer, 32)
         out["speedup"] = measure.speedups(timing, "fp32")["design"]
     return out
+
+
+# What the design check says of a design, as templates: checks shows them in the learner's language.
+ACCURACY_SAID = "validation accuracy {mine} vs fp32 {fp32:.3f}{note}"
+SPEED_SAID = ACCURACY_SAID + "; {speedup:.2f}x at batch 32 (per round {range})"
 
 
 @exercise("07.design",
@@ -145,7 +151,8 @@ def _check_design(answer: Any) -> str | None:
         raise NotAttempted()
     if not callable(answer):
         if not isinstance(answer, (list, tuple)):
-            raise Mistake("wrong_type", f"expected a list of (step, options) pairs, got {type(answer).__name__}")
+            raise Mistake("wrong_type", "expected a list of (step, options) pairs, got {type}",
+                          type=type(answer).__name__)
         if not answer:
             return "empty"
         try:
@@ -157,15 +164,16 @@ def _check_design(answer: Any) -> str | None:
     except NotImplementedError as err:
         raise NotAttempted() from err
     mine, fp32 = result["accuracy"], result["fp32_accuracy"]
-    said = (f"validation accuracy {mine} vs fp32 {fp32['accuracy']:.3f}"
-            + (" (fast mode: a 300-snippet subset, where 1 point is 3 snippets)" if fast_mode() else ""))
+    # Templates, so that checks shows them in the learner's language (the label table holds their Chinese).
+    fields = {"mine": mine, "fp32": fp32["accuracy"],
+              "note": t(" (fast mode: a 300-snippet subset, where 1 point is 3 snippets)") if fast_mode() else ""}
     if "speedup" not in result:
-        raise Mistake("too_inaccurate", said)
+        raise Mistake("too_inaccurate", ACCURACY_SAID, **fields)
     speed = result["speedup"]
-    said += f"; {speed['speedup']:.2f}x at batch 32 (per round {measure.format_range(speed['lo'], speed['hi'])})"
+    fields |= {"speedup": speed["speedup"], "range": measure.format_range(speed["lo"], speed["hi"])}
     if speed["speedup"] < SPEEDUP:
-        raise Mistake("too_slow", said)
-    print(f"07.design: {said}")
+        raise Mistake("too_slow", SPEED_SAID, **fields)
+    print("07.design: " + t(SPEED_SAID, **fields))
     return None
 
 
