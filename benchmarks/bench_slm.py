@@ -368,8 +368,10 @@ def llamacpp_section(model, tok, base, args, lines: list[str]) -> None:
     four = tps.loc[[n for n in tps.index if "int4" in n], "decode_tok_s"]
     if len(four):
         ours, theirs = four.idxmax(), tps.loc["llama.cpp Q4_1 (the same file)", "decode_tok_s"]
-        _say(lines, f"\nlabkit's fastest 4-bit decode ({ours}): {four.max():.1f} tok/s, {theirs / four.max():.2f}x "
-                    f"slower than llama.cpp's {theirs:.1f} tok/s")
+        than = (f"{theirs / four.max():.2f}x slower than" if theirs > four.max()
+                else f"{four.max() / theirs:.2f}x faster than")
+        _say(lines, f"\nlabkit's fastest 4-bit decode ({ours}): {four.max():.1f} tok/s, {than} llama.cpp's "
+                    f"{theirs:.1f} tok/s")
 
 
 def main(argv: list[str] | None = None) -> int:
