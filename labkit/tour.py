@@ -32,12 +32,13 @@ from labkit.lab import myths, plots
 from labkit.pipelines import pareto
 
 # Each module's tour(model, tokenizer, reference) gives its rows of the table.
-TECHNIQUES = ("quant.floats", "sparse.sparse", "quant.quantize", "prune.prune", "dynamic.tokens", "dynamic.int8",
-              "runtimes.openvino", "pipelines.pipeline")
+TECHNIQUES = ("quant.floats", "sparse.sparse", "quant.quantize", "prune.prune", "prune.distill", "dynamic.tokens",
+              "dynamic.int8", "runtimes.openvino", "pipelines.pipeline")
 RECORD = "tour.json"  # what was measured, skipped and left, and for which model and data
 FILES = ("summary.csv", "summary.md", "summary.png", "pareto.png", "floor.json", RECORD)
 COLUMNS = ["name", "accuracy", "accuracy_95ci", "val_accuracy", "agreement", "size_mb", "size_ratio",
-           "latency_b1_ms", "latency_b32_ms", "speedup_b32", "predicted_speedup_b32", "speedup_b32_range", "rounds", "pareto", "notes"]
+           "latency_b1_ms", "latency_b32_ms", "speedup_b32", "predicted_speedup_b32", "speedup_b32_range", "rounds",
+           "pareto", "notes"]
 BASELINE = "fp32 baseline"
 # The kit's goal: at least 8x faster at batch 32 and 4x smaller than the fp32 baseline, within 2 accuracy points.
 GOAL = {"speedup_b32": 8.0, "size_ratio": 4.0, "points": 2.0}

@@ -116,7 +116,7 @@ def _inplace_calls(tiny, tok):
     """Every public function that takes `inplace`, called with the model (the check comes before any work)."""
     from labkit.dynamic import gradual, tokens
     from labkit.dynamic import int8 as dynamic_int8
-    from labkit.lm import kernels, quantized
+    from labkit.lm import kernels, quantized, w8a8
     from labkit.prune import recovery, structured, unstructured
     from labkit.quant import calibrate, floats, int8, quantize
     from labkit.sparse import layers
@@ -137,6 +137,8 @@ def _inplace_calls(tiny, tok):
         "quantized.quantize_model": lambda v: quantized.quantize_model(tiny, inplace=v),
         "quantized.map_weights": lambda v: quantized.map_weights(tiny, lambda w: w, inplace=v),
         "kernels.int4_kernel": lambda v: kernels.int4_kernel(tiny, inplace=v),
+        "w8a8.w8a8": lambda v: w8a8.w8a8(tiny, inplace=v),
+        "w8a8.smooth": lambda v: w8a8.smooth(tiny, {}, inplace=v),
         "model.fine_tune": lambda v: model.fine_tune(tiny, tok, inplace=v),
     }
 

@@ -14,7 +14,7 @@ from labkit.dynamic import int8, tokens
 from labkit.lab import plots
 from labkit.lm import slm
 from labkit.pipelines import pareto, pipeline
-from labkit.prune import prune
+from labkit.prune import distill, prune
 from labkit.quant import floats as precision
 from labkit.quant import quantize
 from labkit.runtimes import openvino
@@ -223,6 +223,20 @@ def test_prune_tour(baseline, subset, short_batches):
     assert rows[1].name.startswith("prune: 8/12 heads, ") and rows[1].name.endswith(" FFN +1 steps")
     assert rows[0].size_bytes == subset["bytes"] and rows[1].size_bytes < subset["bytes"]  # zeros cost bytes too
     _measured_on_the_subset(rows, subset, near=set())  # 1 recovery step: a smoke test of the path, not of accuracy
+    _one_group(rows)
+
+
+def test_distill_tour(baseline, subset, short_batches, monkeypatch, tmp_path):
+    # 1 training step, cached in a temporary folder: a smoke test of the path, not of the student's accuracy
+    monkeypatch.setattr(distill, "student_path", lambda key: tmp_path / f"student-{key['layers']}.safetensors")
+    rows = distill.tour(*baseline, subset["reference"], limit=LIMIT, steps=1)
+    names = [r.name for r in rows]
+    assert names[:3] == ["distilled student (3 layers)", "distilled student (3 layers) + int8",
+                         "distilled student (3 layers) + bf16"]
+    assert all("student" in n for n in names)
+    assert rows[0].size_bytes < subset["bytes"] and rows[1].size_bytes < rows[0].size_bytes
+    assert (tmp_path / "student-3.safetensors").exists()  # cached: the tour and notebook 06 reuse it
+    _measured_on_the_subset(rows, subset, near=set())
     _one_group(rows)
 
 

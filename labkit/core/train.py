@@ -17,13 +17,19 @@ from labkit.core import data, memory, parts, settings
 LEAN_MICRO_BATCH = 8  # lean training's slice of a batch: activations for 8 rows at a time (see `_backward`)
 
 
-def distill_loss(logits: torch.Tensor, teacher: nn.Module, inputs: dict, temperature: float) -> torch.Tensor:
-    """KL divergence from the teacher's softened predictions to the student's (scaled by T^2, as usual)."""
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL divergence from the teacher's softened predictions to the student's, per example, scaled by T^2 (so its
+    gradients keep their size as T changes); the kit's one distillation loss (notebook 03b)."""
+    target = torch.softmax(teacher_logits.detach() / temperature, -1)
+    log_student = torch.log_softmax(student_logits / temperature, -1)
+    return nn.functional.kl_div(log_student, target, reduction="batchmean") * temperature ** 2
+
+
+def teacher_logits(teacher: nn.Module, inputs: dict) -> torch.Tensor:
+    """The teacher's logits for a batch, without gradients."""
     with torch.no_grad():
         out = teacher(**parts.feed(teacher, inputs))
-        target = torch.softmax((out.logits if hasattr(out, "logits") else out[0]) / temperature, -1)
-    log_student = torch.log_softmax(logits / temperature, -1)
-    return nn.functional.kl_div(log_student, target, reduction="batchmean") * temperature ** 2
+    return out.logits if hasattr(out, "logits") else out[0]
 
 
 def _schedule(opt: torch.optim.Optimizer, steps: int, warmup: float, decay: bool):
@@ -100,7 +106,8 @@ def fit(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4
         teacher: nn.Module | None = None, temperature: float = 2.0,
         before_step: Callable[[int], None] | None = None, after_step: Callable[[int], None] | None = None,
         progress: bool = False, desc: str = "fine-tuning", precision: str = "fp32",
-        lean: bool | None = None, freeze_embeddings: bool | None = None) -> list[dict]:
+        lean: bool | None = None, freeze_embeddings: bool | None = None,
+        loss_fn: Callable[[nn.Module, dict, torch.Tensor], torch.Tensor] | None = None) -> list[dict]:
     """Train `model` in place for `steps` batches of (texts, labels) on its own device; returns the loss history.
 
     With a `teacher`, half the loss pulls the model's output distribution towards the teacher's (distillation).
@@ -115,6 +122,9 @@ def fit(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4
     memory is tight (`memory.tight`: a hub's or Binder's MEM_LIMIT, a small cgroup limit, or LABKIT_LEAN=1).
     `freeze_embeddings` keeps the input embedding matrix as it is (`frozen_embeddings`): less memory, and not the
     same training; None (the default) freezes it where training is lean.
+    `loss_fn(model, inputs, labels)` replaces the forward and the loss of a batch (slice): it runs the model on the
+    inputs and returns the loss to minimise, e.g. distillation that matches hidden states too (notebook 03b). It
+    takes the place of `teacher`: pass one or the other.
     """
     settings.flags(decay=decay, progress=progress)
     lean = memory.tight() if lean is None else lean
@@ -124,7 +134,7 @@ def fit(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float = 1e-4
     run = fit_steps(model, tokenizer, texts, labels, steps, lr=lr, batch_size=batch_size, seed=seed, warmup=warmup,
                     decay=decay, weight_decay=weight_decay, teacher=teacher, temperature=temperature,
                     before_step=before_step, after_step=after_step, precision=precision, fused=lean,
-                    micro_batch=LEAN_MICRO_BATCH if lean else None)
+                    micro_batch=LEAN_MICRO_BATCH if lean else None, loss_fn=loss_fn)
     history = []
     with (frozen_embeddings(model, freeze), recomputed_activations(model, lean),
           tqdm(total=steps, desc=desc, disable=not progress) as bar):
@@ -142,7 +152,8 @@ def fit_steps(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float 
               seed: int = 0, warmup: float = 0.0, decay: bool = True, weight_decay: float = 0.0,
               teacher: nn.Module | None = None, temperature: float = 2.0,
               before_step: Callable[[int], None] | None = None, after_step: Callable[[int], None] | None = None,
-              precision: str = "fp32", fused: bool = False, micro_batch: int | None = None) -> Iterator[dict]:
+              precision: str = "fp32", fused: bool = False, micro_batch: int | None = None,
+              loss_fn: Callable[[nn.Module, dict, torch.Tensor], torch.Tensor] | None = None) -> Iterator[dict]:
     """`fit`'s loop one step at a time: yields {"step", "loss"} after each optimizer step (arguments as in `fit`).
 
     Bad arguments raise here, before any step; the model is trained in place as the steps are taken, and is back
@@ -163,13 +174,16 @@ def fit_steps(model: nn.Module, tokenizer, texts, labels, steps: int, lr: float 
                          f"{parts.dtype_of(model)}; train the fp32 model, then cast it with to_precision.")
     if micro_batch is not None and micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1 (or None: whole batches), got {micro_batch}.")
+    if loss_fn is not None and teacher is not None:
+        raise ValueError("Pass a teacher or a loss_fn, not both: a loss_fn computes the whole loss, a teacher's "
+                         "part included.")
     return _loop(model, tokenizer, texts, labels, steps, lr, batch_size, seed, warmup, decay, weight_decay, teacher,
                  temperature, before_step, after_step, dev, mixed, precision == "fp16",
-                 fused and dev.type in ("cpu", "cuda"), micro_batch)
+                 fused and dev.type in ("cpu", "cuda"), micro_batch, loss_fn)
 
 
 def _loop(model, tokenizer, texts, labels, steps, lr, batch_size, seed, warmup, decay, weight_decay, teacher,
-          temperature, before_step, after_step, dev, mixed, scaled, fused, micro_batch) -> Iterator[dict]:
+          temperature, before_step, after_step, dev, mixed, scaled, fused, micro_batch, loss_fn) -> Iterator[dict]:
     scaler = torch.amp.GradScaler(dev.type) if scaled else None
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -186,7 +200,7 @@ def _loop(model, tokenizer, texts, labels, steps, lr, batch_size, seed, warmup, 
                     break
                 if before_step is not None:
                     before_step(step)
-                loss = _backward(model, batch.to(dev), teacher, temperature, mixed, scaler, micro_batch)
+                loss = _backward(model, batch.to(dev), teacher, temperature, mixed, scaler, micro_batch, loss_fn)
                 if scaler is None:
                     nn.utils.clip_grad_norm_(params, 1.0)
                     opt.step()
@@ -207,7 +221,7 @@ def _loop(model, tokenizer, texts, labels, steps, lr, batch_size, seed, warmup, 
 
 
 def _backward(model: nn.Module, batch: data.Batch, teacher, temperature: float, mixed, scaler,
-              micro_batch: int | None) -> float:
+              micro_batch: int | None, loss_fn=None) -> float:
     """Forward and backward of one batch, in slices of `micro_batch` rows where given; returns the batch's loss.
 
     Each slice's mean loss is weighted by its share of the rows, so the gradients add up to the whole batch's (each
@@ -222,10 +236,13 @@ def _backward(model: nn.Module, batch: data.Batch, teacher, temperature: float, 
         inputs = {k: v[start:start + size] for k, v in batch.inputs.items()}
         labels = batch.labels[start:start + size]
         with mixed:
-            out = model(**parts.feed(model, inputs), labels=labels)
-            loss = out.loss
-            if teacher is not None:
-                loss = 0.5 * loss + 0.5 * distill_loss(out.logits, teacher, inputs, temperature)
+            if loss_fn is not None:
+                loss = loss_fn(model, parts.feed(model, inputs), labels)
+            else:
+                out = model(**parts.feed(model, inputs), labels=labels)
+                loss = out.loss
+                if teacher is not None:
+                    loss = 0.5 * loss + 0.5 * distill_loss(out.logits, teacher_logits(teacher, inputs), temperature)
         share = len(labels) / n
         (loss * share if scaler is None else scaler.scale(loss * share)).backward()
         total += float(loss.detach()) * share
