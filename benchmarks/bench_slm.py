@@ -310,7 +310,8 @@ def w8a8_section(model, tok, base, args, lines: list[str]) -> None:
              "torch dynamic int8 (per-tensor weights, 7-bit per-batch activations, head int8)":
                  dynamic_int8(model, "all"),
              "W8A8: per-channel int8 weights, per-token int8 activations, head fp32": w8a8.w8a8(model),
-             f"W8A8 + SmoothQuant (alpha {best}, folded into the norms)": w8a8.smooth_w8a8(model, absmax, best)}
+             f"W8A8 + SmoothQuant (alpha {best}, folded into the norms)":
+                 w8a8.w8a8(model, act_absmax=absmax, alpha=best)}
     # which of torch's three choices collapses it: each one put back alone into W8A8 (quality only, not timed)
     ablations = {"ablation: W8A8 with one activation scale per call (per-tensor)":
                      lambda: w8a8.w8a8(model, activations="tensor"),
