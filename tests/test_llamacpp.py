@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from labkit.lm import generation, llamacpp, slm
+from labkit.lm import generation, kernels, llamacpp, slm
 from labkit.lm.perplexity import perplexity
 from labkit.lm.slm import ByteTokenizer
 
@@ -23,6 +23,8 @@ TEXT = " ".join(f"review {i}: the film was {'good' if i % 3 else 'dull'} and {'l
 
 class FakeLlama:
     """What labkit uses of llama_cpp.Llama 0.3.x: reset, eval (extends the context), sample, scores, n_tokens."""
+
+    __module__ = "llama_cpp.llama"  # where llama_cpp.Llama is defined: how labkit tells it from a function
 
     opened: list[dict] = []
 
@@ -83,6 +85,20 @@ def test_llamacpp_is_timed_in_the_same_rounds_and_decodes_greedily(fake_llama_cp
     with torch.inference_mode():
         first = generation.greedy(tiny, ids, 1, DynamicCache())
     assert llm.ids[16] == int(first)
+
+
+def test_a_llama_object_is_timed_as_it_is_beside_the_kernels(fake_llama_cpp):
+    tiny = slm.tiny_llama(seed=0)
+    make = {"llama.cpp": lambda: sys.modules["llama_cpp"].Llama(model_path="model.gguf", n_ctx=128, n_batch=128,
+                                                               n_threads=2, n_threads_batch=2, logits_all=False,
+                                                               verbose=False)}
+    base = perplexity(tiny, ByteTokenizer(), tokens=128, chunk=32)
+    table = kernels.kernel_speeds(tiny, ByteTokenizer(), make, base=base, prompt_tokens=16, new_tokens=2, warmup=0,
+                                  repeats=1)
+    row = table.loc["llama.cpp"]
+    assert row["status"] == "ran" and row["decode_tok_s"] > 0 and row["decode_x"] > 0
+    assert "perplexity [95% CI]" not in table.columns  # another runtime's quality is the benchmark's to score
+    assert fake_llama_cpp.opened[0]["n_threads"] == 2
 
 
 def test_without_llama_cpp_python_the_flag_says_how_to_install_it_and_exits_2(monkeypatch, capsys):

@@ -95,6 +95,19 @@ def test_smoothing_folded_into_the_norm_leaves_the_float_model_unchanged(tiny, a
     assert torch.equal(smoothed.model.layers[0].mlp.down_proj.weight, tiny.model.layers[0].mlp.down_proj.weight)
 
 
+def test_smoothed_w8a8_is_w8a8_of_the_smoothed_float_model_without_writing_the_input(tiny, absmax):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    folded = w8a8.w8a8(tiny, act_absmax=absmax, alpha=0.5)  # layer by layer, no float copy
+    reference = w8a8.w8a8(w8a8.smooth(tiny, absmax, 0.5), inplace=True)
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(folded(input_ids=ids).logits, reference(input_ids=ids).logits)
+    assert all(torch.equal(v, before[k]) for k, v in tiny.state_dict().items())
+    norm = folded.model.layers[0].input_layernorm.weight
+    assert not any(norm.data_ptr() == t.data_ptr() for t in tiny.parameters())
+    assert not isinstance(folded.model.layers[0].self_attn.o_proj, nn.Linear)  # every decoder layer is W8A8
+
+
 def test_activation_absmax_is_shared_by_layers_reading_one_input(tiny, absmax):
     assert set(absmax) == set(slm.decoder_linears(tiny))
     assert absmax["model.layers.1.self_attn.k_proj"] is absmax["model.layers.1.self_attn.q_proj"]

@@ -88,7 +88,7 @@ STRINGS: dict[str, str] = {
     "{speedup}x {spread}": "{speedup} 倍 {spread}",
     "{mb} MB": "{mb} MB",
     "({ratio}x smaller)": "（缩小 {ratio} 倍）",
-    # notebook 08's KV-cache plot (plots.kv_cache)
+    # notebook 08's KV-cache plot
     "KV cache, {dtype}": "KV 缓存，{dtype}",
     "context length (tokens, batch 1)": "上下文长度（词元数，批大小 1）",
     # the exercise harness (labkit.course.checks; the exercises' own texts are in i18n/zh/exercises/)

@@ -248,19 +248,3 @@ def float_formats(formats, path=None):
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
-
-
-def kv_cache(table: pd.DataFrame, weights_mb: float, weights_label: str, path=None):
-    """KV-cache MB against context length (table: contexts as index, one column per dtype), beside the weights' MB."""
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for dtype in table.columns:
-        ax.plot(table.index, table[dtype], marker="o", label=tr("KV cache, {dtype}", dtype=dtype))
-    ax.axhline(weights_mb, color="grey", linestyle="--", label=weights_label)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel(tr("context length (tokens, batch 1)"))
-    ax.set_ylabel("MB")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig

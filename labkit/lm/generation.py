@@ -17,6 +17,7 @@ from torch import nn
 
 from labkit import fast_mode
 from labkit.core import parts, settings
+from labkit.lm.llamacpp import runner
 from labkit.lm.slm import check_causal_lm, eval_text, token_ids
 
 
@@ -96,8 +97,8 @@ def tokens_per_second(models: nn.Module | dict, tokenizer, prompt_tokens: int | 
     Models are timed interleaved, round by round (drift on the machine hits all alike); median and min-max over
     the rounds. Prefill is one forward over the prompt (compute-bound); decode is one token per forward,
     reading every weight each step (memory-bound). A value that is not a torch module is another runtime timed in the
-    same rounds: a function (prompt ids [1, n], new_tokens) -> (prefill seconds, decode seconds) that does what
-    `greedy` does (e.g. llama.cpp through labkit.lm.llamacpp).
+    same rounds: a llama_cpp.Llama (timed by labkit.lm.llamacpp.runner), or a function (prompt ids [1, n],
+    new_tokens) -> (prefill seconds, decode seconds) that does what `greedy` does.
     """
     models = models if isinstance(models, dict) else {"model": models}
     prompt_tokens = prompt_tokens or (32 if fast_mode() else 128)
@@ -113,6 +114,8 @@ def tokens_per_second(models: nn.Module | dict, tokenizer, prompt_tokens: int | 
             if isinstance(m, nn.Module):
                 check_causal_lm(m)
                 timing = _one_run(m.eval(), ids, new_tokens)
+            elif type(m).__module__.startswith("llama_cpp"):
+                timing = runner(m)(ids, new_tokens)
             else:
                 timing = m(ids, new_tokens)
             if i >= warmup:

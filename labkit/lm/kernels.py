@@ -19,7 +19,7 @@ from torch import nn
 from labkit.core import parts, settings
 from labkit.core.memory import release
 from labkit.lm.generation import bf16, tokens_per_second
-from labkit.lm.perplexity import Perplexity, perplexity
+from labkit.lm.perplexity import Perplexity, agreement
 from labkit.lm.slm import check_causal_lm, decoder_linears
 from labkit.lm.weightonly import check_group, group_params, quantize_codes
 from labkit.quant.int8 import dynamic_int8
@@ -141,11 +141,13 @@ def kernel_makers(model: nn.Module, group_size: int = 32) -> dict:
 
 
 def try_kernel(make) -> tuple[nn.Module | None, str]:
-    """(the model `make()` builds, "ran") when it runs one forward here; (None, "failed: <the error>") otherwise."""
+    """(the model `make()` builds, "ran") when it runs one forward here; (None, "failed: <the error>") otherwise.
+    What is not a torch module (another runtime, such as a llama_cpp.Llama) is returned untried."""
     try:
         m = make()
-        with torch.inference_mode():
-            m(input_ids=(torch.arange(16)[None] + 100).to(next(m.parameters()).device))
+        if isinstance(m, nn.Module):
+            with torch.inference_mode():
+                m(input_ids=(torch.arange(16)[None] + 100).to(next(m.parameters()).device))
         return m, "ran"
     except Exception as err:  # noqa: BLE001 - which precision fails here, and why, is the result
         return None, f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
@@ -155,10 +157,11 @@ def kernel_speeds(model: nn.Module, tokenizer, makers: dict | None = None, base:
                   **timing) -> pd.DataFrame:
     """Each precision timed beside fp32, in pairs, one copy alive at a time: prefill and decode tokens/s and their
     ratios to fp32 in the same rounds (tokens_per_second; `timing` goes to it), the megabytes one decode step reads
-    (decode_bytes), or the error it failed with.
+    (decode_bytes), or the error it failed with. A maker may build another runtime (a llama_cpp.Llama on the same
+    GGUF file): it is timed the same way; its bytes and quality are not measured here.
 
     With `base` (the fp32 model's perplexity), each precision's perplexity on the same chunks is measured while its
-    copy is alive, with its paired ratio to fp32."""
+    copy is alive, with its paired ratio to fp32, and the KL divergence and top-1 agreement against fp32 (agreement)."""
     rows = {}
     for name, make in (makers or kernel_makers(model)).items():
         m, status = try_kernel(make)
@@ -169,12 +172,14 @@ def kernel_speeds(model: nn.Module, tokenizer, makers: dict | None = None, base:
                 "fp32_prefill_tok_s": t.loc["fp32", "prefill_tok_s"],
                 "fp32_decode_tok_s": t.loc["fp32", "decode_tok_s"],
                 "prefill_x": t.loc[name, "prefill_tok_s"] / t.loc["fp32", "prefill_tok_s"],
-                "decode_x": t.loc[name, "decode_tok_s"] / t.loc["fp32", "decode_tok_s"],
+                "decode_x": t.loc[name, "decode_tok_s"] / t.loc["fp32", "decode_tok_s"]}
+            if isinstance(m, nn.Module):
                 # what one decode step reads, the head included: the bound decode speed answers to
-                "decode_MB": decode_bytes(m) / 1e6, "fp32_decode_MB": decode_bytes(model) / 1e6}
-            if base is not None:
-                r = perplexity(m, tokenizer, tokens=base.tokens, chunk=base.chunk)
-                row |= {"perplexity [95% CI]": str(r), "x fp32's [95% CI]": str(r.ratio(base))}
+                row |= {"decode_MB": decode_bytes(m) / 1e6, "fp32_decode_MB": decode_bytes(model) / 1e6}
+            if base is not None and isinstance(m, nn.Module):
+                a = agreement(m, model, tokenizer, tokens=base.tokens, chunk=base.chunk, second_half=base.second_half)
+                row |= {"perplexity [95% CI]": str(a.perplexity), "x fp32's [95% CI]": str(a.perplexity.ratio(base)),
+                        "KL nats/token": a.kl, "top-1 agreement %": 100 * a.top1}
         del m
         release()
         rows[name] = row

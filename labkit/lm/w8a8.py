@@ -54,10 +54,13 @@ class W8A8Linear(nn.Module):
     """A Linear layer run in int8: int8 weights with a float32 scale per output channel (symmetric), each call's
     activations made int8 per token, multiplied as integers (torch._int_mm, int32 sums) and scaled back."""
 
-    def __init__(self, linear: nn.Linear, activations: str = "token", weights: str = "channel"):
+    def __init__(self, linear: nn.Linear, activations: str = "token", weights: str = "channel",
+                 smoothing: torch.Tensor | None = None):
         super().__init__()
         self.activations = activations
         w = linear.weight.detach().float()
+        if smoothing is not None:  # SmoothQuant's s [in]: the columns scaled before rounding, one layer at a time
+            w = w * smoothing.to(w)[None, :]
         block = affine.block_size_for(w, weights)
         scale, zero_point = affine.choose_qparams_affine(w, "symmetric", block, QMIN, QMAX)
         codes = affine.quantize_affine(w, block, scale, zero_point, QMIN, QMAX)
@@ -79,19 +82,26 @@ class W8A8Linear(nn.Module):
 
 
 def w8a8(model: nn.Module, inplace: bool = False, activations: str = "token", head: bool = False,
-         weights: str = "channel") -> nn.Module:
+         weights: str = "channel", act_absmax: dict[str, torch.Tensor] | None = None,
+         alpha: float = 0.5) -> nn.Module:
     """A copy sharing no tensor with `model` (the model itself with `inplace`) whose decoder Linear layers are
-    W8A8Linear; the embeddings and the (tied) head stay in float. The ablations, each one of torch's dynamic int8
-    choices: `activations="tensor"` (one scale per call), `weights="tensor"` (one scale per matrix) and `head=True`
-    (the head in int8 too)."""
+    W8A8Linear; the embeddings and the (tied) head stay in float. With `act_absmax` (activation_absmax on
+    calibration text), SmoothQuant at `alpha` is folded in first, one layer at a time (no float copy of the model).
+    The ablations, each one of torch's dynamic int8 choices: `activations="tensor"` (one scale per call),
+    `weights="tensor"` (one scale per matrix) and `head=True` (the head in int8 too)."""
     if weights not in ("channel", "tensor"):
         raise ValueError(f"weights must be 'channel' or 'tensor', got {weights!r}.")
     settings.flags(inplace=inplace, head=head)
     parts.require_fp32(model, "W8A8 conversion")
     quantize_per_token(torch.zeros(1, 1), activations)  # an unknown granularity refused before any copy
+    norms, columns = ({}, {}) if act_absmax is None else smoothing_plan(model, act_absmax, alpha)
     out = model if inplace else parts.copy_sharing(model)  # the Linear layers are replaced, never written
+    with torch.no_grad():
+        for name, s in norms.items():  # a new weight on the copy's norm: the original's is never written
+            norm = out.get_submodule(name)
+            norm.weight = nn.Parameter(norm.weight.detach() / s.to(norm.weight), requires_grad=False)
     for name, layer in decoder_linears(out).items():
-        parts.set_module(out, name, W8A8Linear(layer, activations, weights))
+        parts.set_module(out, name, W8A8Linear(layer, activations, weights, columns.get(name)))
     if head:  # the embedding table keeps the float weight it shares with the head
         out.set_output_embeddings(W8A8Linear(out.get_output_embeddings(), activations, weights))
     return (out if inplace else parts.unshare(out, model)).eval()
@@ -122,7 +132,7 @@ def activation_absmax(model: nn.Module, ids: torch.Tensor, batch_size: int = 4) 
     return {name: seen[src] for name, src in sources.items()}
 
 
-def smoothing_factors(act_absmax: torch.Tensor, weights: Sequence[torch.Tensor], alpha: float) -> torch.Tensor:
+def smoothing_factors(act_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
     """SmoothQuant's s [in] for the layers `weights` ([out_i, in] each) that read one input whose channels reach
     `act_absmax` [in]: max|X_j| ** alpha / max|W_j| ** (1 - alpha), W_j every weight of input j in those layers."""
     if not 0.0 <= alpha <= 1.0:
@@ -133,37 +143,44 @@ def smoothing_factors(act_absmax: torch.Tensor, weights: Sequence[torch.Tensor],
     return (act_absmax.float().clamp(min=1e-5).pow(alpha) / w_absmax.pow(1 - alpha)).clamp(min=1e-5)
 
 
-def smooth(model: nn.Module, act_absmax: dict[str, torch.Tensor], alpha: float = 0.5,
-           inplace: bool = False) -> nn.Module:
-    """A copy of a causal LM (the model itself with `inplace`) with SmoothQuant folded in: for q/k/v and gate/up,
-    the preceding RMSNorm's weight divided by s and the layers' weight columns multiplied by s. In float it computes
-    what `model` computes (to rounding); `act_absmax` comes from activation_absmax on calibration text."""
-    settings.flags(inplace=inplace)
+def smoothing_plan(model: nn.Module, act_absmax: dict[str, torch.Tensor],
+                   alpha: float) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """SmoothQuant's factors for a causal LM, by module name: ({norm: s}, {Linear: s}). For q/k/v and gate/up, the
+    preceding RMSNorm's weight is divided by s and the layers' weight columns multiplied by it (smooth_lm's rule)."""
     fam = check_causal_lm(model)
     parts.require_fp32(model, "SmoothQuant")
     layers = decoder_linears(model)
     if set(layers) - set(act_absmax):
         raise ValueError("act_absmax does not cover every decoder layer of this model: record it on this model with "
                          "activation_absmax(model, ids).")
+    norms, columns = {}, {}
+    for i in range(len(model.get_submodule(fam.blocks))):
+        block = f"{fam.blocks}.{i}"
+        for group in fam.same_input:
+            if group[0] not in NORM_BEFORE:
+                continue
+            names = [f"{block}.{name}" for name in group]
+            s = smoothing_factors(act_absmax[names[0]], [layers[n].weight for n in names], alpha)
+            norms[f"{block}.{NORM_BEFORE[group[0]]}"] = s
+            columns |= dict.fromkeys(names, s)
+    return norms, columns
+
+
+def smooth(model: nn.Module, act_absmax: dict[str, torch.Tensor], alpha: float = 0.5,
+           inplace: bool = False) -> nn.Module:
+    """A copy of a causal LM (the model itself with `inplace`) with SmoothQuant folded in, in float (smoothing_plan):
+    it computes what `model` computes (to rounding); `act_absmax` comes from activation_absmax on calibration text."""
+    settings.flags(inplace=inplace)
+    norms, columns = smoothing_plan(model, act_absmax, alpha)
     out = model if inplace else parts.clone(model)
-    blocks = out.get_submodule(fam.blocks)
     with torch.no_grad():
-        for i, block in enumerate(blocks):
-            for group in fam.same_input:
-                if group[0] not in NORM_BEFORE:
-                    continue
-                norm = block.get_submodule(NORM_BEFORE[group[0]])
-                fcs = [block.get_submodule(name) for name in group]
-                s = smoothing_factors(act_absmax[f"{fam.blocks}.{i}.{group[0]}"], [fc.weight for fc in fcs], alpha)
-                norm.weight.div_(s.to(norm.weight))
-                for fc in fcs:
-                    fc.weight.mul_(s.to(fc.weight)[None, :])
+        for name, s in norms.items():
+            weight = out.get_submodule(name).weight
+            weight.div_(s.to(weight))
+        for name, s in columns.items():
+            weight = out.get_submodule(name).weight
+            weight.mul_(s.to(weight)[None, :])
     return out
-
-
-def smooth_w8a8(model: nn.Module, act_absmax: dict[str, torch.Tensor], alpha: float) -> nn.Module:
-    """W8A8 after SmoothQuant at `alpha`: a new model sharing no tensor with `model`."""
-    return w8a8(smooth(model, act_absmax, alpha), inplace=True)
 
 
 def search_alpha(model: nn.Module, tokenizer, act_absmax: dict[str, torch.Tensor],
@@ -174,7 +191,7 @@ def search_alpha(model: nn.Module, tokenizer, act_absmax: dict[str, torch.Tensor
     text = eval_text(data.selection_split("val"))
     found = {}
     for alpha in alphas:
-        q = smooth_w8a8(model, act_absmax, float(alpha))
+        q = w8a8(model, act_absmax=act_absmax, alpha=float(alpha))
         found[float(alpha)] = perplexity(q, tokenizer, text, tokens=tokens, chunk=chunk)
         del q
         release()

@@ -380,7 +380,7 @@ def _check_awq_scales(answer: Any) -> str | None:
     return "wrong"
 
 
-# --- predictions and the written question ----------------------------------------------------------------------------
+# --- predictions and the written questions---------------------------------------------------------------------------
 
 prediction("08.rtn3_perplexity", "3-bit, group-32 RTN: its perplexity as a multiple of the decoded model's?", unit="x")
 prediction("08.gptq_output_error", "GPTQ's output error on o_proj at 3 bits, as a share of RTN's (1 = no better)?",
@@ -389,3 +389,5 @@ prediction("08.kv_crossover", "At how many tokens of context does the fp32 KV ca
            unit=" tokens")
 written("08.why_gptq", "GPTQ's weights are farther from the original than RTN's, and yet the layer's output is "
         "closer. Why, and what would GPTQ lose with calibration text unlike the text it is used on?", points=3)
+written("08.why_w8a8", "Why does torch's one activation scale per call break W8A8 on this model, and why does SmoothQuant "
+        "still help once every token has its own scale?", points=2)
