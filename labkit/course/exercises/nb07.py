@@ -138,12 +138,12 @@ SPEED_SAID = ACCURACY_SAID + "; {speedup:.2f}x at batch 32 (per round {range})"
            "wrong": "give a list of (step, options) pairs such as the ones notebook 06 composes, or a function "
                     "model -> model."},
           kind="design", uses="the chosen design, reported once on the test split",
-          ladder=("Budgets compose: the speed-ups of steps that remove different work roughly multiply, and so do "
-                  "their accuracy costs. Start from the steps that gave the most speed per point lost in 02-06.",
+          ladder=("Budgets compose: the speed-ups of steps that remove different work roughly multiply, and their "
+                  "accuracy costs roughly add. Start from the steps that gave the most speed per point lost in 02-06.",
                   "The usual slip is stacking every step at full strength: the accuracy budget goes first. Buy "
                   "speed where it is cheap (integer kernels cost almost no accuracy), then spend the rest of the "
                   "budget on one structural cut, softened by a fine-tune.",
-                  "Two steps measured alone: A is 2.0x at -0.2 points, B is 1.8x at -0.6 points, C is 2.5x at "
+                  "Three steps measured alone: A is 2.0x at -0.2 points, B is 1.8x at -0.6 points, C is 2.5x at "
                   "-2 points. A then B: about 3.6x at about -0.8 points, inside the budget; A then C: 5x but -2.2 "
                   "points, outside it."))
 def _check_design(answer: Any) -> str | None:
