@@ -27,6 +27,8 @@ STRINGS: dict[str, str] = {
     "tensor": "逐张量",
     "channel": "逐通道",
     "group": "逐组",
+    "group size": "组大小",
+    "method": "方法",
     "layer": "逐层",
     "global": "全局",
     "magnitude": "幅值",
