@@ -1,15 +1,70 @@
 """labkit's labels in the learner's language: `t(text)` gives a widget's, plot's or readout's English text in the
 language LABKIT_LANG names, read at each call ("zh": Chinese from the one table STRINGS; anything else, or a text
 the table lacks, English). A Chinese notebook's first cell sets LABKIT_LANG=zh (labkit.course.i18n builds those notebooks).
+`translated(text)` does the same for a text already written out, such as a figure's title that an f-string filled in.
 """
 
 from __future__ import annotations
+
+import functools
+import re
+import string
 
 from labkit.core import settings
 
 # Every label labkit shows that has a Chinese form, keyed by its English. Texts with {fields} are templates
 # (t(text, field=...) fills them). A label missing here is shown in English: nothing breaks.
 STRINGS: dict[str, str] = {
+    # labels written in notebook code (titles, axes, legends, widget descriptions, printed verdicts); a figure's texts
+    # go through this table when it is shown (labkit.lab.plots.translate_figures), f-strings through their template
+    "arithmetic intensity (multiply-adds per byte)": "算术强度（每字节的乘加次数）",
+    "GMAC/s": "GMAC/s",
+    "{device} roof ({peak} GMAC/s)": "{device} 屋顶（{peak} GMAC/s）",
+    "{rows}x{cols} float32: bytes per format": "{rows}x{cols} float32：各格式的字节数",
+    "bytes": "字节数",
+    "density": "密度",
+    "ms": "毫秒",
+    "layer magnitude": "逐层幅值",
+    "global magnitude": "全局幅值",
+    "layer random": "逐层随机",
+    "accuracy, 95% interval (validation)": "准确率，95% 置信区间（验证集）",
+    "k": "k",
+    "weight value (orange: the 3-bit grid)": "权重值（橙色：3 比特网格）",
+    "bits per weight": "每个权重的比特数",
+    "accuracy ({n} validation snippets, 95% interval)": "准确率（{n} 个验证集片段，95% 置信区间）",
+    "inputs of block 0's feed-forward down layer": "第 0 块前馈下投影层的输入",
+    "{observer}: [{lo}, {hi}]": "{observer}: [{lo}, {hi}]",
+    "the whole batch's range": "整个批次的范围",
+    "range of each token's input to the query layer": "每个词元输入 query 层的范围",
+    "tokens": "词元数",
+    "agreement with fp32": "与 fp32 的一致率",
+    "position in the padded batch": "在填充后批次中的位置",
+    "snippet": "片段",
+    "black: kept from block 2 on · grey: dropped · white: padding": "黑色：从第 2 块起保留 · 灰色：丢弃 · 白色：填充",
+    "unpruned": "未剪枝",
+    "keep 0.5 from block 2": "从第 2 块起保留 0.5",
+    "block": "块",
+    "GFLOPs for these {n} snippets": "这 {n} 个片段的 GFLOPs",
+    "green: the {kept} of {total} word pieces kept from block 2 on": "绿色：从第 2 块起保留的子词（{total} 个中的 {kept} 个）",
+    "accuracy, 95% interval (quick validation subset)": "准确率，95% 置信区间（验证集快速子集）",
+    "speed-up at batch 32 (timed beside the unpruned model)": "批大小 32 时的加速比（与未剪枝模型并排计时）",
+    "your cubic schedule": "你的立方调度",
+    "straight line, for comparison": "直线，作对比",
+    "fine-tune step": "微调步数",
+    "target sparsity": "目标稀疏度",
+    "to 70% sparsity": "升至 70% 稀疏度",
+    "batch-32 latency, ms (median)": "批大小 32 的延迟，毫秒（中位数）",
+    "validation accuracy, 95% interval": "验证集准确率，95% 置信区间",
+    "batch size": "批大小",
+    "snippets / s": "片段数 / 秒",
+    "{threads} thread(s)": "{threads} 个线程",
+    "the 16 levels of its 4-bit grid": "它的 4 比特网格的 16 个量化级（level）",
+    "its 32 weights": "它的 32 个权重",
+    "weight": "权重",
+    "mean |x| of each input channel of {layer}": "{layer} 每个输入通道的平均 |x|",
+    "AWQ's scales s = mean|x|^{alpha}, centred on 1": "AWQ 的缩放因子 s = mean|x|^{alpha}，以 1 为中心",
+    "input channel": "输入通道",
+    "method": "方法",
     # widget descriptions (set in the notebooks' code cells, shown through widgets.live)
     "bits": "比特宽度",
     "bits (sim.)": "比特宽度（模拟）",
@@ -191,3 +246,41 @@ def t(text: str, lang: str | None = None, **fields) -> str:
     """`text` in `lang` (default: LABKIT_LANG's), English where STRINGS has no entry; `fields` fill a template."""
     out = STRINGS.get(text, text) if (lang or language()) == "zh" else text
     return out.format(**fields) if fields else out
+
+
+# A filled template is recognised by the template's own words; one of fewer letters than this ("{mb} MB",
+# "{speedup}x {spread}") would also match texts it was never written for.
+MIN_TEMPLATE_WORDS = 5
+
+
+@functools.lru_cache(maxsize=1)
+def _templates(keys: tuple[str, ...]) -> list[tuple[re.Pattern, str]]:
+    """(pattern matching a filled-in template, its key) for each template in STRINGS, the most specific first."""
+    out = []
+    for key in keys:
+        parts = list(string.Formatter().parse(key))
+        words = "".join(literal for literal, *_ in parts)
+        if not any(field for _, field, *_ in parts) or len(words.replace(" ", "")) < MIN_TEMPLATE_WORDS:
+            continue
+        seen, pattern = set(), ""
+        for literal, field, *_ in parts:
+            pattern += re.escape(literal)
+            if field is not None:
+                pattern += f"(?P={field})" if field in seen else f"(?P<{field}>.+?)"
+                seen.add(field)
+        out.append((len(words), re.compile(pattern, re.DOTALL), key))
+    return [(pattern, key) for _, pattern, key in sorted(out, key=lambda x: -x[0])]
+
+
+def translated(text: str, lang: str | None = None) -> str:
+    """A text already written out in English (a figure's title, an f-string's value) in `lang` (default:
+    LABKIT_LANG's): its STRINGS entry, or the entry of the template it fills, its fields kept as written."""
+    if (lang or language()) != "zh" or not text:
+        return text
+    if text in STRINGS:
+        return STRINGS[text]
+    for pattern, key in _templates(tuple(STRINGS)):
+        found = pattern.fullmatch(text)
+        if found:
+            return STRINGS[key].format(**found.groupdict())
+    return text

@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib import ticker
+from matplotlib.backend_bases import FigureCanvasBase
+from matplotlib.text import Text
 
 from labkit.lab import labels
 
@@ -52,6 +54,33 @@ def chinese() -> bool:
 def tr(text: str, **fields) -> str:
     """A plot's `text` in the learner's language where the figure can show it, English otherwise."""
     return labels.t(text, "zh" if chinese() else "en", **fields)
+
+
+def translate_figure(fig) -> None:
+    """Every text of `fig` (titles, axis labels, legend entries, annotations) in the learner's language where the
+    figure can show it: the label table's entry, or its template's for a text an f-string wrote."""
+    if chinese():
+        for text in fig.findobj(Text):
+            shown = text.get_text()
+            if shown and labels.translated(shown) != shown:
+                text.set_text(labels.translated(shown))
+
+
+def translate_figures() -> None:
+    """Figures a notebook draws with its own matplotlib code labelled like labkit's: each figure goes through
+    `translate_figure` when it is rendered (shown inline, in a widget's output or saved). Called by the notebooks'
+    setup; in English, and where no CJK font is found, nothing changes."""
+    if getattr(FigureCanvasBase.print_figure, "translates", False):
+        return
+    render = FigureCanvasBase.print_figure
+
+    @functools.wraps(render)
+    def print_figure(canvas, *args, **kwargs):
+        translate_figure(canvas.figure)
+        return render(canvas, *args, **kwargs)
+
+    print_figure.translates = True
+    FigureCanvasBase.print_figure = print_figure
 
 
 def results_bars(df: pd.DataFrame, path=None):
