@@ -209,9 +209,7 @@ def test_a_question_in_a_comment_is_caught_and_a_note_is_not():
     assert [cid for cid, _ in questions_in_comments(nb)] == ["c0", "c1", "c2"]
 
 
-@pytest.mark.parametrize("notebook", [pytest.param(n, marks=pytest.mark.xfail(
-    reason="08's prediction cells still ask in comments; remove this mark when they ask in markdown"))
-    if n == "08" else n for n in sorted(NOTEBOOKS)])
+@pytest.mark.parametrize("notebook", sorted(NOTEBOOKS))
 def test_no_exercise_question_is_asked_in_a_comment(notebook):
     asked = questions_in_comments(nbformat.read(NOTEBOOKS[notebook], as_version=4))
     assert not asked, (f"{notebook}: questions asked in code comments, which the Chinese edition cannot translate; "

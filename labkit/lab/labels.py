@@ -18,6 +18,8 @@ STRINGS: dict[str, str] = {
     # labels written in notebook code (titles, axes, legends, widget descriptions, printed verdicts); a figure's texts
     # go through this table when it is shown (labkit.lab.plots.translate_figures), f-strings through their template
     "arithmetic intensity (multiply-adds per byte)": "算术强度（每字节的乘加次数）",
+    "4-bit g32 weights (embeddings fp32)": "4 比特 g32 权重（嵌入为 fp32）",
+    "MB": "MB",
     "GMAC/s": "GMAC/s",
     "{device} roof ({peak} GMAC/s)": "{device} 屋顶（{peak} GMAC/s）",
     "{rows}x{cols} float32: bytes per format": "{rows}x{cols} float32：各格式的字节数",
