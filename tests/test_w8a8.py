@@ -106,6 +106,8 @@ def test_smoothed_w8a8_is_w8a8_of_the_smoothed_float_model_without_writing_the_i
     norm = folded.model.layers[0].input_layernorm.weight
     assert not any(norm.data_ptr() == t.data_ptr() for t in tiny.parameters())
     assert not isinstance(folded.model.layers[0].self_attn.o_proj, nn.Linear)  # every decoder layer is W8A8
+    with pytest.raises(ValueError, match="act_absmax"):
+        w8a8.w8a8(tiny, alpha=0.5)  # an alpha without the statistic would be ignored: refused instead
 
 
 def test_activation_absmax_is_shared_by_layers_reading_one_input(tiny, absmax):

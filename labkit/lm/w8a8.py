@@ -83,10 +83,10 @@ class W8A8Linear(nn.Module):
 
 def w8a8(model: nn.Module, inplace: bool = False, activations: str = "token", head: bool = False,
          weights: str = "channel", act_absmax: dict[str, torch.Tensor] | None = None,
-         alpha: float = 0.5) -> nn.Module:
+         alpha: float | None = None) -> nn.Module:
     """A copy sharing no tensor with `model` (the model itself with `inplace`) whose decoder Linear layers are
     W8A8Linear; the embeddings and the (tied) head stay in float. With `act_absmax` (activation_absmax on
-    calibration text), SmoothQuant at `alpha` is folded in first, one layer at a time (no float copy of the model).
+    calibration text), SmoothQuant at `alpha` (default 0.5) is folded in first, one layer at a time (no float copy of the model).
     The ablations, each one of torch's dynamic int8 choices: `activations="tensor"` (one scale per call),
     `weights="tensor"` (one scale per matrix) and `head=True` (the head in int8 too)."""
     if weights not in ("channel", "tensor"):
@@ -94,7 +94,11 @@ def w8a8(model: nn.Module, inplace: bool = False, activations: str = "token", he
     settings.flags(inplace=inplace, head=head)
     parts.require_fp32(model, "W8A8 conversion")
     quantize_per_token(torch.zeros(1, 1), activations)  # an unknown granularity refused before any copy
-    norms, columns = ({}, {}) if act_absmax is None else smoothing_plan(model, act_absmax, alpha)
+    if act_absmax is None and alpha is not None:
+        raise ValueError("alpha is SmoothQuant's: pass act_absmax=activation_absmax(model, ids) with it, or leave "
+                         "alpha out for W8A8 without smoothing.")
+    smoothing = ({}, {}) if act_absmax is None else smoothing_plan(model, act_absmax, 0.5 if alpha is None else alpha)
+    norms, columns = smoothing
     out = model if inplace else parts.copy_sharing(model)  # the Linear layers are replaced, never written
     with torch.no_grad():
         for name, s in norms.items():  # a new weight on the copy's norm: the original's is never written
