@@ -87,8 +87,8 @@ def w8a8(model: nn.Module, inplace: bool = False, activations: str = "token", he
     """A copy sharing no tensor with `model` (the model itself with `inplace`) whose decoder Linear layers are
     W8A8Linear; the embeddings and the (tied) head stay in float. With `act_absmax` (activation_absmax on
     calibration text), SmoothQuant at `alpha` (default 0.5) is folded in first, one layer at a time (no float copy
-    of the model). The ablations, each one of torch's dynamic int8 choices: `activations="tensor"` (one scale per call),
-    `weights="tensor"` (one scale per matrix) and `head=True` (the head in int8 too)."""
+    of the model). The ablations, each one of torch's dynamic int8 choices: `activations="tensor"` (one scale per
+    call), `weights="tensor"` (one scale per matrix) and `head=True` (the head in int8 too)."""
     if weights not in ("channel", "tensor"):
         raise ValueError(f"weights must be 'channel' or 'tensor', got {weights!r}.")
     settings.flags(inplace=inplace, head=head)
