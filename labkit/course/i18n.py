@@ -23,7 +23,7 @@ import nbformat
 
 from labkit.course import glossary
 from labkit.course.build import ANSWER_STUB
-from labkit.course.translations import EXERCISES_DIR, digest, write_skeletons
+from labkit.course.translations import EXERCISES_DIR, compare, digest, write_skeletons
 from labkit.course.translations import problems as exercise_problems
 from labkit.lab.labels import STRINGS, language, t  # noqa: F401 (the labels of this edition, one import away)
 
@@ -63,17 +63,12 @@ def translation_problems(english: Path, translations_dir: Path = TRANSLATIONS_DI
     if found is None:
         return [f"{_rel(english)} has no translation file {_rel(file)}"]
     markdown = {c.id: c.source for c in nb.cells if c.cell_type == "markdown" and c.source != ANSWER_STUB}
-    problems = []
-    for cid, source in markdown.items():
-        entry = found.get(cid)
-        if not isinstance(entry, dict) or not str(entry.get("zh", "")).strip():
-            problems.append(f"English cell {cid} in {_rel(english)} has no translation in {_rel(file)}")
-        elif entry.get("en") != digest(source):
-            problems.append(f"English cell {cid} in {_rel(english)} changed since it was translated: update its "
-                            f"\"zh\" and set its \"en\" to {digest(source)} in {_rel(file)}")
-    problems += [f"{_rel(file)}: cell {cid} is not a markdown cell of {_rel(english)} any more: remove it"
-                 for cid in found if cid not in markdown]
-    return problems
+    missing, changed, orphans = compare(markdown, found)
+    return ([f"English cell {cid} in {_rel(english)} has no translation in {_rel(file)}" for cid in missing]
+            + [f"English cell {cid} in {_rel(english)} changed since it was translated: update its \"zh\" and set "
+               f"its \"en\" to {new} in {_rel(file)}" for cid, new in changed]
+            + [f"{_rel(file)}: cell {cid} is not a markdown cell of {_rel(english)} any more: remove it"
+               for cid in orphans])
 
 
 def zh_edition(english: Path, translations_dir: Path = TRANSLATIONS_DIR) -> nbformat.NotebookNode:

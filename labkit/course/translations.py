@@ -31,6 +31,20 @@ def digest(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
+def compare(wanted: dict[str, str], found: dict) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """A keyed translation table against the English it translates: (names with no Chinese, (name, digest to set)
+    of those translated from other English, names that translate nothing any more). The notebooks' cells and the
+    exercises' texts are both checked with it."""
+    missing, changed = [], []
+    for name, english in wanted.items():
+        entry = found.get(name)
+        if not isinstance(entry, dict) or not str(entry.get("zh", "")).strip():
+            missing.append(name)
+        elif entry.get("en") != digest(english):
+            changed.append((name, digest(english)))
+    return missing, changed, [name for name in found if name not in wanted]
+
+
 def prefix(key: str) -> str:
     """The notebook prefix of an exercise key: "02" for "02.linear_quantize"."""
     return key.split(".")[0]
@@ -116,15 +130,11 @@ def problems(directory: Path | None = None, texts: dict[str, str] | None = None)
         except ValueError as err:
             found_problems.append(f"{_rel(path)} cannot be read: {err}")
             continue
-        for name, english in sorted(wanted.items()):
-            entry = found.get(name)
-            if not isinstance(entry, dict) or not str(entry.get("zh", "")).strip():
-                found_problems.append(f"exercise text {name} has no Chinese in {_rel(path)}")
-            elif entry.get("en") != digest(english):
-                found_problems.append(f"exercise text {name} changed since it was translated: update its \"zh\" and "
-                                      f"set its \"en\" to {digest(english)} in {_rel(path)}")
-        found_problems += [f"{_rel(path)}: {name} is no exercise text any more: remove it"
-                           for name in sorted(found) if name not in wanted]
+        missing, changed, orphans = compare(dict(sorted(wanted.items())), found)
+        found_problems += [f"exercise text {name} has no Chinese in {_rel(path)}" for name in missing]
+        found_problems += [f"exercise text {name} changed since it was translated: update its \"zh\" and set its "
+                           f"\"en\" to {new} in {_rel(path)}" for name, new in changed]
+        found_problems += [f"{_rel(path)}: {name} is no exercise text any more: remove it" for name in sorted(orphans)]
     if directory.is_dir():
         found_problems += [f"{_rel(path)} translates no exercise (no key starts with {path.stem}.): remove it"
                            for path in sorted(directory.glob("*.json")) if path.stem not in groups]
