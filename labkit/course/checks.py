@@ -17,7 +17,6 @@ import pandas as pd
 from labkit.core import settings
 from labkit.course import translations
 from labkit.course.exercises import (
-    GENERIC_HINTS,
     PREDICTIONS,
     REGISTRY,
     WRITTEN,
@@ -154,12 +153,10 @@ def get(key: str) -> Exercise:
 
 
 def hint_for(ex: Exercise, mistake: str) -> str:
-    """`Exercise.hint` in the learner's language: the exercise's own hint, else a generic one, else its "wrong"."""
-    if ex.hints.get(mistake):
-        return translations.text(ex.key, f"hint:{mistake}", ex.hints[mistake])
-    if GENERIC_HINTS.get(mistake):
-        return t(GENERIC_HINTS[mistake])
-    return translations.text(ex.key, "hint:wrong", ex.hints["wrong"])
+    """`Exercise.hint` in the learner's language: an exercise's own hints from its translation file, the generic
+    ones from the label table."""
+    return ex.hint(mistake, lambda field, english: t(english) if field is None
+                   else translations.text(ex.key, field, english))
 
 
 def diagnose(key: str, answer: Any) -> str | None:

@@ -36,9 +36,15 @@ class Exercise:
     extra: dict = field(default_factory=dict)
     ladder: tuple[str, ...] = ()  # graduated hints: the concept, the step that goes wrong, a smaller worked case
 
-    def hint(self, mistake: str) -> str:
-        """The hint for a named mistake (an exercise's own hints first, then the generic ones)."""
-        return self.hints.get(mistake) or GENERIC_HINTS.get(mistake) or self.hints["wrong"]
+    def hint(self, mistake: str, translate: Callable[[str | None, str], str] | None = None) -> str:
+        """The hint for a named mistake (an exercise's own hints first, then the generic ones), in English or
+        through `translate(field, english)` (field "hint:<name>" for the exercise's own, None for a generic one)."""
+        translate = translate or (lambda field, english: english)
+        if self.hints.get(mistake):
+            return translate(f"hint:{mistake}", self.hints[mistake])
+        if GENERIC_HINTS.get(mistake):
+            return translate(None, GENERIC_HINTS[mistake])
+        return translate("hint:wrong", self.hints["wrong"])
 
 
 REGISTRY: dict[str, Exercise] = {}
