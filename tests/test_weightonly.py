@@ -403,6 +403,7 @@ def test_kernels_are_tried_one_at_a_time_and_failures_keep_their_error(tiny):
     assert table.loc["bf16", "decode_MB"] == pytest.approx(table.loc["bf16", "fp32_decode_MB"] / 2)  # head too
     assert table.loc["bf16", "perplexity [95% CI]"].count("[") == 1 and table.loc["bf16", "x fp32's [95% CI]"][0] == "x"
     assert 0 <= table.loc["bf16", "KL nats/token"] < 0.05 and 90 <= table.loc["bf16", "top-1 agreement %"] <= 100
+    assert table.loc["bf16", "perplexity [95% CI]"].startswith(f"{table.loc['bf16', 'ppl']:.2f} [")
     assert table.loc["broken", "status"].startswith("failed: ZeroDivisionError")
 
 

@@ -178,8 +178,9 @@ def kernel_speeds(model: nn.Module, tokenizer, makers: dict | None = None, base:
                 row |= {"decode_MB": decode_bytes(m) / 1e6, "fp32_decode_MB": decode_bytes(model) / 1e6}
             if base is not None and isinstance(m, nn.Module):
                 a = agreement(m, model, tokenizer, tokens=base.tokens, chunk=base.chunk, second_half=base.second_half)
-                row |= {"perplexity [95% CI]": str(a.perplexity), "x fp32's [95% CI]": str(a.perplexity.ratio(base)),
-                        "KL nats/token": a.kl, "top-1 agreement %": 100 * a.top1}
+                row |= {"ppl": a.perplexity.ppl, "perplexity [95% CI]": str(a.perplexity),
+                        "x fp32's [95% CI]": str(a.perplexity.ratio(base)), "KL nats/token": a.kl,
+                        "top-1 agreement %": 100 * a.top1}
         del m
         release()
         rows[name] = row
