@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -82,6 +82,31 @@ class Calibration(dict):
 
 
 @torch.inference_mode()
+def input_pass(model: nn.Module, ids: torch.Tensor, observe: Callable[[str, torch.Tensor], None],
+               batch_size: int = 4) -> dict[str, str]:
+    """One pass of the model over token ids [n, seq_len], batch by batch, showing `observe(name, x)` the input
+    x [tokens, in] (float32, on the CPU) of every decoder Linear layer that reads a tensor of its own; returns each
+    decoder layer's source, the layer whose input it shares (q, k, v read q's; gate, up read gate's)."""
+    layers = decoder_linears(model)
+    sources = {name: input_source(model, name) for name in layers}
+
+    def hook_for(name: str):
+        n_in = layers[name].in_features
+        return lambda module, args: observe(name, args[0].detach().reshape(-1, n_in).float().cpu())
+
+    handles = [layers[src].register_forward_pre_hook(hook_for(src)) for src in set(sources.values())]
+    try:
+        for start in range(0, len(ids), batch_size):
+            # the hooks see every layer's input; the logits are not needed (logits_to_keep=1 skips most of the head),
+            # nor is the KV cache
+            model(input_ids=ids[start:start + batch_size].to(device_of(model)), logits_to_keep=1, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return sources
+
+
+@torch.inference_mode()
 def calibration_stats(model: nn.Module, ids: torch.Tensor, keep: int | None = None,
                       batch_size: int = 4) -> Calibration:
     """Inputs of every decoder Linear layer on the calibration token ids [n, seq_len], from one pass of the model.
@@ -99,36 +124,24 @@ def calibration_stats(model: nn.Module, ids: torch.Tensor, keep: int | None = No
     rows = -(-ids.numel() // stride)  # token indices 0, stride, 2 * stride, ... below ids.numel()
     acc: dict[str, dict] = {}
 
-    def recorder(name: str, layer: nn.Linear):
-        mask, n_in = _upper_mask(layer.in_features), layer.in_features
-        # What is kept is allocated here, once, before the passes. Records grown between the passes' short-lived
-        # tensors, or a transient copy here (int(mask.sum()) made an int64 one), left 0.25-0.3 GiB of freed pages
-        # in malloc's heap in some runs and not others (full mode: +0.34 to +0.57 GiB, once +1.08; now +0.35-0.36).
+    # What is kept is allocated here, once, before the pass. Records grown between the pass's short-lived tensors, or
+    # a transient copy here (int(mask.sum()) made an int64 one), left 0.25-0.3 GiB of freed pages in malloc's heap in
+    # some runs and not others (full mode: +0.34 to +0.57 GiB, once +1.08; now +0.35-0.36).
+    for name in sorted({input_source(model, layer) for layer in layers}):
+        n_in = layers[name].in_features
         acc[name] = {"upper": torch.zeros(n_in * (n_in + 1) // 2), "abs": torch.zeros(n_in),
-                     "sample": torch.empty(rows, n_in), "n": 0}
+                     "sample": torch.empty(rows, n_in), "n": 0, "mask": _upper_mask(n_in)}
 
-        def hook(module, args):
-            x = args[0].detach().reshape(-1, n_in).float().cpu()
-            rec = acc[name]
-            rec["upper"] += (x.T @ x)[mask]  # H is symmetric: its upper triangle is all InputStats keeps
-            rec["abs"] += x.abs().sum(dim=0)
-            first = -(-rec["n"] // stride)  # the next sampled token, counted over all passes
-            picked = x[(first * stride - rec["n"])::stride]
-            rec["sample"][first:first + len(picked)] = picked
-            rec["n"] += len(x)
+    def observe(name: str, x: torch.Tensor) -> None:
+        rec = acc[name]
+        rec["upper"] += (x.T @ x)[rec["mask"]]  # H is symmetric: its upper triangle is all InputStats keeps
+        rec["abs"] += x.abs().sum(dim=0)
+        first = -(-rec["n"] // stride)  # the next sampled token, counted over all passes
+        picked = x[(first * stride - rec["n"])::stride]
+        rec["sample"][first:first + len(picked)] = picked
+        rec["n"] += len(x)
 
-        return layer.register_forward_pre_hook(hook)
-
-    sources = {name: input_source(model, name) for name in layers}
-    handles = [recorder(name, layers[name]) for name in set(sources.values())]
-    try:
-        for start in range(0, len(ids), batch_size):
-            # the hooks see every layer's input; the logits are not needed (logits_to_keep=1 skips most of the head),
-            # nor is the KV cache
-            model(input_ids=ids[start:start + batch_size].to(device_of(model)), logits_to_keep=1, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    sources = input_pass(model, ids, observe, batch_size)
     stats = {}
     for src, rec in acc.items():
         n = rec["n"]

@@ -24,9 +24,9 @@ from torch import nn
 
 from labkit.core import data, parts, settings
 from labkit.core.memory import release
-from labkit.core.parts import device_of
+from labkit.lm.calibration import input_pass
 from labkit.lm.perplexity import Perplexity, perplexity
-from labkit.lm.slm import check_causal_lm, decoder_linears, eval_text, input_source
+from labkit.lm.slm import check_causal_lm, decoder_linears, eval_text
 from labkit.quant import affine
 
 # The norm whose output each group of Linear layers reads (the first layer names the group), in every family of
@@ -115,23 +115,13 @@ def w8a8(model: nn.Module, inplace: bool = False, activations: str = "token", he
 def activation_absmax(model: nn.Module, ids: torch.Tensor, batch_size: int = 4) -> dict[str, torch.Tensor]:
     """max |x| of every input channel of every decoder Linear layer over calibration ids [n, seq_len], by layer name
     (layers fed the same tensor share one record): SmoothQuant's activation statistic."""
-    layers = decoder_linears(model)
-    sources = {name: input_source(model, name) for name in layers}
     seen: dict[str, torch.Tensor] = {}
 
-    def recorder(name: str):
-        def hook(module, args):
-            amax = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float().cpu()
-            seen[name] = amax if name not in seen else torch.maximum(seen[name], amax)
-        return layers[name].register_forward_pre_hook(hook)
+    def observe(name: str, x: torch.Tensor) -> None:
+        amax = x.abs().amax(dim=0)
+        seen[name] = amax if name not in seen else torch.maximum(seen[name], amax)
 
-    handles = [recorder(src) for src in set(sources.values())]
-    try:
-        for start in range(0, len(ids), batch_size):
-            model(input_ids=ids[start:start + batch_size].to(device_of(model)), logits_to_keep=1, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    sources = input_pass(model, ids, observe, batch_size)
     release()
     return {name: seen[src] for name, src in sources.items()}
 
